@@ -1,0 +1,45 @@
+"""`recloop config validate|schema|show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Validate, show and export the schema of pipeline configs.", no_args_is_help=True)
+
+ConfigOpt = Annotated[Path, typer.Argument(help="Pipeline config YAML file.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE (YAML value).")]
+
+
+@app.command("validate")
+def validate(file: ConfigOpt, set_: SetOpt = None) -> None:
+    """Validate FILE; print every problem as `path.to.key: what is wrong` (exit 2) or a summary."""
+    from recloop import config
+
+    cfg = config.load(file, set_ or [])
+    models = ", ".join(m.candidate_name for m in cfg.models) or "none"
+    typer.echo(f"{file}: valid (pipeline {cfg.name!r}, store {cfg.store.root}, models: {models})")
+
+
+@app.command("show")
+def show(file: ConfigOpt, set_: SetOpt = None) -> None:
+    """Print the fully resolved config (defaults, extends and overrides applied) as JSON."""
+    from recloop import config
+
+    cfg = config.load(file, set_ or [])
+    typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+@app.command("schema")
+def schema(out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.")] = None) -> None:
+    """Print the JSON Schema of pipeline config files (for editor completion and checks)."""
+    from recloop import config
+
+    text = json.dumps(config.json_schema(), indent=2)
+    if out:
+        out.write_text(text + "\n")
+    else:
+        typer.echo(text)

@@ -1,0 +1,576 @@
+"""Typed pipeline configuration: one YAML file validated once, at the edge, into pydantic objects.
+
+`load(path)` returns a `PipelineConfig` or raises `ConfigError` listing every problem as
+`path.to.key: what is wrong (got X)`. Everything downstream receives typed objects, never dicts.
+
+Layering (lowest to highest): built-in defaults, the files named by `extends:` (deep-merged, recursively),
+the file itself, then `--set a.b=value` overrides. `${ENV_VAR}` is expanded only inside secret fields.
+Relative paths inside `data` and `file://` store roots resolve against the directory of the file that
+declares them, so a config means the same thing whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from recloop.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'90s', '15m', '12h', '1d', '2w' or a number of seconds -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    raise ValueError(f"expected a duration like '30s', '15m', '12h' or '1d' (got {value!r})")
+
+
+def _format_duration(td: timedelta) -> str:
+    return f"{td.total_seconds():g}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(_format_duration)]
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+class RetryConfig(StrictModel):
+    """Bounded exponential back-off with full jitter for transient store errors."""
+
+    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per operation, the first included.")
+    base_delay_s: float = Field(0.2, gt=0, description="Delay before the first retry; doubles each retry.")
+    max_delay_s: float = Field(5.0, gt=0, description="Cap on a single delay.")
+
+
+class StoreConfig(StrictModel):
+    root: str = Field(
+        "file://.recloop/store",
+        description="Root URI of the artifact store: file:///abs/path, file://relative/path or s3://bucket/prefix.",
+    )
+    endpoint_url: str | None = Field(None, description="S3 endpoint (SeaweedFS, MinIO, ...); None = AWS.")
+    region: str | None = Field(None, description="S3 region name.")
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    access_key_id: SecretStr | None = Field(None, description="S3 key id; None = the standard AWS chain.")
+    secret_access_key: SecretStr | None = None
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
+        None, description="Ask S3 to encrypt objects at rest."
+    )
+    multipart_threshold_mb: int = Field(64, ge=5, description="Uploads above this size use multipart.")
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("root")
+    @classmethod
+    def _check_root(cls, v: str) -> str:
+        if not re.match(r"^(file|s3)://.+", v):
+            raise ValueError(f"must start with file:// or s3:// and name a location (got {v!r})")
+        if v.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", v):
+            raise ValueError(f"S3 bucket name is not valid (got {v!r})")
+        return v.rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+DataFormat = Literal["auto", "csv", "tsv", "parquet", "jsonl"]
+
+
+class InteractionColumns(StrictModel):
+    """Maps source column names onto recloop's internal interaction schema."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = None
+    event_type: str | None = None
+    weight: str | None = None
+    context: list[str] = Field(default_factory=list, description="Extra columns kept as context features.")
+
+
+class InteractionSource(StrictModel):
+    path: str = Field(..., description="Local path, glob, or s3:// URI of the interaction events.")
+    format: DataFormat = "auto"
+    columns: InteractionColumns = InteractionColumns()
+    timestamp_unit: Literal["s", "ms", "us", "ns", "iso"] = Field(
+        "s", description="How the timestamp column is encoded: epoch units or ISO-8601 strings."
+    )
+    delimiter: str | None = Field(None, description="CSV delimiter; default ',' (csv) or tab (tsv).")
+    encoding: str = "utf-8"
+
+
+class TagSource(StrictModel):
+    """Free-text tags per item (MovieLens tags.csv), folded into the item text as `{tags}`."""
+
+    path: str
+    format: DataFormat = "auto"
+    item: str = "item_id"
+    tag: str = "tag"
+    max_tags: int = Field(20, ge=1, description="Most frequent tags kept per item.")
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+
+
+class ItemSource(StrictModel):
+    path: str = Field(..., description="Local path, glob, or s3:// URI of the item catalog.")
+    format: DataFormat = "auto"
+    id: str = Field("item_id", description="Column holding the item id (matches interactions.columns.item).")
+    category: str | None = Field(None, description="Column holding categories; '|'-separated lists allowed.")
+    text: str = Field(
+        "{title}",
+        description="Template rendering an item's text from its columns, e.g. '{title}. Genres: {genres}'.",
+    )
+    tags: TagSource | None = None
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+
+    @field_validator("text")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        fields = template_fields(v)
+        if not fields:
+            raise ValueError(f"the text template must reference at least one column like '{{title}}' (got {v!r})")
+        return v
+
+
+class UserSource(StrictModel):
+    path: str
+    format: DataFormat = "auto"
+    id: str = "user_id"
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+
+
+class DataConfig(StrictModel):
+    interactions: InteractionSource
+    items: ItemSource | None = None
+    users: UserSource | None = None
+    since: datetime | None = Field(None, description="Watermark: ingest only events after this time.")
+    chunk_rows: int = Field(250_000, ge=1_000, description="Rows read per chunk; bounds ingest memory.")
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names referenced by a `{name}` text template."""
+    import string
+
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    except ValueError as exc:
+        raise ValueError(f"malformed text template {template!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+class ValidationConfig(StrictModel):
+    on_failure: Literal["fail", "quarantine", "warn"] = Field(
+        "fail", description="fail: stop (exit 3); quarantine: set bad rows aside and go on; warn: log only."
+    )
+    min_valid_share: float = Field(
+        0.9, ge=0, le=1, description="With quarantine: the share of valid rows below which the step still fails."
+    )
+    min_rows: int = Field(1, ge=0, description="Minimum number of interactions.")
+    max_duplicate_rate: float = Field(0.05, ge=0, le=1, description="Max share of exact duplicate events.")
+    future_tolerance: Duration = Field(timedelta(days=1), description="Allowed clock skew into the future.")
+    min_catalog_coverage: float = Field(
+        0.95, ge=0, le=1, description="Min share of interaction items present in the catalog (if one is given)."
+    )
+    rating_range: tuple[float, float] | None = Field(None, description="[min, max] allowed ratings.")
+    allowed_event_types: list[str] | None = None
+    min_interactions_per_user: int = Field(1, ge=1, description="Users below this are reported.")
+    min_interactions_per_item: int = Field(1, ge=1, description="Items below this are reported.")
+    max_cold_start_share: float = Field(
+        1.0, ge=0, le=1, description="Max share of catalog items without interactions."
+    )
+    data_docs: bool = Field(True, description="Render great-expectations Data Docs HTML to the store.")
+
+    @field_validator("rating_range")
+    @classmethod
+    def _check_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"min must not exceed max (got {list(v)})")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------- preprocess
+
+
+class ImplicitConfig(StrictModel):
+    """How explicit feedback becomes implicit positives."""
+
+    min_rating: float | None = Field(None, description="Keep events with rating >= this (None keeps all).")
+    event_weights: dict[str, float] | None = Field(
+        None, description="Weight per event type; events of types not listed are dropped."
+    )
+
+
+class SplitConfig(StrictModel):
+    method: Literal["leave_last_out", "time_cutoff"] = "leave_last_out"
+    cutoff: datetime | None = Field(None, description="time_cutoff: events after this are held out.")
+    valid_cutoff: datetime | None = Field(
+        None, description="time_cutoff: events between this and `cutoff` form the validation split."
+    )
+    test_share: float = Field(
+        0.1, gt=0, lt=1, description="time_cutoff without explicit cutoffs: latest share of events for test."
+    )
+    valid_share: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_cutoffs(self) -> SplitConfig:
+        if self.valid_cutoff and self.cutoff and self.valid_cutoff >= self.cutoff:
+            raise ValueError("valid_cutoff must be earlier than cutoff")
+        return self
+
+
+class PreprocessConfig(StrictModel):
+    dedupe: bool = Field(True, description="Drop exact duplicate (user, item, timestamp) events.")
+    implicit: ImplicitConfig = ImplicitConfig()
+    min_user_interactions: int = Field(3, ge=1)
+    min_item_interactions: int = Field(1, ge=1)
+    kcore: bool = Field(False, description="Iterate the min-count filters until both hold (k-core).")
+    catalog_items: Literal["interacted", "all"] = Field(
+        "interacted",
+        description="Which items get ids: those with training interactions, or every catalog item "
+        "(lets text-aware models recommend items nobody has interacted with yet).",
+    )
+    split: SplitConfig = SplitConfig()
+
+
+# ---------------------------------------------------------------------------------------------- later steps
+
+
+class ColdStartConfig(StrictModel):
+    item_share: float = Field(0.0, ge=0, lt=1, description="Share of items held out of training entirely.")
+    seed: int = 0
+
+
+class EvaluationConfig(StrictModel):
+    k: list[int] = Field(default_factory=lambda: [10, 20])
+    primary: str = Field("ndcg@10", description="Metric that ranks candidates, as name@k.")
+    sampled_negatives: int | None = Field(None, ge=1, description="Sampled ranking; None = full ranking.")
+    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for 95% confidence intervals.")
+    split: Literal["test", "valid"] = "test"
+    cold_start: ColdStartConfig = ColdStartConfig()
+    seed: int = 0
+
+    @field_validator("k")
+    @classmethod
+    def _check_k(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError(f"must be a non-empty list of positive cut-offs (got {v})")
+        return sorted(set(v))
+
+    @field_validator("primary")
+    @classmethod
+    def _check_primary(cls, v: str) -> str:
+        if not re.match(r"^[a-z_0-9]+@\d+$", v):
+            raise ValueError(f"must look like 'ndcg@10' (got {v!r})")
+        return v
+
+
+class GateConfig(StrictModel):
+    absolute: dict[str, float] = Field(default_factory=dict, description="metric@k -> minimum value.")
+    relative_to_champion: dict[str, float] = Field(
+        default_factory=dict, description="metric@k -> minimum ratio of the champion's value."
+    )
+    require_significant: bool = Field(False, description="Improvement over champion must pass a paired bootstrap.")
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class PublishConfig(StrictModel):
+    model_name: str | None = Field(None, description="Registry name; defaults to the pipeline name.")
+
+
+class ExecutionConfig(StrictModel):
+    mode: Literal["inprocess", "kubernetes", "docker"] = "inprocess"
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay: Duration = timedelta(seconds=30)
+    timeout_minutes: int = Field(60, ge=1)
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+class PipelineConfig(StrictModel):
+    """The whole pipeline. `models` is typed by the model registry (see `pipeline_config_type`)."""
+
+    name: str = Field(..., description="Pipeline name: lower-case letters, digits, '-' and '_'.")
+    store: StoreConfig = StoreConfig()
+    data: DataConfig
+    validation: ValidationConfig = ValidationConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    models: list[Any] = Field(default_factory=list, description="Candidate models, each `type:` + params.")
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
+    publish: PublishConfig = PublishConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    # Set by load(): where the file came from (for messages and lineage); not part of the schema.
+    _source: str = PrivateAttr("<memory>")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9_\-]{0,62}$", v):
+            raise ValueError(f"use lower-case letters, digits, '-' and '_' (got {v!r})")
+        return v
+
+    @property
+    def model_name(self) -> str:
+        return self.publish.model_name or self.name
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of the validated config (secrets excluded)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def pipeline_config_type() -> type[PipelineConfig]:
+    """PipelineConfig with `models` as a discriminated union over every registered model config."""
+    from recloop.models.registry import model_config_types
+
+    types = model_config_types()
+    if not types:
+        return PipelineConfig
+    union = types[0] if len(types) == 1 else Union[tuple(types)]  # noqa: UP007 (runtime union)
+    entry = Annotated[union, Field(discriminator="type")]
+    return create_model(
+        "PipelineConfig",
+        __base__=PipelineConfig,
+        models=(list[entry], Field(default_factory=list, description="Candidate models, each `type:` + params.")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+SECRET_KEYS = {"access_key_id", "secret_access_key", "api_key", "api_keys", "hmac_key", "token", "password"}
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _interpolate(node: Any, path: str, env: dict[str, str], errors: list[str]) -> Any:
+    """Expand ${VAR} in secret fields; anywhere else it is an error (config stays reviewable)."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}.{i}", env, errors) for i, v in enumerate(node)]
+    if isinstance(node, str) and _ENV_RE.search(node):
+        leaf = path.rsplit(".", 1)[-1]
+        parent = path.rsplit(".", 2)[-2] if path.count(".") >= 1 else ""
+        if leaf not in SECRET_KEYS and parent not in SECRET_KEYS:
+            errors.append(
+                f"{path}: ${{...}} interpolation is only allowed in secret fields "
+                f"({', '.join(sorted(SECRET_KEYS))}); write the value itself (got {node!r})"
+            )
+            return node
+
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                errors.append(f"{path}: environment variable {name} is not set; export it or remove the reference")
+                return ""
+            return env[name]
+
+        return _ENV_RE.sub(repl, node)
+    return node
+
+
+def _resolve_relative_paths(raw: dict, base_dir: Path) -> dict:
+    """Make data paths and file:// store roots absolute against the declaring file's directory."""
+
+    def fix(p: Any) -> Any:
+        if not isinstance(p, str) or "://" in p or p.startswith("/"):
+            return p
+        return str((base_dir / p).resolve()) if "*" not in p else str(base_dir.resolve() / p)
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for section in ("interactions", "items", "users"):
+            src = data.get(section)
+            if isinstance(src, dict):
+                if "path" in src:
+                    src["path"] = fix(src["path"])
+                tags = src.get("tags")
+                if isinstance(tags, dict) and "path" in tags:
+                    tags["path"] = fix(tags["path"])
+    store = raw.get("store")
+    if isinstance(store, dict) and isinstance(store.get("root"), str):
+        root = store["root"]
+        if root.startswith("file://") and not root.startswith("file:///"):
+            store["root"] = "file://" + str((base_dir / root[len("file://") :]).resolve())
+    return raw
+
+
+def _read_yaml(path: Path, errors: list[str], seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        errors.append(f"extends: circular reference through {path}")
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        errors.append(f"{path}: file not found; check the path")
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(f"{path}: cannot read ({exc})")
+        return {}
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        errors.append(f"{path}:{where}: not valid YAML ({problem})")
+        return {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{path}: the top level must be a mapping of sections (got {type(raw).__name__})")
+        return {}
+    raw = _resolve_relative_paths(raw, path.parent)
+    parents = raw.pop("extends", None)
+    if parents is None:
+        return raw
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else list(parents):
+        merged = _deep_merge(merged, _read_yaml((path.parent / parent).resolve(), errors, seen + (path,)))
+    return _deep_merge(merged, raw)
+
+
+def parse_override(expr: str) -> tuple[list[str], Any]:
+    """'evaluation.k=[5,10]' -> (['evaluation', 'k'], [5, 10]); the value is parsed as YAML."""
+    if "=" not in expr:
+        raise ConfigError("--set", [f"{expr}: expected KEY.PATH=VALUE"])
+    key, value = expr.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError("--set", [f"{expr}: empty key"])
+    return parts, yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        node = raw
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit():
+                node = node[int(part)]
+                continue
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit():
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def format_validation_error(exc: ValidationError, raw: dict | None = None) -> list[str]:
+    """One `path.to.key: message (got X)` line per pydantic error."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling (see `recloop config schema`)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            msg = f"unknown model type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        got = err.get("input")
+        show_got = err["type"] not in ("missing", "union_tag_invalid") and not isinstance(got, dict)
+        if show_got and "(got" not in msg:
+            msg = f"{msg} (got {got!r})"
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def from_dict(raw: dict, source: str = "<memory>") -> PipelineConfig:
+    """Validate an already-merged mapping (no file, no interpolation)."""
+    cls = pipeline_config_type()
+    try:
+        cfg = cls.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc, raw)) from None
+    cfg._source = source
+    return cfg
+
+
+def load_raw(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+             env: dict[str, str] | None = None) -> dict:
+    """Read, merge `extends`, apply overrides and interpolate secrets; no schema validation yet."""
+    path = Path(path).expanduser().resolve()
+    errors: list[str] = []
+    raw = _read_yaml(path, errors)
+    if errors:
+        raise ConfigError(str(path), errors)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    raw = _interpolate(raw, "", dict(os.environ) if env is None else env, errors)
+    if errors:
+        raise ConfigError(str(path), errors)
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+         env: dict[str, str] | None = None) -> PipelineConfig:
+    """Load and validate a pipeline config file. Raises ConfigError listing every problem."""
+    raw = load_raw(path, overrides, env)
+    return from_dict(raw, str(Path(path).expanduser().resolve()))
+
+
+def json_schema() -> dict:
+    """JSON Schema of the config file, for editors (`recloop config schema`)."""
+    return pipeline_config_type().model_json_schema()

@@ -1,0 +1,52 @@
+"""Errors a user can act on. Each maps to one CLI exit code.
+
+Exit codes: 0 ok, 2 configuration error, 3 data failed validation, 1 anything else.
+"""
+
+from __future__ import annotations
+
+
+class RecloopError(Exception):
+    """Base for errors with a message meant for the user (no traceback is shown)."""
+
+    exit_code = 1
+
+
+class ConfigError(RecloopError):
+    """The pipeline configuration is invalid. `errors` holds one `path.to.key: problem` line each."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"invalid configuration in {source} ({len(errors)} error(s)):\n{lines}")
+
+
+class DataError(RecloopError):
+    """Input data cannot be read or is malformed (missing columns, bad encoding, corrupt file)."""
+
+    exit_code = 3
+
+
+class ValidationFailed(RecloopError):
+    """Data failed the validation suite with `on_failure: fail`."""
+
+    exit_code = 3
+
+
+class ArtifactError(RecloopError):
+    """An artifact is missing, incomplete (no manifest) or corrupt (hash mismatch)."""
+
+
+class StoreError(RecloopError):
+    """The artifact store could not be reached or refused an operation."""
+
+
+class ConflictError(StoreError):
+    """A compare-and-swap lost a race: the object changed since it was read."""
+
+
+class NotBlessedError(RecloopError):
+    """Publishing was refused because the candidate has no positive blessing."""

@@ -1,0 +1,1 @@
+"""Recommendation models. Every model subclasses `recloop.models.base.Recommender` and is registered."""

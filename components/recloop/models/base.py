@@ -1,0 +1,253 @@
+"""The one small base class every model implements, and its saved-bundle format.
+
+A subclass implements `fit` and `score_histories` (dense scores for a batch of histories) and the pair
+`_state()` / `_set_state()` (named numpy arrays). The base class provides batched `recommend` with
+seen-item exclusion and candidate restriction, `similar_items` over `item_vectors()`, and `save`/`load`:
+a folder with `model.json` (type, config, recloop version, id-map reference) and `arrays.safetensors`.
+No pickle: a bundle loads without the pipeline config.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from recloop.config import StrictModel
+from recloop.data.interactions import Histories, Interactions
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_NAME = "model.json"
+ARRAYS_NAME = "arrays.safetensors"
+
+
+class ModelConfig(StrictModel):
+    """Fields shared by every model config; subclasses add `type: Literal["name"]` and parameters."""
+
+    type: str
+    name: str | None = Field(None, description="Candidate name in reports; defaults to the type.")
+    seed: int = Field(0, description="Seed for every random number generator the model uses.")
+
+    @property
+    def candidate_name(self) -> str:
+        return self.name or self.type
+
+
+@dataclass
+class ItemSide:
+    """What a model may know about items besides interactions (indexed by contiguous item id)."""
+
+    texts: list[str] | None = None
+    categories: list[list[str]] | None = None
+    embeddings: np.ndarray | None = None  # (n_items, dim) float32, L2-normalized, from the text encoder
+
+
+@dataclass
+class FitContext:
+    """Everything a model's fit may use besides the splits. Passed by the train step."""
+
+    items: ItemSide = field(default_factory=ItemSide)
+    progress: Callable[[str, float, dict[str, float]], None] | None = None  # (phase, fraction, metrics)
+    log: Callable[[str], None] = print
+    device: str = "cpu"
+    # An embedder for texts the model sees after training (new items at serving time); optional.
+    embed_texts: Callable[[Sequence[str]], np.ndarray] | None = None
+
+
+@dataclass
+class Recommendations:
+    """Top-k per query row: `ids[r, j]` with `scores[r, j]`, best first. Padded with -1 / -inf."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+class Recommender(ABC):
+    type_name: ClassVar[str] = ""
+    config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.n_users = 0
+        self.n_items = 0
+        # The training histories; recommend(users=...) reads them, and they travel with the bundle.
+        self.train_histories: Histories | None = None
+        self.id_map_ref: str | None = None  # URI of the id maps this model's ids refer to
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def fit(self, train: Interactions, valid: Interactions | None = None,
+            context: FitContext | None = None) -> Recommender:
+        """Learn from `train`; may early-stop on `valid`. Must call `self._remember(train)`."""
+
+    @abstractmethod
+    def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
+        """Dense (len(histories), n_items) float32 scores. `users` are their ids when known, else None."""
+
+    @abstractmethod
+    def _state(self) -> dict[str, np.ndarray]:
+        """Learned arrays to save (names must not start with '_base.')."""
+
+    @abstractmethod
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what `_state` returned."""
+
+    def item_vectors(self) -> np.ndarray | None:
+        """(n_items, d) vectors whose cosine similarity defines `similar_items`; None if not applicable."""
+        return None
+
+    # ------------------------------------------------------------------ provided
+    def _remember(self, train: Interactions) -> None:
+        self.n_users, self.n_items = train.n_users, train.n_items
+        self.train_histories = train.histories()
+
+    def _check_fitted(self) -> None:
+        if self.train_histories is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load() first")
+
+    def user_histories(self, users: np.ndarray) -> Histories:
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        if len(users) and (users.min() < 0 or users.max() >= self.n_users):
+            raise IndexError(f"user ids must lie in [0, {self.n_users}); unknown users need a history")
+        return self.train_histories.select(users)
+
+    def recommend(self, users: Sequence[int] | np.ndarray | None = None, histories: Histories | None = None,
+                  k: int = 10, exclude_seen: bool = True, candidates: np.ndarray | None = None,
+                  batch_size: int = 2048) -> Recommendations:
+        """Top-k items for known `users` (their training history) or for ad-hoc `histories`.
+
+        `candidates`: restrict to these item ids (1-D, shared by all rows). Batched matrix work.
+        """
+        self._check_fitted()
+        if (users is None) == (histories is None):
+            raise ValueError("pass exactly one of users or histories")
+        user_arr = None if users is None else np.asarray(users, dtype=np.int64)
+        hist = histories if histories is not None else self.user_histories(user_arr)
+        n = len(hist)
+        k_eff = min(k, self.n_items if candidates is None else len(candidates))
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        cand_mask = None
+        if candidates is not None:
+            cand_mask = np.ones(self.n_items, dtype=bool)
+            cand_mask[np.asarray(candidates, dtype=np.int64)] = False  # True = not a candidate
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            batch = hist.select(np.arange(start, stop))
+            s = np.asarray(self.score_histories(batch, None if user_arr is None else user_arr[start:stop]),
+                           dtype=np.float32).copy()
+            if exclude_seen:
+                seen = batch.to_csr()
+                rows = np.repeat(np.arange(stop - start), np.diff(seen.indptr))
+                s[rows, seen.indices] = -np.inf
+            if cand_mask is not None:
+                s[:, cand_mask] = -np.inf
+            top_ids, top_scores = top_k(s, k_eff)
+            ids[start:stop, :k_eff] = top_ids
+            scores[start:stop, :k_eff] = top_scores
+        ids[~np.isfinite(scores)] = -1
+        return Recommendations(ids, scores)
+
+    def similar_items(self, items: Sequence[int] | np.ndarray, k: int = 10) -> Recommendations:
+        self._check_fitted()
+        vectors = self.item_vectors()
+        if vectors is None:
+            raise NotImplementedError(f"{self.type_name} has no item vectors to compare items with")
+        items = np.asarray(items, dtype=np.int64)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = vectors / np.maximum(norms, 1e-12)
+        sims = unit[items] @ unit.T
+        sims[np.arange(len(items)), items] = -np.inf
+        top_ids, top_scores = top_k(sims.astype(np.float32), min(k, self.n_items - 1))
+        return Recommendations(top_ids, top_scores)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        from safetensors.numpy import save_file
+
+        from recloop import __version__
+
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
+        h = self.train_histories
+        arrays.update({"_base.indptr": h.indptr, "_base.items": h.items, "_base.weights": h.weights,
+                       "_base.timestamps": h.timestamps})
+        save_file(arrays, str(path / ARRAYS_NAME))
+        manifest = {
+            "type": self.type_name,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "recloop_version": __version__,
+            "config": self.config.model_dump(mode="json"),
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "id_map": self.id_map_ref,
+            "extra": self._extra_manifest(),
+        }
+        (path / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        return path
+
+    def _extra_manifest(self) -> dict[str, Any]:
+        """Small JSON-able facts a subclass needs at load time besides arrays."""
+        return {}
+
+    def _load_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recommender:
+        """Load any saved model; `Recommender.load(p)` dispatches on the manifest's type."""
+        from safetensors.numpy import load_file
+
+        from recloop.errors import ArtifactError
+        from recloop.models import registry
+
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST_NAME).read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} is not a model bundle: {MANIFEST_NAME} is missing") from None
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{path / MANIFEST_NAME} is corrupt ({exc}); re-run the train step") from None
+        if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+            raise ArtifactError(f"{path}: bundle format {manifest.get('format_version')} is not supported "
+                                f"(this recloop reads format {BUNDLE_FORMAT_VERSION})")
+        model_cls = registry.get(manifest["type"])
+        if cls is not Recommender and not issubclass(model_cls, cls):
+            raise ArtifactError(f"{path} holds a {manifest['type']} model, not a {cls.__name__}")
+        try:
+            arrays = load_file(str(path / ARRAYS_NAME))
+        except Exception as exc:  # safetensors raises several types for truncated/corrupt files
+            raise ArtifactError(f"{path / ARRAYS_NAME} cannot be read ({exc}); re-run the train step") from None
+        model = model_cls(model_cls.config_cls.model_validate(manifest["config"]))
+        model.n_users, model.n_items = int(manifest["n_users"]), int(manifest["n_items"])
+        model.id_map_ref = manifest.get("id_map")
+        model.train_histories = Histories(arrays.pop("_base.indptr"), arrays.pop("_base.items"),
+                                          arrays.pop("_base.weights"), arrays.pop("_base.timestamps"),
+                                          model.n_items)
+        model._load_extra(manifest.get("extra") or {})
+        model._set_state(arrays)
+        return model
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k (ids, scores), best first; ties broken by lower item id. Vectorized."""
+    n, m = scores.shape
+    k = max(0, min(k, m))
+    if k == 0:
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
+    if k < m:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(m), (n, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return ids, np.take_along_axis(part_scores, order, axis=1)
