@@ -89,6 +89,7 @@ STEP_MODULES: dict[str, str] = {
     "preprocess": "recloop.steps.preprocess",
     "train": "recloop.steps.train",
     "evaluate": "recloop.steps.evaluate",
+    "gate": "recloop.steps.gate",
     "publish": "recloop.steps.publish",
 }
 
