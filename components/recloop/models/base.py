@@ -55,8 +55,9 @@ class FitContext:
     progress: Callable[[str, float, dict[str, float]], None] | None = None  # (phase, fraction, metrics)
     log: Callable[[str], None] = print
     device: str = "cpu"
-    # An embedder for texts the model sees after training (new items at serving time); optional.
-    embed_texts: Callable[[Sequence[str]], np.ndarray] | None = None
+    # Embeds texts with a given encoder config, through the store's embedding cache (set by the train
+    # step); models fall back to encoding directly when it is None.
+    text_embedder: Callable[[Any, Sequence[str]], np.ndarray] | None = None
 
 
 @dataclass

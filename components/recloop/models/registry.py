@@ -18,6 +18,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "recloop.models.itemknn",
     "recloop.models.ease",
     "recloop.models.mf",
+    "recloop.models.text_knn",
 )
 
 _REGISTRY: dict[str, tuple[type[Recommender], type[ModelConfig]]] = {}

