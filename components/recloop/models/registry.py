@@ -19,6 +19,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "recloop.models.ease",
     "recloop.models.mf",
     "recloop.models.text_knn",
+    "recloop.models.sasrec",
 )
 
 _REGISTRY: dict[str, tuple[type[Recommender], type[ModelConfig]]] = {}
