@@ -20,6 +20,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "recloop.models.mf",
     "recloop.models.text_knn",
     "recloop.models.sasrec",
+    "recloop.models.llm_rerank",
 )
 
 _REGISTRY: dict[str, tuple[type[Recommender], type[ModelConfig]]] = {}
