@@ -26,7 +26,7 @@ import pytest
 
 from recloop.data.interactions import Histories, Interactions
 from recloop.models import registry
-from recloop.models.base import Recommender
+from recloop.models.base import FitContext, Recommender
 
 N_ITEMS = 16
 BLOCK_A = np.arange(0, 8)
@@ -69,6 +69,10 @@ class ModelContract:
     personalized: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ helpers
+    def fit_context(self) -> FitContext | None:
+        """What fit() gets besides the splits; text models override this to provide item texts."""
+        return None
+
     def make(self, **overrides: Any) -> Recommender:
         cls = registry.get(self.model_type)
         return cls(cls.config_cls.model_validate({"type": self.model_type, **self.params, **overrides}))
@@ -79,7 +83,7 @@ class ModelContract:
 
     @pytest.fixture(scope="class")
     def model(self, train: Interactions) -> Recommender:
-        return self.make().fit(train, held_out_interactions(train))
+        return self.make().fit(train, held_out_interactions(train), self.fit_context())
 
     # ------------------------------------------------------------------ the contract
     def test_registered_type(self, model: Recommender) -> None:
@@ -168,8 +172,8 @@ class ModelContract:
 
     def test_same_seed_same_model(self, train: Interactions) -> None:
         valid = held_out_interactions(train)
-        first = self.make(seed=7).fit(train, valid)
-        second = self.make(seed=7).fit(train, valid)
+        first = self.make(seed=7).fit(train, valid, self.fit_context())
+        second = self.make(seed=7).fit(train, valid, self.fit_context())
         users = np.arange(train.n_users)
         a, b = first.recommend(users=users, k=8), second.recommend(users=users, k=8)
         np.testing.assert_array_equal(a.ids, b.ids)

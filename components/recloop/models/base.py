@@ -68,9 +68,16 @@ class Recommendations:
     scores: np.ndarray
 
 
+# Score given to items a model cannot know (no training interactions) so they rank below all others.
+COLD_ITEM_SCORE = np.float32(-1e30)
+
+
 class Recommender(ABC):
     type_name: ClassVar[str] = ""
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+    # Whether the model can score items with no training interactions (from their text). ID-only models
+    # cannot: recommend() ranks such items last rather than trusting arbitrary (untrained) scores.
+    scores_cold_items: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -107,6 +114,11 @@ class Recommender(ABC):
         self.n_users, self.n_items = train.n_users, train.n_items
         self.train_histories = train.histories()
 
+    def cold_item_mask(self) -> np.ndarray:
+        """Boolean (n_items,) mask of items without any training interaction."""
+        self._check_fitted()
+        return np.bincount(self.train_histories.items, minlength=self.n_items) == 0
+
     def _check_fitted(self) -> None:
         if self.train_histories is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load() first")
@@ -134,6 +146,9 @@ class Recommender(ABC):
         k_eff = min(k, self.n_items if candidates is None else len(candidates))
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
+        cold = None if self.scores_cold_items else self.cold_item_mask()
+        if cold is not None and not cold.any():
+            cold = None
         cand_mask = None
         if candidates is not None:
             cand_mask = np.ones(self.n_items, dtype=bool)
@@ -143,6 +158,8 @@ class Recommender(ABC):
             batch = hist.select(np.arange(start, stop))
             s = np.asarray(self.score_histories(batch, None if user_arr is None else user_arr[start:stop]),
                            dtype=np.float32).copy()
+            if cold is not None:
+                s[:, cold] = COLD_ITEM_SCORE
             if exclude_seen:
                 seen = batch.to_csr()
                 rows = np.repeat(np.arange(stop - start), np.diff(seen.indptr))

@@ -292,6 +292,10 @@ class LLMRerank(Recommender):
             self.last_reasons.append(result.reasons)
         return scores
 
+    @property
+    def scores_cold_items(self) -> bool:  # type: ignore[override]
+        return self.base.scores_cold_items
+
     def item_vectors(self) -> np.ndarray | None:
         return self.base.item_vectors()
 

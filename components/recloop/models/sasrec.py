@@ -244,3 +244,4 @@ register("sasrec", SASRecConfig)(SASRec)
 class TextSASRec(SASRec):
     config: TextSASRecConfig
     uses_text = True
+    scores_cold_items = True

@@ -67,6 +67,7 @@ def recency_weighted_mean(histories: Histories, vectors: np.ndarray, half_life: 
 @register("text_knn", TextKNNConfig)
 class TextKNN(Recommender):
     config: TextKNNConfig
+    scores_cold_items = True
 
     def __init__(self, config: TextKNNConfig):
         super().__init__(config)
