@@ -93,7 +93,9 @@ class ChatServer:
                 if server.mode == "malformed":
                     payload = b"{not json"
                 else:
-                    if server.mode == "good":
+                    if server.mode == "identity":
+                        text = json.dumps({"ranking": [{"id": c, "reason": "Same order."} for c in cands]})
+                    elif server.mode == "good":
                         text = json.dumps({"ranking": [{"id": c, "reason": f"Because {c}."} for c in reversed(cands)]})
                     elif server.mode == "hostile":
                         text = json.dumps({"ranking": [{"id": 1000}, {"id": -1}, {"id": "DROP TABLE"}]})
@@ -212,3 +214,24 @@ def test_local_backend_respects_latency_budget(tiny_causal_lm):
     recs = model.recommend(histories=Histories.from_lists([[0]], N_ITEMS), k=4)
     assert time.perf_counter() - started < 3.0  # generation is cut at the budget, not after 100k tokens
     assert sorted(recs.ids[0].tolist()) == [1, 2, 3, 4] and model.stats.calls == 1
+
+
+# ------------------------------------------------------------------ the shared model contract
+
+from model_contract import ModelContract  # noqa: E402
+
+
+class TestLLMRerankContract(ModelContract):
+    """llm_rerank over EASE, against a loopback server that keeps the candidates' order."""
+
+    model_type = "llm_rerank"
+    params: dict = {}
+
+    @pytest.fixture(scope="class", autouse=True)
+    def identity_server(self):
+        server = ChatServer()
+        server.mode = "identity"
+        type(self).params = {"base": {"type": "ease", "lambda": 1.0}, "top_n": 5, "timeout_s": 5.0,
+                             "endpoint": {"url": server.url, "model": "identity"}}
+        yield server
+        server.close()
