@@ -81,7 +81,9 @@ def _contract_types() -> set[str]:
 
 
 def test_every_registered_model_has_a_contract() -> None:
-    missing = set(registry.available()) - _contract_types()
+    # Built-in models only: test modules may register throw-away model types of their own.
+    builtin = {t for t in registry.available() if registry.get(t).__module__.startswith("recloop.")}
+    missing = builtin - _contract_types()
     assert not missing, (f"model types without a ModelContract test class: {sorted(missing)}; add "
                          "`class TestXContract(ModelContract): model_type = ...` to their test module")
 

@@ -3,9 +3,9 @@
 Models that train in epochs (mf, sequential models) call `validation_ndcg` every few epochs and keep the
 best weights; the train step uses it to report every candidate's `best_valid_metric` the same way.
 
-This is a deliberately tiny, self-contained metric (binary relevance, full ranking, training items
-excluded). The evaluation step's `recloop.evaluation.metrics` is the reference implementation for reported
-test metrics; keep the two definitions in agreement.
+Binary relevance, full ranking, the user's history excluded from both the ranking and the relevant set;
+the NDCG itself is `recloop.evaluation.metrics.ranking_metrics`, so model selection here and the evaluate
+step's reported metrics share one definition.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import scipy.sparse as sp
 
 from recloop.data.interactions import Histories, Interactions
 
@@ -34,14 +33,13 @@ def ndcg_at_k(score: ScoreFn, histories: Histories, targets: Interactions, k: in
     """
     if k < 1:
         raise ValueError(f"k must be positive (got {k})")
+    from recloop.evaluation.metrics import Targets, ranking_metrics
+
     if len(targets) == 0:
         return 0.0
     target_csr = targets.to_csr(binary=True)
     users = np.flatnonzero(np.diff(target_csr.indptr) > 0)
-    n_users_hist = len(histories)
-    users = users[users < n_users_hist]
-    discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
-    ideal_cumulative = np.cumsum(discounts)
+    users = users[users < len(histories)]
     total, counted = 0.0, 0
     for start in range(0, len(users), batch_size):
         batch_users = users[start:start + batch_size]
@@ -50,19 +48,18 @@ def ndcg_at_k(score: ScoreFn, histories: Histories, targets: Interactions, k: in
         relevant = target_csr[batch_users]
         relevant = (relevant - relevant.multiply(seen)).tocsr()
         relevant.eliminate_zeros()
-        n_relevant = np.diff(relevant.indptr)
-        keep = n_relevant > 0
-        if not keep.any():
+        keep = np.flatnonzero(np.diff(relevant.indptr) > 0)
+        if len(keep) == 0:
             continue
-        scores = np.asarray(score(batch_hist, batch_users), dtype=np.float32).copy()
-        rows = np.repeat(np.arange(len(batch_users)), np.diff(seen.indptr))
+        batch_hist, seen, relevant = batch_hist.select(keep), seen[keep], relevant[keep]
+        scores = np.asarray(score(batch_hist, batch_users[keep]), dtype=np.float32).copy()
+        rows = np.repeat(np.arange(len(keep)), np.diff(seen.indptr))
         scores[rows, seen.indices] = -np.inf
         top = _top_k_ids(scores, min(k, scores.shape[1]))
-        hits = _lookup(relevant, top)
-        dcg = (hits * discounts[: top.shape[1]]).sum(axis=1)
-        idcg = ideal_cumulative[np.clip(n_relevant, 1, k) - 1]
-        total += float((dcg[keep] / idcg[keep]).sum())
-        counted += int(keep.sum())
+        relevant.sort_indices()
+        targets_batch = Targets(relevant.indptr.astype(np.int64), relevant.indices.astype(np.int64))
+        total += float(ranking_metrics(top, targets_batch, [k], metrics=("ndcg",))[f"ndcg@{k}"].sum())
+        counted += len(keep)
     return total / counted if counted else 0.0
 
 
@@ -81,15 +78,6 @@ def _top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
     # An id whose score is -inf (seen item, fewer candidates than k) is no recommendation.
     ids[~np.isfinite(top_scores)] = -1
     return ids
-
-
-def _lookup(relevant: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
-    """(rows, k) 0/1 array: is ids[r, j] relevant for row r."""
-    n_rows, n_cols = relevant.shape
-    dense = np.zeros((n_rows, n_cols + 1), dtype=np.float64)  # last column absorbs the -1 padding
-    r = np.repeat(np.arange(n_rows), np.diff(relevant.indptr))
-    dense[r, relevant.indices] = 1.0
-    return np.take_along_axis(dense, np.where(ids < 0, n_cols, ids), axis=1)
 
 
 @dataclass

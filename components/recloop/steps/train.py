@@ -1,0 +1,275 @@
+"""train: fit every candidate model on the preprocess splits; one saved bundle per candidate.
+
+Input: the preprocess artifact (`train.parquet`, `valid.parquet`, `items.parquet`, summary `n_users` /
+`n_items`). Output `runs/{run}/train/`:
+  {candidate}/model.json, {candidate}/arrays.safetensors   a Recommender bundle (`Recommender.load`)
+  train_report.json   per candidate: type, config, seed, train seconds, epochs, validation NDCG@10,
+                      the per-epoch metrics the model reported; plus the data sizes
+Summary: `candidates: {name: {type, train_seconds, epochs, best_valid_metric}}` and `valid_metric`.
+
+Candidates are `config.models`, or only those named by `RunParams.models` (matched on candidate name).
+Before each fit every random generator is seeded from the model's `seed`. `best_valid_metric` is the
+validation NDCG@10 of the model as saved (for early-stopped models: the restored best epoch), computed
+the same way for every candidate. `epochs` is the model's `epochs_trained` when it has one, else the
+highest `epoch` it reported through `FitContext.progress`, else the number of progress reports that
+carried metrics (one per epoch by convention), and null for closed-form models that report none.
+Bundles are trained into a scratch folder and uploaded only when all candidates succeeded, so a failed
+run never replaces a committed artifact with a partial one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from recloop.data.interactions import Interactions
+from recloop.errors import ArtifactError, ConfigError, DataError
+from recloop.models.base import FitContext, ItemSide
+from recloop.steps.base import StepContext, StepSpec
+
+if TYPE_CHECKING:
+    from recloop.artifacts import Artifact, Manifest
+    from recloop.models.base import ModelConfig, Recommender
+
+SPEC = StepSpec(
+    "train",
+    ("preprocess",),
+    "Train every candidate model in `models:` (or those chosen with --models) on the preprocess splits; "
+    "one saved model bundle per candidate plus train_report.json.",
+)
+
+VALID_METRIC = "ndcg@10"
+_SPLIT_COLUMNS = ["user_idx", "item_idx", "timestamp", "weight"]
+
+
+@dataclass
+class TrainingData:
+    """What every candidate trains on, read once from the preprocess artifact."""
+
+    train: Interactions
+    valid: Interactions | None
+    items: ItemSide
+    uri: str
+
+    @property
+    def n_users(self) -> int:
+        return self.train.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.train.n_items
+
+
+@dataclass
+class CandidateResult:
+    name: str
+    model_type: str
+    config: dict[str, Any]
+    train_seconds: float
+    epochs: int | None
+    best_valid_metric: float | None
+    history: list[dict[str, float | None]] = field(default_factory=list)
+
+    def brief(self) -> dict[str, Any]:
+        return {"type": self.model_type, "train_seconds": self.train_seconds, "epochs": self.epochs,
+                "best_valid_metric": self.best_valid_metric}
+
+
+def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
+    if "preprocess" not in inputs:
+        raise ArtifactError("train needs the preprocess artifact; pass it as an input, e.g. "
+                            "--input preprocess=s3://bucket/runs/RUN/preprocess")
+    candidates = select_candidates(ctx.config.models, ctx.params.models, ctx.config.source)
+    preprocess = ctx.open(inputs["preprocess"])
+    data = load_training_data(preprocess)
+    ctx.log(f"train: {len(candidates)} candidate(s) on {len(data.train)} train / "
+            f"{0 if data.valid is None else len(data.valid)} valid events, {data.n_users} users, "
+            f"{data.n_items} items")
+    embedder = StoreTextEmbedder(ctx)
+    results: list[CandidateResult] = []
+    with tempfile.TemporaryDirectory(prefix="recloop-train-") as tmp:
+        for model_cfg in candidates:
+            results.append(train_candidate(model_cfg, data, ctx, embedder, Path(tmp) / model_cfg.candidate_name))
+        report = {
+            "preprocess_uri": preprocess.uri,
+            "n_users": data.n_users,
+            "n_items": data.n_items,
+            "n_train": len(data.train),
+            "n_valid": 0 if data.valid is None else len(data.valid),
+            "valid_metric": VALID_METRIC,
+            "candidates": {r.name: {**r.brief(), "config": r.config, "bundle": f"{r.name}/",
+                                    "history": r.history} for r in results},
+        }
+        with ctx.writer(output, parents=[preprocess.uri]) as writer:
+            for result in results:
+                writer.add_dir(result.name, Path(tmp) / result.name)
+            writer.put_json("train_report.json", report)
+            writer.summary.update({"candidates": {r.name: r.brief() for r in results},
+                                   "valid_metric": VALID_METRIC})
+    for r in results:
+        metric = "n/a" if r.best_valid_metric is None else f"{r.best_valid_metric:.4f}"
+        ctx.log(f"train: {r.name} ({r.model_type}) {r.train_seconds:.1f}s, epochs={r.epochs}, "
+                f"valid {VALID_METRIC}={metric}")
+    return writer.manifest
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def select_candidates(models: Sequence[ModelConfig], names: Sequence[str] | None, source: str) -> list[ModelConfig]:
+    """The configured candidates, or those named in `names` (config order kept)."""
+    if not models:
+        raise ConfigError(source, ["models: no candidate models are configured; add at least one, e.g. "
+                                   "`models: [{type: popularity}, {type: ease, lambda: 200}]`"])
+    configured = [m.candidate_name for m in models]
+    if not names:
+        return list(models)
+    unknown = [n for n in names if n not in configured]
+    if unknown:
+        raise ConfigError(source, [
+            f"--models: unknown candidate(s) {', '.join(repr(n) for n in unknown)}; configured candidates: "
+            f"{', '.join(configured)} (a candidate's name is its `name:`, else its `type:`)"])
+    wanted = set(names)
+    return [m for m in models if m.candidate_name in wanted]
+
+
+def load_training_data(preprocess: Artifact) -> TrainingData:
+    """Train/valid interactions and item side information from a committed preprocess artifact."""
+    files = preprocess.manifest.files
+    missing = [f for f in ("train.parquet", "valid.parquet") if f not in files]
+    if missing:
+        raise ArtifactError(f"{preprocess.uri} is not a preprocess artifact: it lacks {', '.join(missing)}; "
+                            "point train at the preprocess step's output")
+    summary = preprocess.manifest.summary
+    try:
+        n_users, n_items = int(summary["n_users"]), int(summary["n_items"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{preprocess.uri}: the manifest summary lacks n_users / n_items; re-run preprocess") from None
+    train_df = preprocess.read_parquet("train.parquet", columns=_SPLIT_COLUMNS)
+    valid_df = preprocess.read_parquet("valid.parquet", columns=_SPLIT_COLUMNS)
+    try:
+        train = Interactions.from_frame(train_df, n_users, n_items)
+        valid = Interactions.from_frame(valid_df, n_users, n_items) if len(valid_df) else None
+    except ValueError as exc:
+        raise ArtifactError(f"{preprocess.uri}: splits disagree with n_users={n_users}, n_items={n_items} "
+                            f"({exc}); re-run preprocess") from None
+    if len(train) == 0:
+        raise DataError(f"the train split of {preprocess.uri} is empty: nothing to learn from; loosen the "
+                        "preprocess filters (min_user_interactions, implicit.min_rating) or add data")
+    return TrainingData(train, valid, _item_side(preprocess, n_items), preprocess.uri)
+
+
+def _item_side(preprocess: Artifact, n_items: int) -> ItemSide:
+    """Texts and categories per contiguous item id; items missing from items.parquet get empty ones."""
+    if "items.parquet" not in preprocess.manifest.files:
+        return ItemSide()
+    items = preprocess.read_parquet("items.parquet")
+    idx = items["item_idx"].to_numpy(np.int64)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n_items):
+        raise ArtifactError(f"{preprocess.uri}/items.parquet has item_idx outside [0, {n_items}); re-run preprocess")
+    texts: list[str] | None = None
+    categories: list[list[str]] | None = None
+    if "text" in items.columns:
+        texts = [""] * n_items
+        for i, text in zip(idx, items["text"]):
+            texts[i] = "" if text is None else str(text)
+    if "categories" in items.columns:
+        categories = [[] for _ in range(n_items)]
+        for i, cats in zip(idx, items["categories"]):
+            categories[i] = [] if cats is None else [str(c) for c in cats]
+    return ItemSide(texts=texts, categories=categories)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy's global generator and, if a model already imported it, torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")  # never import torch just to seed it
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def train_candidate(model_cfg: ModelConfig, data: TrainingData, ctx: StepContext,
+                    embedder: Callable[[Any, Sequence[str]], np.ndarray] | None, bundle_dir: Path) -> CandidateResult:
+    """Fit one candidate, save its bundle to `bundle_dir` and measure it on the validation split."""
+    from recloop.models import registry
+    from recloop.models.early_stopping import validation_ndcg
+
+    name = model_cfg.candidate_name
+    model: Recommender = registry.get(model_cfg.type)(model_cfg)
+    history: list[dict[str, float | None]] = []
+    advance = ctx.progress(f"train {name}", total=100.0)
+    done = [0.0]
+
+    def on_progress(phase: str, fraction: float, metrics: dict[str, float]) -> None:
+        step = max(0.0, min(100.0, 100.0 * float(fraction)) - done[0])
+        if step:
+            done[0] += step
+            advance(step)
+        if metrics:
+            history.append({"phase": phase, **{k: _finite(v) for k, v in metrics.items()}})  # type: ignore[dict-item]
+
+    context = FitContext(items=data.items, progress=on_progress, log=lambda msg: ctx.log(f"{name}: {msg}"),
+                         text_embedder=embedder)
+    seed_everything(model_cfg.seed)
+    ctx.log(f"train: fitting {name} ({model_cfg.type})")
+    start = time.perf_counter()
+    model.fit(data.train, data.valid, context)
+    seconds = time.perf_counter() - start
+    if done[0] < 100.0:
+        advance(100.0 - done[0])
+    model.id_map_ref = data.uri
+    model.save(bundle_dir)
+    metric = None if data.valid is None else _finite(validation_ndcg(model, data.valid))
+    return CandidateResult(name=name, model_type=model_cfg.type, config=model_cfg.model_dump(mode="json", by_alias=True),
+                           train_seconds=round(seconds, 3), epochs=_epochs(model, history),
+                           best_valid_metric=metric, history=history)
+
+
+def _epochs(model: Recommender, history: list[dict[str, Any]]) -> int | None:
+    trained = getattr(model, "epochs_trained", None)
+    if isinstance(trained, int) and not isinstance(trained, bool):
+        return trained
+    reported = [h["epoch"] for h in history if isinstance(h.get("epoch"), (int, float))]
+    if reported:
+        return int(max(reported))
+    return len(history) or None
+
+
+def _finite(value: Any) -> float | None:
+    """JSON-safe metric: NaN and infinities become null."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class StoreTextEmbedder:
+    """`FitContext.text_embedder`: encodes item texts through the store's embedding cache, so a retrain
+    embeds only new or changed texts. One encoder per distinct encoder config, created on first use."""
+
+    def __init__(self, ctx: StepContext):
+        self.ctx = ctx
+        self._encoders: dict[str, Any] = {}
+
+    def __call__(self, encoder_cfg: Any, texts: Sequence[str]) -> np.ndarray:
+        from recloop.models.text_encoder import EmbeddingCache, TextEncoder
+
+        key = encoder_cfg.model_dump_json()
+        if key not in self._encoders:
+            self._encoders[key] = TextEncoder(encoder_cfg)
+        encoder = self._encoders[key]
+        advance = self.ctx.progress("embed item texts", total=float(len(texts)))
+        vectors, n_new = EmbeddingCache(self.ctx.store, encoder.model_id).embed(list(texts), encoder, progress=advance)
+        self.ctx.log(f"train: embedded {len(texts)} item texts with {encoder.model_id} "
+                     f"({n_new} encoded, {len(texts) - n_new} from the cache)")
+        return vectors
