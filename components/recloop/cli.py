@@ -66,16 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors: typer ships its own copy of click (typer._click) or uses click itself; both have
+        # ClickException / Abort / Exit classes under these names.
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names:
             exc.show()
-            return 2 if isinstance(exc, click.UsageError) else 1
-        if isinstance(exc, click.exceptions.Abort):
+            return 2 if "UsageError" in names else 1
+        if "Abort" in names:
             return 1
+        if "Exit" in names:
+            return int(getattr(exc, "exit_code", 0) or 0)
         raise
     return 0
 
