@@ -1,0 +1,170 @@
+"""validate: check ingested interactions with a great-expectations suite before anything learns from them.
+
+Reads ingest's `interactions.parquet` (and `items.parquet` if present), runs `recloop.data.quality` and
+writes `result.json` plus GX Data Docs (`data_docs/`). What happens on failure is `validation.on_failure`:
+
+- `fail`: the report goes to the sibling artifact `runs/{run_id}/validate-failed/` and the step raises
+  `ValidationFailed` (exit code 3) with a one-screen summary naming each failed check with sample rows.
+- `quarantine`: rows breaking a row-level rule go to `quarantine/interactions.parquet` with a
+  `quarantine_reason`; the rest to `interactions.parquet` (read by preprocess). The step fails only if
+  the valid share drops below `min_valid_share`, fewer than `min_rows` rows remain, or a check that
+  cannot be fixed row by row fails (missing columns, wrong types, cold-start share).
+- `warn`: logs the failures and passes; preprocess then reads ingest's interactions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recloop.errors import ArtifactError, ValidationFailed
+from recloop.steps.base import StepContext, StepSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from recloop.artifacts import ArtifactWriter, Manifest
+    from recloop.data.quality import QualityReport
+
+SPEC = StepSpec(
+    name="validate",
+    inputs=("ingest",),
+    description="Check ingested interactions with a great-expectations suite; fail, quarantine bad rows, or warn.",
+)
+FAILED_SUFFIX = "-failed"
+
+
+def _read_table(ctx: StepContext, uri: str, name: str) -> pa.Table | None:
+    import pyarrow.parquet as pq
+
+    artifact = ctx.open(uri)
+    if name not in artifact.manifest.files:
+        return None
+    with artifact.path(name) as p:
+        return pq.read_table(p)
+
+
+def _put_table(writer: ArtifactWriter, name: str, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
+    path = writer.local(name)
+    pq.write_table(table, path)
+    writer.add_file(name, path, rows=table.num_rows, schema={f.name: str(f.type) for f in table.schema})
+
+
+def _write_report(writer: ArtifactWriter, result: dict[str, Any], docs_dir: Path | None) -> None:
+    writer.put_json("result.json", result)
+    if docs_dir is not None and docs_dir.is_dir():
+        writer.add_dir("data_docs", docs_dir)
+
+
+def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
+    import numpy as np
+    import pyarrow as pa
+
+    from recloop.data.quality import check_interactions, format_failure
+
+    cfg = ctx.config.validation
+    if "ingest" not in inputs:
+        raise ArtifactError("validate needs the ingest artifact as input 'ingest'; run `recloop step ingest` first")
+    ingest_uri = inputs["ingest"]
+    table = _read_table(ctx, ingest_uri, "interactions.parquet")
+    if table is None:
+        raise ArtifactError(f"{ingest_uri} has no interactions.parquet; re-run ingest")
+    items_table = _read_table(ctx, ingest_uri, "items.parquet")
+    interactions: pd.DataFrame = table.to_pandas()
+    items = items_table.select([c for c in items_table.column_names if c == "item_id"]).to_pandas() \
+        if items_table is not None else None
+
+    advance = ctx.progress("validate: running expectations", total=3)
+    now = datetime.now(timezone.utc)
+    with tempfile.TemporaryDirectory(prefix="recloop-validate-") as tmp:
+        docs_dir = Path(tmp, "data_docs") if cfg.data_docs else None
+        report = check_interactions(interactions, items, cfg, now, docs_dir, run_name=ctx.run_id)
+        advance(1)
+
+        invalid = report.invalid_mask()
+        n_rows = report.rows
+        quarantine = cfg.on_failure == "quarantine"
+        n_bad = int(invalid.sum()) if quarantine else 0
+        n_valid = n_rows - n_bad
+        valid_share = n_valid / n_rows if n_rows else 0.0
+
+        # What still fails once bad rows are set aside: checks no row filter can fix, and the volume.
+        problems: list[str] = []
+        if quarantine:
+            unfixable = [c for c in report.failed if not c.row_level]
+            if n_rows and valid_share < cfg.min_valid_share:
+                problems.append(f"only {n_valid} of {n_rows} rows ({valid_share:.2%}) are valid; "
+                                f"validation.min_valid_share is {cfg.min_valid_share:.2%}")
+            if n_valid < cfg.min_rows:
+                problems.append(f"{n_valid} valid rows remain; validation.min_rows is {cfg.min_rows}")
+            success = not unfixable and not problems
+        else:
+            success = report.success
+
+        result = report.to_json()
+        result.update({
+            "input": ingest_uri, "on_failure": cfg.on_failure, "success": success,
+            "rows": n_rows, "valid_rows": n_valid, "quarantined_rows": n_bad,
+            "invalid_rows": int(invalid.sum()), "valid_share": valid_share, "problems": problems,
+            "data_docs": "data_docs/index.html" if docs_dir is not None else None,
+        })
+        summary = {
+            "success": success, "rows": n_rows, "valid_rows": n_valid, "quarantined_rows": n_bad,
+            "invalid_rows": int(invalid.sum()),
+            "failed_expectations": [c.name for c in report.failed],
+        }
+
+        valid_table = quarantined = None
+        if n_bad:
+            keep = pa.array(~invalid)
+            valid_table = table.filter(keep)
+            reasons = report.quarantine_reasons()
+            positions = np.flatnonzero(invalid)
+            quarantined = table.take(pa.array(positions)).append_column(
+                "quarantine_reason", pa.array(reasons.reindex(positions).tolist(), pa.string()))
+        assert n_valid + n_bad == n_rows
+
+        if not success and cfg.on_failure in ("fail", "quarantine"):
+            failed_uri = _commit_failure(ctx, output, ingest_uri, result, summary, docs_dir, quarantined)
+            where = f"{failed_uri}/result.json"
+            if docs_dir is not None:
+                where += f" (Data Docs: {failed_uri}/data_docs/index.html)"
+            raise ValidationFailed(format_failure(report, ingest_uri, where,
+                                                  quarantined=n_bad if quarantine else None, problems=problems))
+        if not report.success:
+            failed = ", ".join(c.name for c in report.failed)
+            if quarantine:
+                ctx.log(f"validate: quarantined {n_bad} of {n_rows} rows (failed: {failed})")
+            else:
+                ctx.log(f"validate: WARNING data failed {len(report.failed)} checks ({failed}); "
+                        "continuing because validation.on_failure is 'warn'")
+        advance(1)
+
+        with ctx.writer(output, parents=[ingest_uri]) as writer:
+            _write_report(writer, result, docs_dir)
+            if valid_table is not None and quarantined is not None:
+                _put_table(writer, "interactions.parquet", valid_table)
+                _put_table(writer, "quarantine/interactions.parquet", quarantined)
+            writer.summary.update(summary)
+        advance(1)
+    ctx.log(f"validate: {n_valid} valid rows, {n_bad} quarantined -> {output}")
+    return writer.manifest
+
+
+def _commit_failure(ctx: StepContext, output: str, ingest_uri: str, result: dict[str, Any],
+                    summary: dict[str, Any], docs_dir: Path | None, quarantined: pa.Table | None) -> str:
+    """Commit the report to the sibling `validate-failed` artifact so a failed run can be inspected."""
+    key = ctx.key(output)
+    failed_key = key + FAILED_SUFFIX
+    failed_uri = ctx.store.uri(failed_key)
+    with ctx.writer(failed_uri, parents=[ingest_uri]) as writer:
+        _write_report(writer, result, docs_dir)
+        if quarantined is not None:
+            _put_table(writer, "quarantine/interactions.parquet", quarantined)
+        writer.summary.update(summary)
+    return failed_uri
