@@ -1,0 +1,366 @@
+"""The DAG factory: one training DAG and one feedback DAG per pipeline config in a folder.
+
+    dags/recloop_pipelines.py:  globals().update(build_dags(config_dir))
+
+Parse time is kept small (the DagBag must parse in well under 2 s): configs are read and validated
+(pydantic), DAG objects are built, and nothing else happens — no store or network access, no heavy
+imports (steps, models, torch, great_expectations load inside the tasks). Secrets stay `${VAR}` at parse
+time: the scheduler needs no credentials. Files whose name starts with `_` are partials for `extends:`
+and get no DAG. A broken config raises `ConfigError` naming the file and every problem, which Airflow
+shows as the DAG file's import error.
+
+Training DAG `{name}_train`: prepare → data(ingest → validate → preprocess) → model(train → evaluate)
+→ release(gate → decide → publish). `decide` is a short-circuit: an unblessed candidate or a dry run
+skips publish, the run stays green, and the reason goes to the task log and the run note.
+Feedback DAG `{name}_feedback`: feedback → check → emit, where `emit` updates the Asset
+`recloop://{name}/feedback` that (with the default `execution.schedule: feedback`) triggers training.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recloop.config import PipelineConfig, load
+from recloop.errors import ConfigError
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+# The training pipeline (the artifact contract) and the upstream artifacts each step reads.
+TRAINING_STEPS: tuple[str, ...] = ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
+STEP_UPSTREAMS: dict[str, tuple[str, ...]] = {
+    "ingest": (),
+    "validate": ("ingest",),
+    "preprocess": ("ingest", "validate"),
+    "train": ("preprocess",),
+    "evaluate": ("preprocess", "train"),
+    "gate": ("evaluate",),
+    "publish": ("gate", "train", "preprocess", "evaluate"),
+}
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("ingest", "validate", "preprocess"),
+    "model": ("train", "evaluate"),
+    "release": ("gate", "publish"),
+}
+GROUP_TOOLTIPS = {
+    "data": "Read raw events, check them, and split them into train/valid/test",
+    "model": "Train every candidate model and evaluate it (and the production champion) on the same split",
+    "release": "Gate the best candidate on thresholds and publish it as the production model",
+}
+FEEDBACK_STEPS: tuple[str, ...] = ("feedback",)
+# A fixed past start: with catchup off, nothing is backfilled, and the DAG is valid from its first parse.
+START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+_RETRY_HELP = (
+    "**Retry:** clear this task in the Grid view (or `airflow tasks clear DAG_ID -t TASK_REGEX -s DATE -e DATE`). "
+    "A step whose artifact this run already committed is reused, not recomputed; trigger a new run with "
+    "`force: true` to recompute."
+)
+STEP_DOCS: dict[str, str] = {
+    "ingest": "Reads the raw interaction events (and the item catalog / users, when configured) named in "
+    "`data:` — local files, globs or `s3://` — honouring the `since` watermark. "
+    "**Writes** `runs/{run}/ingest/`: `interactions.parquet`, `items.parquet`, `users.parquet`; the "
+    "manifest summary holds `max_timestamp`, the next incremental run's watermark.",
+    "validate": "**Reads** the ingest artifact. Runs the great-expectations suite from `validation:`. "
+    "**Writes** `runs/{run}/validate/`: `result.json`, `data_docs/`, and the valid rows plus "
+    "`quarantine/` when rows were quarantined. With `on_failure: fail` a failed check fails the task "
+    "(the report goes to `runs/{run}/validate-failed/`): fix the data or the thresholds, then clear it.",
+    "preprocess": "**Reads** the ingest artifact (or validate's valid rows). Dedupes, converts to implicit "
+    "feedback, filters, maps ids and splits by time. **Writes** `runs/{run}/preprocess/`: "
+    "`train/valid/test.parquet`, `id_maps/`, `items.parquet`, `stats.json`.",
+    "train": "**Reads** the preprocess artifact. Trains every model in `models:` (or the `models` param). "
+    "**Writes** `runs/{run}/train/{candidate}/` bundles and `train_report.json`.",
+    "evaluate": "**Reads** preprocess and train. Evaluates every candidate and the production champion on "
+    "the same split. **Writes** `runs/{run}/evaluate/`: `metrics.json`, `report.html`.",
+    "gate": "**Reads** evaluate. Applies `gate:` thresholds (absolute, relative to the champion). "
+    "**Writes** `runs/{run}/gate/blessing.json` with the decision and reasons.",
+    "publish": "**Reads** gate, train, preprocess, evaluate. Registers the blessed bundle as "
+    "`models/{name}/v{N}/` and moves the `production` alias (compare-and-swap). Runs only when `decide` "
+    "let it (blessed, not a dry run). Retrying is safe: the alias moves at most once per version.",
+}
+PREPARE_DOC = (
+    "Validates the run's params and the config with its overrides, once, before any step (a bad "
+    "override fails here in seconds), and hands the config hash to every step so that a config edited "
+    "mid-run is refused instead of mixing two configs in one run. Reads only the config file."
+)
+DECIDE_DOC = (
+    "Short-circuit before publish. **Reads** `runs/{run}/gate/blessing.json`. Lets publish run only for "
+    "a blessed candidate outside a dry run; otherwise publish is skipped, the run ends green, and the "
+    "reason is logged here and written as the run note (when `execution.airflow_api` is set)."
+)
+
+
+def dag_ids(pipeline_name: str) -> tuple[str, str]:
+    """(training DAG id, feedback DAG id) of a pipeline."""
+    return f"{pipeline_name}_train", f"{pipeline_name}_feedback"
+
+
+def feedback_asset_uri(pipeline_name: str) -> str:
+    return f"recloop://{pipeline_name}/feedback"
+
+
+class _UnexpandedEnv(dict):
+    """Parse-time environment: every `${VAR}` stays as written (no credentials needed to parse)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return "${" + key + "}"
+
+
+def config_files(config_dir: Path) -> list[Path]:
+    if not config_dir.is_dir():
+        raise ConfigError(str(config_dir), [
+            "RECLOOP_CONFIG_DIR: this folder does not exist; point it at the folder holding the pipeline configs"
+        ])
+    return sorted(p for p in config_dir.iterdir()
+                  if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(("_", ".")))
+
+
+def load_for_parsing(path: Path) -> PipelineConfig:
+    """Load and validate a config without expanding secrets, and check the orchestration settings."""
+    cfg = load(path, env=_UnexpandedEnv())
+    known = set(TRAINING_STEPS) | set(FEEDBACK_STEPS)
+    errors = [f"execution.steps.{name}: unknown step; steps are {', '.join(sorted(known))}"
+              for name in cfg.execution.steps if name not in known]
+    fault = cfg.execution.fault_injection
+    if fault is not None and fault.step not in known:
+        errors.append(f"execution.fault_injection.step: unknown step {fault.step!r}; steps are {', '.join(sorted(known))}")
+    if errors:
+        raise ConfigError(str(path), errors)
+    return cfg
+
+
+def build_dags(config_dir: str | Path) -> dict[str, DAG]:
+    """Every DAG for every config in `config_dir`, keyed by DAG id."""
+    dags: dict[str, DAG] = {}
+    owners: dict[str, Path] = {}
+    for path in config_files(Path(config_dir).resolve()):
+        cfg = load_for_parsing(path)
+        if cfg.name in owners:
+            raise ConfigError(str(path), [
+                f"name: {cfg.name!r} is also the name of {owners[cfg.name]}; each pipeline needs its own name "
+                "(it names the DAGs, the store paths and the model)"
+            ])
+        owners[cfg.name] = path
+        for dag in (build_training_dag(cfg, path), build_feedback_dag(cfg, path)):
+            dags[dag.dag_id] = dag
+    return dags
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def task_settings(cfg: PipelineConfig, step: str | None) -> dict[str, Any]:
+    """Retries and timeout of one step's task (`execution` defaults, `execution.steps.<step>` overrides)."""
+    ex = cfg.execution
+    override = ex.steps.get(step) if step else None
+
+    def pick(name: str) -> Any:
+        value = getattr(override, name) if override is not None else None
+        return getattr(ex, name) if value is None else value
+
+    return {
+        "retries": pick("retries"),
+        "retry_delay": pick("retry_delay"),
+        "execution_timeout": timedelta(minutes=pick("timeout_minutes")),
+    }
+
+
+def default_args(cfg: PipelineConfig, config_path: Path) -> dict[str, Any]:
+    from recloop.orchestration.callbacks import FailureRecorder
+
+    ex = cfg.execution
+    return {
+        "owner": ex.owner,
+        **task_settings(cfg, None),
+        # Airflow's multiplier form: delay * backoff**(try-1), jittered, capped by max_retry_delay.
+        "retry_exponential_backoff": ex.retry_backoff if ex.retry_backoff > 1 else 0,
+        "max_retry_delay": ex.max_retry_delay,
+        "on_failure_callback": FailureRecorder(str(config_path), final=True),
+        "on_retry_callback": FailureRecorder(str(config_path), final=False),
+    }
+
+
+def _split_schedule(entries: str | list[str] | None) -> tuple[str | None, list[str]]:
+    from recloop.config import _CRON_PRESETS
+
+    if entries is None:
+        return None, []
+    cron, assets = None, []
+    for entry in [entries] if isinstance(entries, str) else entries:
+        entry = entry.strip()
+        if entry == "feedback" or "://" in entry:
+            assets.append(entry)
+        else:
+            cron = _CRON_PRESETS.get(entry, entry)
+    return cron, assets
+
+
+def training_schedule(cfg: PipelineConfig) -> Any:
+    """`execution.schedule` as an Airflow schedule: None, a cron timetable, assets, or either."""
+    from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
+
+    cron, entries = _split_schedule(cfg.execution.schedule)
+    assets = [Asset(feedback_asset_uri(cfg.name) if e == "feedback" else e) for e in entries]
+    asset_condition = None if not assets else assets[0] if len(assets) == 1 else AssetAny(*assets)
+    timetable = CronTriggerTimetable(cron, timezone=cfg.execution.timezone) if cron else None
+    if timetable is not None and asset_condition is not None:
+        return AssetOrTimeSchedule(timetable=timetable, assets=asset_condition)
+    return timetable if timetable is not None else asset_condition
+
+
+def feedback_schedule(cfg: PipelineConfig) -> Any:
+    from airflow.sdk import CronTriggerTimetable
+
+    cron, _ = _split_schedule(cfg.execution.feedback_schedule)
+    return CronTriggerTimetable(cron, timezone=cfg.execution.timezone) if cron else None
+
+
+def describe_schedule(value: str | list[str] | None) -> str:
+    if value is None:
+        return "manual only"
+    return " or ".join(f"`{v}`" for v in ([value] if isinstance(value, str) else value))
+
+
+def training_doc(cfg: PipelineConfig, config_path: Path) -> str:
+    train_id, feedback_id = dag_ids(cfg.name)
+    models = ", ".join(f"`{m.candidate_name}` ({m.type})" for m in cfg.models) or "none configured"
+    ex = cfg.execution
+    return f"""# recloop pipeline `{cfg.name}` — training
+
+Trains, evaluates, gates and publishes recommendation models from `{config_path}`.
+
+| | |
+|---|---|
+| Store | `{cfg.store.root}` — artifacts under `runs/<run id>/<step>/`, failures under `runs/<run id>/_failures/` |
+| Models | {models} |
+| Published as | `{cfg.model_name}` (`models/{cfg.model_name}/production.json`) |
+| Schedule | {describe_schedule(ex.schedule)}; the feedback DAG `{feedback_id}` updates `{feedback_asset_uri(cfg.name)}` |
+| Execution | `{ex.mode}`; {ex.retries} retries from {ex.retry_delay} (x{ex.retry_backoff:g} back-off), {ex.timeout_minutes} min timeout per step |
+
+**Params:** `models` (subset of candidates), `since` (watermark), `dry_run` (everything but publish),
+`overrides` (`key.path=value` lines), `force` (recompute committed steps).
+
+**Trigger:** UI ▶ *Trigger* (form), `airflow dags trigger {train_id} -c '{{"dry_run": true}}'`, or
+`POST /api/v2/dags/{train_id}/dagRuns` with `{{"logical_date": null, "conf": {{...}}}}`.
+
+**When publish is skipped:** see the `release.decide` log or the run note — the gate's reasons.
+
+**Retry:** clear the failed task (and downstream). Steps already committed in this run are reused.
+"""
+
+
+def _step_doc(step: str) -> str:
+    return f"### {step}\n\n{STEP_DOCS[step]}\n\n{_RETRY_HELP}"
+
+
+def _container_task(cfg: PipelineConfig, config_path: Path, step: str, settings: dict[str, Any]) -> Any:
+    from recloop.orchestration import containers
+
+    task_kwargs = {"task_id": step, "doc_md": _step_doc(step), **settings}
+    if cfg.execution.mode == "kubernetes":
+        return containers.pod_operator(cfg, config_path, step, task_kwargs)
+    return containers.docker_operator(cfg, config_path, step, task_kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ DAGs
+
+
+def build_training_dag(cfg: PipelineConfig, config_path: Path) -> DAG:
+    from airflow.sdk import DAG, TaskGroup, task
+
+    from recloop.orchestration import tasks
+    from recloop.orchestration.params import training_params
+
+    train_id, _ = dag_ids(cfg.name)
+    ex = cfg.execution
+    dag = DAG(
+        dag_id=train_id,
+        dag_display_name=f"{cfg.name} · training",
+        description=f"recloop: train, evaluate, gate and publish {cfg.model_name}",
+        doc_md=training_doc(cfg, config_path),
+        schedule=training_schedule(cfg),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=sorted({"recloop", "training", f"pipeline:{cfg.name}", f"mode:{ex.mode}", *ex.tags}),
+        params=training_params(cfg),
+        default_args=default_args(cfg, config_path),
+    )
+    path = str(config_path)
+    with dag:
+        run = task(task_id="prepare", doc_md=PREPARE_DOC, retries=0)(tasks.prepare_run)(config_path=path)
+        outputs: dict[str, Any] = {}
+        for group, steps in TASK_GROUPS.items():
+            with TaskGroup(group, tooltip=GROUP_TOOLTIPS[group]):
+                for step in steps:
+                    settings = task_settings(cfg, step)
+                    decide = None
+                    if step == "publish":
+                        decide = task.short_circuit(task_id="decide", doc_md=DECIDE_DOC)(tasks.decide_publish)(
+                            config_path=path, run=run,
+                            gate=outputs["gate"] if ex.mode == "inprocess" else None,
+                        )
+                        if ex.mode != "inprocess":
+                            outputs["gate"] >> decide
+                    if ex.mode == "inprocess":
+                        op = task(task_id=step, doc_md=_step_doc(step), **settings)(tasks.run_pipeline_step)(
+                            step=step, config_path=path, run=run,
+                            upstream={u: outputs[u] for u in STEP_UPSTREAMS[step]},
+                        )
+                    else:
+                        op = _container_task(cfg, config_path, step, settings)
+                        run >> op
+                        for upstream in STEP_UPSTREAMS[step]:
+                            outputs[upstream] >> op
+                    if decide is not None:
+                        decide >> op
+                    outputs[step] = op
+    return dag
+
+
+def build_feedback_dag(cfg: PipelineConfig, config_path: Path) -> DAG:
+    from airflow.sdk import DAG, Asset, task
+
+    from recloop.orchestration import tasks
+
+    train_id, feedback_id = dag_ids(cfg.name)
+    asset_uri = feedback_asset_uri(cfg.name)
+    path = str(config_path)
+    dag = DAG(
+        dag_id=feedback_id,
+        dag_display_name=f"{cfg.name} · feedback",
+        description=f"recloop: collect served-model feedback for {cfg.name} and trigger retraining",
+        doc_md=f"""# recloop pipeline `{cfg.name}` — feedback
+
+Collects what the served model's users did (impressions, clicks) into `runs/<run id>/feedback/` and, when
+there are new interactions, updates the Asset `{asset_uri}`; with `execution.schedule: feedback` that
+triggers `{train_id}`. Schedule: {describe_schedule(cfg.execution.feedback_schedule)}.
+
+Until the serving release adds the `feedback` step, the `feedback` task skips (the run stays green) and
+no Asset event is emitted. {_RETRY_HELP}
+""",
+        schedule=feedback_schedule(cfg),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=sorted({"recloop", "feedback", f"pipeline:{cfg.name}", *cfg.execution.tags}),
+        default_args=default_args(cfg, config_path),
+    )
+    with dag:
+        collected = task(task_id="feedback", doc_md=(
+            "Runs the `feedback` step (serving logs → interactions for the next training run). **Writes** "
+            "`runs/{run}/feedback/`. Skips while the step is not installed."), **task_settings(cfg, "feedback"),
+        )(tasks.run_feedback_step)(config_path=path)
+        news = task.short_circuit(task_id="check", doc_md=(
+            "Lets `emit` run only when the feedback brought new interactions, so an idle day does not retrain."
+        ))(tasks.feedback_has_news)(collected)
+        emitted = task(task_id="emit", outlets=[Asset(asset_uri)], doc_md=(
+            f"Updates the Asset `{asset_uri}` (extra: the feedback artifact URI and summary); "
+            f"`{train_id}` is scheduled on it."))(tasks.emit_feedback_asset)(collected, asset_uri)
+        news >> emitted
+    return dag

@@ -1,0 +1,254 @@
+"""Task callables of the recloop DAGs. They run inside Airflow task processes, never at parse time.
+
+Each in-process step task loads the run's config (file + the run's overrides), checks it is the config
+`prepare` validated (same hash), builds a `StepContext` and calls `recloop.steps.base.run_step`. Only the
+artifact URI and a small summary (`Manifest.brief()`) go back through XCom. Because `run_step` reuses a
+committed artifact, a retried or cleared task resumes instead of redoing finished work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from recloop.errors import ConfigError, RecloopError
+from recloop.orchestration.params import RunRequest
+
+if TYPE_CHECKING:
+    from recloop.config import FaultInjectionConfig, PipelineConfig
+    from recloop.steps.base import StepContext
+
+log = logging.getLogger("recloop.orchestration")
+
+
+class InjectedFault(RecloopError):
+    """A failure requested by `execution.fault_injection` (tests and retry drills)."""
+
+
+class StepUnavailable(RecloopError):
+    """The step's module is not part of this recloop installation."""
+
+
+def check_fault(fault: FaultInjectionConfig | None, step: str, attempt: int, at: str) -> None:
+    """Raise `InjectedFault` when the config asks this step to fail on this attempt."""
+    if fault is None or fault.step != step or fault.at != at or attempt > fault.fail_attempts:
+        return
+    where = "before running" if at == "start" else "after committing its artifact"
+    raise InjectedFault(
+        f"{step}: injected failure {where}, attempt {attempt} of {fault.fail_attempts} planned failure(s) "
+        "(execution.fault_injection); Airflow retries the task. Remove execution.fault_injection from the "
+        "config to stop these failures."
+    )
+
+
+class LogProgress:
+    """`StepContext.progress` for task logs: a line at the start, at each quarter, and at most every
+    `min_interval_s` in between (a progress bar would flood the log)."""
+
+    def __init__(self, say: Callable[[str], None], min_interval_s: float = 15.0):
+        self.say = say
+        self.min_interval_s = min_interval_s
+
+    def __call__(self, description: str, total: float | None = None) -> Callable[[float], None]:
+        state = {"done": 0.0, "quarter": 0, "last": time.monotonic()}
+        self.say(f"{description}: started" + (f" ({total:g} to do)" if total else ""))
+
+        def advance(amount: float = 1.0) -> None:
+            state["done"] += amount
+            now = time.monotonic()
+            quarter = int(4 * state["done"] / total) if total else 0
+            if quarter > state["quarter"] or now - state["last"] >= self.min_interval_s:
+                state["quarter"] = max(quarter, state["quarter"])
+                state["last"] = now
+                share = f" ({100 * state['done'] / total:.0f}%)" if total else ""
+                self.say(f"{description}: {state['done']:g}{f' of {total:g}' if total else ''} done{share}")
+
+        return advance
+
+
+def _current_context() -> Mapping[str, Any]:
+    from airflow.sdk import get_current_context
+
+    return get_current_context()
+
+
+def _say(message: str) -> None:
+    log.info(message)
+
+
+def load_checked_config(config_path: str, run: Mapping[str, Any]) -> tuple[PipelineConfig, RunRequest]:
+    """The run's config, refusing one that changed since `prepare` validated it."""
+    from recloop.config import load
+
+    request = RunRequest.from_xcom(run["request"])
+    cfg = load(config_path, list(request.overrides))
+    if cfg.config_hash() != run["config_hash"]:
+        raise ConfigError(config_path, [
+            f"the config changed after this run started (hash {cfg.config_hash()[:12]}, the run began with "
+            f"{run['config_hash'][:12]}); restore the file to retry this run, or trigger a new run"
+        ])
+    return cfg, request
+
+
+def step_context(cfg: PipelineConfig, request: RunRequest, run_id: str) -> StepContext:
+    from recloop.steps.base import StepContext
+    from recloop.store import open_store
+
+    return StepContext(config=cfg, store=open_store(cfg.store), run_id=run_id, params=request.run_params(),
+                       log=_say, progress=LogProgress(_say))
+
+
+def prepare_run(config_path: str) -> dict[str, Any]:
+    """Validate the run's params and config once, before any step: bad overrides fail here, fast."""
+    from recloop.artifacts import safe_run_id
+    from recloop.config import load
+
+    context = _current_context()
+    request = RunRequest.from_params(context["params"])
+    cfg = load(config_path, list(request.overrides))
+    candidates = [m.candidate_name for m in cfg.models]
+    request = RunRequest.from_params(context["params"], candidates)  # re-check models against this config
+    run_id = str(context["run_id"])
+    _say(f"pipeline {cfg.name} from {config_path} (config hash {cfg.config_hash()[:12]})")
+    _say(f"run {run_id}: artifacts under {cfg.store.root}/runs/{safe_run_id(run_id)}/")
+    _say("models: " + ", ".join(request.models or candidates or ["none configured"])
+         + (f"; since {request.since.isoformat()}" if request.since else "")
+         + ("; DRY RUN (publish will be skipped)" if request.dry_run else "")
+         + (f"; overrides: {', '.join(request.overrides)}" if request.overrides else ""))
+    return {"run_id": run_id, "config_path": config_path, "config_hash": cfg.config_hash(),
+            "store_root": cfg.store.root, "request": request.to_xcom()}
+
+
+def _load_step_or_explain(step: str) -> None:
+    from recloop.steps.base import STEP_MODULES, load_step
+
+    try:
+        load_step(step)
+    except KeyError:
+        raise StepUnavailable(f"step {step!r} is not registered in recloop.steps.base.STEP_MODULES; "
+                              "upgrade recloop or remove the step from the DAG") from None
+    except ModuleNotFoundError as exc:
+        if exc.name != STEP_MODULES[step]:
+            raise
+        raise StepUnavailable(f"step {step!r}: module {exc.name} is not installed in this recloop version; "
+                              "upgrade recloop on the Airflow workers") from None
+
+
+def run_pipeline_step(step: str, config_path: str, run: Mapping[str, Any],
+                      upstream: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One pipeline step in the task process; returns its manifest brief (URI + summary) for XCom."""
+    from recloop.steps.base import default_inputs, load_step, run_step
+
+    context = _current_context()
+    cfg, request = load_checked_config(config_path, run)
+    attempt = int(context["ti"].try_number)
+    check_fault(cfg.execution.fault_injection, step, attempt, "start")
+    _load_step_or_explain(step)
+    ctx = step_context(cfg, request, str(context["run_id"]))
+    spec, _ = load_step(step)
+    # Upstream URIs come from XCom; a role the step declares that the DAG does not wire uses the run layout.
+    inputs = default_inputs(ctx, spec)
+    inputs.update({role: brief["uri"] for role, brief in upstream.items() if role in spec.inputs and brief})
+    for role, uri in sorted(inputs.items()):
+        _say(f"{step}: input {role} = {uri}")
+    started = time.monotonic()
+    manifest = run_step(step, ctx, inputs=inputs)
+    _say(f"{step}: committed {manifest.uri} in {time.monotonic() - started:.1f}s; summary {manifest.summary}")
+    check_fault(cfg.execution.fault_injection, step, attempt, "end")
+    brief = manifest.brief()
+    if step == "publish":
+        _note_published(cfg, context, brief)
+    return brief
+
+
+def _note_published(cfg: PipelineConfig, context: Mapping[str, Any], brief: Mapping[str, Any]) -> None:
+    from recloop.orchestration.callbacks import set_run_note
+
+    summary = brief.get("summary") or {}
+    version = summary.get("version")
+    what = f"{cfg.model_name} v{version}" if version is not None else cfg.model_name
+    note = f"Published {what} ({summary.get('candidate') or 'blessed candidate'}): {brief['uri']}"
+    _say(note)
+    set_run_note(cfg.execution.airflow_api, context["dag"].dag_id, str(context["run_id"]), note, _say)
+
+
+def decide_publish(config_path: str, run: Mapping[str, Any], gate: Mapping[str, Any] | None = None) -> bool:
+    """Short-circuit before publish: True only for a blessed candidate outside a dry run. The reason is
+    logged and written as the run note, so a skipped publish is explained where people look."""
+    from recloop.artifacts import Artifact, run_prefix
+    from recloop.orchestration.callbacks import set_run_note
+
+    context = _current_context()
+    cfg, request = load_checked_config(config_path, run)
+    ctx = step_context(cfg, request, str(context["run_id"]))
+    gate_uri = gate["uri"] if gate else ctx.store.uri(run_prefix(ctx.run_id, "gate"))
+    blessing = Artifact.open(ctx.store, ctx.key(gate_uri)).read_json("blessing.json")
+    decision = blessing.get("decision")
+    candidate = blessing.get("candidate") or "no candidate"
+    reasons = [str(r) for r in blessing.get("reasons") or []]
+    if decision != "blessed":
+        publish = False
+        note = (f"Not published: the gate rejected {candidate}. "
+                + ("; ".join(reasons) if reasons else "No reason recorded") + f". Blessing: {gate_uri}")
+    elif request.dry_run:
+        publish = False
+        note = f"Dry run: {candidate} was blessed but publish was skipped (params.dry_run). Blessing: {gate_uri}"
+    else:
+        publish = True
+        note = f"Gate blessed {candidate}" + (f": {'; '.join(reasons)}" if reasons else "") + "; publishing."
+    _say(note)
+    for threshold in blessing.get("thresholds") or []:
+        if isinstance(threshold, Mapping):
+            _say("threshold {metric} ({kind}): required {required}, value {value}, passed {passed}".format(
+                **{k: threshold.get(k) for k in ("metric", "kind", "required", "value", "passed")}))
+    if not publish:
+        set_run_note(cfg.execution.airflow_api, context["dag"].dag_id, ctx.run_id, note, _say)
+    return publish
+
+
+# ------------------------------------------------------------------------------------------------ feedback
+
+
+def run_feedback_step(config_path: str) -> dict[str, Any]:
+    """The feedback DAG's step. Until the serving issue ships `recloop.steps.feedback`, it skips (green)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+    from recloop.config import load
+    from recloop.steps.base import run_step
+
+    context = _current_context()
+    cfg = load(config_path)
+    try:
+        _load_step_or_explain("feedback")
+    except StepUnavailable as exc:
+        raise AirflowSkipException(f"{exc}. Nothing collected; the feedback Asset is not updated.") from None
+    check_fault(cfg.execution.fault_injection, "feedback", int(context["ti"].try_number), "start")
+    ctx = step_context(cfg, RunRequest(), str(context["run_id"]))
+    manifest = run_step("feedback", ctx)
+    _say(f"feedback: committed {manifest.uri}; summary {manifest.summary}")
+    return manifest.brief()
+
+
+def feedback_has_news(brief: Mapping[str, Any]) -> bool:
+    """Short-circuit: emit the Asset (and so retrain) only when feedback brought new interactions."""
+    summary = brief.get("summary") or {}
+    rows = summary.get("new_interactions", summary.get("rows"))
+    if isinstance(rows, Mapping):
+        rows = rows.get("interactions")
+    if not rows:
+        _say(f"no new interactions in {brief.get('uri')}; training is not triggered")
+        return False
+    _say(f"{rows} new interactions in {brief.get('uri')}; updating the feedback Asset")
+    return True
+
+
+def emit_feedback_asset(brief: Mapping[str, Any], asset_uri: str) -> dict[str, Any]:
+    """Runs with `outlets=[Asset(asset_uri)]`: its success is the Asset event that triggers training."""
+    context = _current_context()
+    extra = {"feedback_uri": brief.get("uri"), "run_id": brief.get("run_id"),
+             "summary": dict(brief.get("summary") or {})}
+    from airflow.sdk import Asset
+
+    context["outlet_events"][Asset(asset_uri)].extra = extra
+    _say(f"Asset {asset_uri} updated: {extra}")
+    return extra
