@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recloop.artifacts import ArtifactWriter, run_prefix
-from recloop.config import PipelineConfig, apply_overrides
+from recloop.config import PipelineConfig, StoreConfig, apply_overrides
 from recloop.steps.base import StepContext
 from recloop.store import ArtifactStore, open_store
 
@@ -30,16 +30,19 @@ INTERACTION_SCHEMA = pa.schema([
 TRAILER_SCHEMA = pa.schema([("source_file", pa.string()), ("source_row", pa.int64()), ("ingest_issue", pa.string())])
 
 
-def make_config(store_root: str | Path, overrides: dict[str, Any] | None = None,
+def make_config(store: str | Path | StoreConfig, overrides: dict[str, Any] | None = None,
                 name: str = "test") -> PipelineConfig:
-    """A validated config on `store_root` (a directory or a store URI); `overrides` use dotted keys.
+    """A validated config on `store` (a directory, a store URI or a StoreConfig, e.g. the S3 fixture's).
 
-    Validated with the base `PipelineConfig` so tests of data steps do not import every model module.
+    `overrides` use dotted keys. Validated with the base `PipelineConfig` so tests of data steps do not
+    import every model module.
     """
-    root = str(store_root)
-    if "://" not in root:
-        root = f"file://{Path(root).resolve()}"
-    raw: dict[str, Any] = {"name": name, "store": {"root": root},
+    if isinstance(store, StoreConfig):
+        store_section: Any = store
+    else:
+        root = str(store)
+        store_section = {"root": root if "://" in root else f"file://{Path(root).resolve()}"}
+    raw: dict[str, Any] = {"name": name, "store": store_section,
                            "data": {"interactions": {"path": "/nonexistent/events.csv"}}}
     if overrides:
         raw = apply_overrides(raw, dict(overrides))

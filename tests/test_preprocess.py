@@ -34,8 +34,8 @@ ALL_KEPT = {"preprocess.min_user_interactions": 1, "preprocess.min_item_interact
 
 
 def _run(tmp_path, events: pd.DataFrame, overrides: dict | None = None, items: pd.DataFrame | None = None,
-         validate: bool = False):
-    cfg = make_config(tmp_path / "store", {**ALL_KEPT, **(overrides or {})})
+         validate: bool = False, store=None):
+    cfg = make_config(store or tmp_path / "store", {**ALL_KEPT, **(overrides or {})})
     ctx = make_context(cfg)
     ingest_uri = write_ingest_artifact(ctx.store, "r1", events, items)
     inputs = {"ingest": ingest_uri}
@@ -261,6 +261,21 @@ def test_reads_only_valid_rows_after_quarantine(tmp_path):
     # User 1 now has a, c, d: c (t=300, row 3) becomes valid, d test, a train.
     assert _rows(art, "train.parquet")[:1] == [(0, 0, 100)]
     assert m.parents[-1].endswith("runs/r1/validate")
+
+
+@pytest.mark.s3
+def test_validate_and_preprocess_on_s3(tmp_path, s3_store_config):
+    events = EVENTS.iloc[:10].copy()
+    events.loc[1, "rating"] = 9.0
+    art, m = _run(tmp_path, events, {"validation.on_failure": "quarantine", "validation.rating_range": [0.5, 5.0],
+                                     "validation.min_valid_share": 0.5}, validate=True, store=s3_store_config)
+    assert m.uri == f"{s3_store_config.root}/runs/r1/preprocess"
+    assert art.read_json("stats.json")["input_rows"] == 9
+    assert _rows(art, "test.parquet") == [(0, 3, 300), (1, 0, 350), (3, 0, 220)]
+    validated = Artifact.open(art.store, "runs/r1/validate")
+    assert validated.manifest.summary["quarantined_rows"] == 1
+    assert "data_docs/index.html" in validated.manifest.files
+    assert b"<html" in validated.read_bytes("data_docs/index.html").lower()
 
 
 def test_without_quarantine_reads_ingest(tmp_path):

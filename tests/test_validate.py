@@ -276,3 +276,25 @@ def test_run_step_uses_ingest_of_the_same_run(tmp_path):
     manifest = run_step("validate", ctx)
     assert manifest.uri == ctx.store.uri("runs/r1/validate")
     assert manifest.summary["success"] is True
+
+
+def test_outcome_replaces_the_other_outcome_of_the_same_run(tmp_path):
+    ctx, ingest_uri, log = _setup(tmp_path, {"validation.on_failure": "fail"})
+    with pytest.raises(ValidationFailed):
+        _run(ctx, ingest_uri)
+    assert Artifact.exists(ctx.store, "runs/r1/validate-failed")
+
+    # The user relaxes the config and re-runs: the stale failure report goes away.
+    ctx.config = make_config(tmp_path / "store", {**RULES, "validation.on_failure": "quarantine",
+                                                  "validation.min_valid_share": 0.5})
+    _run(ctx, ingest_uri)
+    assert Artifact.exists(ctx.store, "runs/r1/validate")
+    assert not Artifact.exists(ctx.store, "runs/r1/validate-failed")
+    assert any("removing the report of an earlier failed attempt" in line for line in log)
+
+    # A stricter config fails again: the earlier success must not stay readable for preprocess.
+    ctx.config = make_config(tmp_path / "store", {**RULES, "validation.on_failure": "fail"})
+    with pytest.raises(ValidationFailed):
+        _run(ctx, ingest_uri)
+    assert not Artifact.exists(ctx.store, "runs/r1/validate")
+    assert ctx.store.list("runs/r1/validate/") == []

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recloop.artifacts import MANIFEST, Artifact
 from recloop.errors import ArtifactError, ValidationFailed
 from recloop.steps.base import StepContext, StepSpec
 
@@ -87,9 +88,10 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         advance(1)
 
         invalid = report.invalid_mask()
+        n_invalid = int(invalid.sum())
         n_rows = report.rows
         quarantine = cfg.on_failure == "quarantine"
-        n_bad = int(invalid.sum()) if quarantine else 0
+        n_bad = n_invalid if quarantine else 0
         n_valid = n_rows - n_bad
         valid_share = n_valid / n_rows if n_rows else 0.0
 
@@ -110,12 +112,12 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         result.update({
             "input": ingest_uri, "on_failure": cfg.on_failure, "success": success,
             "rows": n_rows, "valid_rows": n_valid, "quarantined_rows": n_bad,
-            "invalid_rows": int(invalid.sum()), "valid_share": valid_share, "problems": problems,
+            "invalid_rows": n_invalid, "valid_share": valid_share, "problems": problems,
             "data_docs": "data_docs/index.html" if docs_dir is not None else None,
         })
         summary = {
             "success": success, "rows": n_rows, "valid_rows": n_valid, "quarantined_rows": n_bad,
-            "invalid_rows": int(invalid.sum()),
+            "invalid_rows": n_invalid,
             "failed_expectations": [c.name for c in report.failed],
         }
 
@@ -127,9 +129,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             positions = np.flatnonzero(invalid)
             quarantined = table.take(pa.array(positions)).append_column(
                 "quarantine_reason", pa.array(reasons.reindex(positions).tolist(), pa.string()))
-        assert n_valid + n_bad == n_rows
 
         if not success and cfg.on_failure in ("fail", "quarantine"):
+            _uncommit(ctx, ctx.key(output))  # an older success of this step must not be read downstream
             failed_uri = _commit_failure(ctx, output, ingest_uri, result, summary, docs_dir, quarantined)
             where = f"{failed_uri}/result.json"
             if docs_dir is not None:
@@ -145,6 +147,10 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
                         "continuing because validation.on_failure is 'warn'")
         advance(1)
 
+        stale_failure = ctx.key(output) + FAILED_SUFFIX
+        if Artifact.exists(ctx.store, stale_failure):
+            ctx.log(f"validate: removing the report of an earlier failed attempt ({ctx.store.uri(stale_failure)})")
+            _uncommit(ctx, stale_failure)
         with ctx.writer(output, parents=[ingest_uri]) as writer:
             _write_report(writer, result, docs_dir)
             if valid_table is not None and quarantined is not None:
@@ -154,6 +160,12 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         advance(1)
     ctx.log(f"validate: {n_valid} valid rows, {n_bad} quarantined -> {output}")
     return writer.manifest
+
+
+def _uncommit(ctx: StepContext, key: str) -> None:
+    """Remove an artifact: its manifest first, so no reader sees a half-deleted folder."""
+    ctx.store.delete(f"{key}/{MANIFEST}")
+    ctx.store.delete_prefix(key)
 
 
 def _commit_failure(ctx: StepContext, output: str, ingest_uri: str, result: dict[str, Any],
