@@ -1,0 +1,270 @@
+"""Evaluate step: every trained candidate and the production champion, on the same leakage-free split.
+
+Inputs: the preprocess artifact (splits, id maps, item categories) and the train artifact (one saved
+Recommender bundle per candidate). Output `runs/{run}/evaluate/`:
+  metrics.json     split fingerprint, protocol, cut-offs, and per model: metrics with 95 % bootstrap CIs,
+                   segments (history length, head/tail targets), popularity curve; per candidate a paired
+                   bootstrap comparison with the champion (`vs_champion`); the champion's own block
+  per_user.parquet per-user metric values of every model (for drill-down and custom tests)
+  report.html      a self-contained report for people (inline SVG charts, no external assets)
+
+The champion (production version of `publish.model_name` in the registry) is re-evaluated here on this
+split, through both runs' id maps, so the gate compares like with like. A champion that cannot be loaded
+is recorded with its error (the gate then refuses relative thresholds) instead of failing the step.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recloop.artifacts import Artifact, Manifest
+from recloop.errors import ArtifactError, ConfigError
+from recloop.steps.base import StepContext, StepSpec
+
+if TYPE_CHECKING:
+    from recloop.config import EvaluationConfig
+    from recloop.evaluation.evaluator import EvalSetup, ModelResult
+    from recloop.evaluation.protocols import EvalQueries, SplitData
+    from recloop.models.base import Recommender
+
+SPEC = StepSpec(
+    "evaluate",
+    ("preprocess", "train"),
+    "Rank the held-out users with every candidate and the production champion; metrics with bootstrap CIs, "
+    "segments and beyond-accuracy measures to metrics.json and report.html.",
+)
+
+METRICS_SCHEMA_VERSION = 1
+
+
+def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
+    from recloop.evaluation.evaluator import compare, evaluate_scores, make_setup, result_json
+    from recloop.evaluation.protocols import build_queries, load_split, with_sampled_negatives
+    from recloop.evaluation.report import render_report
+
+    missing = [role for role in SPEC.inputs if role not in inputs]
+    if missing:
+        raise ArtifactError(f"evaluate needs the artifacts of {', '.join(SPEC.inputs)}; missing: "
+                            f"{', '.join(missing)} (pass them as inputs, e.g. --input {missing[0]}=URI)")
+    cfg = ctx.config.evaluation
+    preprocess = ctx.open(inputs["preprocess"])
+    train = ctx.open(inputs["train"])
+    data = load_split(preprocess)
+    queries = build_queries(data, cfg.split, exclude_seen=True)
+    mask = cold_start_mask(data, cfg)
+    if mask is not None:
+        queries = queries.with_item_mask(mask)
+    if cfg.sampled_negatives:
+        queries = with_sampled_negatives(queries, cfg.sampled_negatives, cfg.seed)
+    if len(queries) == 0:
+        raise ArtifactError(f"no user in the {cfg.split} split of {preprocess.uri} has a target left to evaluate "
+                            f"({queries.stats}); check preprocess.split and the data")
+    setup = make_setup(data, queries, cfg.k, cfg.bootstrap, cfg.seed)
+    fingerprint = queries.fingerprint()
+    names = candidate_names(train)
+    ctx.log(f"evaluate: {len(names)} candidate(s) on {len(queries)} {cfg.split} users, {data.n_items} items, "
+            f"{queries.protocol} ranking, k={list(setup.ks)}")
+    advance = ctx.progress("evaluate", total=len(names) + 1)
+    train_summary = train.manifest.summary.get("candidates") or {}
+
+    results: dict[str, ModelResult] = {}
+    blocks: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="recloop-evaluate-") as tmp:
+        for name in names:
+            model = load_candidate(train, name, Path(tmp) / "candidates" / name, data)
+            info = {"type": model.type_name, "bundle_uri": f"{train.uri}/{name}",
+                    "train": train_summary.get(name) or {}}
+            result = evaluate_scores(setup, name, _direct_scorer(model), info=info)
+            results[name] = result
+            blocks[name] = result_json(setup, result)
+            ctx.log(f"evaluate: {name}: {cfg.primary} = {_fmt(blocks[name]['metrics'].get(cfg.primary))} "
+                    f"({result.seconds:.1f}s)")
+            advance(1)
+        champion_result, champion_block = evaluate_champion(ctx, setup, data, Path(tmp) / "champion")
+        advance(1)
+
+    for name, result in results.items():
+        blocks[name]["vs_champion"] = compare(setup, result, champion_result) if champion_result else None
+    ranking = sorted(names, key=lambda n: _sort_key(blocks[n], cfg.primary), reverse=True)
+    doc: dict[str, Any] = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "run_id": ctx.run_id,
+        "model_name": ctx.config.model_name,
+        "split": cfg.split,
+        "split_fingerprint": fingerprint,
+        "k": list(setup.ks),
+        "primary": cfg.primary,
+        "preprocess_uri": preprocess.uri,
+        "train_uri": train.uri,
+        "protocol": setup.protocol_json(),
+        "candidates": blocks,
+        "ranking": ranking,
+        "best_candidate": ranking[0] if ranking else None,
+        "champion": champion_block,
+    }
+    per_user = per_user_frame(setup, results, champion_result)
+    # The report is rendered from exactly what metrics.json will hold, so it can be re-rendered from it.
+    doc = json.loads(json.dumps(doc, sort_keys=True, default=str))
+
+    with ctx.writer(output, parents=[preprocess.uri, train.uri]) as writer:
+        writer.put_json("metrics.json", doc)
+        writer.put_parquet("per_user.parquet", per_user)
+        writer.put_bytes("report.html", render_report(doc).encode("utf-8"))
+        writer.summary.update({
+            "split": cfg.split,
+            "split_fingerprint": fingerprint,
+            "primary": cfg.primary,
+            "users": len(queries),
+            "candidates": {n: _value(blocks[n], cfg.primary) for n in names},
+            "best_candidate": doc["best_candidate"],
+            "champion_version": champion_block.get("version") if champion_block else None,
+            "champion_primary": _value(champion_block, cfg.primary) if champion_block else None,
+        })
+    return writer.manifest
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+
+
+def candidate_names(train: Artifact) -> list[str]:
+    """Candidates of a train artifact: its summary's order, else every folder holding a model.json."""
+    listed = list((train.manifest.summary.get("candidates") or {}).keys())
+    folders = sorted({f.split("/", 1)[0] for f in train.manifest.files if f.endswith("/model.json")})
+    names = [n for n in listed if n in folders] + [n for n in folders if n not in listed]
+    if not names:
+        raise ArtifactError(f"{train.uri} holds no trained candidate (no <candidate>/model.json); "
+                            "check the `models:` section and re-run train")
+    return names
+
+
+def load_candidate(train: Artifact, name: str, dest: Path, data: SplitData) -> Recommender:
+    """Download (hash-verified) and load one candidate; it must be trained on this preprocess artifact."""
+    from recloop.models.base import Recommender
+
+    bundle = train.download_dir(name, dest)
+    try:
+        model = Recommender.load(bundle)
+    except ArtifactError as exc:
+        raise ArtifactError(f"candidate {name!r} in {train.uri} cannot be loaded: {exc}") from None
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(f"candidate {name!r} in {train.uri} cannot be loaded ({exc}); re-run train") from None
+    if (model.n_users, model.n_items) != (data.n_users, data.n_items):
+        raise ArtifactError(f"candidate {name!r} knows {model.n_users} users and {model.n_items} items but "
+                            f"{data.uri} maps {data.n_users} users and {data.n_items} items: it was trained on "
+                            "another preprocess artifact; re-run train on this one")
+    return model
+
+
+def _direct_scorer(model: Recommender):
+    return lambda histories, users: model.score_histories(histories, users)
+
+
+# ---------------------------------------------------------------------------------------------- champion
+
+
+def evaluate_champion(ctx: StepContext, setup: EvalSetup, data: SplitData,
+                      workdir: Path) -> tuple[ModelResult | None, dict[str, Any] | None]:
+    """The registry's production model measured on this split: (result, metrics.json block).
+
+    (None, None) when no version was ever promoted; (None, {version, error}) when one exists but cannot be
+    evaluated (corrupt bundle, no id maps) so the gate can say so. Store outages propagate (retry the step).
+    """
+    from recloop.evaluation.champion import RemappedScorer, read_id_maps
+    from recloop.evaluation.evaluator import evaluate_scores, result_json
+    from recloop.models.base import Recommender
+    from recloop.registry import ModelRegistry
+
+    registry = ModelRegistry(ctx.store, ctx.config.model_name)
+    try:
+        alias = registry.production()
+    except ArtifactError as exc:
+        ctx.log(f"evaluate: WARNING the production alias cannot be read: {exc}")
+        return None, {"version": None, "uri": registry.uri, "error": str(exc)}
+    if alias is None:
+        ctx.log(f"evaluate: model {registry.name!r} has no production version yet; no champion to compare with")
+        return None, None
+    block: dict[str, Any] = {"version": alias.version, "uri": alias.uri}
+    try:
+        bundle = registry.champion_bundle(workdir)
+        if bundle is None:  # demoted between the two reads
+            return None, None
+        block.update({"version": bundle.version, "uri": bundle.info.uri, "candidate": bundle.info.candidate,
+                      "type": bundle.info.model_type, "run_id": bundle.info.run_id})
+        if bundle.id_maps_dir is None:
+            raise ArtifactError(f"version v{bundle.version} has no id maps, so its ids cannot be matched to this "
+                                "split's; re-publish it or promote a version that has them")
+        model = Recommender.load(bundle.path)
+        user_ids, item_ids = read_id_maps(bundle.id_maps_dir)
+        scorer = RemappedScorer.build(model, user_ids, item_ids, data.user_ids, data.item_ids)
+    except (ArtifactError, KeyError, ValueError) as exc:
+        message = str(exc).strip("'\"")
+        ctx.log(f"evaluate: WARNING champion v{block['version']} cannot be evaluated: {message}")
+        block["error"] = message
+        return None, block
+    result = evaluate_scores(setup, f"champion v{bundle.version}", scorer)
+    block.update({"known_users": scorer.known_users, "known_items": scorer.known_items,
+                  "split_users": data.n_users, "split_items": data.n_items})
+    block.update(result_json(setup, result))
+    ctx.log(f"evaluate: champion v{bundle.version} ({block['type']}): {ctx.config.evaluation.primary} = "
+            f"{_fmt(block['metrics'].get(ctx.config.evaluation.primary))}; knows {scorer.known_items} of "
+            f"{data.n_items} items")
+    return result, block
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def cold_start_mask(data: SplitData, cfg: EvaluationConfig) -> np.ndarray | None:
+    """Items the evaluation is restricted to (cold-start protocol), or None for all items.
+
+    This is the hook for `evaluation.cold_start`: the mask goes through `EvalQueries.with_item_mask`.
+    """
+    if cfg.cold_start.item_share > 0:
+        raise ConfigError("evaluation.cold_start", [
+            f"evaluation.cold_start.item_share: cold-start evaluation is not available in this version of "
+            f"recloop (got {cfg.cold_start.item_share}); set it to 0"])
+    return None
+
+
+def per_user_frame(setup: EvalSetup, results: dict[str, ModelResult], champion: ModelResult | None):
+    import pandas as pd
+
+    q = setup.queries
+    columns: dict[str, Any] = {
+        "user_idx": q.users.astype(np.int32),
+        "user_id": q.user_ids[q.users] if q.user_ids is not None else q.users.astype(str),
+        "history_length": q.history_lengths().astype(np.int32),
+        "n_targets": q.targets.counts().astype(np.int32),
+    }
+    models = [(f"candidate/{n}", r) for n, r in results.items()]
+    if champion is not None:
+        models.append(("champion", champion))
+    for prefix, result in models:
+        for metric, values in result.per_user.items():
+            columns[f"{prefix}/{metric}"] = values
+    return pd.DataFrame(columns)
+
+
+def _value(block: dict[str, Any] | None, metric: str) -> float | None:
+    if not block:
+        return None
+    entry = (block.get("metrics") or {}).get(metric)
+    return entry.get("value") if isinstance(entry, dict) else None
+
+
+def _sort_key(block: dict[str, Any], metric: str) -> float:
+    value = _value(block, metric)
+    return float("-inf") if value is None else value
+
+
+def _fmt(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.4f}"
+    return f"{entry['value']:.4f} [{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
