@@ -401,6 +401,30 @@ def test_tiny_chunks_give_identical_output(tmp_path: Path) -> None:
     assert sum(v is not None for v in issues.values()) == 4 + 6
 
 
+def test_csv_reader_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    from recloop.config import StoreConfig
+    from recloop.data.readers import open_table, resolve_sources
+
+    path = tmp_path / "wide.csv"
+    padding = "x" * 1000
+    with path.open("w") as f:
+        f.write("user_id,item_id,timestamp,padding\n")
+        for block in range(60):
+            f.write("".join(f"u{n},i{n},1700000000,{padding}\n" for n in range(block * 1000, block * 1000 + 1000)))
+    assert path.stat().st_size > 60e6
+    (src,) = resolve_sources(str(path), "auto", StoreConfig(), "data.interactions")
+    baseline = pa.total_allocated_bytes()
+    peak = rows = 0
+    with src.local() as local:
+        reader = open_table(src, local, chunk_rows=1000, config_key="data.interactions")
+        for chunk in reader.chunks(["user_id"]):
+            rows += chunk.table.num_rows
+            peak = max(peak, pa.total_allocated_bytes() - baseline)
+    assert rows == 60_000
+    # pyarrow reads a bounded number of blocks ahead: far less than the 60 MB file.
+    assert peak < 30e6
+
+
 # ---------------------------------------------------------------------------------------------- items, tags, users
 
 

@@ -51,6 +51,7 @@ _GZIP_SUFFIXES = (".gz", ".gzip")
 _GLOB_CHARS = "*?["
 _MAX_HEADER_BYTES = 16 << 20
 _JSONL_PROBE_ROWS = 1000
+_CSV_BLOCK_BYTES = 512 << 10
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,17 @@ def resolve_sources(path: str, fmt: str, store_cfg: StoreConfig, config_key: str
 
 
 def _resolve_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> list[SourceFile]:
+    from recloop.errors import StoreError
+
+    try:
+        return _list_s3(uri, fmt, store_cfg, config_key)
+    except StoreError as exc:
+        raise DataError(f"{config_key}.path: cannot list {uri} ({exc}); check the bucket in the path, and "
+                        "store.endpoint_url and the store credentials (S3 data is read with the store's "
+                        "settings)") from None
+
+
+def _list_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> list[SourceFile]:
     store, pattern = s3_data_store(uri, store_cfg)
     bucket = store.bucket
     if not any(c in pattern for c in _GLOB_CHARS) and pattern and not pattern.endswith("/"):
@@ -275,6 +287,9 @@ def _structural(src: SourceFile, exc: BaseException, config_key: str, encoding: 
         return DataError(f"{src.uri}: not a readable Parquet file{where} ({text}); "
                          "the file is corrupt or not Parquet: re-export it or set "
                          f"{config_key}.format to its real format")
+    if "straddl" in low:
+        return DataError(f"{src.uri}: a row{where} is longer than {_CSV_BLOCK_BYTES >> 10} KiB or has an "
+                         f"unbalanced quote ({text}); fix the quoting in the file")
     return DataError(f"{src.uri}: cannot be read as {src.format}{where} ({text}); fix the file or set "
                      f"{config_key}.format / {config_key}.delimiter")
 
@@ -342,7 +357,9 @@ class _CsvReader(TableReader):
 
         read_opts = pa_csv.ReadOptions(
             use_threads=False,  # keeps invalid-row numbers; on 2 cores it is no slower
-            block_size=max(1 << 20, min(64 << 20, self.chunk_rows * 64)),
+            # pyarrow reads up to 32 blocks ahead of the consumer, so the block size bounds memory
+            # (16 MiB here, at no cost in speed); _rebatch assembles chunk_rows-row chunks from the batches.
+            block_size=_CSV_BLOCK_BYTES,
             encoding=self.encoding,
         )
         parse_opts = pa_csv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
