@@ -18,7 +18,9 @@ ingest's. Stages, each counted in `stats.json`:
 
 Output: `train.parquet`, `valid.parquet`, `test.parquet` (user_idx int32, item_idx int32, timestamp int64
 epoch seconds, weight float32, rating float64; sorted by user, time, source order), `id_maps/users.parquet`,
-`id_maps/items.parquet`, `items.parquet` (item_idx, item_id, text, categories) and `stats.json`.
+`id_maps/items.parquet`, `items.parquet` (item_idx, item_id, text, categories) and `stats.json`; with
+`evaluation.cold_start.item_share > 0` also `cold_items.parquet`: items held out of train and valid
+entirely, whose test events measure how well a model recommends items it never saw interacted with.
 """
 
 from __future__ import annotations
@@ -242,12 +244,21 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     df = df.assign(_split=labels, _ts=ts_ns)
     advance(1)
 
+    # Cold-start evaluation: a random share of items loses every train/valid event (new items).
+    cold_ids: list[str] = []
+    cold_cfg = ctx.config.evaluation.cold_start
+    if cold_cfg.item_share > 0:
+        df, cold_ids, dropped["cold_start_train_valid_events"] = hold_out_items(
+            df, cold_cfg.item_share, cold_cfg.seed, TEST)
+        split_info["cold_start_items"] = len(cold_ids)
+
     # Contiguous ids.
     catalog = _catalog(ingest)
     train_mask = df["_split"].to_numpy() == TRAIN
     user_ids = sorted_ids(df.loc[train_mask, "user_id"])
     if cfg.catalog_items == "interacted":
-        item_ids = sorted_ids(df.loc[train_mask, "item_id"])
+        # Cold-start items get ids although no training event has them: that is the point.
+        item_ids = sorted_ids(set(df.loc[train_mask, "item_id"]) | set(cold_ids))
     else:
         pool = set(df["item_id"])
         if catalog is not None:
@@ -308,6 +319,15 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         _put_parquet(writer, "items.parquet", items_out,
                      pa.schema([("item_idx", pa.int32()), ("item_id", pa.string()), ("text", pa.string()),
                                 ("categories", pa.list_(pa.string()))]))
+        if cold_cfg.item_share > 0:
+            cold_idx = np.sort(item_index.get_indexer(cold_ids)).astype(np.int32)
+            _put_parquet(writer, "cold_items.parquet",
+                         pd.DataFrame({"item_idx": cold_idx, "item_id": [item_ids[i] for i in cold_idx]}),
+                         pa.schema([("item_idx", pa.int32()), ("item_id", pa.string())]))
+            cold_set = set(cold_idx.tolist())
+            stats["cold_start"] = {"items": len(cold_idx), "item_share": cold_cfg.item_share,
+                                   "test_events": int(frames["test"]["item_idx"].isin(cold_set).sum())}
+            writer.summary["n_cold_items"] = len(cold_idx)
         writer.put_json("stats.json", stats)
         writer.summary.update({
             "n_users": n_users, "n_items": n_items,
@@ -319,6 +339,22 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     ctx.log(f"preprocess: {n_users} users, {n_items} items, train/valid/test = "
             f"{len(frames['train'])}/{len(frames['valid'])}/{len(frames['test'])} -> {output}")
     return writer.manifest
+
+
+def hold_out_items(df: pd.DataFrame, share: float, seed: int, test_code: int) -> tuple[pd.DataFrame, list[str], int]:
+    """Pick `share` of the items (seeded) and drop their non-test events, so no model trains on them.
+
+    Returns the remaining frame, the held-out item ids, and how many events were dropped.
+    """
+    items = np.array(sorted_ids(df["item_id"]), dtype=object)
+    n_cold = int(round(share * len(items)))
+    if n_cold == 0:
+        return df, [], 0
+    rng = np.random.default_rng(seed)
+    cold = sorted_ids(items[rng.choice(len(items), size=n_cold, replace=False)])
+    is_cold = df["item_id"].isin(set(cold)).to_numpy()
+    drop = is_cold & (df["_split"].to_numpy() != test_code)
+    return df.loc[~drop], cold, int(drop.sum())
 
 
 def _aligned_items(item_index: pd.Index, catalog: pd.DataFrame | None) -> pd.DataFrame:
