@@ -473,6 +473,23 @@ def test_items_text_with_folded_tags_and_categories(tmp_path: Path) -> None:
     assert summary["sources"]["tags"] == [str(tmp_path / "tags.csv")]
 
 
+def test_parquet_catalog_with_list_categories_and_numeric_ids(tmp_path: Path) -> None:
+    pq.write_table(pa.table({
+        "id": pa.array([7, 8], pa.int64()),
+        "name": ["Seven", "Eight"],
+        "tags": pa.array([["Drama", "War"], []], pa.list_(pa.string())),
+        "year": pa.array([1999, None], pa.int32()),
+    }), tmp_path / "catalog.parquet")
+    data = {"interactions": {"path": str(events_csv(tmp_path / "ev.csv"))},
+            "items": {"path": str(tmp_path / "catalog.parquet"), "id": "id", "category": "tags",
+                      "text": "{name} ({year})"}}
+    assert read_rows(ingest(make_cfg(tmp_path, data), tmp_path), "items.parquet") == [
+        {"item_id": "7", "text": "Seven (1999)", "categories": ["Drama", "War"], "name": "Seven",
+         "tags": '["Drama", "War"]', "year": "1999"},
+        {"item_id": "8", "text": "Eight ()", "categories": [], "name": "Eight", "tags": "[]", "year": None},
+    ]
+
+
 def test_template_field_missing_from_catalog_is_a_config_error(tmp_path: Path) -> None:
     data = _catalog(tmp_path)
     data["items"]["text"] = "{title} ({year}) {tags}"
@@ -514,3 +531,21 @@ def test_movielens_row_counts_match_the_source_files(tmp_path: Path) -> None:
     items = art.read_parquet("items.parquet").set_index("item_id")
     assert items.loc["1", "text"] == "Toy Story (1995). Genres: Adventure|Animation|Children|Comedy|Fantasy. Tags: pixar"
     assert list(items.loc["1", "categories"]) == ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]
+
+
+def test_cli_preview_shows_parsed_rows_and_issues(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recloop.cli import app
+
+    (tmp_path / "ev.csv").write_text("uid,iid,ts\nu1,i1,1700000000\nu2,i2,abc\nu3,i3,1700000300\n")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("name: t\ndata:\n  interactions:\n    path: ev.csv\n"
+                        "    columns: {user: uid, item: iid, timestamp: ts}\n")
+    result = CliRunner().invoke(app, ["data", "preview", str(cfg_path), "--rows", "2"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"1 file(s); first: {tmp_path / 'ev.csv'} (csv); columns: uid, iid, ts" in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert len(lines) == 2  # --rows 2
+    assert "u1" in lines[0] and "2023-11-14 22:13:20+00:00" in lines[0]
+    assert "u2" in lines[1] and "timestamp 'abc' is not a number" in lines[1]

@@ -8,6 +8,7 @@ hold bad values); messages are built only for the rows that have a problem.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -305,9 +306,19 @@ class ItemLayout:
 
 
 def split_categories(value: str | None) -> list[str]:
-    """'Adventure|Animation | Children' -> ['Adventure', 'Animation', 'Children']."""
+    """'Adventure|Animation | Children' -> ['Adventure', 'Animation', 'Children'].
+
+    A JSON list (a list column from Parquet or JSON Lines arrives as its JSON text) is taken as is.
+    """
     if not value:
         return []
+    if value.startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            return [str(v).strip() for v in parsed if v is not None and str(v).strip()]
     return [part.strip() for part in value.split("|") if part.strip()]
 
 
