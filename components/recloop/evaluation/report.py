@@ -280,7 +280,9 @@ def _coverage_chart(models: _Models, ks: Sequence[int], salt: str) -> str:
     ax.set_xlabel("catalog coverage (%)", fontsize=9, color="#3d4852")
     ax.set_xlim(0, max(ax.get_xlim()[1] * 1.15, 1))
     ax.set_title("Catalog coverage", fontsize=11, loc="left", color="#1f2933")
-    ax.legend(frameon=False, fontsize=8.5, loc="lower right")
+    # Above the plot, right of the title: inside it would cover the longest bars' labels.
+    ax.legend(frameon=False, fontsize=8.5, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(ks),
+              borderaxespad=0.2)
     return _svg(fig, salt)
 
 
