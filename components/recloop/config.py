@@ -298,8 +298,9 @@ class EvaluationConfig(StrictModel):
     @field_validator("primary")
     @classmethod
     def _check_primary(cls, v: str) -> str:
-        if not re.match(r"^[a-z_0-9]+@\d+$", v):
-            raise ValueError(f"must look like 'ndcg@10' (got {v!r})")
+        from recloop.evaluation.names import GATEABLE_METRICS, split_metric
+
+        split_metric(v, GATEABLE_METRICS)
         return v
 
 
@@ -310,6 +311,17 @@ class GateConfig(StrictModel):
     )
     require_significant: bool = Field(False, description="Improvement over champion must pass a paired bootstrap.")
     alpha: float = Field(0.05, gt=0, lt=1)
+
+    @field_validator("absolute", "relative_to_champion")
+    @classmethod
+    def _check_metrics(cls, v: dict[str, float], info: Any) -> dict[str, float]:
+        from recloop.evaluation.names import GATEABLE_METRICS, split_metric
+
+        for metric, bound in v.items():
+            split_metric(metric, GATEABLE_METRICS)
+            if info.field_name == "relative_to_champion" and bound <= 0:
+                raise ValueError(f"{metric}: the ratio to the champion must be positive, e.g. 0.99 (got {bound})")
+        return v
 
 
 class PublishConfig(StrictModel):
@@ -521,6 +533,22 @@ class PipelineConfig(StrictModel):
         if not re.match(r"^[a-z0-9][a-z0-9_\-]{0,62}$", v):
             raise ValueError(f"use lower-case letters, digits, '-' and '_' (got {v!r})")
         return v
+
+    @model_validator(mode="after")
+    def _check_gate_cutoffs(self) -> PipelineConfig:
+        # Gate and ranking metrics must be computed by evaluate: their cut-offs must be in evaluation.k.
+        ks = self.evaluation.k
+        named = [("evaluation.primary", self.evaluation.primary)]
+        named += [(f"gate.absolute.{m}", m) for m in self.gate.absolute]
+        named += [(f"gate.relative_to_champion.{m}", m) for m in self.gate.relative_to_champion]
+        for where, metric in named:
+            k = int(metric.rsplit("@", 1)[1])
+            if k not in ks:
+                raise ValueError(f"{where}: cut-off {k} is not evaluated; add {k} to evaluation.k (now {ks})")
+        if self.gate.require_significant and self.evaluation.bootstrap == 0:
+            raise ValueError("gate.require_significant needs bootstrap resamples; set evaluation.bootstrap > 0 "
+                             "(e.g. 1000) or turn require_significant off")
+        return self
 
     @property
     def model_name(self) -> str:
