@@ -549,3 +549,46 @@ def test_cli_preview_shows_parsed_rows_and_issues(tmp_path: Path) -> None:
     assert len(lines) == 2  # --rows 2
     assert "u1" in lines[0] and "2023-11-14 22:13:20+00:00" in lines[0]
     assert "u2" in lines[1] and "timestamp 'abc' is not a number" in lines[1]
+
+
+@pytest.mark.s3
+def test_ingest_reads_s3_sources_and_writes_to_an_s3_store(s3_store: Any, s3_store_config: Any) -> None:
+    # Raw data lives in the store's bucket outside its prefix; it is read with the store's endpoint/keys.
+    bucket = s3_store.bucket
+    raw = config.from_dict({"name": "raw", "store": {**s3_store_config.model_dump(mode="python"),
+                                                     "root": f"s3://{bucket}"},
+                            "data": {"interactions": {"path": "unused.csv"}}})
+    from recloop.store import S3Store
+
+    raw_store = S3Store(raw.store)
+    raw_store.put_bytes("raw/events/part-1.csv", b"user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,1700000100\n")
+    raw_store.put_bytes("raw/events/part-2.csv.gz", gzip.compress(b"user_id,item_id,timestamp\nu3,i1,1700000200\n"))
+    raw_store.put_bytes("raw/items.jsonl", b'{"item_id": "i1", "title": "One"}\n{"item_id": "i2", "title": "Two"}\n')
+    cfg = config.from_dict({
+        "name": "t", "store": s3_store_config.model_dump(mode="python"),
+        "data": {"interactions": {"path": f"s3://{bucket}/raw/events/part-*"},
+                 "items": {"path": f"s3://{bucket}/raw/items.jsonl"}},
+    })
+    run_step("ingest", StepContext(cfg, s3_store, "r1", params=RunParams(force=True)))
+    art = Artifact.open(s3_store, run_prefix("r1", "ingest"))
+    assert art.uri == f"s3://{bucket}/recloop/runs/r1/ingest"
+    assert art.manifest.summary["rows"] == {"items": 2, "interactions": 3}
+    assert art.manifest.summary["sources"] == {
+        "interactions": [f"s3://{bucket}/raw/events/part-1.csv", f"s3://{bucket}/raw/events/part-2.csv.gz"],
+        "items": [f"s3://{bucket}/raw/items.jsonl"],
+    }
+    rows = read_rows(art)
+    assert [(r["user_id"], r["source_file"], r["source_row"]) for r in rows] == [
+        ("u1", f"s3://{bucket}/raw/events/part-1.csv", 1),
+        ("u2", f"s3://{bucket}/raw/events/part-1.csv", 2),
+        ("u3", f"s3://{bucket}/raw/events/part-2.csv.gz", 1),
+    ]
+    assert read_rows(art, "items.parquet") == [{"item_id": "i1", "text": "One", "categories": [], "title": "One"},
+                                               {"item_id": "i2", "text": "Two", "categories": [], "title": "Two"}]
+
+    missing = config.from_dict({**cfg.model_dump(mode="python"),
+                                "data": {"interactions": {"path": f"s3://{bucket}/raw/nothing/*.csv"}}})
+    with pytest.raises(DataError) as exc:
+        run_step("ingest", StepContext(missing, s3_store, "r2", params=RunParams(force=True)))
+    assert str(exc.value) == (f"data.interactions.path: no objects match 's3://{bucket}/raw/nothing/*.csv'; "
+                              "check the bucket, prefix and pattern")
