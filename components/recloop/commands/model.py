@@ -70,6 +70,21 @@ def _v(version: int | None) -> str:
     return "—" if version is None else f"v{version}"
 
 
+def _when(iso: str | None) -> str:
+    """'2026-01-02T03:04:05.678+00:00' -> '2026-01-02 03:04:05 UTC' (full precision stays in the store)."""
+    if not iso:
+        return "—"
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if moment.tzinfo is not None else "")
+
+
 def _num(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return "—" if value is None else str(value)
@@ -100,7 +115,7 @@ def list_(config: ConfigOpt, name: NameArg = None, set_: SetOpt = None) -> None:
             versions = reg.list_versions()
             alias = reg.production()
             table.add_row(model, str(len(versions)), _v(versions[-1].version) if versions else "—",
-                          _v(alias.version) if alias else "—", alias.updated_at if alias else "—")
+                          _v(alias.version) if alias else "—", _when(alias.updated_at) if alias else "—")
         if not names:
             console.print(f"No models in {store.root} yet: a blessed run's publish step registers one.")
             return
@@ -110,12 +125,13 @@ def list_(config: ConfigOpt, name: NameArg = None, set_: SetOpt = None) -> None:
     reg = _registry(config, set_, name)
     alias = reg.production()
     table = Table(title=f"Versions of {reg.name!r} ({reg.uri})", title_justify="left")
-    for col in ("version", "", "candidate", "type", "primary metric", "run id", "created", "uri"):
-        table.add_column(col, overflow="fold")
+    # The title carries the base URI; each version lives at {base}/v{N}.
+    for col in ("version", "", "candidate", "type", "primary metric", "run id", "created"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("version", "primary metric"))
     for v in reg.list_versions():
         mark = "production" if alias and alias.version == v.version else ""
         primary = f"{v.primary_metric}={_num(v.primary_value)}" if v.primary_metric else "—"
-        table.add_row(f"v{v.version}", mark, v.candidate, v.model_type, primary, v.run_id, v.created_at, v.uri,
+        table.add_row(f"v{v.version}", mark, v.candidate, v.model_type, primary, v.run_id, _when(v.created_at),
                       style="bold green" if mark else None)
     console.print(table)
     if alias is None:
@@ -173,13 +189,13 @@ def show(config: ConfigOpt, name: NameArg = None,
     facts.add_column(style="dim")
     facts.add_column(overflow="fold")
     for label, value in (("uri", info.uri), ("candidate", info.candidate), ("model type", info.model_type),
-                         ("run id", info.run_id), ("created", info.created_at), ("registered by", info.actor),
+                         ("run id", info.run_id), ("created", _when(info.created_at)), ("registered by", info.actor),
                          ("config hash", info.config_hash or "—"), ("split fingerprint", info.split_fingerprint or "—"),
                          ("primary metric", f"{info.primary_metric} = {_num(info.primary_value)}"
                           if info.primary_metric else "—")):
         facts.add_row(label, value)
     if alias and alias.version == version:
-        facts.add_row("production since", f"{alias.updated_at} by {alias.actor} ({alias.reason or 'no reason'})")
+        facts.add_row("production since", f"{_when(alias.updated_at)} by {alias.actor} ({alias.reason or 'no reason'})")
     console.print(facts)
 
     metrics = info.metrics or {}
@@ -247,8 +263,8 @@ def history(config: ConfigOpt, name: NameArg = None,
     colors = {"success": "green", "conflict": "yellow", "refused": "red", "failed": "red"}
     for e in events[-limit:]:
         outcome = f"[{colors[e.outcome]}]{e.outcome}[/]" if e.outcome in colors else e.outcome
-        details = e.message or e.reason
-        table.add_row(str(e.seq), e.at, e.action, outcome, _v(e.version), _v(e.previous_version),
+        details = e.message if not e.reason or e.reason in e.message else f"{e.message} ({e.reason})"
+        table.add_row(str(e.seq), _when(e.at), e.action, outcome, _v(e.version), _v(e.previous_version),
                       _v(e.expected_version), e.run_id or "—", e.actor, details)
     console.print(table)
 
