@@ -35,6 +35,8 @@ from recloop.evaluation.names import (  # noqa: F401 (re-exported: metric names 
     split_metric,
 )
 
+_DENSE_CELLS = 8_000_000  # bound on temporary dense blocks (float64 cells) in batched computations
+
 # ---------------------------------------------------------------------------------------------- targets
 
 
@@ -233,12 +235,15 @@ def intra_list_diversity(recs: np.ndarray, k: int, item_vectors: np.ndarray | sp
         cats = sp.csr_matrix(item_categories, dtype=np.float64)
         cats.data[:] = 1.0
         sizes = np.asarray(cats.sum(axis=1)).ravel()
-        dense = cats.toarray()
+        n_cats = cats.shape[1]
+        # Only the recommended items' rows are made dense, a bounded number of users at a time.
+        batch_size = max(1, min(batch_size, _DENSE_CELLS // max(width * width + width * n_cats, 1)))
         pair_sum = np.zeros(n)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             ids = np.where(valid[start:stop], top[start:stop], 0)
-            c = dense[ids] * valid[start:stop, :, None]  # (b, K, n_cats), invalid slots zeroed
+            c = cats[ids.ravel()].toarray().reshape(stop - start, width, n_cats)
+            c *= valid[start:stop, :, None]  # (b, K, n_cats), invalid slots zeroed
             inter = np.einsum("bkc,bjc->bkj", c, c)
             s = sizes[ids] * valid[start:stop]
             union = s[:, :, None] + s[:, None, :] - inter

@@ -272,9 +272,15 @@ def seen_matrix(histories: Histories) -> sp.csr_matrix:
     return m
 
 
+_SCORE_CELLS = 32_000_000  # dense score cells per batch (128 MB of float32) whatever the catalog size
+
+
 def rank(queries: EvalQueries, score_fn: ScoreFn, k: int, batch_size: int = 1024) -> np.ndarray:
-    """(n_queries, k) recommended item ids, best first, -1 padded. Non-finite scores mean 'no score'."""
+    """(n_queries, k) recommended item ids, best first, -1 padded. Non-finite scores mean 'no score'.
+
+    Users are scored in batches of at most `batch_size`, fewer for large catalogs to bound memory."""
     n, n_items = len(queries), queries.n_items
+    batch_size = max(1, min(batch_size, _SCORE_CELLS // max(n_items, 1)))
     out = np.full((n, k), -1, dtype=np.int64)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
