@@ -11,9 +11,13 @@ import html
 import io
 import math
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from recloop.evaluation.metrics import ACCURACY_METRICS, METRIC_LABELS
+from recloop.evaluation.names import ACCURACY_METRICS, METRIC_LABELS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D")
 CHAMPION_COLOR = "#8C8C8C"
@@ -123,7 +127,7 @@ def _svg(fig: Any, salt: str) -> str:
     return f'<div class="chart">{text}</div>'
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100)
@@ -152,7 +156,7 @@ class _Models:
         if champ and champ.get("metrics"):
             self.entries.append((f"champion v{champ.get('version')}", champ, CHAMPION_COLOR, True))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any], str, bool]]:
         return iter(self.entries)
 
     def __len__(self) -> int:
@@ -250,7 +254,7 @@ def _popularity_chart(models: _Models, salt: str) -> str:
     return _svg(fig, salt)
 
 
-def _percent_formatter():
+def _percent_formatter() -> FuncFormatter:
     from matplotlib.ticker import FuncFormatter
 
     return FuncFormatter(lambda x, _pos: f"{x:g}%")

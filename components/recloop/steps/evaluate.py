@@ -29,7 +29,9 @@ from recloop.steps.base import StepContext, StepSpec
 if TYPE_CHECKING:
     from recloop.config import EvaluationConfig
     from recloop.evaluation.evaluator import EvalSetup, ModelResult
-    from recloop.evaluation.protocols import EvalQueries, SplitData
+    import pandas as pd
+
+    from recloop.evaluation.protocols import ScoreFn, SplitData
     from recloop.models.base import Recommender
 
 SPEC = StepSpec(
@@ -160,7 +162,7 @@ def load_candidate(train: Artifact, name: str, dest: Path, data: SplitData) -> R
     return model
 
 
-def _direct_scorer(model: Recommender):
+def _direct_scorer(model: Recommender) -> ScoreFn:
     return lambda histories, users: model.score_histories(histories, users)
 
 
@@ -231,7 +233,8 @@ def cold_start_mask(data: SplitData, cfg: EvaluationConfig) -> np.ndarray | None
     return None
 
 
-def per_user_frame(setup: EvalSetup, results: dict[str, ModelResult], champion: ModelResult | None):
+def per_user_frame(setup: EvalSetup, results: dict[str, ModelResult],
+                   champion: ModelResult | None) -> pd.DataFrame:
     import pandas as pd
 
     q = setup.queries
