@@ -66,6 +66,19 @@ def fit(seed: int) -> TinyCounts:
     return TinyCounts(TinyConfig(seed=seed)).fit(train)
 
 
+def split_frames() -> dict[str, pd.DataFrame]:
+    """Leave-last-out splits: 4 distinct items per user, the last one test, the one before valid."""
+    rng = np.random.default_rng(7)
+    rows = [(u, int(item), 1000 * u + t) for u in range(N_USERS)
+            for t, item in enumerate(rng.permutation(N_ITEMS)[:4])]
+    frame = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"]).astype(
+        {"user_idx": "int32", "item_idx": "int32", "timestamp": "int64"})
+    frame["weight"] = np.float32(1.0)
+    frame["rating"] = 4.0
+    position = frame.groupby("user_idx").cumcount()
+    return {"train": frame[position < 2], "valid": frame[position == 2], "test": frame[position == 3]}
+
+
 def build_run(store: Any, tmp: Path, run_id: str, seed: int, *, champion: int | None = None,
               blessing: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
               evaluate_parents: list[str] | None = None) -> None:
@@ -81,6 +94,8 @@ def build_run(store: Any, tmp: Path, run_id: str, seed: int, *, champion: int | 
         w.put_parquet("items.parquet", pd.DataFrame({
             "item_idx": np.arange(N_ITEMS, dtype=np.int32), "item_id": [f"m{i}" for i in range(N_ITEMS)],
             "text": [f"Movie {i}" for i in range(N_ITEMS)], "categories": [["Drama"]] * N_ITEMS}))
+        for name, frame in split_frames().items():
+            w.put_parquet(f"{name}.parquet", frame)
         w.summary.update({"n_users": N_USERS, "n_items": N_ITEMS})
     with ArtifactWriter(store, run_prefix(run_id, "train"), "train", run_id, cfg_hash,
                         parents=[uri["preprocess"]]) as w:
@@ -181,6 +196,30 @@ def test_dry_run_registers_but_does_not_move_the_alias(store, tmp_path: Path) ->
     assert reg.production().version == 2
 
 
+def test_publish_accepts_the_blessing_of_the_real_evaluate_and_gate_steps(file_store: FileStore,
+                                                                          tmp_path: Path) -> None:
+    """The contract end to end: evaluate (with the registry champion) -> gate -> publish."""
+    store = file_store
+    cfg = config_mod.from_dict({"name": "movies", "store": {"root": store.root},
+                                "data": {"interactions": {"path": "/data/ratings.csv"}},
+                                "evaluation": {"k": [5], "primary": "ndcg@5", "bootstrap": 0}})
+    for run_id, seed in (("r1", 1), ("r2", 2)):
+        build_run(store, tmp_path, run_id, seed)  # the evaluate and gate artifacts are recomputed below
+        ctx = StepContext(cfg, store, run_id, RunParams(force=True), log=lambda m: None)
+        run_step("evaluate", ctx)
+        blessing = ctx.open(run_step("gate", ctx).uri).read_json("blessing.json")
+        assert blessing["decision"] == "blessed"
+        manifest = run_step("publish", ctx)
+        assert manifest.summary["promoted"] is True
+    reg = ModelRegistry(store, "movies")
+    alias = reg.production()
+    assert (alias.version, alias.previous_version) == (2, 1)
+    v2 = reg.get(2)
+    assert v2.blessing["champion_version"] == 1  # r2 was judged against the published r1
+    assert v2.split_fingerprint == v2.metrics["split_fingerprint"] == blessing["split_fingerprint"]
+    assert v2.primary_metric == "ndcg@5" and v2.primary_value == blessing["primary_value"]
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 
 
@@ -203,6 +242,8 @@ REFUSALS: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "evaluate of other preprocess": (
         lambda st: {"evaluate_parents": [st.uri("runs/r0/preprocess"), st.uri("runs/r1/train")]},
         r"computed from another preprocess artifact \(.*runs/r0/preprocess.*\), not .*runs/r1/preprocess"),
+    "metrics of another train": (lambda st: {"metrics": {"train_uri": st.uri("runs/r0/train")}},
+                                 r"metrics.json measured the train artifact .*runs/r0/train, not .*runs/r1/train"),
     "no champion recorded": (lambda st: {"blessing": {"champion_version": ...}},
                              r"does not say which champion it was judged against"),
 }

@@ -203,6 +203,10 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
 
     # Lineage: the metrics must come from the very preprocess and train artifacts being published.
     for role, art in (("preprocess", preprocess), ("train", train)):
+        recorded = metrics.get(f"{role}_uri")
+        if isinstance(recorded, str) and not _same_artifact(ctx, recorded, art.uri):
+            reasons.append(f"{evaluate.uri}/metrics.json measured the {role} artifact {recorded}, not {art.uri}")
+    for role, art in (("preprocess", preprocess), ("train", train)):
         parents = evaluate.manifest.parents
         if parents and not any(_same_artifact(ctx, p, art.uri) for p in parents):
             reasons.append(f"the evaluate artifact {evaluate.uri} was computed from another {role} artifact "
