@@ -173,6 +173,8 @@ def _start_weed(base_dir: Path) -> S3Server:
         ports = {svc: _free_port_pair(taken) for svc in _SERVICES}
         args = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+                # Like AWS: writing to a bucket nobody created is an error, not a new bucket.
+                "-s3.autoCreateBucket=false",
                 # Disabled rather than given ports: recloop uses neither.
                 "-s3.port.iceberg=0", "-s3.port.lance=0"]
         for svc, port in ports.items():

@@ -14,7 +14,7 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -61,6 +61,9 @@ class Manifest:
     summary: dict[str, Any] = field(default_factory=dict)
     parents: list[str] = field(default_factory=list)
     config_hash: str | None = None
+    # Fingerprint of what besides the config decides the content (run params, input manifests);
+    # set by `run_step` through `StepContext.writer`, compared before reusing the artifact.
+    reuse_key: str | None = None
     recloop_version: str = __version__
     created_at: str = ""
 
@@ -68,7 +71,7 @@ class Manifest:
         d = {
             "step": self.step, "run_id": self.run_id, "uri": self.uri, "created_at": self.created_at,
             "recloop_version": self.recloop_version, "config_hash": self.config_hash,
-            "parents": self.parents, "summary": self.summary,
+            "reuse_key": self.reuse_key, "parents": self.parents, "summary": self.summary,
             "files": {k: {kk: vv for kk, vv in vars(v).items() if vv is not None} for k, v in self.files.items()},
         }
         return json.dumps(d, indent=2, sort_keys=True, default=str)
@@ -78,8 +81,10 @@ class Manifest:
         try:
             d = json.loads(text)
             files = {k: FileEntry(**v) for k, v in d.pop("files", {}).items()}
-            return cls(files=files, **d)
-        except (json.JSONDecodeError, TypeError) as exc:
+            # Keys a newer recloop added are ignored, so old readers still open new artifacts.
+            known = {f.name for f in fields(cls)} - {"files"}
+            return cls(files=files, **{k: v for k, v in d.items() if k in known})
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"{where} is corrupt ({exc}); re-run the step that wrote it") from None
 
     def brief(self) -> dict[str, Any]:
@@ -95,11 +100,11 @@ class ArtifactWriter:
     """Write one artifact folder; the manifest is committed only when the `with` block succeeds."""
 
     def __init__(self, store: ArtifactStore, prefix: str, step: str, run_id: str,
-                 config_hash: str | None = None, parents: list[str] | None = None):
+                 config_hash: str | None = None, parents: list[str] | None = None, reuse_key: str | None = None):
         self.store = store
         self.prefix = prefix.strip("/")
         self.manifest = Manifest(step=step, run_id=run_id, uri=store.uri(self.prefix),
-                                 parents=list(parents or []), config_hash=config_hash)
+                                 parents=list(parents or []), config_hash=config_hash, reuse_key=reuse_key)
         self._tmp: Path | None = None
 
     @property
@@ -184,6 +189,8 @@ class Artifact:
             raise ArtifactError(
                 f"{store.uri(prefix)} has no {MANIFEST}: the step that writes it has not completed; run it first"
             ) from None
+        except UnicodeDecodeError:
+            raise ArtifactError(f"{store.uri(key)} is corrupt (not UTF-8); re-run the step that wrote it") from None
         return cls(store, prefix, Manifest.from_json(text, store.uri(key)))
 
     @classmethod
@@ -200,16 +207,19 @@ class Artifact:
     def path(self, name: str) -> Iterator[Path]:
         """A verified local path to the file `name`."""
         entry = self._entry(name)
-        try:
-            with local_copy(self.store, f"{self.prefix}/{name}") as p:
-                digest = sha256_file(p)
-                if digest != entry.sha256:
-                    raise ArtifactError(f"{self.store.uri(self.prefix + '/' + name)} does not match its manifest "
-                                        f"(sha256 {digest[:12]}… != {entry.sha256[:12]}…): it is corrupt or being "
-                                        "rewritten; re-run the step that wrote it")
-                yield p
-        except FileNotFoundError:
-            raise ArtifactError(f"{self.uri} lists {name!r} but the file is missing; re-run the step") from None
+        with contextlib.ExitStack() as stack:
+            # Only a missing stored file means "missing": errors from the caller's block pass through.
+            try:
+                p = stack.enter_context(local_copy(self.store, f"{self.prefix}/{name}"))
+            except FileNotFoundError:
+                raise ArtifactError(f"{self.uri} lists {name!r} but the file is missing: it is being rewritten "
+                                    "or was deleted; re-run the step that wrote it") from None
+            digest = sha256_file(p)
+            if digest != entry.sha256:
+                raise ArtifactError(f"{self.store.uri(self.prefix + '/' + name)} does not match its manifest "
+                                    f"(sha256 {digest[:12]}… != {entry.sha256[:12]}…): it is corrupt or being "
+                                    "rewritten; re-run the step that wrote it")
+            yield p
 
     def read_bytes(self, name: str) -> bytes:
         with self.path(name) as p:

@@ -4,23 +4,34 @@ Keys are '/'-separated paths relative to the store root (`runs/r1/ingest/items.p
 whole-object: a local write goes to a temporary file that is renamed into place; an S3 PUT is atomic by
 the protocol. That, plus manifests written last (see `artifacts.py`), means readers never see half a file.
 
-`put_if_match` is a compare-and-swap on one small object (the production alias): S3 conditional writes
-(`If-Match` / `If-None-Match`) where the server supports them, and a lock file plus version check locally.
+`put_if_match` is a compare-and-swap on one small object (the production alias). Locally it holds an
+flock(2) on a lock file (released by the kernel if the writer dies) while it checks the version and
+replaces the file. On S3 it cannot rely on `If-Match` alone: SeaweedFS (4.x) evaluates `If-Match` before
+writing without a lock, so two writers racing from the same ETag can both succeed (measured: about one
+round in 20 with 16 writers), while create-only `If-None-Match: *` is checked under its per-object write
+lock and is atomic (as on AWS). So S3Store takes a lease lock object `.lock-<name>` created with
+`If-None-Match: *`, checks the version, then writes with `If-Match`/`If-None-Match` as a second fence.
+A crashed holder's lease expires after `LOCK_LEASE_S`; exactly one contender may break an expired lock
+(by creating a `.broken-<etag>` marker, create-only again). Hidden `.lock-*` keys never appear in `list`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
+import json
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Callable, Iterator, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Protocol, TypeVar
 
 from recloop.errors import ConflictError, StoreError
 
@@ -29,6 +40,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 CHUNK = 8 * 1024 * 1024
+LOCK_PREFIX = ".lock-"  # hidden lock objects next to a compare-and-swap key
+LOCK_WAIT_S = 30.0  # how long put_if_match waits for another writer's lock
+LOCK_LEASE_S = 60.0  # an S3 lock older than this belongs to a crashed writer and may be broken
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,7 @@ class FileStore:
         out = []
         for dirpath, _, files in os.walk(start):
             for name in files:
-                if name.startswith(".tmp-") or name.startswith(".lock-"):
+                if name.startswith(".tmp-") or name.startswith(LOCK_PREFIX):
                     continue
                 out.append(Path(dirpath, name).relative_to(self.base).as_posix())
         return sorted(out)
@@ -177,35 +191,49 @@ class FileStore:
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
         """Write only if the object's current etag equals `etag` (None: only if it does not exist)."""
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        lock = dest.parent / f".lock-{dest.name}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                # A lock older than 60 s belongs to a crashed writer.
-                with contextlib.suppress(FileNotFoundError):
-                    if time.time() - lock.stat().st_mtime > 60:
-                        lock.unlink()
-                        continue
-                if time.monotonic() > deadline:
-                    raise StoreError(f"timed out waiting for the lock on {self.uri(key)}") from None
-                time.sleep(0.01)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from None
+        fd = self._lock(dest.parent / f"{LOCK_PREFIX}{dest.name}", key)
         try:
             current = self.stat(key)
             if (current.etag if current else None) != etag:
                 raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag}, "
-                                    f"found {current.etag if current else 'none'})")
+                                    f"found {current.etag if current else 'none'}); read it again and retry")
             self.put_bytes(key, data)
             new = self.stat(key)
             assert new is not None
             return new.etag
         finally:
-            os.close(fd)
+            # Unlink while still holding the lock: a waiter that opened the old file sees the inode change.
             with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
+                os.unlink(dest.parent / f"{LOCK_PREFIX}{dest.name}")
+            os.close(fd)
+
+    def _lock(self, lock: Path, key: str) -> int:
+        """An exclusive flock on `lock` (the kernel drops it if this process dies: no stale locks)."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        delay = 0.005
+        while True:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() > deadline:
+                    raise StoreError(f"timed out after {LOCK_WAIT_S:g} s waiting for another writer's lock on "
+                                     f"{self.uri(key)}; retry when it has finished") from None
+                time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 0.1)
+                continue
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)  # the previous holder unlinked it after we opened it: lock the new one
 
 
 # ---------------------------------------------------------------------------------------------- s3://
@@ -216,41 +244,69 @@ _TRANSIENT_CODES = {
 }
 
 
-def _is_transient(exc: BaseException) -> bool:
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        ReadTimeoutError,
-    )
+def _client_error(exc: BaseException) -> Any:
+    """The botocore ClientError behind `exc` (boto3's upload_file wraps it in S3UploadFailedError)."""
+    from botocore.exceptions import ClientError
 
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError,
-                        ConnectionError)):
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 5:
+        if isinstance(cur, ClientError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Throttling, 5xx, timeouts and dropped/reset connections: worth another attempt."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError
+
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, ConnectionError, TimeoutError)):
         return True
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    client_error = _client_error(exc)
+    if client_error is not None:
+        code = str(client_error.response.get("Error", {}).get("Code", ""))
+        status = client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    if exc.__cause__ is not None or exc.__context__ is not None:
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, (BotoConnectionError, HTTPClientError, ConnectionError)):
+            return True
     return isinstance(exc, OSError) and getattr(exc, "errno", None) in (errno.ECONNRESET, errno.EPIPE)
 
 
 def with_retries(fn: Callable[[], T], retry: RetryConfig, what: str,
                  is_transient: Callable[[BaseException], bool] = _is_transient,
                  sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call fn, retrying transient errors with exponential back-off and full jitter."""
+    """Call fn, retrying transient errors with exponential back-off and full jitter.
+
+    At most `retry.max_attempts` calls; a transient error on the last one becomes a StoreError naming
+    the operation and the attempts, anything else propagates unchanged at once.
+    """
     attempt = 0
     while True:
         attempt += 1
         try:
             return fn()
         except Exception as exc:
-            if not is_transient(exc) or attempt >= retry.max_attempts:
-                if is_transient(exc):
-                    raise StoreError(f"{what} failed after {attempt} attempts: {exc}") from exc
+            if not is_transient(exc):
                 raise
+            if attempt >= retry.max_attempts:
+                raise StoreError(f"{what} failed after {attempt} attempts ({_describe(exc)}); the store is "
+                                 "unreachable or overloaded: check store.endpoint_url and retry later") from exc
             delay = min(retry.max_delay_s, retry.base_delay_s * 2 ** (attempt - 1))
             sleep(random.uniform(0, delay))
+
+
+def _describe(exc: BaseException) -> str:
+    client_error = _client_error(exc)
+    if client_error is not None:
+        err = client_error.response.get("Error", {})
+        status = client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{err.get('Code') or 'HTTP ' + str(status)}: {err.get('Message') or client_error}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class S3Store:
@@ -277,8 +333,9 @@ class S3Store:
             endpoint_url=cfg.endpoint_url,
             config=Config(
                 s3={"addressing_style": cfg.addressing_style},
-                # Our own loop does the backing off; botocore retries once quietly underneath.
-                retries={"max_attempts": 1, "mode": "standard"},
+                # No botocore retries (its `max_attempts` counts retries, `total_max_attempts` calls):
+                # `with_retries` owns back-off, so store.retry.max_attempts bounds the requests made.
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
                 signature_version="s3v4",
@@ -303,22 +360,36 @@ class S3Store:
     def _extra(self) -> dict:
         return {"ServerSideEncryption": self.sse} if self.sse else {}
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _call(self, what: str, fn: Callable[[], T], writes: bool = False) -> T:
+        """Run one S3 operation with retries; map its errors to ones a user can act on."""
         try:
             return with_retries(fn, self.retry, what)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise FileNotFoundError(f"{what}: does not exist") from None
-            if code == "NoSuchBucket":
-                raise StoreError(f"{what}: bucket {self.bucket!r} does not exist; create it or fix store.root") from None
-            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-                raise StoreError(f"{what}: access denied ({code}); check store credentials") from None
-            raise StoreError(f"{what}: {code or exc}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"{what}: {exc}") from None
+        except StoreError as exc:
+            raise StoreError(f"{exc}{self._sse_hint(writes)}") from None
+        except Exception as exc:
+            raise self._map_error(what, exc, writes) from None
+
+    def _map_error(self, what: str, exc: Exception, writes: bool = False) -> Exception:
+        """The user-facing error for a failed (non-transient) S3 operation."""
+        from botocore.exceptions import BotoCoreError
+
+        client_error = _client_error(exc)
+        if client_error is None:
+            return StoreError(f"{what}: {exc}") if isinstance(exc, BotoCoreError) else exc
+        code = client_error.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return FileNotFoundError(f"{what}: does not exist")
+        if code == "NoSuchBucket":
+            return StoreError(f"{what}: bucket {self.bucket!r} does not exist; create it or fix store.root")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+            return StoreError(f"{what}: access denied ({code}); check store credentials")
+        return StoreError(f"{what}: {_describe(client_error)}{self._sse_hint(writes)}")
+
+    def _sse_hint(self, writes: bool) -> str:
+        if not (writes and self.sse):
+            return ""
+        return (f"; store.server_side_encryption is {self.sse!r}: if this server does not support it, set it "
+                "to a supported value (e.g. AES256) or remove it")
 
     def ensure_bucket(self) -> None:
         from botocore.exceptions import ClientError
@@ -330,7 +401,8 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call(f"put {self.uri(key)}",
-                   lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **self._extra()))
+                   lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **self._extra()),
+                   writes=True)
 
     def get_bytes(self, key: str) -> bytes:
         return self._call(f"get {self.uri(key)}",
@@ -338,7 +410,8 @@ class S3Store:
 
     def put_file(self, key: str, path: str | Path) -> None:
         self._call(f"upload {self.uri(key)}", lambda: self.client.upload_file(
-            str(path), self.bucket, self._k(key), ExtraArgs=self._extra() or None, Config=self.transfer))
+            str(path), self.bucket, self._k(key), ExtraArgs=self._extra() or None, Config=self.transfer),
+            writes=True)
 
     def get_file(self, key: str, path: str | Path) -> Path:
         path = Path(path)
@@ -358,7 +431,8 @@ class S3Store:
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
-    def list(self, prefix: str = "") -> list[str]:
+    def _list_all(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, lock objects included."""
         full = self._k(prefix) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
 
@@ -368,34 +442,166 @@ class S3Store:
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
             return keys
 
-        return sorted(self._call(f"list {self.root}/{prefix}", run))
+        return sorted(self._call(f"list {self.root}/{prefix.strip('/')}", run))
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [k for k in self._list_all(prefix) if not k.rsplit("/", 1)[-1].startswith(LOCK_PREFIX)]
 
     def delete(self, key: str) -> None:
         self._call(f"delete {self.uri(key)}", lambda: self.client.delete_object(Bucket=self.bucket, Key=self._k(key)))
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
+        keys = self._list_all(prefix)
         for i in range(0, len(keys), 1000):
             batch = [{"Key": self._k(k)} for k in keys[i:i + 1000]]
-            self._call(f"delete {self.root}/{prefix}",
-                       lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
+            resp = self._call(f"delete {self.root}/{prefix.strip('/')}",
+                              lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StoreError(f"delete {self.root}/{prefix.strip('/')}: {len(errors)} object(s) were not deleted "
+                                 f"(first: {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}); "
+                                 "check the store permissions and retry")
         return len(keys)
 
+    # -- compare-and-swap ------------------------------------------------------------------------
+
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        """Write only if the object's current etag equals `etag` (None: only if it does not exist)."""
+        lock = self._lock_key(key)
+        token = self._acquire(lock, key)
+        try:
+            current = self.stat(key)
+            if (current.etag if current else None) != etag:
+                raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag}, "
+                                    f"found {current.etag if current else 'none'}); read it again and retry")
+            return self._conditional_put(key, data, etag)
+        finally:
+            self._release(lock, token)
+
+    def _conditional_put(self, key: str, data: bytes, etag: str | None) -> str:
         from botocore.exceptions import ClientError
 
         cond = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond,
+                                              **self._extra())
+                return str(resp["ETag"])
+            except Exception as exc:
+                if isinstance(exc, ClientError) and _is_precondition_failure(exc):
+                    raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag}); "
+                                        "read it again and retry") from None
+                if not _is_transient(exc):
+                    raise StoreError(f"put {self.uri(key)}: {_describe(exc)}{self._sse_hint(True)}") from None
+                # The write may have landed before the connection broke. We hold the lock, so a changed
+                # object holding exactly our bytes is our write; anything else is another writer's.
+                now = self.stat(key)
+                if (now.etag if now else None) != etag:
+                    if now is not None and self.get_bytes(key) == data:
+                        return now.etag
+                    raise ConflictError(f"{self.uri(key)} changed while it was being written; read it again "
+                                        "and retry") from None
+                if attempt >= self.retry.max_attempts:
+                    raise StoreError(f"put {self.uri(key)} failed after {attempt} attempts ({_describe(exc)}); "
+                                     "it was not changed: retry later") from None
+                time.sleep(random.uniform(0, min(self.retry.max_delay_s,
+                                                 self.retry.base_delay_s * 2 ** (attempt - 1))))
+
+    def _lock_key(self, key: str) -> str:
+        head, _, name = _clean_key(key).rpartition("/")
+        return f"{head}/{LOCK_PREFIX}{name}" if head else f"{LOCK_PREFIX}{name}"
+
+    def _acquire(self, lock: str, key: str) -> str:
+        """Create the lock object (create-only); wait for a live holder, break an expired lease."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + LOCK_WAIT_S
+        delay = 0.01
+        while True:
+            body = json.dumps({"owner": token, "host": socket.gethostname(), "pid": os.getpid(),
+                               "expires": time.time() + LOCK_LEASE_S}).encode()
+            if self._create_only(lock, body, token, f"lock {self.uri(key)}"):
+                return token
+            holder = self._read_lock(lock)
+            if holder is not None and holder[1] < time.time():
+                self._break(lock, holder)
+                continue
+            if time.monotonic() > deadline:
+                raise StoreError(f"timed out after {LOCK_WAIT_S:g} s waiting for another writer's lock on "
+                                 f"{self.uri(key)}; retry when it has finished (a crashed writer's lock expires "
+                                 f"after {LOCK_LEASE_S:g} s)")
+            time.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 0.2)
+
+    def _create_only(self, key: str, body: bytes, token: str, what: str) -> bool:
+        """PUT with `If-None-Match: *`: True if this call created `key` (whose body holds `token`)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=body, IfNoneMatch="*",
+                                       **self._extra())
+                return True
+            except Exception as exc:
+                client_error = _client_error(exc)
+                if client_error is not None and _is_precondition_failure(client_error):
+                    if attempt == 1:
+                        return False
+                    # An earlier attempt whose response was lost may be what exists now.
+                    try:
+                        return token.encode() in self.get_bytes(key)
+                    except FileNotFoundError:
+                        continue
+                if not _is_transient(exc):
+                    raise self._map_error(what, exc, writes=True) from None
+                if attempt >= self.retry.max_attempts:
+                    raise StoreError(f"{what} failed after {attempt} attempts ({_describe(exc)}); the store is "
+                                     "unreachable or overloaded: retry later") from None
+                time.sleep(random.uniform(0, min(self.retry.max_delay_s,
+                                                 self.retry.base_delay_s * 2 ** (attempt - 1))))
+
+    def _read_lock(self, lock: str) -> tuple[str, float, str] | None:
+        """(etag, lease expiry, owner token) of the lock object, or None if it is gone."""
         try:
-            resp = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond, **self._extra())
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag})") from None
-            if _is_transient(exc):
-                raise StoreError(f"put {self.uri(key)}: {code}; the alias was not changed, retry") from None
-            raise StoreError(f"put {self.uri(key)}: {code or exc}") from None
-        return resp["ETag"]
+            resp = self._call(f"read lock {self.uri(lock)}",
+                              lambda: self.client.get_object(Bucket=self.bucket, Key=self._k(lock)))
+            raw = resp["Body"].read()
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(raw)
+            return str(resp["ETag"]), float(info["expires"]), str(info["owner"])
+        except (ValueError, KeyError, TypeError):
+            return str(resp["ETag"]), 0.0, ""  # unreadable lock: treat as expired
+
+    def _break(self, lock: str, holder: tuple[str, float, str]) -> None:
+        """Remove an expired lock. A create-only marker per lease period past expiry lets exactly one
+        contender break it, and another one a lease later if that breaker died too."""
+        etag, expires, _ = holder
+        round_no = int(max(0.0, time.time() - expires) // LOCK_LEASE_S)
+        marker = f"{lock}.broken-{etag.strip(chr(34))}-{round_no}"
+        token = uuid.uuid4().hex
+        if not self._create_only(marker, token.encode(), token, f"break lock {self.uri(lock)}"):
+            return  # another contender is breaking it
+        current = self._read_lock(lock)
+        if current is not None and current[0] == etag:
+            self.delete(lock)
+
+    def _release(self, lock: str, token: str) -> None:
+        try:
+            current = self._read_lock(lock)
+            if current is not None and current[2] == token:
+                self.delete(lock)
+        except StoreError:
+            pass  # the lease expires on its own
+
+
+def _is_precondition_failure(exc: Any) -> bool:
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -9,13 +9,15 @@ The CLI (`recloop step NAME`) and the Airflow tasks are thin wrappers around `ru
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from recloop.artifacts import Artifact, Manifest, run_prefix
+from recloop.artifacts import MANIFEST, Artifact, Manifest, run_prefix
 from recloop.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class StepContext:
     log: Callable[[str], None] = log.info
     # progress(description, total) -> advance(n); the CLI plugs rich progress bars in here.
     progress: Progress = field(default=_no_progress)
+    # Set by run_step while a step runs; recorded in the manifest by `writer` (see reuse_key()).
+    reuse_key: str | None = field(default=None, repr=False)
 
     def key(self, uri: str) -> str:
         """Store key for a URI under this store's root (inputs arrive as URIs)."""
@@ -77,7 +81,7 @@ class StepContext:
 
         spec_step = self.key(output).rsplit("/", 1)[-1]
         return ArtifactWriter(self.store, self.key(output), step=spec_step, run_id=self.run_id,
-                              config_hash=self.config.config_hash(), parents=parents)
+                              config_hash=self.config.config_hash(), parents=parents, reuse_key=self.reuse_key)
 
 
 StepRun = Callable[[StepContext, dict[str, str], str], Manifest]
@@ -92,17 +96,43 @@ STEP_MODULES: dict[str, str] = {
     "gate": "recloop.steps.gate",
     "publish": "recloop.steps.publish",
 }
+# Steps outside the training order (the feedback DAG runs them on their own schedule).
+LOOP_STEP_MODULES: dict[str, str] = {
+    "feedback": "recloop.steps.feedback",
+}
 
 
 def load_step(name: str) -> tuple[StepSpec, StepRun]:
-    if name not in STEP_MODULES:
-        raise KeyError(f"unknown step {name!r}; steps: {', '.join(STEP_MODULES)}")
-    module = importlib.import_module(STEP_MODULES[name])
+    modules = {**STEP_MODULES, **LOOP_STEP_MODULES}
+    if name not in modules:
+        raise KeyError(f"unknown step {name!r}; steps: {', '.join(modules)}")
+    module = importlib.import_module(modules[name])
     return module.SPEC, module.run
 
 
 def default_inputs(ctx: StepContext, spec: StepSpec) -> dict[str, str]:
     return {dep: ctx.store.uri(run_prefix(ctx.run_id, dep)) for dep in spec.inputs}
+
+
+def reuse_key(ctx: StepContext, inputs: dict[str, str]) -> str:
+    """Fingerprint of a step's run params and the exact input artifacts it reads.
+
+    A committed artifact is reused only when this and the config hash both match, so re-running an
+    upstream step (new manifest) or changing `--since`/`--model`/`--dry-run` recomputes downstream.
+    """
+    digests: dict[str, str | None] = {}
+    for role, uri in sorted(inputs.items()):
+        try:
+            digests[role] = hashlib.sha256(ctx.store.get_bytes(f"{ctx.key(uri)}/{MANIFEST}")).hexdigest()
+        except FileNotFoundError:
+            digests[role] = None  # the step itself reports the missing input
+    params = {
+        "since": ctx.params.since.isoformat() if ctx.params.since else None,
+        "models": sorted(ctx.params.models) if ctx.params.models is not None else None,
+        "dry_run": ctx.params.dry_run,
+    }
+    payload = json.dumps({"params": params, "inputs": digests}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def run_step(name: str, ctx: StepContext, inputs: dict[str, str] | None = None,
@@ -111,10 +141,18 @@ def run_step(name: str, ctx: StepContext, inputs: dict[str, str] | None = None,
     spec, run = load_step(name)
     inputs = default_inputs(ctx, spec) if inputs is None else inputs
     output = output or ctx.store.uri(run_prefix(ctx.run_id, name))
+    key = reuse_key(ctx, inputs)
     if not ctx.params.force and Artifact.exists(ctx.store, ctx.key(output)):
         manifest = ctx.open(output).manifest
-        if manifest.config_hash == ctx.config.config_hash():
+        if manifest.config_hash != ctx.config.config_hash():
+            ctx.log(f"{name}: committed artifact {output} was made with another config; recomputing")
+        elif manifest.reuse_key != key:
+            ctx.log(f"{name}: committed artifact {output} was made from other inputs or run parameters; recomputing")
+        else:
             ctx.log(f"{name}: reusing committed artifact {output}")
             return manifest
-        ctx.log(f"{name}: committed artifact {output} was made with another config; recomputing")
-    return run(ctx, inputs, output)
+    previous, ctx.reuse_key = ctx.reuse_key, key
+    try:
+        return run(ctx, inputs, output)
+    finally:
+        ctx.reuse_key = previous
