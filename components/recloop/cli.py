@@ -54,12 +54,14 @@ _mount()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user-facing errors print one message and set the exit code."""
     from rich.console import Console
+    from rich.markup import escape
 
     err = Console(stderr=True)
     try:
         app(args=argv, standalone_mode=False)
     except RecloopError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        # Escaped: messages quote data values and paths, and '[/x]' there must print, not parse as markup.
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
