@@ -119,8 +119,11 @@ class Histories:
         return Histories(indptr, self.items[idx], self.weights[idx], self.timestamps[idx], self.n_items)
 
     def to_csr(self, binary: bool = True) -> sp.csr_matrix:
-        data = np.ones(len(self.items), np.float32) if binary else self.weights
-        m = sp.csr_matrix((data, self.items, self.indptr), shape=(len(self), self.n_items), dtype=np.float32)
+        data = np.ones(len(self.items), np.float32) if binary else self.weights.copy()
+        # Copies: scipy sorts indices in place when summing duplicates, which would destroy the
+        # chronological order that sequence models read from `items`.
+        m = sp.csr_matrix((data, self.items.copy(), self.indptr.copy()), shape=(len(self), self.n_items),
+                          dtype=np.float32)
         m.sum_duplicates()
         if binary:
             m.data[:] = 1.0

@@ -43,6 +43,7 @@ class EvalSetup:
     n_resamples: int
     seed: int
     confidence: float = CONFIDENCE
+    cold_mask: np.ndarray | None = None  # bool per item: held out of training (cold-start protocol)
 
     @property
     def max_k(self) -> int:
@@ -67,12 +68,13 @@ class EvalSetup:
                                            / max(self.interaction_counts.sum(), 1.0)), 6),
             "diversity_basis": self.diversity_basis,
             "history_buckets": list(history_segments(q)),
+            "cold_start_items": int(self.cold_mask.sum()) if self.cold_mask is not None else 0,
             **{k: v for k, v in q.stats.items() if k != "sampled_negatives"},
         }
 
 
 def make_setup(data: SplitData, queries: EvalQueries, ks: list[int] | tuple[int, ...], n_resamples: int,
-               seed: int) -> EvalSetup:
+               seed: int, cold_mask: np.ndarray | None = None) -> EvalSetup:
     train = data.train_interactions()
     counts = np.bincount(train.item, minlength=data.n_items).astype(np.float64)
     binary = train.to_csr(binary=True)  # users x items
@@ -96,7 +98,7 @@ def make_setup(data: SplitData, queries: EvalQueries, ks: list[int] | tuple[int,
     return EvalSetup(queries=queries, ks=tuple(sorted(set(ks))), interaction_counts=counts,
                      pop_share=M.popularity_share(user_counts, n_train_users),
                      head_mask=M.head_items(counts, HEAD_SHARE), diversity_basis=basis, diversity_vectors=vectors,
-                     diversity_categories=categories, n_resamples=n_resamples, seed=seed)
+                     diversity_categories=categories, n_resamples=n_resamples, seed=seed, cold_mask=cold_mask)
 
 
 @dataclass
@@ -141,7 +143,7 @@ def evaluate_recs(setup: EvalSetup, name: str, recs: np.ndarray, info: dict[str,
     for label, rows in history_segments(q).items():
         segments[label] = {m: per_user[m][rows] for m in accuracy_names}
         sizes[label] = len(rows)
-    for label, (rows, targets) in item_segments(q, setup.head_mask).items():
+    for label, (rows, targets) in item_segments(q, setup.head_mask, setup.cold_mask).items():
         segments[label] = M.ranking_metrics(recs[rows], targets, setup.ks) if len(rows) else \
             {m: np.zeros(0) for m in accuracy_names}
         sizes[label] = len(rows)

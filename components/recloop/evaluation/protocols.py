@@ -323,11 +323,19 @@ def history_segments(queries: EvalQueries, bounds: tuple[int, ...] = HISTORY_BUC
     return out
 
 
-def item_segments(queries: EvalQueries, head_mask: np.ndarray) -> dict[str, tuple[np.ndarray, Targets]]:
-    """{'head items': (rows, targets restricted to head items), 'tail items': ...}: the lists stay the same,
+COLD_SEGMENT = "cold-start items"
+
+
+def item_segments(queries: EvalQueries, head_mask: np.ndarray,
+                  cold_mask: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, Targets]]:
+    """{'head items': (rows, targets restricted to head items), 'tail items': ..., and with `cold_mask`
+    'cold-start items' (items held out of training entirely)}: the lists stay the same (full ranking),
     only the targets that count change; users without a target in the group are left out."""
     out = {}
-    for label, mask in (("head items", head_mask), ("tail items", ~head_mask)):
+    groups = [("head items", head_mask), ("tail items", ~head_mask)]
+    if cold_mask is not None:
+        groups.append((COLD_SEGMENT, cold_mask))
+    for label, mask in groups:
         restricted = queries.targets.restrict_items(mask)
         rows = np.flatnonzero(restricted.counts() > 0)
         out[label] = (rows, restricted.select(rows))

@@ -134,6 +134,8 @@ class SASRec(Recommender):
         net = self._build()
         net.items.known.copy_(torch.from_numpy(self.known_items))
         net.to(device)
+        known_mask = torch.from_numpy(self.known_items[1:] > 0).to(device)
+        known_ids = torch.nonzero(known_mask).squeeze(1) + 1
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         log = context.log if context else (lambda _msg: None)
         stopper = EarlyStopping(patience=cfg.patience)
@@ -152,10 +154,12 @@ class SASRec(Recommender):
                 mask = y > 0
                 h, t = hidden[mask], y[mask]
                 if cfg.loss == "full" or cfg.negatives >= self.n_items:
-                    logits = h @ table[1:].T
+                    # Items without training events are not in the training catalog: leaving them in the
+                    # softmax would teach the model to push every never-seen item down (bad for cold start).
+                    logits = (h @ table[1:].T).masked_fill(~known_mask, float("-inf"))
                     loss = torch.nn.functional.cross_entropy(logits, t - 1)
                 else:
-                    negs = torch.randint(1, self.n_items + 1, (cfg.negatives,), device=device)
+                    negs = known_ids[torch.randint(0, len(known_ids), (cfg.negatives,), device=device)]
                     cand = torch.cat([t.unsqueeze(1), negs.expand(len(t), -1)], dim=1)
                     logits = (h.unsqueeze(1) * table[cand]).sum(-1)
                     logits[:, 1:] = logits[:, 1:].masked_fill(cand[:, 1:] == t.unsqueeze(1), -1e9)

@@ -43,8 +43,9 @@ class ItemRepresentation(nn.Module):
             id_vecs = self.ids.weight * self.known.unsqueeze(1)
             if self.use_text and self.training and self.id_dropout > 0:
                 # Dropping whole ID vectors teaches the model to rank from text alone (cold start).
+                # Inverted dropout: kept vectors are scaled up so train and inference magnitudes agree.
                 keep = (torch.rand(id_vecs.shape[0], 1, device=id_vecs.device) >= self.id_dropout).to(id_vecs.dtype)
-                id_vecs = id_vecs * keep
+                id_vecs = id_vecs * keep / (1.0 - self.id_dropout)
             rep = rep + id_vecs
         return rep
 

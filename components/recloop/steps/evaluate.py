@@ -58,15 +58,13 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     train = ctx.open(inputs["train"])
     data = load_split(preprocess)
     queries = build_queries(data, cfg.split, exclude_seen=True)
-    mask = cold_start_mask(data, cfg)
-    if mask is not None:
-        queries = queries.with_item_mask(mask)
+    cold_mask = cold_start_mask(preprocess, data, cfg)
     if cfg.sampled_negatives:
         queries = with_sampled_negatives(queries, cfg.sampled_negatives, cfg.seed)
     if len(queries) == 0:
         raise ArtifactError(f"no user in the {cfg.split} split of {preprocess.uri} has a target left to evaluate "
                             f"({queries.stats}); check preprocess.split and the data")
-    setup = make_setup(data, queries, cfg.k, cfg.bootstrap, cfg.seed)
+    setup = make_setup(data, queries, cfg.k, cfg.bootstrap, cfg.seed, cold_mask)
     fingerprint = queries.fingerprint()
     names = candidate_names(train)
     ctx.log(f"evaluate: {len(names)} candidate(s) on {len(queries)} {cfg.split} users, {data.n_items} items, "
@@ -221,16 +219,22 @@ def evaluate_champion(ctx: StepContext, setup: EvalSetup, data: SplitData,
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def cold_start_mask(data: SplitData, cfg: EvaluationConfig) -> np.ndarray | None:
-    """Items the evaluation is restricted to (cold-start protocol), or None for all items.
+def cold_start_mask(preprocess: Artifact, data: SplitData, cfg: EvaluationConfig) -> np.ndarray | None:
+    """Items preprocess held out of training entirely (`evaluation.cold_start`), or None.
 
-    This is the hook for `evaluation.cold_start`: the mask goes through `EvalQueries.with_item_mask`.
+    The lists stay full-ranking over all items; the mask only defines the 'cold-start items' segment,
+    whose targets are interactions with those items. ID-only models rank such items last (score 0 there).
     """
-    if cfg.cold_start.item_share > 0:
+    if cfg.cold_start.item_share <= 0:
+        return None
+    if "cold_items.parquet" not in preprocess.manifest.files:
         raise ConfigError("evaluation.cold_start", [
-            f"evaluation.cold_start.item_share: cold-start evaluation is not available in this version of "
-            f"recloop (got {cfg.cold_start.item_share}); set it to 0"])
-    return None
+            f"evaluation.cold_start.item_share: {preprocess.uri} was made without a cold-start hold-out; "
+            "re-run preprocess with this config (e.g. `recloop step preprocess --force`)"])
+    idx = preprocess.read_parquet("cold_items.parquet")["item_idx"].to_numpy(np.int64)
+    mask = np.zeros(data.n_items, dtype=bool)
+    mask[idx] = True
+    return mask
 
 
 def per_user_frame(setup: EvalSetup, results: dict[str, ModelResult],
