@@ -1,0 +1,7 @@
+"""Contextual-bandit reranking of the base model's candidates.
+
+`features` turns a candidate pool (items, base scores, the user's activity) into feature vectors;
+`bandit` holds the LinUCB policy with exact propensities (`Policy.rank`), saved as json + safetensors;
+`training` reconstructs candidate pools from impression logs, fits a policy, evaluates it off-policy and
+moves the policy alias `policies/{model}/production.json` when it beats the logging policy.
+"""
