@@ -1,0 +1,275 @@
+"""Approximate top-k for large catalogs: an HNSW index (hnswlib) over a model's item vectors.
+
+A model qualifies when its scores are inner products `query(history) . item_vector[item]`
+(`vector_space`): mf (user / folded-in factors), text_knn (recency-weighted text embedding, with the
+popularity blend as one extra dimension) and sasrec / text_sasrec (last hidden state). Maximum inner
+product search is reduced to nearest-neighbour search under L2 by the usual augmentation (Bachrach et al.,
+2014): items get one extra coordinate sqrt(M^2 - |v|^2) so all have norm M, queries get 0.
+
+`build_ann_index(model, bundle_dir)` writes `ann/index.hnsw` and `ann/ann.json` into a saved bundle (the
+publish step calls it); `ann.json` records the recall@10 of the index against exact search over sampled
+training users, after raising `ef_search` until `target_recall` holds. With `build_threads: 1` the files
+are byte-identical for the same model, so re-publishing stays idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from recloop.config import ServingAnnConfig
+from recloop.data.interactions import Histories
+from recloop.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from recloop.models.base import Recommender
+
+ANN_DIR = "ann"
+INDEX_FILE = "index.hnsw"
+META_FILE = "ann.json"
+RECALL_K = 10
+_SEED = 100
+
+
+@dataclass
+class VectorSpace:
+    """score(history, item) == encode(history) . item_vectors[item] for the model it came from.
+
+    `encode(histories, users)`: pass `users` (their contiguous ids) only when each history is exactly
+    that user's training history, so models with learned user vectors can use them.
+    """
+
+    item_vectors: np.ndarray  # (n_items, d) float32
+    encode: Callable[[Histories, np.ndarray | None], np.ndarray]
+
+
+def vector_space(model: Recommender) -> VectorSpace | None:
+    """The inner-product view of `model`, or None when its scores are not of that form."""
+    kind = model.type_name
+    if kind == "mf":
+        return _mf_space(model)
+    if kind == "text_knn":
+        return _text_knn_space(model)
+    if kind in ("sasrec", "text_sasrec"):
+        return _sasrec_space(model)
+    return None
+
+
+def _mf_space(model: Any) -> VectorSpace:
+    def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
+        if users is not None:
+            return np.asarray(model.user_factors[np.asarray(users, dtype=np.int64)], dtype=np.float32)
+        return np.asarray(model.fold_in(histories), dtype=np.float32)
+
+    return VectorSpace(np.ascontiguousarray(model.item_factors, dtype=np.float32), encode)
+
+
+def _text_knn_space(model: Any) -> VectorSpace:
+    from recloop.models.text_knn import recency_weighted_mean
+
+    cfg = model.config
+    blend = float(cfg.popularity_blend)
+    items = np.hstack([model.item_embeddings, model.log_popularity[:, None]]).astype(np.float32)
+
+    def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
+        content = recency_weighted_mean(histories, model.item_embeddings, cfg.half_life, cfg.max_history)
+        out = np.hstack([(1.0 - blend) * content, np.full((len(histories), 1), blend, np.float32)])
+        # text_knn ranks a user without history by popularity alone.
+        empty = histories.lengths() == 0
+        out[empty] = 0.0
+        out[empty, -1] = 1.0
+        return out.astype(np.float32)
+
+    return VectorSpace(np.ascontiguousarray(items), encode)
+
+
+def _sasrec_space(model: Any) -> VectorSpace:
+    import torch
+
+    net = model.net
+    net.eval()
+    with torch.inference_mode():
+        table = net.items.all_items()
+    items = table[1:].float().cpu().numpy()
+    max_len = int(model.config.max_len)
+
+    def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
+        seqs = _left_padded(histories, max_len)
+        device = next(net.parameters()).device
+        with torch.inference_mode():
+            hidden = net.last_hidden(torch.from_numpy(seqs).to(device), table)
+        return hidden.float().cpu().numpy()
+
+    return VectorSpace(np.ascontiguousarray(items, dtype=np.float32), encode)
+
+
+def _left_padded(histories: Histories, length: int) -> np.ndarray:
+    """(rows, length) int64: the last `length` items + 1 (0 = padding), left-padded, as sasrec reads them."""
+    n = len(histories)
+    out = np.zeros((n, length), dtype=np.int64)
+    for r in range(n):
+        row = histories.row(r)[-length:]
+        if len(row):
+            out[r, length - len(row):] = row.astype(np.int64) + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the index
+
+
+def _augment_items(vectors: np.ndarray) -> tuple[np.ndarray, float]:
+    norms_sq = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+    max_sq = float(norms_sq.max()) if len(norms_sq) else 0.0
+    extra = np.sqrt(np.maximum(max_sq - norms_sq, 0.0))
+    return np.hstack([vectors, extra[:, None]]).astype(np.float32), max_sq
+
+
+def _augment_queries(queries: np.ndarray) -> np.ndarray:
+    return np.hstack([queries, np.zeros((len(queries), 1), np.float32)]).astype(np.float32)
+
+
+class AnnIndex:
+    """A loaded HNSW index answering maximum-inner-product queries over item vectors."""
+
+    def __init__(self, index: Any, meta: dict[str, Any]):
+        self._index = index
+        self.meta = meta
+
+    @property
+    def n_items(self) -> int:
+        return int(self.meta["n_items"])
+
+    def search(self, queries: np.ndarray, n: int) -> np.ndarray:
+        """(len(queries), n) item ids, approximately by decreasing inner product. RuntimeError if the
+        graph cannot return n results (then search exactly)."""
+        n = min(n, self.n_items)
+        labels, _ = self._index.knn_query(_augment_queries(np.asarray(queries, np.float32)), k=n, num_threads=1)
+        return labels.astype(np.int64)
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> AnnIndex | None:
+        """The index saved in a bundle, or None when the bundle has none."""
+        import hnswlib
+
+        folder = Path(bundle_dir) / ANN_DIR
+        if not (folder / META_FILE).is_file():
+            return None
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{folder / META_FILE} is corrupt ({exc}); re-publish the model") from None
+        if not meta.get("built"):
+            return None
+        index = hnswlib.Index(space="l2", dim=int(meta["dim"]) + 1)
+        try:
+            index.load_index(str(folder / INDEX_FILE), max_elements=int(meta["n_items"]))
+        except RuntimeError as exc:
+            raise ArtifactError(f"{folder / INDEX_FILE} cannot be read ({exc}); re-publish the model") from None
+        index.set_ef(int(meta["ef_search"]))
+        return cls(index, meta)
+
+
+def exact_top(queries: np.ndarray, items: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+    """(n, k) ids of the largest inner products, best first (ties: lower id)."""
+    from recloop.models.base import top_k
+
+    out = []
+    for start in range(0, len(queries), block):
+        ids, _ = top_k((queries[start:start + block] @ items.T).astype(np.float32), k)
+        out.append(ids)
+    return np.vstack(out) if out else np.zeros((0, k), np.int64)
+
+
+def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each exact top-k row found in the approximate row."""
+    if len(exact) == 0:
+        return 1.0
+    hits = [len(set(a.tolist()) & set(e.tolist())) / max(len(e), 1) for a, e in zip(approx, exact)]
+    return float(np.mean(hits))
+
+
+def sample_queries(model: Recommender, space: VectorSpace, n: int, seed: int = 0) -> np.ndarray:
+    """Query vectors of up to `n` training users (with history), drawn reproducibly."""
+    histories = model.train_histories
+    assert histories is not None
+    candidates = np.flatnonzero(histories.lengths() > 0)
+    if len(candidates) == 0:
+        return np.zeros((0, space.item_vectors.shape[1]), np.float32)
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
+    return space.encode(histories.select(users), users)
+
+
+def build_ann_index(model: Recommender, bundle_dir: str | Path, settings: ServingAnnConfig | None = None,
+                    force: bool = False) -> dict[str, Any]:
+    """Build the HNSW index of `model` into `bundle_dir/ann/` when the catalog needs one; returns what
+    was recorded in `ann.json` (`built: false` with a `reason` when no index was written).
+
+    `force` builds below `settings.min_items` (benchmarks, tests). Timings are returned but not written,
+    so the files depend on the model alone.
+    """
+    settings = settings or ServingAnnConfig()
+    folder = Path(bundle_dir) / ANN_DIR
+    if not settings.enabled:
+        return {"built": False, "reason": "serving.ann.enabled is false"}
+    space = vector_space(model)
+    if space is None:
+        return {"built": False, "reason": f"{model.type_name} scores are not inner products of item vectors; "
+                                          "it is always searched exactly"}
+    n_items, dim = space.item_vectors.shape
+    if n_items < settings.min_items and not force:
+        return {"built": False, "reason": f"{n_items} items is below serving.ann.min_items "
+                                          f"({settings.min_items}); exact search is used"}
+    try:
+        import hnswlib
+    except ImportError:
+        return {"built": False, "reason": "hnswlib is not installed (pip install 'recloop[serve]'); "
+                                          "`recloop serve` builds the index when it loads the model"}
+    started = time.perf_counter()
+    augmented, max_sq = _augment_items(space.item_vectors)
+    index = hnswlib.Index(space="l2", dim=dim + 1)
+    index.init_index(max_elements=n_items, ef_construction=settings.ef_construction, M=settings.m,
+                     random_seed=_SEED)
+    index.add_items(augmented, np.arange(n_items), num_threads=settings.build_threads)
+    build_seconds = time.perf_counter() - started
+
+    queries = sample_queries(model, space, settings.recall_queries)
+    k = min(RECALL_K, n_items)
+    exact = exact_top(queries, space.item_vectors, k)
+    ef = max(settings.ef_search, k)
+    recall = 1.0  # nothing to measure without training users; every stored field stays well-defined
+    while len(queries):
+        index.set_ef(ef)
+        labels, _ = index.knn_query(_augment_queries(queries), k=k, num_threads=1)
+        recall = recall_at(labels, exact)
+        if recall >= settings.target_recall or ef >= settings.max_ef_search:
+            break
+        ef = min(ef * 2, settings.max_ef_search)
+
+    meta = {
+        "built": True,
+        "method": "hnsw",
+        "library": "hnswlib",
+        "metric": "inner product (MIPS as L2 over norm-augmented vectors)",
+        "model_type": model.type_name,
+        "n_items": int(n_items),
+        "dim": int(dim),
+        "max_norm_sq": max_sq,
+        "m": settings.m,
+        "ef_construction": settings.ef_construction,
+        "ef_search": int(ef),
+        f"recall@{RECALL_K}": round(recall, 6),
+        "recall_queries": int(len(queries)),
+        "target_recall": settings.target_recall,
+        "target_met": bool(recall >= settings.target_recall),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    index.save_index(str(folder / INDEX_FILE))
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return {**meta, "build_seconds": round(build_seconds, 3),
+            "total_seconds": round(time.perf_counter() - started, 3)}
