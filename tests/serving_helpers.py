@@ -84,6 +84,21 @@ def fit_mf(data: Dataset, seed: int = 0, factors: int = 8) -> Recommender:
     return MatrixFactorization(MFConfig(factors=factors, epochs=8, seed=seed, solver="cholesky")).fit(data.train)
 
 
+def clustered_mf(n_items: int, n_users: int = 300, dim: int = 16, seed: int = 0) -> Recommender:
+    """An mf model with clustered factors (set directly: ANN behaviour does not need a real fit)."""
+    from recloop.models.mf import MatrixFactorization, MFConfig
+
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((12, dim))
+    items = (centers[rng.integers(0, 12, n_items)] + 0.5 * rng.standard_normal((n_items, dim))).astype(np.float32)
+    users = (centers[rng.integers(0, 12, n_users)] + 0.5 * rng.standard_normal((n_users, dim))).astype(np.float32)
+    model = MatrixFactorization(MFConfig(factors=dim))
+    u = np.repeat(np.arange(n_users), 5)
+    model._remember(Interactions.from_arrays(u, rng.integers(0, n_items, len(u)), n_users=n_users, n_items=n_items))
+    model.user_factors, model.item_factors = users, items * rng.uniform(0.5, 1.5, (n_items, 1)).astype(np.float32)
+    return model
+
+
 def fit_popularity(data: Dataset) -> Recommender:
     from recloop.models.popularity import Popularity, PopularityConfig
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from recloop.config import ServingAnnConfig, ServingConfig
-from recloop.data.interactions import Histories, Interactions
+from recloop.data.interactions import Histories
 from recloop.errors import ConfigError
 from recloop.models.base import FitContext, ItemSide
 from recloop.serving.catalog import Catalog
@@ -22,22 +22,7 @@ from recloop.serving.index import AnnIndex, build_ann_index, exact_top, recall_a
 from recloop.serving.rules import Policy, fill_slate
 from recloop.serving.security import ApiKeys, Pseudonymizer
 from recloop.store import FileStore
-from serving_helpers import fit_mf, fit_popularity, make_dataset, publish, running, serving_config
-
-
-def clustered_mf(n_items: int, n_users: int = 300, dim: int = 16, seed: int = 0):
-    """An mf model with clustered factors (set directly: ANN behaviour does not need a real fit)."""
-    from recloop.models.mf import MatrixFactorization, MFConfig
-
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((12, dim))
-    items = (centers[rng.integers(0, 12, n_items)] + 0.5 * rng.standard_normal((n_items, dim))).astype(np.float32)
-    users = (centers[rng.integers(0, 12, n_users)] + 0.5 * rng.standard_normal((n_users, dim))).astype(np.float32)
-    model = MatrixFactorization(MFConfig(factors=dim))
-    u = np.repeat(np.arange(n_users), 5)
-    model._remember(Interactions.from_arrays(u, rng.integers(0, n_items, len(u)), n_users=n_users, n_items=n_items))
-    model.user_factors, model.item_factors = users, items * rng.uniform(0.5, 1.5, (n_items, 1)).astype(np.float32)
-    return model
+from serving_helpers import clustered_mf, fit_mf, fit_popularity, make_dataset, publish, running, serving_config
 
 
 # ---------------------------------------------------------------------------------------------- vector spaces

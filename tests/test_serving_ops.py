@@ -25,7 +25,7 @@ from recloop.models.registry import register
 from recloop.registry import ModelRegistry
 from recloop.serving.eventlog import EventLog, feedback_schema
 from recloop.store import FileStore
-from serving_helpers import (API_KEY, HMAC_KEY, MODEL_NAME, ServeProcess, fit_mf, fit_popularity, make_dataset,
+from serving_helpers import (API_KEY, HMAC_KEY, MODEL_NAME, ServeProcess, clustered_mf, fit_mf, fit_popularity, make_dataset,
                              publish, running, serving_config, write_config)
 
 # ---------------------------------------------------------------------------------------------- hot swap
@@ -311,3 +311,66 @@ def test_recloop_serve_refuses_to_start_without_a_pseudonymization_key(tmp_path:
     short = subprocess.run([recloop, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60,
                            env={**env, "RECLOOP_USER_HMAC_KEY": HMAC_KEY, "RECLOOP_API_KEYS": "tooshort"})
     assert short.returncode == 2 and "at least 16 characters" in short.stderr and "tooshort" not in short.stderr
+
+
+# ---------------------------------------------------------------------------------------------- publish
+
+
+def _commit_run_for_publish(store: FileStore, model: Recommender, data: Any, tmp: Path, run_id: str,
+                            cfg: Any) -> None:
+    """preprocess, train, evaluate and gate artifacts of one run, as those steps commit them."""
+    import pandas as pd
+
+    from recloop.artifacts import ArtifactWriter, run_prefix
+
+    uri = {step: store.uri(run_prefix(run_id, step)) for step in ("preprocess", "train", "evaluate")}
+    with ArtifactWriter(store, run_prefix(run_id, "preprocess"), "preprocess", run_id, cfg.config_hash()) as w:
+        w.put_parquet("id_maps/users.parquet", pd.DataFrame({"user_idx": np.arange(len(data.user_ids), dtype=np.int32),
+                                                             "user_id": data.user_ids}))
+        w.put_parquet("id_maps/items.parquet", pd.DataFrame({"item_idx": np.arange(len(data.item_ids), dtype=np.int32),
+                                                             "item_id": data.item_ids}))
+        w.put_parquet("items.parquet", data.items)
+    with ArtifactWriter(store, run_prefix(run_id, "train"), "train", run_id, cfg.config_hash(),
+                        parents=[uri["preprocess"]]) as w:
+        w.add_dir("mf", model.save(tmp / f"{run_id}-bundle"))
+        w.summary["candidates"] = {"mf": {"type": "mf", "train_seconds": 0.1, "epochs": 1, "best_valid_metric": None}}
+    with ArtifactWriter(store, run_prefix(run_id, "evaluate"), "evaluate", run_id, cfg.config_hash(),
+                        parents=[uri["preprocess"], uri["train"]]) as w:
+        w.put_json("metrics.json", {"split_fingerprint": "fp", "candidates": {"mf": {"metrics": {}}},
+                                    "preprocess_uri": uri["preprocess"], "train_uri": uri["train"]})
+    with ArtifactWriter(store, run_prefix(run_id, "gate"), "gate", run_id, cfg.config_hash(),
+                        parents=[uri["evaluate"]]) as w:
+        w.put_json("blessing.json", {"decision": "blessed", "candidate": "mf", "model_type": "mf", "run_id": run_id,
+                                     "evaluate_uri": uri["evaluate"], "split_fingerprint": "fp",
+                                     "champion_version": None, "thresholds": [], "reasons": ["test"]})
+
+
+def test_publish_step_stores_the_ann_index_in_the_bundle_and_serve_uses_it(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from recloop import config as config_mod
+    from recloop.steps.base import RunParams, StepContext, run_step
+
+    store = FileStore(f"file://{tmp_path / 'store'}")
+    n_items, n_users = 2000, 300
+    model = clustered_mf(n_items, n_users=n_users)
+    data = make_dataset()
+    data.item_ids = [f"item-{i}" for i in range(n_items)]
+    data.user_ids = [f"user-{u}" for u in range(n_users)]
+    data.items = pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": data.item_ids,
+                               "text": data.item_ids, "categories": [[] for _ in range(n_items)]})
+    cfg = config_mod.from_dict({"name": MODEL_NAME, "store": {"root": store.root},
+                                "data": {"interactions": {"path": "/data/events.csv"}},
+                                "serving": {"ann": {"min_items": 1000, "recall_queries": 100}}})
+    _commit_run_for_publish(store, model, data, tmp_path, "run-1", cfg)
+    logs: list[str] = []
+    ctx = StepContext(cfg, store, "run-1", RunParams(force=True), log=logs.append)
+    run_step("publish", ctx)
+    files = store.list(f"models/{MODEL_NAME}/v1/model/ann")
+    assert files == [f"models/{MODEL_NAME}/v1/model/ann/ann.json", f"models/{MODEL_NAME}/v1/model/ann/index.hnsw"]
+    assert any("ANN index over 2000 items, recall@10" in line for line in logs)
+    run_step("publish", ctx)  # a re-run rebuilds the same bytes, so it reuses v1
+    assert [v.version for v in ModelRegistry(store, MODEL_NAME).list_versions()] == [1]
+    with running(store, serving_config(ann={"min_items": 1000})) as server:
+        info = httpx.get(f"{server.url}/v1/model").json()
+    assert info["search"] == "ann" and info["ann"]["source"] == "bundle" and info["ann"]["recall@10"] >= 0.95

@@ -256,6 +256,14 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
     if model.type_name != checked.model_type:
         raise ArtifactError(f"cannot publish candidate {candidate!r}: its bundle holds a {model.type_name!r} model "
                             f"but the blessing is for {checked.model_type!r}; re-run train, evaluate and gate")
+    # Large catalogs get an approximate top-k index inside the bundle for `recloop serve` (built
+    # deterministically, so re-publishing the same bundle stays idempotent; small ones are skipped).
+    from recloop.serving.index import build_ann_index
+
+    ann = build_ann_index(model, bundle_dir, ctx.config.serving.ann)
+    if ann.get("built"):
+        ctx.log(f"publish: ANN index over {ann['n_items']} items, recall@10 {ann['recall@10']:.3f} against exact "
+                f"search (ef_search {ann['ef_search']}), built in {ann['total_seconds']:.1f}s")
 
     files = checked.preprocess.manifest.files
     id_maps_dir = None
