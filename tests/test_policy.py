@@ -174,6 +174,7 @@ def logged_world(store: Any, model_name: str, click_rate: Any, work: Path, slate
         when = T0 + timedelta(minutes=n)
         record = slate(f"q{n}", user, shown, when, propensities=props)
         record["scores"] = [float(scores[i]) for i in shown]
+        record["history_length"] = 1  # each served user has seen one item
         imps.append(record)
         for i in shown:
             if rng.random() < click_rate(int(i[1:])):
@@ -212,6 +213,34 @@ def test_feedback_trains_a_policy_that_beats_the_logging_policy_and_publishes_it
     assert alias is not None and alias["artifact"] == manifest.uri and alias["run_id"] == "fb1"
     published = training.load_production_policy(ctx.store, cfg.model_name, tmp_path / "load")
     assert published is not None and published.n_updates == 400 * K
+
+    # Serving follows the alias: its slates for known users come from the policy, over the same pool the
+    # feedback step reconstructs, with the policy's exact propensities.
+    from recloop.policy.online import PolicyHolder
+    from recloop.registry import ModelRegistry
+    from recloop.serving.loader import load_version
+    from recloop.serving.ranking import SlateEngine, SlateQuery
+
+    served = load_version(ctx.store, ModelRegistry(ctx.store, cfg.model_name), 1, cfg.serving, tmp_path / "serve")
+    holder = PolicyHolder(ctx.store, cfg.model_name, poll_interval_s=60)
+    assert holder.check_once() and holder.current is not None
+    user = served.users.get("u7")
+    history = served.model.train_histories.row(user).astype(np.int64)
+    slate = SlateEngine(cfg.serving, holder).recommend(served, SlateQuery(
+        user=user, history=history, history_is_training=True, k=K, exclude_seen=True, category=None,
+        request_id="req-1"))
+    assert slate.policy == holder.current.name == "linucb+softmax(T=0.02)"
+    pool = training.candidate_pools(training.load_base_version(ctx.store, cfg.model_name, 1, tmp_path / "b"),
+                                    ["u7"], N_ITEMS)["u7"]
+    x = holder.current.space.features(list(pool.items), pool.scores, len(history))
+    scores = holder.current.scores(x)
+    available = np.ones(len(pool.items), bool)
+    where = {item: j for j, item in enumerate(pool.items)}
+    for shown, propensity in zip(slate.items, slate.propensities):
+        j = where[served.catalog.item_ids[int(shown)]]
+        assert propensity == pytest.approx(holder.current.slot_distribution(scores, available)[j])
+        available[j] = False
+    holder.stop()
 
 
 def test_a_policy_that_cannot_beat_the_logging_policy_is_not_published(tmp_path: Path) -> None:

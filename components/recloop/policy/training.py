@@ -3,8 +3,9 @@
 Impression logs hold what was shown (items, base scores, propensities) but not the candidate pool the
 slate was drawn from. The pool is reconstructed from the logged model version: the version's bundle scores
 the user's training history (what serving does for a known user), and the top `policy.candidates` items
-not seen before form the pool. Requests that cannot be reconstructed (anonymous users, posted histories,
-fallback slates, versions no longer in the registry) are left out of training and evaluation and counted.
+not seen before form the pool. Requests that cannot be reconstructed (anonymous users, histories posted
+with the request (the logged history length differs from the training history), fallback slates, versions
+no longer in the registry) are left out of training and evaluation and counted.
 
 Each logged slot then yields one decision: its features, the logged reward and propensity, and (for any
 candidate policy) the candidate's probability of the same item in that slot given the logged slots above.
@@ -105,6 +106,7 @@ class Pool:
 
     items: np.ndarray
     scores: np.ndarray
+    history_length: int  # the training history the pool was computed from
 
 
 def candidate_pools(base: BaseVersion, user_ids: Sequence[str], size: int,
@@ -119,10 +121,12 @@ def candidate_pools(base: BaseVersion, user_ids: Sequence[str], size: int,
         candidates = np.array([i for i, item in enumerate(base.item_ids) if item not in blocked], np.int64)
     recs = base.model.recommend(users=np.array([idx for _, idx in known], np.int64), k=size,
                                 exclude_seen=True, candidates=candidates)
+    lengths = base.model.train_histories.lengths()  # type: ignore[union-attr]
     pools = {}
-    for row, (user, _) in enumerate(known):
+    for row, (user, idx) in enumerate(known):
         ok = (recs.ids[row] >= 0) & np.isfinite(recs.scores[row])
-        pools[user] = Pool(base.item_ids[recs.ids[row][ok]], recs.scores[row][ok].astype(np.float64))
+        pools[user] = Pool(base.item_ids[recs.ids[row][ok]], recs.scores[row][ok].astype(np.float64),
+                           int(lengths[idx]))
     return pools
 
 
@@ -177,11 +181,13 @@ def build_bandit_data(slots: pd.DataFrame, pools: dict[tuple[int, str], Pool], s
             pool = pools.get((int(first["model_version"]), str(first["user_id"])))
             if pool is None:
                 reason = "no_pool"
+        hist = int(first["history_length"]) if not _isna(first["history_length"]) else -1
+        if reason is None and pool is not None and hist != pool.history_length:
+            reason = "posted_history"  # scored from a history sent with the request: its pool is unknown
         if reason is not None or pool is None or not len(pool.items):
             key = reason or "empty_pool"
             skipped[key] = skipped.get(key, 0) + 1
             continue
-        hist = int(first["history_length"]) if not _isna(first["history_length"]) else 0
         where = {item: j for j, item in enumerate(pool.items)}
         items = rows["item_id"].astype(str).to_numpy()
         scores = rows["score"].to_numpy(np.float64)

@@ -104,8 +104,11 @@ class Window:
 
 
 def claim_window(store: ArtifactStore, pipeline_name: str, run_id: str, window: timedelta,
-                 now: datetime) -> Window:
-    """Decide this run's window and record the claim (compare-and-swap on the state object)."""
+                 now: datetime, until: datetime | None = None) -> Window:
+    """Decide this run's window and record the claim (compare-and-swap on the state object).
+
+    The window ends at `until` when given (replays, backfills), else at now - `window`.
+    """
     key = state_key(pipeline_name)
     info = store.stat(key)
     state: dict[str, Any] | None = None
@@ -124,7 +127,9 @@ def claim_window(store: ArtifactStore, pipeline_name: str, run_id: str, window: 
         # The claiming run never committed: redo its window as part of this one.
         since = _parse_iso(state.get("previous_until"))
         took_over = str(state["run_id"])
-    until = now - window
+    until = until if until is not None else now - window
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=timezone.utc)
     if since is not None and until < since:
         until = since
     claim = {"run_id": run_id, "previous_until": _iso(since), "processed_until": _iso(until),
@@ -568,7 +573,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
 
     cfg = ctx.config
     fb_cfg = cfg.feedback
-    window = claim_window(ctx.store, cfg.name, ctx.run_id, fb_cfg.attribution_window, _utcnow())
+    window = claim_window(ctx.store, cfg.name, ctx.run_id, fb_cfg.attribution_window, _utcnow(), fb_cfg.until)
     ctx.log(f"feedback: window ({_iso(window.since) or 'the beginning'}, {_iso(window.until)}]"
             + (f", taking over the unfinished claim of run {window.took_over}" if window.took_over else "")
             + (" (retry of this run's claim)" if window.retry else ""))
