@@ -32,8 +32,14 @@ def serve(
                                                   "query string, which may hold a user id).")] = True,
     graceful_timeout: Annotated[float, typer.Option(min=1, help="Seconds requests in flight get to finish on "
                                                                "shutdown before the logs are flushed.")] = 20.0,
+    blas_threads: Annotated[int, typer.Option(min=1, help="Threads per matrix product. 1 (default): concurrent "
+                                                         "requests use the cores; BLAS thread pools fighting over "
+                                                         "them multiply tail latency.")] = 1,
 ) -> None:
     """Serve the registry's production model: recommendations, similar items, feedback, /metrics."""
+    # Must precede the first numpy import (loading the config imports the model modules).
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(blas_threads)
     import logging
     import signal
 

@@ -36,7 +36,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from recloop.config import ServingConfig
 from recloop.serving.eventlog import EventLogs, LogFull
-from recloop.serving.explain import Explanation
 from recloop.serving.loader import ModelHolder, ServedModel
 from recloop.serving.metrics import ServingMetrics
 from recloop.serving.ranking import Slate, SlateEngine, SlateQuery
@@ -265,7 +264,10 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
     metrics = metrics or ServingMetrics()
     holder = holder or ModelHolder(runtime.store, runtime.model_name, settings, metrics)
     logs = logs or EventLogs(runtime.store, settings.logs, metrics)
-    engine = SlateEngine(settings)
+    from recloop.policy.online import PolicyHolder
+
+    bandit = PolicyHolder(runtime.store, runtime.model_name, settings.poll_interval.total_seconds())
+    engine = SlateEngine(settings, bandit)
     pseudonymize = runtime.pseudonymize
     api_keys = runtime.api_keys
     id_re = re.compile(limits.id_pattern)
@@ -339,9 +341,11 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
         anyio.to_thread.current_default_thread_limiter().total_tokens = limits.max_concurrency + 8
         holder.start()
         logs.start()
+        bandit.start()
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(bandit.stop)
             await anyio.to_thread.run_sync(holder.stop)
             await anyio.to_thread.run_sync(logs.close)
 
@@ -364,18 +368,24 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
                        max_body_bytes=limits.max_body_bytes, metrics=metrics)
 
     def respond(served: ServedModel, slate: Slate, request_id: str, user_known: bool,
-                ignored: list[str] | None = None) -> SlateResponse:
+                ignored: list[str] | None = None) -> Response:
+        """The SlateResponse as JSON bytes, built directly: the hot path skips re-validating its own output
+        (the schema test checks that it matches SlateResponse). Scores are finite: pools drop the rest."""
+        item_ids = served.catalog.item_ids
         catalog = served.catalog
-        items = [
-            RecommendedItem(
-                item_id=catalog.item_ids[int(i)], rank=rank, score=float(score), propensity=float(p),
-                categories=catalog.categories_of(int(i)), explanation=_explanation_out(catalog.item_ids, e))
-            for rank, (i, score, p, e) in enumerate(
-                zip(slate.items, slate.scores, slate.propensities, slate.explanations), 1)]
-        return SlateResponse(request_id=request_id, policy=slate.policy, fallback=slate.fallback,
-                             search=slate.search, user_known=user_known, items=items,
-                             model=ModelRef(name=served.model_name, version=served.version, type=served.model_type),
-                             ignored_history_items=ignored or [])
+        items = [{
+            "item_id": item_ids[int(i)], "rank": rank, "score": float(score), "propensity": float(p),
+            "categories": catalog.categories_of(int(i)),
+            "explanation": {"method": e.method,
+                            "because": [{"item_id": item_ids[h], "weight": w} for h, w in e.because],
+                            "shared_categories": e.shared_categories, "shared_terms": e.shared_terms},
+        } for rank, (i, score, p, e) in enumerate(zip(slate.items, slate.scores, slate.propensities,
+                                                      slate.explanations), 1)]
+        body = {"request_id": request_id,
+                "model": {"name": served.model_name, "version": served.version, "type": served.model_type},
+                "policy": slate.policy, "fallback": slate.fallback, "search": slate.search,
+                "user_known": user_known, "items": items, "ignored_history_items": ignored or []}
+        return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")
 
     def log_slate(served: ServedModel, slate: Slate, request_id: str, endpoint: str, user_id: str | None,
                   session_id: str | None, user_known: bool, k: int, category: str | None, exclude_seen: bool,
@@ -412,7 +422,7 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
         exclude_seen: Annotated[bool, Query(description="Leave out items the user interacted with.")] = True,
         category: Annotated[str | None, Query(min_length=1, max_length=128,
                                               description="Only items of this category.")] = None,
-    ) -> SlateResponse:
+    ) -> Response:
         started = time.perf_counter()
         request_id = request.state.request_id
         served = served_now()
@@ -435,7 +445,7 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
               responses={404: {"description": "Unknown category"}, 422: {"description": "Invalid body"},
                          429: {"description": "Overloaded: retry shortly"},
                          503: {"description": "No model loaded yet"}})
-    def recommend_post(request: Request, body: RecommendationsBody) -> SlateResponse:
+    def recommend_post(request: Request, body: RecommendationsBody) -> Response:
         started = time.perf_counter()
         request_id = request.state.request_id
         served = served_now()
@@ -470,7 +480,7 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
         category: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
         user_id: Annotated[str | None, Query(pattern=limits.id_pattern, max_length=256,
                                              description="Who asks (logged pseudonymized only).")] = None,
-    ) -> SlateResponse:
+    ) -> Response:
         started = time.perf_counter()
         request_id = request.state.request_id
         served = served_now()
@@ -565,8 +575,3 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
         return Response(payload, media_type=content_type)
 
     return app
-
-
-def _explanation_out(item_ids: list[str], e: Explanation) -> ExplanationOut:
-    return ExplanationOut(method=e.method, because=[Contribution(item_id=item_ids[i], weight=w) for i, w in e.because],
-                          shared_categories=e.shared_categories, shared_terms=e.shared_terms)

@@ -32,6 +32,16 @@ def tokens(text: str) -> list[str]:
     return [t for t in (m.lower() for m in _TOKEN_RE.findall(text)) if len(t) > 1 and t not in _STOPWORDS]
 
 
+def _row_entries(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions of all entries of `rows` in a CSR layout's data/indices arrays, vectorized."""
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    if len(rows) == 0 or lengths.sum() == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+
+
 @dataclass
 class TextIndex:
     """L2-normalized TF-IDF rows per item (sublinear tf) and the vocabulary."""
@@ -69,7 +79,9 @@ class TextIndex:
 
     def profile(self, items: np.ndarray) -> np.ndarray:
         """Dense (n_terms,) sum of the items' rows: what a history is about."""
-        return np.asarray(self.matrix[items].sum(axis=0)).ravel()
+        m = self.matrix
+        entries = _row_entries(m.indptr, np.asarray(items, np.int64))
+        return np.bincount(m.indices[entries], weights=m.data[entries], minlength=len(self.terms)).astype(np.float32)
 
     def scores(self, profile: np.ndarray) -> np.ndarray:
         """Cosine-like similarity of every item to a profile."""
@@ -124,11 +136,10 @@ class Catalog:
                 self._masks[category] = mask
         return mask
 
-    def category_counts(self, items: np.ndarray) -> Counter[int]:
-        counts: Counter[int] = Counter()
-        for item in items:
-            counts.update(self.category_ids_of(int(item)).tolist())
-        return counts
+    def category_counts(self, items: np.ndarray) -> np.ndarray:
+        """(n_categories,) how many of `items` carry each category."""
+        entries = _row_entries(self.cat_indptr, np.asarray(items, np.int64))
+        return np.bincount(self.cat_ids[entries], minlength=len(self.category_names))
 
     @classmethod
     def load(cls, n_items: int, id_map: Path | None, items_file: Path | None, where: str) -> Catalog:

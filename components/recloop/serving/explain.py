@@ -114,7 +114,7 @@ class Explainer:
             history_cats = catalog.category_counts(recent)
             for item, expl in zip(items, out):
                 mine = catalog.category_ids_of(int(item)).tolist()
-                shared = sorted((c for c in mine if history_cats.get(c)), key=lambda c: (-history_cats[c], c))
+                shared = sorted((c for c in mine if history_cats[c]), key=lambda c: (-history_cats[c], c))
                 expl.shared_categories = [catalog.category_names[c] for c in shared[: self.n]]
         if catalog.text_index is not None:
             profile = catalog.text_index.profile(recent)

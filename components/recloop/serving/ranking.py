@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,15 +21,16 @@ from recloop.config import ServingConfig
 from recloop.data.interactions import Histories
 from recloop.models.base import top_k
 from recloop.serving.explain import Explanation
+from recloop.serving.index import ann_top
 from recloop.serving.loader import ServedModel
 from recloop.serving.rules import Policy, fill_slate
 
+if TYPE_CHECKING:
+    from recloop.policy.bandit import LinUCBPolicy
+    from recloop.policy.online import PolicyHolder
+
 log = logging.getLogger("recloop.serving")
 
-# ANN retrieval asks for this many times the items it needs (filters remove some), doubling up to
-# _ANN_ROUNDS times before searching exactly.
-_ANN_OVERFETCH = 2
-_ANN_ROUNDS = 3
 
 
 @dataclass
@@ -55,8 +57,9 @@ class Slate:
 
 
 class SlateEngine:
-    def __init__(self, settings: ServingConfig):
+    def __init__(self, settings: ServingConfig, bandit: PolicyHolder | None = None):
         self.settings = settings
+        self.bandit = bandit  # the published bandit policy (feedback step), if any, reranks personalized pools
 
     # ------------------------------------------------------------------ helpers
     def _policy(self, k: int) -> Policy:
@@ -100,6 +103,9 @@ class SlateEngine:
         if reason is None:
             try:
                 allowed = self.allowed_for(served, query, personalized=True)
+                bandit = self.bandit.current if self.bandit is not None else None
+                if bandit is not None and query.category is None and query.history_is_training:
+                    return self._bandit_slate(served, query, allowed, bandit)
                 pool_ids, pool_scores, search = self._personalized_pool(served, query, allowed,
                                                                         self._pool_size(policy))
                 items, scores, props, expl = self._finish(served, pool_ids, pool_scores, policy, query.history,
@@ -110,6 +116,20 @@ class SlateEngine:
                               served.model_name, served.version, query.request_id)
                 reason = "model_error"
         return self._fallback(served, query, policy, reason)
+
+    def _bandit_slate(self, served: ServedModel, query: SlateQuery, allowed: np.ndarray,
+                      bandit: LinUCBPolicy) -> Slate:
+        """The bandit reranks the model's top `candidates` (the pool the feedback step reconstructs to train
+        and evaluate it); each shown item's propensity is the bandit's exact slot probability."""
+        from recloop.policy.online import rerank
+
+        pool_ids, pool_scores, search = self._personalized_pool(served, query, allowed,
+                                                                max(bandit.config.candidates, query.k))
+        order, props = rerank(bandit, [served.catalog.item_ids[int(i)] for i in pool_ids], pool_scores,
+                              len(query.history), query.k, self._rng(query.request_id))
+        items = pool_ids[order]
+        explanations = served.explainer.explain(query.history, items, None)
+        return Slate(items, pool_scores[order].astype(np.float64), props, explanations, bandit.name, None, search)
 
     def _fallback_reason(self, served: ServedModel, query: SlateQuery) -> str | None:
         if query.user is not None:
@@ -154,25 +174,11 @@ class SlateEngine:
 
     def _ann_pool(self, served: ServedModel, histories: Histories, users: np.ndarray | None,
                   allowed: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top `want` allowed items by exact inner product among ANN candidates; None when the index cannot
-        supply enough allowed items (then the caller searches exactly)."""
+        """Top `want` allowed items among ANN candidates; None when the index cannot supply enough
+        allowed items (then the caller searches exactly)."""
         assert served.ann is not None and served.space is not None
-        query = served.space.encode(histories, users)
-        blocked = served.model.n_items - int(allowed.sum())
-        fetch = (want + min(blocked, want * 8)) * _ANN_OVERFETCH
-        for _ in range(_ANN_ROUNDS):
-            fetch = min(fetch, served.model.n_items)
-            try:
-                labels = served.ann.search(query, fetch)[0]
-            except RuntimeError:
-                return None
-            labels = labels[allowed[labels]]
-            if len(labels) >= want or fetch >= served.model.n_items:
-                scores = (served.space.item_vectors[labels] @ query[0]).astype(np.float32)
-                ids, top = top_k(scores[None, :], min(want, len(labels)))
-                return labels[ids[0]], top[0]
-            fetch *= 4
-        return None
+        query = served.space.encode(histories, users)[0]
+        return ann_top(served.ann, served.space.item_vectors, query, allowed, want)
 
     def _fallback(self, served: ServedModel, query: SlateQuery, policy: Policy, reason: str) -> Slate:
         name = self.settings.fallback.policy
