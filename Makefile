@@ -36,5 +36,14 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/hadolint docker/Dockerfile
 
+# Local Airflow 3 (standalone, 127.0.0.1:8080) + SeaweedFS S3 running the recloop DAGs; prints the
+# credentials. State (Airflow home, S3 data, generated configs, logs) lives under AIRFLOW_STATE.
+AIRFLOW_STATE ?= .recloop/airflow
+up: $(STAMP)
+	$(BIN)/python -m recloop.orchestration.local up --state-dir $(AIRFLOW_STATE)
+
+down:
+	$(BIN)/python -m recloop.orchestration.local down --state-dir $(AIRFLOW_STATE)
+
 clean:
 	rm -rf .recloop build *.egg-info

@@ -539,3 +539,28 @@ def test_module_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "AIRFLOW_HOME": os.environ["AIRFLOW_HOME"]})
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------ make up
+
+
+def test_make_up_configs_extend_each_pipeline_with_the_local_s3_store(mode_configs, tmp_path):
+    """`make up` serves every config unchanged but for the store (local SeaweedFS) and run notes; the
+    credentials stay `${VAR}` references resolved from Airflow's environment."""
+    from recloop.config import load
+    from recloop.orchestration.local import Layout, write_configs
+
+    layout = Layout(tmp_path / "state")
+    names = write_configs(layout, mode_configs, "http://127.0.0.1:8333", "http://127.0.0.1:8080")
+    assert sorted(names) == ["boxed", "cluster", "local"]
+    assert sorted(p.name for p in layout.configs.iterdir()) == ["boxed.yaml", "cluster.yaml", "local.yaml"]
+    generated = (layout.configs / "local.yaml").read_text()
+    assert "${AWS_SECRET_ACCESS_KEY}" in generated and "${RECLOOP_AIRFLOW_PASSWORD}" in generated
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "RECLOOP_AIRFLOW_PASSWORD": "p"}
+    served, original = load(layout.configs / "local.yaml", env=env), load(mode_configs / "local.yaml")
+    assert served.store.root == "s3://recloop/local" and served.store.endpoint_url == "http://127.0.0.1:8333"
+    assert served.store.secret_access_key.get_secret_value() == "s"
+    assert served.execution.airflow_api.password.get_secret_value() == "p"
+    assert served.validation.on_failure == "quarantine"  # from the original's own `extends:`
+    assert served.data == original.data and served.models == original.models
+    assert served.execution.mode == original.execution.mode == "inprocess"

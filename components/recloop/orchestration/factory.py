@@ -341,8 +341,9 @@ Collects what the served model's users did (impressions, clicks) into `runs/<run
 there are new interactions, updates the Asset `{asset_uri}`; with `execution.schedule: feedback` that
 triggers `{train_id}`. Schedule: {describe_schedule(cfg.execution.feedback_schedule)}.
 
-Until the serving release adds the `feedback` step, the `feedback` task skips (the run stays green) and
-no Asset event is emitted. {_RETRY_HELP}
+The `feedback` step processes the serving logs whose attribution window (`feedback.attribution_window`)
+has closed, quarantines abuse, writes `runs/<run id>/feedback/report.md` and appends the clean interactions
+to `feedback.output` (include it in `data.interactions.path`); see docs/learning-loop.md. {_RETRY_HELP}
 """,
         schedule=feedback_schedule(cfg),
         start_date=START_DATE,
@@ -354,7 +355,7 @@ no Asset event is emitted. {_RETRY_HELP}
     with dag:
         collected = task(task_id="feedback", doc_md=(
             "Runs the `feedback` step (serving logs → interactions for the next training run). **Writes** "
-            "`runs/{run}/feedback/`. Skips while the step is not installed."), **task_settings(cfg, "feedback"),
+            "`runs/{run}/feedback/` and appends clean interactions to `feedback.output`."), **task_settings(cfg, "feedback"),
         )(tasks.run_feedback_step)(config_path=path)
         news = task.short_circuit(task_id="check", doc_md=(
             "Lets `emit` run only when the feedback brought new interactions, so an idle day does not retrain."

@@ -121,7 +121,7 @@ def prepare_run(config_path: str) -> dict[str, Any]:
 
 
 def _load_step_or_explain(step: str) -> None:
-    from recloop.steps.base import STEP_MODULES, load_step
+    from recloop.steps.base import LOOP_STEP_MODULES, STEP_MODULES, load_step
 
     try:
         load_step(step)
@@ -129,7 +129,7 @@ def _load_step_or_explain(step: str) -> None:
         raise StepUnavailable(f"step {step!r} is not registered in recloop.steps.base.STEP_MODULES; "
                               "upgrade recloop or remove the step from the DAG") from None
     except ModuleNotFoundError as exc:
-        if exc.name != STEP_MODULES[step]:
+        if exc.name != {**STEP_MODULES, **LOOP_STEP_MODULES}[step]:
             raise
         raise StepUnavailable(f"step {step!r}: module {exc.name} is not installed in this recloop version; "
                               "upgrade recloop on the Airflow workers") from None
