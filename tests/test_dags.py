@@ -37,6 +37,7 @@ def write(path: Path, text: str) -> Path:
 
 
 BASE = """
+    store: {root: "file://store"}
     data:
       interactions: {path: "data/interactions.csv", format: csv}
     models:
@@ -323,8 +324,11 @@ def test_run_request_turns_params_into_typed_values_and_cli_flags():
         candidates=["popularity", "ease"])
     assert request.since == datetime(2024, 5, 1, tzinfo=timezone.utc)
     assert request.run_params().models == ("ease",) and request.run_params().dry_run is True
-    assert request.cli_flags() == ["--since", "2024-05-01T00:00:00+00:00", "--models", "ease", "--force",
-                                   "--set", "evaluation.k=[5,10]", "--set", "gate.absolute={ndcg@10: 0.5}"]
+    assert request.cli_flags("train") == ["--since", "2024-05-01T00:00:00+00:00", "--models", "ease", "--force",
+                                          "--set", "evaluation.k=[5,10]", "--set", "gate.absolute={ndcg@10: 0.5}"]
+    # Only `recloop step train` takes --models.
+    assert request.cli_flags("ingest") == ["--since", "2024-05-01T00:00:00+00:00", "--force",
+                                           "--set", "evaluation.k=[5,10]", "--set", "gate.absolute={ndcg@10: 0.5}"]
     assert RunRequest.from_xcom(request.to_xcom()) == request
     # Conf from the CLI or an Asset-triggered run may hold a plain string; a naive time means UTC.
     loose = RunRequest.from_params({"models": "popularity, ease", "since": "2024-05-01 06:00"})
@@ -447,10 +451,12 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
             assert pod.spec.node_selector == {"pool": "cpu"}
             assert [(t.key, t.value, t.effect) for t in pod.spec.tolerations] == [("dedicated", "ml", "NoSchedule")]
     # Models chosen at trigger time and `force` reach the pod too; dry_run is the DAG's (publish skipped).
-    train = render(dag, "model.train", models=["ease"], force=True, dry_run=True)
+    train = render(dag, "model.train", models=["popularity", "ease"], force=True, dry_run=True)
     assert train.build_operator().arguments == train.arguments
     assert train.arguments == ["step", "train", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID,
-                               "--models", "ease", "--force"]
+                               "--models", "popularity", "--models", "ease", "--force"]
+    assert render(dag, "model.evaluate", models=["ease"]).arguments == [
+        "step", "evaluate", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID]
     # The in-process tasks (prepare, decide) stay plain Python tasks in every mode.
     assert dag.get_task("release.decide").task_type == "_ShortCircuitDecoratedOperator"
     assert sorted(dag.get_task("release.decide").upstream_task_ids) == ["prepare", "release.gate"]
@@ -564,3 +570,29 @@ def test_make_up_configs_extend_each_pipeline_with_the_local_s3_store(mode_confi
     assert served.validation.on_failure == "quarantine"  # from the original's own `extends:`
     assert served.data == original.data and served.models == original.models
     assert served.execution.mode == original.execution.mode == "inprocess"
+
+
+def test_container_commands_are_accepted_by_the_real_recloop_cli(mode_configs, capsys):
+    """Every step's container command parses with `recloop step` (flags exist for that step), and the
+    ingest command, run here as the container would run it, commits the step's artifact."""
+    from recloop.artifacts import Artifact, run_prefix
+    from recloop.cli import main
+    from recloop.config import load
+    from recloop.store import open_store
+
+    dag = build(mode_configs)["boxed_train"]
+    params = {"since": "2024-01-01T00:00:00Z", "models": ["ease"], "force": True,
+              "overrides": ["evaluation.k=[5,10]"]}
+    for step in STEPS:
+        task_id = next(t.task_id for t in dag.tasks if t.task_id.endswith("." + step))
+        arguments = render(dag, task_id, **params).arguments
+        assert main([*arguments, "--help"]) == 0, (step, capsys.readouterr().err)
+
+    write(mode_configs / "data" / "interactions.csv",
+          "user_id,item_id,timestamp\nu1,i1,1717200000\nu1,i2,1717200060\nu2,i1,1717200120\n")
+    arguments = render(dag, "data.ingest", since="2024-06-01T00:00:00Z").arguments
+    assert main(arguments) == 0, capsys.readouterr().err
+    store = open_store(load(mode_configs / "boxed.yaml").store)
+    manifest = Artifact.open(store, run_prefix(RUN_ID, "ingest")).manifest
+    assert manifest.uri == f"file://{mode_configs / 'store'}/{run_prefix(RUN_ID, 'ingest')}"
+    assert manifest.run_id == RUN_ID and manifest.summary["rows"]["interactions"] == 2  # one is not after --since

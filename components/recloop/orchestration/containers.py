@@ -1,6 +1,6 @@
 """Step tasks for `execution.mode: kubernetes` and `docker`: one container per step running
 
-    recloop step NAME --config CONFIG --run-id RUN_ID [--since ISO] [--models a,b] [--force] [--set k=v]...
+    recloop step NAME --config CONFIG --run-id RUN_ID [--since ISO] [--models NAME]... [--force] [--set k=v]...
 
 `RecloopPodOperator` / `RecloopDockerOperator` hold the container settings as plain data and build the
 provider's operator (`KubernetesPodOperator`, `DockerOperator`) only when the task runs: importing the
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def step_arguments(step: str, config_path: str, run_id: str, request: RunRequest) -> list[str]:
     """Arguments after the `recloop` entrypoint for one step of one run."""
-    return ["step", step, "--config", config_path, "--run-id", run_id, *request.cli_flags()]
+    return ["step", step, "--config", config_path, "--run-id", run_id, *request.cli_flags(step)]
 
 
 def _run_nested(operator: Any, context: Any) -> Any:
@@ -228,7 +228,8 @@ def local_mount_paths(cfg: PipelineConfig, config_path: Path) -> list[tuple[str,
                 literal = re.split(r"[*?\[]", p, maxsplit=1)[0]
                 paths.append((str(Path(literal) if literal.endswith("/") else Path(literal).parent), True))
     if cfg.store.root.startswith("file://"):
-        paths.append((cfg.store.root[len("file://"):], False))
+        # A relative root (the built-in default) is relative to the worker's working directory.
+        paths.append((str(Path(cfg.store.root[len("file://"):]).resolve()), False))
     merged: dict[str, bool] = {}
     for path, read_only in paths:
         merged[path] = merged.get(path, True) and read_only

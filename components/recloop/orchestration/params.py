@@ -144,13 +144,15 @@ class RunRequest:
     def from_xcom(cls, data: Mapping[str, Any]) -> RunRequest:
         return cls.from_params(data)
 
-    def cli_flags(self) -> list[str]:
-        """`recloop step` flags carrying this request into a container (dry_run is the DAG's business)."""
+    def cli_flags(self, step: str) -> list[str]:
+        """`recloop step STEP` flags carrying this request into a container. Only `train` takes
+        `--models` (once per name); dry_run is the DAG's business (it skips publish)."""
         flags: list[str] = []
         if self.since is not None:
             flags += ["--since", self.since.isoformat()]
-        if self.models:
-            flags += ["--models", ",".join(self.models)]
+        if self.models and step == "train":
+            for name in self.models:
+                flags += ["--models", name]
         if self.force:
             flags.append("--force")
         for expr in self.overrides:
