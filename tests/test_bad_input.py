@@ -129,8 +129,6 @@ def test_bad_input_fails_with_a_helpful_message(case: Case, tmp_path: Path,
         assert failed == set(case.failed_checks)
 
 
-@pytest.mark.xfail(strict=True, reason="ingest keeps the literal id 'NaN' (how pandas writes a missing float id) "
-                                       "as a real user id; it should be flagged like an empty id")
 def test_literal_nan_id_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case_dir = CORPUS / "nan_negative_ids"
     root = f"file://{tmp_path / 'store'}"

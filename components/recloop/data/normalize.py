@@ -105,9 +105,23 @@ def _raw_values(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
+# Spellings of "no value" that exporters (pandas, SQL dumps) write into id columns. Such an id would
+# silently merge unrelated rows into one fake user or item, so it is treated as missing.
+MISSING_ID_SPELLINGS = ("nan", "NaN", "NAN", "null", "NULL", "None", "none", "N/A", "n/a", "NA", "<NA>")
+
+
 def _parse_id(arr: pa.Array, label: str, issues: _Issues) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     values = _clean_text(arr)
-    issues.add(values.is_null().to_numpy(zero_copy_only=False), lambda i: f"{label} is missing")
+    placeholder = pc.fill_null(pc.is_in(values, value_set=pa.array(MISSING_ID_SPELLINGS)), False)
+    raw = values.to_numpy(zero_copy_only=False)
+    issues.add(placeholder.to_numpy(zero_copy_only=False),
+               lambda i: f"{label} {raw[i]!r} is a missing-value placeholder, not an id")
+    values = pc.if_else(placeholder, pa.scalar(None, pa.string()), values)
+    issues.add(values.is_null().to_numpy(zero_copy_only=False) & ~placeholder.to_numpy(zero_copy_only=False),
+               lambda i: f"{label} is missing")
     return values
 
 
