@@ -457,6 +457,13 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
                                "--models", "popularity", "--models", "ease", "--force"]
     assert render(dag, "model.evaluate", models=["ease"]).arguments == [
         "step", "evaluate", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID]
+    # The serving chart's ConfigMap holds the config under its own key (`config.yaml`).
+    from recloop.config import load
+    from recloop.orchestration.factory import build_training_dag
+
+    path = mode_configs / "cluster.yaml"
+    chart_dag = build_training_dag(load(path, {"execution.kubernetes.config_file": "config.yaml"}), path)
+    assert render(chart_dag, "data.ingest").arguments[2:4] == ["--config", "/etc/recloop/config.yaml"]
     # The in-process tasks (prepare, decide) stay plain Python tasks in every mode.
     assert dag.get_task("release.decide").task_type == "_ShortCircuitDecoratedOperator"
     assert sorted(dag.get_task("release.decide").upstream_task_ids) == ["prepare", "release.gate"]

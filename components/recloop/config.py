@@ -407,6 +407,9 @@ class KubernetesExecutionConfig(StrictModel):
         None, description="ConfigMap holding this config file (key = the file name), mounted at `config_dir`; "
         "None = the image or a pod template provides the file there.")
     config_dir: str = Field("/etc/recloop", description="Folder holding the config file inside the pod.")
+    config_file: str | None = Field(
+        None, description="The config's file name inside `config_dir` (e.g. 'config.yaml', the key of the serving "
+        "chart's ConfigMap); None = this config's own file name.")
     startup_timeout_seconds: int = Field(600, ge=10, description="How long a pod may stay Pending.")
     on_finish_action: Literal["delete_pod", "delete_succeeded_pod", "keep_pod"] = "delete_succeeded_pod"
 

@@ -188,7 +188,7 @@ def pod_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs:
     }
     return RecloopPodOperator(
         recloop_step=step, recloop_config_path=str(config_path),
-        recloop_container_config=f"{kube.config_dir.rstrip('/')}/{config_path.name}",
+        recloop_container_config=f"{kube.config_dir.rstrip('/')}/{kube.config_file or config_path.name}",
         container_settings=settings, **task_kwargs,
     )
 
