@@ -282,7 +282,7 @@ def test_pseudonyms_map_back_to_known_user_ids_with_the_hmac_key(tmp_path: Path)
     # alice is known to the served model; carol is not, so her pseudonym stays her id.
     assert inter["user_id"].tolist() == ["alice", pseudo("carol")]
     report = ctx.open(manifest.uri).read_json("report.json")
-    assert report["users"]["mapping"] == "hmac"
+    assert report["users"] == {"mapping": "hmac", "recovered": 1, "kept_pseudonym": 1}
 
 
 def test_feedback_summary_drives_the_feedback_dag_asset_decision(tmp_path: Path) -> None:
@@ -303,3 +303,28 @@ def test_feedback_is_not_part_of_the_training_order() -> None:
     assert TRAINING_STEPS == ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
     spec, _ = load_step("feedback")
     assert spec.name == "feedback" and spec.inputs == ()
+
+
+@pytest.mark.s3
+def test_appends_to_an_s3_folder_that_the_next_ingest_reads(s3_server: Any) -> None:
+    bucket = s3_server.new_bucket()
+    store_cfg = s3_server.store_config(bucket, prefix="recloop")
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="events/ratings.csv",
+                      Body=b"userId,movieId,rating,timestamp\nu1,a,4.0,1700000000\n")
+    cfg = make_config(store_cfg, {
+        "data.interactions": {"path": f"s3://{bucket}/events/", "columns": {
+            "user": "userId", "item": "movieId", "timestamp": "timestamp", "rating": "rating"}},
+        "feedback.output": f"s3://{bucket}/events/feedback",
+    })
+    ctx = make_context(cfg, run_id="fb1")
+    write_logs(ctx.store, *basic_logs())
+
+    manifest = run_step("feedback", ctx)
+
+    assert manifest.summary["appended_uri"] == f"s3://{bucket}/events/feedback/feedback-fb1.csv"
+    assert manifest.summary["picked_up_by_next_ingest"] is True
+    body = client.get_object(Bucket=bucket, Key="events/feedback/feedback-fb1.csv")["Body"].read().decode()
+    assert body.splitlines()[0] == "userId,movieId,timestamp,rating" and len(body.splitlines()) == 5
+    ingest = run_step("ingest", make_context(cfg, run_id="next"))
+    assert ingest.summary["rows"]["interactions"] == 1 + 4

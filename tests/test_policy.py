@@ -256,3 +256,40 @@ def test_a_policy_that_cannot_beat_the_logging_policy_is_not_published(tmp_path:
     assert "does not beat" in manifest.summary["policy"]["reason"]
     assert training.read_policy_alias(ctx.store, cfg.model_name) == (None, None)
     assert "policy/policy.json" in ctx.open(manifest.uri).manifest.files  # kept for inspection
+
+
+def test_logged_slots_become_decisions_with_the_candidates_exact_probabilities() -> None:
+    import pandas as pd
+
+    from recloop.policy.training import Pool, build_bandit_data, decisions_for
+
+    policy = policy_with_theta(E_SCORE, exploration="softmax", temperature=0.5)
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = [  # request, user, history length, position, item, score, propensity, reward, fallback
+        ("q1", "u1", 2, 1, "b", 2.0, 0.5, 1.0, None),
+        ("q1", "u1", 2, 2, "d", 2.5, 0.1, 0.0, None),  # explored beyond the reconstructed pool
+        ("q2", "u2", 4, 1, "a", 3.0, 1.0, 0.0, None),  # history posted with the request: pool unknown
+        ("q3", "u3", 0, 1, "a", 9.0, 1.0, 0.0, "unknown_user"),
+    ]
+    slots = pd.DataFrame([{"request_id": r, "served_at": t, "user_id": u, "history_length": h, "position": p,
+                           "item_id": i, "score": s, "propensity": pr, "reward": rw, "fallback_reason": fb,
+                           "model_version": 1} for r, u, h, p, i, s, pr, rw, fb in rows])
+    pools = {(1, "u1"): Pool(np.array(["a", "b", "c"]), np.array([3.0, 2.0, 1.0]), 2),
+             (1, "u2"): Pool(np.array(["a", "b", "c"]), np.array([3.0, 2.0, 1.0]), 5)}
+    data = build_bandit_data(slots, pools, policy.space)
+    assert data.skipped == {"posted_history": 1, "fallback_slate": 1}
+    assert [i.request_id for i in data.impressions] == ["q1"] and data.n_slots == 2
+    assert data.impressions[0].shown_in_pool.tolist() == [1, -1]
+
+    d = decisions_for(policy, data.impressions)
+    # Pool scores scale to a=1, b=0.5, c=0 and ucb == scaled score; softmax at T=0.5 over {a, b, c}:
+    e = np.exp(np.array([1.0, 0.5, 0.0]) / 0.5)
+    p1 = e / e.sum()
+    assert d.target_propensity.tolist() == pytest.approx([p1[1], 0.0])  # d is never in the candidate's pool
+    assert d.logging_propensity.tolist() == [0.5, 0.1] and d.reward.tolist() == [1.0, 0.0]
+    # Reward model = clipped regression (here the scaled score): expected under slot 2's {a, c} distribution.
+    p2 = np.array([e[0], 0.0, e[2]]) / (e[0] + e[2])
+    assert d.reward_hat_target.tolist() == pytest.approx([p1 @ [1.0, 0.5, 0.0], p2 @ [1.0, 0.5, 0.0]])
+    # d scored 2.5 against the pool's [1, 3]: scaled 0.75.
+    assert d.reward_hat_logged.tolist() == pytest.approx([0.5, 0.75])
+    assert d.group.tolist() == [0, 0]

@@ -45,7 +45,8 @@ def test_the_verdict_says_whether_the_loop_improved_and_why_not() -> None:
     assert "within noise" in verdict and "did not beat the frozen initial model" in verdict
 
 
-def test_simulation_options_and_config_are_checked_first(tmp_path: Path) -> None:
+def test_simulation_options_and_config_are_checked_first(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match="--rounds must be at least 1"):
         SimulationSettings(rounds=0).check()
     with pytest.raises(ConfigError, match="--sim-id"):
@@ -54,6 +55,12 @@ def test_simulation_options_and_config_are_checked_first(tmp_path: Path) -> None
     cfg_path.write_text(yaml.safe_dump({"name": "t", "store": {"root": f"file://{tmp_path / 'store'}"},
                                         "data": {"interactions": {"path": str(tmp_path / "none.csv")}}}))
     assert main(["simulate", "--config", str(cfg_path), "--rounds", "2"]) == 2  # no models configured
+    assert "none are configured" in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "store" / "simulations" / "taken").mkdir(parents=True)
+    (tmp_path / "store" / "simulations" / "taken" / "report.json").write_text("{}")
+    args = ["simulate", "--config", str(cfg_path), "--sim-id", "taken", "--set", "models=[{type: popularity}]"]
+    assert main(args) == 2
+    assert "already holds a simulation" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.slow

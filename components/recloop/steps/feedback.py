@@ -195,20 +195,30 @@ class UserResolver:
 
     def __init__(self, mapping: dict[str, str] | None):
         self.mapping = mapping
-        self.recovered = 0
-        self.kept_pseudonym = 0
+        self._recovered: set[str] = set()
+        self._kept: set[str] = set()
 
     @property
     def mode(self) -> str:
         return "hmac" if self.mapping is not None else "pseudonyms"
 
+    @property
+    def recovered(self) -> int:
+        """Distinct users mapped back to their ids."""
+        return len(self._recovered)
+
+    @property
+    def kept_pseudonym(self) -> int:
+        """Distinct users whose pseudonym stays their id."""
+        return len(self._kept)
+
     def __call__(self, user_key: str | None) -> str | None:
         if user_key is None:
             return None
         if self.mapping is not None and user_key in self.mapping:
-            self.recovered += 1
+            self._recovered.add(user_key)
             return self.mapping[user_key]
-        self.kept_pseudonym += 1
+        self._kept.add(user_key)
         return user_key
 
 
