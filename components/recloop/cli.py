@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[tuple[str, str | None], ...] = (
     ("recloop.commands.pipeline", None),
     ("recloop.commands.model", "model"),
     ("recloop.commands.serve", None),
+    ("recloop.commands.simulate", None),
 )
 
 

@@ -759,6 +759,8 @@ class PipelineConfig(StrictModel):
     serving: ServingConfig = ServingConfig()
 
     # Set by load(): where the file came from (for messages and lineage); not part of the schema.
+    feedback: FeedbackConfig = FeedbackConfig()
+    policy: PolicyConfig = PolicyConfig()
     _source: str = PrivateAttr("<memory>")
 
     @property
@@ -896,6 +898,9 @@ def _read_yaml(path: Path, errors: list[str], seen: tuple[Path, ...] = ()) -> di
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         errors.append(f"{path}: cannot read ({exc})")
+    feedback = raw.get("feedback")
+    if isinstance(feedback, dict) and "output" in feedback:
+        feedback["output"] = fix(feedback["output"])
         return {}
     try:
         raw = yaml.safe_load(text)

@@ -273,9 +273,9 @@ def add_step_command(name: str) -> None:
 
 
 def _register_pipeline_steps() -> None:
-    from recloop.steps.base import STEP_MODULES
+    from recloop.steps.base import LOOP_STEP_MODULES, STEP_MODULES
 
-    for step_name in STEP_MODULES:
+    for step_name in (*STEP_MODULES, *LOOP_STEP_MODULES):
         add_step_command(step_name)
 
 
