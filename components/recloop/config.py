@@ -757,10 +757,10 @@ class PipelineConfig(StrictModel):
     publish: PublishConfig = PublishConfig()
     execution: ExecutionConfig = ExecutionConfig()
     serving: ServingConfig = ServingConfig()
-
-    # Set by load(): where the file came from (for messages and lineage); not part of the schema.
     feedback: FeedbackConfig = FeedbackConfig()
     policy: PolicyConfig = PolicyConfig()
+
+    # Set by load(): where the file came from (for messages and lineage); not part of the schema.
     _source: str = PrivateAttr("<memory>")
 
     @property
@@ -879,6 +879,9 @@ def _resolve_relative_paths(raw: dict, base_dir: Path) -> dict:
                 tags = src.get("tags")
                 if isinstance(tags, dict) and "path" in tags:
                     tags["path"] = fix(tags["path"])
+    feedback = raw.get("feedback")
+    if isinstance(feedback, dict) and "output" in feedback:
+        feedback["output"] = fix(feedback["output"])
     store = raw.get("store")
     if isinstance(store, dict) and isinstance(store.get("root"), str):
         root = store["root"]
@@ -898,9 +901,6 @@ def _read_yaml(path: Path, errors: list[str], seen: tuple[Path, ...] = ()) -> di
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         errors.append(f"{path}: cannot read ({exc})")
-    feedback = raw.get("feedback")
-    if isinstance(feedback, dict) and "output" in feedback:
-        feedback["output"] = fix(feedback["output"])
         return {}
     try:
         raw = yaml.safe_load(text)
