@@ -300,6 +300,22 @@ def test_mf_fold_in_solves_against_the_item_factors() -> None:
     assert model.similar_items([0], k=3).ids.shape == (1, 3)
 
 
+def test_mf_known_users_with_newer_events_are_folded_in() -> None:
+    train = two_block_interactions()
+    model = _build("mf", factors=8, epochs=5).fit(train)
+    users = np.array([0, 1, 30])
+    unchanged = train.histories().select(users)
+    np.testing.assert_allclose(model.score_histories(unchanged, users),
+                               model.user_factors[users] @ model.item_factors.T, rtol=1e-6)
+    # User 1 gained one newer event (as in evaluation on train + valid): only that row is folded in.
+    grown = Histories.from_lists([unchanged.row(0), np.append(unchanged.row(1), 7), unchanged.row(2)], train.n_items)
+    scores = model.score_histories(grown, users)
+    np.testing.assert_allclose(scores[[0, 2]], model.user_factors[[0, 30]] @ model.item_factors.T, rtol=1e-6)
+    expected = model.fold_in(grown.select([1])) @ model.item_factors.T
+    np.testing.assert_allclose(scores[1], expected[0], atol=1e-6)
+    assert not np.allclose(scores[1], model.user_factors[1] @ model.item_factors.T, rtol=1e-3)
+
+
 @pytest.mark.parametrize("params", [{"factors": 0}, {"solver": "sgd"}, {"regularization": 0}, {"epochs": 0}])
 def test_mf_rejects_bad_parameters(params) -> None:
     with pytest.raises(ValidationError):

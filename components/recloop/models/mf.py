@@ -7,8 +7,10 @@ Every (user, item) pair is a target: preference 1 where the user interacted (con
 `eval_every` epochs; the best factors are kept and training stops after `patience` checks without
 improvement.
 
-Known users are scored with their learned factors. An ad-hoc history (a user unseen in training) is
-folded in: its factor is the exact least-squares solution against the item factors, i.e. one ALS step.
+Known users are scored with their learned factors while their history is the training one. Any other
+history (a user unseen in training, or a known user with newer events, as in evaluation on train + valid
+or at serving time) is folded in: its factor is the exact least-squares solution against the item
+factors, i.e. one ALS step, so the newest events count.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from recloop.models.base import FitContext, ModelConfig, Recommender
 from recloop.models.early_stopping import EarlyStopping, validation_ndcg
 from recloop.models.registry import register
 
-# Outer products materialised at once by the exact solver (floats); bounds its memory to ~128 MB.
-_EXACT_BUDGET = 1 << 25
+# Floats (float64) the exact solver materialises per chunk; bounds its memory to ~128 MB.
+_EXACT_BUDGET = 1 << 24
 
 
 class MFConfig(ModelConfig):
@@ -108,12 +110,29 @@ class MatrixFactorization(Recommender):
 
     # ------------------------------------------------------------------ inference
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
-        if users is not None:
-            users = np.asarray(users, dtype=np.int64)
-            factors = self.user_factors[users]
-        else:
-            factors = self.fold_in(histories)
+        if users is None:
+            return self.fold_in(histories) @ self.item_factors.T
+        users = np.asarray(users, dtype=np.int64)
+        factors = self.user_factors[users]
+        # A known user whose history grew since training (evaluation on train + valid, serving with
+        # fresh events) is folded in, so the newest events count; an unchanged history keeps its factors.
+        changed = ~self._same_as_training(histories, users)
+        if changed.any():
+            factors = factors.copy()
+            factors[changed] = self.fold_in(histories.select(np.flatnonzero(changed)))
         return factors @ self.item_factors.T
+
+    def _same_as_training(self, histories: Histories, users: np.ndarray) -> np.ndarray:
+        """Per row: is this history exactly the user's training history (same items, same order)?"""
+        trained = self.train_histories.select(users)
+        same = histories.lengths() == trained.lengths()
+        rows = np.flatnonzero(same)
+        if len(rows):
+            mine, theirs = histories.select(rows), trained.select(rows)
+            mismatch = (mine.items != theirs.items).astype(np.int64)
+            row_of = np.repeat(np.arange(len(rows)), mine.lengths())
+            same[rows] = np.bincount(row_of, weights=mismatch, minlength=len(rows)) == 0
+        return same
 
     def fold_in(self, histories: Histories) -> np.ndarray:
         """User factors for ad-hoc histories: the exact ALS solution against the learned item factors."""
@@ -168,27 +187,42 @@ def _rhs(conf: sp.csr_matrix, fixed: np.ndarray) -> np.ndarray:
 def _solve_exact(conf: sp.csr_matrix, fixed: np.ndarray, reg: float) -> np.ndarray:
     """Solve (Y^T Y + reg I + sum_i c'_ui y_i y_i^T) x_u = b_u for every row, batched.
 
-    The per-row sums of outer products are built from chunks of rows whose observed pairs fit the
-    memory budget; each chunk is one einsum plus one `reduceat` over the CSR row starts."""
+    Rows are sorted by history length and cut into chunks of similar length (at most 2x apart) that fit
+    the memory budget; each chunk gathers its rows' item factors into a zero-padded (rows, length, f)
+    block, so the per-row sums of outer products are one batched matmul, then one batched Cholesky
+    solve. torch does the batched linear algebra: numpy's stacked matmul/solve are ~10x slower on CPU."""
+    import torch
+
     n_rows, f = conf.shape[0], fixed.shape[1]
-    gram = _gram(fixed, reg)
-    rhs = _rhs(conf, fixed)
+    gram = torch.from_numpy(_gram(fixed, reg))
+    rhs = torch.from_numpy(_rhs(conf, fixed))
     out = np.empty((n_rows, f), np.float32)
-    indptr = conf.indptr
-    pairs_per_chunk = max(1, _EXACT_BUDGET // (f * f))
-    row = 0
-    while row < n_rows:
-        end = int(np.searchsorted(indptr, indptr[row] + pairs_per_chunk, side="right")) - 1
-        end = min(max(end, row + 1), row + pairs_per_chunk, n_rows)  # rows also cost f*f floats each
-        lo, hi = indptr[row], indptr[end]
-        a = np.broadcast_to(gram, (end - row, f, f)).copy()
-        if hi > lo:
-            y = fixed[conf.indices[lo:hi]].astype(np.float64)
-            outer = np.einsum("nf,ng->nfg", y * conf.data[lo:hi, None], y)
-            nonempty = np.flatnonzero(np.diff(indptr[row:end + 1]) > 0)
-            a[nonempty] += np.add.reduceat(outer, indptr[row:end][nonempty] - lo, axis=0)
-        out[row:end] = np.linalg.solve(a, rhs[row:end, :, None])[..., 0]
-        row = end
+    # Index len(fixed) is a zero row: padding positions gather it and contribute nothing.
+    fixed_ext = torch.from_numpy(np.vstack([fixed.astype(np.float64), np.zeros((1, f))]))
+    lengths = np.diff(conf.indptr)
+    order = np.argsort(lengths, kind="stable")
+    sorted_len = lengths[order]
+    start = 0
+    while start < n_rows:
+        cap = max(2 * int(sorted_len[start]), 8)
+        stop = int(np.searchsorted(sorted_len, cap, side="right"))
+        width = int(sorted_len[stop - 1])
+        stop = min(stop, start + max(1, _EXACT_BUDGET // (f * max(width, f))))
+        width = int(sorted_len[stop - 1])
+        rows = order[start:stop]
+        a = gram.expand(len(rows), f, f).clone()
+        if width:
+            offsets = np.arange(width)
+            present = offsets[None, :] < lengths[rows][:, None]
+            pos = np.minimum(conf.indptr[rows][:, None] + offsets[None, :], max(conf.nnz - 1, 0))
+            idx = torch.from_numpy(np.where(present, conf.indices[pos], len(fixed)))
+            weight = torch.from_numpy(np.where(present, conf.data[pos], 0.0).astype(np.float64))
+            gathered = fixed_ext[idx]  # (rows, width, f)
+            a += torch.bmm((gathered * weight[..., None]).transpose(1, 2), gathered)
+        chol = torch.linalg.cholesky(a)
+        rows_t = torch.from_numpy(rows)
+        out[rows] = torch.cholesky_solve(rhs[rows_t].unsqueeze(-1), chol).squeeze(-1).numpy()
+        start = stop
     return out
 
 
