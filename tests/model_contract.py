@@ -96,6 +96,7 @@ class ModelContract:
         assert scores.shape == (3, N_ITEMS)
         assert scores.dtype == np.float32
         assert np.isfinite(scores).all()
+        scores[:, 0] = -np.inf  # callers (ranking, serving) mask seen items in place
 
     def test_obvious_next_item_comes_first(self, model: Recommender) -> None:
         # Unknown users: ad-hoc histories, each all of one block but its last item.

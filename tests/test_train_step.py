@@ -101,7 +101,8 @@ def _valid_split(artifact: Artifact) -> Interactions:
 # ---------------------------------------------------------------------------------------------- happy path
 
 
-def test_trains_every_candidate_into_its_own_bundle(store: FileStore, tmp_path: Path) -> None:
+def test_trains_every_candidate_into_its_own_bundle(any_store: ArtifactStore, tmp_path: Path) -> None:
+    store = any_store  # file:// and S3 (SeaweedFS)
     pre_uri = write_preprocess(store)
     log: list[str] = []
     bars: list[tuple[str, float]] = []

@@ -67,8 +67,8 @@ class Popularity(Recommender):
         return self
 
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
-        # A read-only broadcast view: recommend() copies before masking, so no per-row copies here.
-        return np.broadcast_to(self.item_scores, (len(histories), self.n_items))
+        # A real (writable) array, not a broadcast view: callers may mask seen items in place.
+        return np.repeat(self.item_scores[None, :], len(histories), axis=0)
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_scores": self.item_scores}
