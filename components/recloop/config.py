@@ -57,7 +57,9 @@ def parse_duration(value: Any) -> timedelta:
 
 
 def _format_duration(td: timedelta) -> str:
-    return f"{td.total_seconds():g}s"
+    # Must parse back through parse_duration: ':g' gave '3.1536e+07s' for 365 days, which it rejects.
+    seconds = td.total_seconds()
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.6f}".rstrip("0") + "s"
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(_format_duration)]
@@ -772,6 +774,23 @@ class PipelineConfig(StrictModel):
     def _check_name(cls, v: str) -> str:
         if not re.match(r"^[a-z0-9][a-z0-9_\-]{0,62}$", v):
             raise ValueError(f"use lower-case letters, digits, '-' and '_' (got {v!r})")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _check_candidate_names(cls, v: list[Any]) -> list[Any]:
+        # Candidate names key reports and name the train artifact's folders: unique, one path segment.
+        names = [m.candidate_name for m in v if hasattr(m, "candidate_name")]
+        for name in names:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", name):
+                raise ValueError(f"candidate name {name!r} must be letters, digits, '.', '-' or '_' "
+                                 f"(it names a folder); set a different `name:` (got names {names})")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            where = "; ".join(f"{d!r} at models[{', '.join(str(i) for i, n in enumerate(names) if n == d)}]"
+                              for d in duplicates)
+            raise ValueError(f"candidate names must be unique ({where}); give each entry a distinct "
+                             f"`name:` (got names {names})")
         return v
 
     @model_validator(mode="after")
