@@ -38,9 +38,11 @@ lint: $(STAMP)
 
 # Local Airflow 3 (standalone, 127.0.0.1:8080) + SeaweedFS S3 running the recloop DAGs; prints the
 # credentials. State (Airflow home, S3 data, generated configs, logs) lives under AIRFLOW_STATE.
+# AIRFLOW_DB=postgresql+psycopg2://postgres@127.0.0.1:5432/airflow uses PostgreSQL instead of SQLite.
 AIRFLOW_STATE ?= .recloop/airflow
+AIRFLOW_DB ?=
 up: $(STAMP)
-	$(BIN)/python -m recloop.orchestration.local up --state-dir $(AIRFLOW_STATE)
+	$(BIN)/python -m recloop.orchestration.local up --state-dir $(AIRFLOW_STATE) $(if $(AIRFLOW_DB),--database-url $(AIRFLOW_DB))
 
 down:
 	$(BIN)/python -m recloop.orchestration.local down --state-dir $(AIRFLOW_STATE)

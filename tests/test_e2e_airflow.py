@@ -6,18 +6,24 @@ One scenario, three DAG runs of the training DAG built from a config whose store
 3. a run whose `train` task is made to fail once: Airflow retries it, the run succeeds, the failed attempt
    is recorded in S3, and the data and model files are byte-identical to run 1's.
 Small synthetic data and fast models (popularity + EASE) keep it around three minutes on two cores.
+
+A second mode (`slow` too) runs the same DAG under a real scheduler and LocalExecutor on PostgreSQL
+(`airflow standalone`, as `make up` starts it), triggered and inspected through the REST API.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -32,7 +38,7 @@ TASKS = ("prepare", "data.ingest", "data.validate", "data.preprocess", "model.tr
          "release.gate", "release.decide", "release.publish")
 
 
-def write_config(folder: Path, data_dir: Path, store_root: str, endpoint: str) -> Path:
+def write_config(folder: Path, data_dir: Path, store_root: str, endpoint: str, execution_extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{PIPELINE}.yaml"
     path.write_text(textwrap.dedent(f"""\
@@ -56,7 +62,7 @@ def write_config(folder: Path, data_dir: Path, store_root: str, endpoint: str) -
           - {{type: ease, lambda: 50}}
         evaluation: {{k: [10], primary: ndcg@10, bootstrap: 20}}
         gate: {{absolute: {{ndcg@10: 0.01}}}}
-        execution: {{retries: 2, retry_delay: 1s, retry_backoff: 2, timeout_minutes: 10, schedule: null}}
+        execution: {{retries: 2, retry_delay: 1s, retry_backoff: 2, timeout_minutes: 10, schedule: null{execution_extra}}}
     """))
     return path
 
@@ -183,3 +189,94 @@ def test_training_dag_on_airflow_and_s3(airflow):
             compared += 1
     assert compared >= 8
     assert json.loads(store.get_bytes(alias_key))["version"] == 2
+
+
+# ------------------------------------------------------------------------------------------------ LocalExecutor
+
+
+def _postgres_listening() -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", 5432)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def postgres_database() -> Any:
+    """A fresh database on the local PostgreSQL (trust auth), dropped afterwards."""
+    import psycopg2
+
+    name = f"recloop_e2e_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _postgres_listening(),
+                    reason="needs PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres")
+def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path, s3_server, postgres_database):
+    import httpx
+
+    from recloop.artifacts import run_prefix
+    from recloop.data import synth
+    from recloop.orchestration import local
+
+    layout = local.Layout(tmp_path / "state")
+    layout.logs.mkdir(parents=True)
+    synth.generate(n_users=120, n_items=60, seed=3, events_per_user=20).write(tmp_path / "data")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    bucket = s3_server.new_bucket()
+    write_config(layout.configs, tmp_path / "data", f"s3://{bucket}/recloop", s3_server.endpoint_url,
+                 execution_extra=f", airflow_api: {{url: '{url}', username: admin, "
+                                 "password: '${RECLOOP_AIRFLOW_PASSWORD}'}")
+    keys = {"access_key": s3_server.access_key, "secret_key": s3_server.secret_key,
+            "admin_password": uuid.uuid4().hex}
+    airflow = local.start_airflow(layout, keys, port, postgres_database)
+    log = layout.logs / "airflow.log"
+    try:
+        token = local._wait(lambda: local.api_token(url, keys["admin_password"]), "the API server", 300, log,
+                            airflow["process"])
+        api = httpx.Client(base_url=f"{url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        local._wait(lambda: local._dags_or_errors(url, token, {DAG_ID}), "the DAG", 300, log, airflow["process"])
+        assert api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
+        triggered = api.post(f"/dags/{DAG_ID}/dagRuns", json={
+            "logical_date": None, "conf": {"overrides": ["gate.absolute={ndcg@10: 0.999}"]}})
+        assert triggered.status_code == 200, triggered.text
+        run_id = triggered.json()["dag_run_id"]
+        run_path = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+
+        def finished() -> dict[str, Any] | None:
+            run = api.get(run_path).json()
+            return run if run["state"] in ("success", "failed") else None
+
+        run = local._wait(finished, "the DAG run", 480, log, airflow["process"])
+        tasks = {t["task_id"]: t for t in api.get(f"{run_path}/taskInstances").json()["task_instances"]}
+        assert run["state"] == "success", {t: ti["state"] for t, ti in tasks.items()}
+        assert {t: ti["state"] for t, ti in tasks.items()} == {
+            **{t: "success" for t in TASKS}, "release.publish": "skipped"}
+        assert all(tasks[t].get("executor") in (None, "LocalExecutor") for t in TASKS)
+        # The reason the model was not published is the run's note, written by `decide` through the API.
+        assert run["note"].startswith("Not published: the gate rejected ease."), run["note"]
+        assert "< required 0.999" in run["note"]
+        store = open_store({"config": layout.configs / f"{PIPELINE}.yaml",
+                            "env": {"AWS_ACCESS_KEY_ID": keys["access_key"],
+                                    "AWS_SECRET_ACCESS_KEY": keys["secret_key"],
+                                    "RECLOOP_AIRFLOW_PASSWORD": keys["admin_password"]}})
+        for step in STEPS[:-1]:
+            verified_hashes(store, run_id, step)
+        assert json.loads(store.get_bytes(f"{run_prefix(run_id, 'gate')}/blessing.json"))["decision"] == "rejected"
+        assert not store.exists(f"models/{PIPELINE}/production.json")
+    finally:
+        local.stop_process_group(airflow["pgid"])

@@ -222,16 +222,19 @@ def _ensure_demo_data(cfg: Any, path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ Airflow
 
 
-def airflow_env(layout: Layout, keys: dict[str, str], port: int) -> dict[str, str]:
+def airflow_env(layout: Layout, keys: dict[str, str], port: int, database_url: str | None = None) -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)
+    database = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}
     return {
         **os.environ,
+        **database,
         # standalone starts `airflow scheduler`, `airflow api-server`, ... by name: the venv must come first.
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_HOME": str(layout.home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
@@ -245,7 +248,9 @@ def airflow_env(layout: Layout, keys: dict[str, str], port: int) -> dict[str, st
     }
 
 
-def start_airflow(layout: Layout, keys: dict[str, str], port: int) -> dict[str, Any]:
+def start_airflow(layout: Layout, keys: dict[str, str], port: int, database_url: str | None = None,
+                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`airflow standalone` in its own session (SQLite in the home folder unless `database_url`)."""
     if not _port_free(port):
         raise SystemExit(f"port {port} is taken; stop what listens there or pass --port")
     layout.home.mkdir(parents=True, exist_ok=True)
@@ -256,7 +261,8 @@ def start_airflow(layout: Layout, keys: dict[str, str], port: int) -> dict[str, 
     with open(log, "ab") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=airflow_env(layout, keys, port), cwd=layout.root, start_new_session=True)
+                                env={**airflow_env(layout, keys, port, database_url), **(extra_env or {})},
+                                cwd=layout.root, start_new_session=True)
     return {"pgid": proc.pid, "url": f"http://127.0.0.1:{port}", "process": proc}
 
 
@@ -296,7 +302,7 @@ def _dags_or_errors(url: str, token: str, expected: set[str]) -> list[str] | Non
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def up(layout: Layout, source_dir: Path, port: int, s3_port: int) -> int:
+def up(layout: Layout, source_dir: Path, port: int, s3_port: int, database_url: str | None = None) -> int:
     if layout.state.exists():
         state = json.loads(layout.state.read_text())
         if any(_alive(p["pgid"]) for p in state["processes"].values()):
@@ -311,7 +317,7 @@ def up(layout: Layout, source_dir: Path, port: int, s3_port: int) -> int:
     try:
         url = f"http://127.0.0.1:{port}"
         names = write_configs(layout, source_dir, s3["endpoint"], url)
-        airflow = start_airflow(layout, keys, port)
+        airflow = start_airflow(layout, keys, port, database_url)
         state["processes"]["airflow"] = {"pgid": airflow["pgid"]}
         state["airflow_url"] = url
         layout.state.write_text(json.dumps(state, indent=2))
@@ -344,6 +350,19 @@ def status(layout: Layout) -> int:
     return 0
 
 
+def stop_process_group(pgid: int, grace_s: float = 30.0) -> bool:
+    """SIGTERM a process group, SIGKILL it if it lingers; False if it was not running."""
+    if not _alive(pgid):
+        return False
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+    return True
+
+
 def down(layout: Layout, grace_s: float = 30.0) -> int:
     if not layout.state.exists():
         _say("nothing to stop")
@@ -352,15 +371,8 @@ def down(layout: Layout, grace_s: float = 30.0) -> int:
     # Airflow first: its tasks may still be writing to S3.
     for name in sorted(state["processes"], key=lambda n: n != "airflow"):
         pgid = state["processes"][name]["pgid"]
-        if not _alive(pgid):
-            continue
-        os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while _alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if _alive(pgid):
-            os.killpg(pgid, signal.SIGKILL)
-        _say(f"stopped {name} (process group {pgid})")
+        if stop_process_group(pgid, grace_s):
+            _say(f"stopped {name} (process group {pgid})")
     layout.state.unlink()
     _say(f"data kept under {layout.root}; delete that folder to start afresh")
     return 0
@@ -373,10 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=Path, default=REPO / "configs", help="Pipeline configs to serve.")
     parser.add_argument("--port", type=int, default=8080, help="Airflow UI / API port.")
     parser.add_argument("--s3-port", type=int, default=8333, help="SeaweedFS S3 port.")
+    parser.add_argument("--database-url", default=None,
+                        help="Airflow metadata DB, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow "
+                             "(default: SQLite in the state folder).")
     args = parser.parse_args(argv)
     layout = Layout(args.state_dir.resolve())
     if args.command == "up":
-        return up(layout, args.configs.resolve(), args.port, args.s3_port)
+        return up(layout, args.configs.resolve(), args.port, args.s3_port, args.database_url)
     if args.command == "down":
         return down(layout)
     return status(layout)
