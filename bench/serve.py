@@ -5,7 +5,8 @@ built into the bundle as the publish step does), it publishes a 64-factor mf mod
 starts `recloop serve`, and measures GET /v1/recommendations (known users, k=10, explanations and
 impression logging on):
 
-  latency     one connection, closed loop: p50 / p99 service latency
+  latency     one connection, closed loop: p50 / p99 service latency, and the server's CPU time per request
+              (what the latency would be with the CPUs to itself, minus the network stack)
   throughput  --concurrency connections, closed loop: sustainable requests/s (and p50 / p99 under it)
   overload    open loop at 2x that throughput: how many were answered 200 / shed with 429 / failed (5xx or
               broken connections; the target is none). "not sent": requests the generator dropped because
@@ -142,6 +143,13 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         raise SystemExit("recloop serve did not become ready")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process used so far (independent of what else runs on the machine)."""
+        import psutil
+
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -337,7 +345,9 @@ def main() -> None:
                 info = server.wait_ready()
                 assert info["search"] == ("ann" if mode == "approximate" else "exact"), info["search"]
                 asyncio.run(closed_loop(server.port, 2, 1.0, seed=99))  # warm-up
+                cpu_before = server.cpu_seconds()
                 latency = asyncio.run(closed_loop(server.port, 1, args.seconds, seed=1))
+                cpu_ms = (server.cpu_seconds() - cpu_before) / max(sum(latency.statuses.values()), 1) * 1000
                 throughput = asyncio.run(closed_loop(server.port, args.concurrency, args.seconds, seed=2))
                 overload = asyncio.run(open_loop(server.port, 2 * throughput.rps, args.seconds, seed=3))
                 recall = None
@@ -346,25 +356,29 @@ def main() -> None:
                     recall = asyncio.run(served_recall(server.port, model, users))
             finally:
                 server.stop()
-            rows.append({"items": n_items, "mode": mode, "p50": latency.pct(50), "p99": latency.pct(99),
+            rows.append({"items": n_items, "mode": mode, "p50": latency.pct(50), "p99": latency.pct(99), "cpu": cpu_ms,
                          "rps": throughput.rps, "tp50": throughput.pct(50), "tp99": throughput.pct(99),
                          "offered": 2 * throughput.rps, "ok": overload.statuses.get(200, 0),
                          "shed": overload.statuses.get(429, 0), "failed": overload.failed,
                          "not_sent": overload.error_kinds.get(CLIENT_LIMIT, 0),
                          "recall": recall, "index_recall": ann.get("recall@10") if mode == "approximate" else None})
             r = rows[-1]
-            print(f"  {mode:<11} p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  {r['rps']:.0f} req/s  "
+            print(f"  {mode:<11} p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  server CPU {r['cpu']:.2f} ms/req  "
+                  f"{r['rps']:.0f} req/s  "
                   f"2x load: {r['ok']} ok / {r['shed']} shed / {r['failed']} failed "
                   f"{overload.error_kinds or ''} {dict(sorted(overload.statuses.items()))}", flush=True)
     print()
-    print("| items | search | p50 ms | p99 ms | req/s (c={c}) | p99 ms at c={c} | 2x load: ok / 429 / failed "
-          "(not sent) | recall@10 served (index) |".format(c=args.concurrency))
-    print("|---:|---|---:|---:|---:|---:|---|---|")
+    print("| items | search | p50 ms | p99 ms | server CPU ms/req | req/s (c={c}) | p99 ms at c={c} | 2x load: ok / "
+          "429 / failed (not sent) | recall@10 served (index) |".format(c=args.concurrency))
+    print("|---:|---|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         recall = "-" if r["recall"] is None else f"{r['recall']:.3f} ({r['index_recall']:.3f})"
-        print(f"| {r['items']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | {r['tp99']:.2f} "
+        print(f"| {r['items']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} | {r['rps']:.0f} "
+              f"| {r['tp99']:.2f} "
               f"| {r['ok']} / {r['shed']} / {r['failed']} ({r['not_sent']}) | {recall} |")
-    print(f"\n{os.cpu_count()} CPUs visible; server and load generator share them. Scratch: {workdir}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{os.cpu_count()} CPUs visible, shared by server and load generator; load average now {load} "
+          f"(anything above ~2 means other processes competed for the CPUs). Scratch: {workdir}")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -281,10 +281,11 @@ def test_failed_flush_keeps_feedback_and_a_full_buffer_refuses_more(tmp_path: Pa
 
 
 @pytest.mark.s3
-def test_serving_from_s3_with_logs_written_back(tmp_path: Path, s3_server, s3_store_config) -> None:
+def test_serving_from_s3_with_logs_written_back_encrypted(tmp_path: Path, s3_server) -> None:
     from recloop.store import S3Store
 
-    store = S3Store(s3_store_config)
+    bucket = s3_server.new_bucket()
+    store = S3Store(s3_server.store_config(bucket, prefix="recloop", server_side_encryption="AES256"))
     data = make_dataset()
     model = fit_mf(data)
     publish(store, model, data, tmp_path, "run-1")
@@ -295,9 +296,11 @@ def test_serving_from_s3_with_logs_written_back(tmp_path: Path, s3_server, s3_st
         flushed = httpx.post(f"{server.url}/v1/admin/flush", headers={"X-API-Key": API_KEY}).json()
     assert [i["item_id"] for i in r.json()["items"]] == [data.item_ids[i] for i in model.recommend(users=[3], k=4).ids[0]]
     assert flushed["written"] == {"feedback": 1, "impressions": 1}
-    bucket = s3_store_config.root[len("s3://"):].split("/")[0]
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="recloop/logs/")["Contents"]]
+    client = s3_server.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="recloop/logs/")["Contents"]]
     assert len(keys) == 2 and all(k.endswith(".parquet") for k in keys)
+    # The store asked for encryption at rest on every log object it wrote.
+    assert all(client.head_object(Bucket=bucket, Key=k).get("ServerSideEncryption") == "AES256" for k in keys)
 
 
 def test_recloop_serve_refuses_to_start_without_a_pseudonymization_key(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 _TOKEN_RE = re.compile(r"[^\W\d_][\w'-]*[^\W_]|[^\W\d_]", re.UNICODE)
 # Words that carry no topic: a short list is enough, since idf already discounts what is everywhere.
 _MAX_CACHED_MASKS = 1024
+_MAX_DOC_SHARE = 0.8
 _STOPWORDS = frozenset("""a an and are as at be by for from has have in is it its of on or that the this to was
 were will with not no but into about than then there their they them these those you your our we he she
 his her i me my so if out up do does did can could would should may might also just more most""".split())
@@ -69,6 +70,8 @@ class TextIndex:
                           shape=(len(texts), len(vocab)))
         df = np.bincount(m.indices, minlength=len(vocab)).astype(np.float32)
         idf = np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0
+        # Words in most texts are template boilerplate ("Genres:", "Tags:"), not content.
+        idf[df > _MAX_DOC_SHARE * len(texts)] = 0.0
         m = (m @ sp.diags(idf.astype(np.float32))).tocsr()
         norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
         m = (sp.diags((1.0 / np.maximum(norms, 1e-12)).astype(np.float32)) @ m).tocsr()
