@@ -143,7 +143,7 @@ def test_trains_every_candidate_into_its_own_bundle(any_store: ArtifactStore, tm
     assert all(h["valid_ndcg@10"] is not None for h in report["candidates"]["mf"]["history"])
 
     # Per-epoch logs prefixed by the candidate, and one progress bar per candidate filled to 100.
-    assert sum(1 for line in log if line.startswith("mf: mf epoch ")) == 5
+    assert sum(1 for line in log if line.startswith("mf: epoch ")) == 5
     for name in names:
         assert sum(n for d, n in bars if d == f"train {name}") == pytest.approx(100.0)
 

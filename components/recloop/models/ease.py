@@ -76,7 +76,7 @@ class Ease(Recommender):
         inv[np.diag_indices(n)] = 0.0
         self.weights = np.ascontiguousarray(inv, dtype=np.float32)
         if context is not None:
-            context.log(f"ease: solved {n} x {n} closed form with lambda={cfg.l2:g}")
+            context.log(f"solved {n} x {n} closed form with lambda={cfg.l2:g}")
             if context.progress is not None:
                 context.progress("solve", 1.0, {})
         return self

@@ -77,7 +77,7 @@ class ItemKNN(Recommender):
             self.similarity = sp.csr_matrix((n, n), dtype=np.float32)
         self.similarity.sort_indices()
         if context is not None:
-            context.log(f"itemknn: {self.similarity.nnz} neighbour links over {n} items "
+            context.log(f"{self.similarity.nnz} neighbour links over {n} items "
                         f"(<= {k} each, weighting={cfg.weighting})")
         return self
 

@@ -87,12 +87,12 @@ class MatrixFactorization(Recommender):
                 metrics["valid_ndcg@10"] = ndcg
                 if stopper.update(ndcg, epoch):
                     best = (users.copy(), items.copy())
-            log(f"mf epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()
+            log(f"epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()
                                                                  if k != "epoch"))
             if progress is not None:
                 progress("epoch", epoch / cfg.epochs, metrics)
             if use_valid and stopper.should_stop:
-                log(f"mf: early stop after epoch {epoch}; best valid ndcg@10={stopper.best:.5g} "
+                log(f"early stop after epoch {epoch}; best valid ndcg@10={stopper.best:.5g} "
                     f"at epoch {stopper.best_epoch}")
                 break
         if best is not None:

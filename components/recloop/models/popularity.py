@@ -61,7 +61,7 @@ class Popularity(Recommender):
         self.item_scores = np.bincount(train.item, weights=weight, minlength=train.n_items).astype(np.float32)
         if context is not None:
             counted = int(np.count_nonzero(weight))
-            context.log(f"popularity: {counted} of {len(train)} events counted over {train.n_items} items")
+            context.log(f"{counted} of {len(train)} events counted over {train.n_items} items")
             if context.progress is not None:
                 context.progress("fit", 1.0, {})
         return self
