@@ -82,6 +82,7 @@ def test_ann_index_reaches_target_recall_is_byte_identical_and_records_it(tmp_pa
     info = build_ann_index(model, tmp_path / "a", settings)
     again = build_ann_index(model, tmp_path / "b", settings)
     assert info["built"] and info["recall@10"] >= 0.95 and info["target_met"]
+    assert again["recall@10"] == info["recall@10"] and again["ef_search"] == info["ef_search"]
     assert info["n_items"] == 3000 and info["dim"] == 16 and info["recall_queries"] == 200
     stored = json.loads((tmp_path / "a/ann/ann.json").read_text())
     assert stored["recall@10"] == info["recall@10"] and stored["ef_search"] == info["ef_search"]

@@ -270,7 +270,6 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
     engine = SlateEngine(settings, bandit)
     pseudonymize = runtime.pseudonymize
     api_keys = runtime.api_keys
-    id_re = re.compile(limits.id_pattern)
     IdStr = Annotated[str, StringConstraints(pattern=limits.id_pattern, max_length=256)]
     CategoryStr = Annotated[str, StringConstraints(min_length=1, max_length=128)]
     RequestIdStr = Annotated[str, StringConstraints(pattern=_REQUEST_ID_RE.pattern)]
