@@ -4,7 +4,8 @@ One scenario, three DAG runs of the training DAG built from a config whose store
 1. a normal run: every task succeeds, each step commits a valid manifest to S3, a production model exists;
 2. a run whose gate cannot pass: publish is skipped, the run is green, the production alias is untouched;
 3. a run whose `train` task is made to fail once: Airflow retries it, the run succeeds, the failed attempt
-   is recorded in S3, and the data and model files are byte-identical to run 1's.
+   is recorded in S3, and the data and model files are byte-identical to run 1's;
+4. a run with a bad config override: `prepare` fails it before any step and the failure is recorded.
 Small synthetic data and fast models (popularity + EASE) keep it around three minutes on two cores.
 
 A second mode (`slow` too) runs the same DAG under a real scheduler and LocalExecutor on PostgreSQL
@@ -91,11 +92,11 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> dict[st
 
 
 def dags_test(airflow: dict[str, Any], conf: dict[str, Any] | None = None) -> tuple[str, str]:
-    """Run the training DAG once; return (run id, output)."""
+    """Run the training DAG once; return (run id, output). Whether the run succeeded is run_state's job."""
     args = [AIRFLOW, "dags", "test", DAG_ID] + (["-c", json.dumps(conf)] if conf else [])
     done = subprocess.run(args, env=airflow["env"], capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:]
+    assert "DagRun Finished" in output, output[-6000:]
     with sqlite3.connect(airflow["db"]) as db:
         (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
                                (DAG_ID,)).fetchone()
@@ -189,6 +190,18 @@ def test_training_dag_on_airflow_and_s3(airflow):
             compared += 1
     assert compared >= 8
     assert json.loads(store.get_bytes(alias_key))["version"] == 2
+
+    # 4. A bad override fails the run in `prepare`, before any step; the failure is recorded in S3.
+    run4, _ = dags_test(airflow, {"overrides": ["validation.max_dupe_rate=0.1"]})
+    state, tasks = run_state(airflow, run4)
+    assert state == "failed"
+    assert {t: s for t, (s, _) in tasks.items()} == {
+        **{t: "upstream_failed" for t in TASKS}, "prepare": "failed"}
+    record = json.loads(store.get_bytes(f"{run_prefix(run4, '_failures')}/prepare.json"))
+    assert (record["task_id"], record["run_id"], record["final"], record["error_type"]) == (
+        "prepare", run4, True, "ConfigError")
+    assert "validation.max_dupe_rate: unknown key; remove it or check its spelling" in record["error"]
+    assert store.list(run_prefix(run4, "ingest")) == []
 
 
 # ------------------------------------------------------------------------------------------------ LocalExecutor
