@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 # CPU wheel pinned here only (pyproject declares torch>=2.4): a plain `torch` pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= .recloop/demo
 
 .PHONY: install demo test test-fast bench bench-quality lint up down clean
 
@@ -20,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/recloop demo --workdir $(DEMO_DIR)
+	$(BIN)/recloop demo --config configs/demo.yaml
 
 # One pytest run; its exit code 5 (no tests collected) fails the target like any other failure.
 test: $(STAMP)
