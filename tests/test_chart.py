@@ -270,15 +270,19 @@ def test_existing_service_account(chart: Any) -> None:
         "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"}
 
 
-def test_existing_secrets_for_s3_and_api_keys(chart: Any) -> None:
+def test_existing_secrets_for_s3_api_keys_and_hmac_key(chart: Any) -> None:
     objects = render(chart, {"s3": {"existingSecret": "recloop-s3"},
-                             "apiKeys": {"existingSecret": "recloop-api", "secretKey": "keys"}})
+                             "apiKeys": {"existingSecret": "recloop-api", "secretKey": "keys"},
+                             "userHmacKey": {"existingSecret": "recloop-hmac"}})
     assert container(objects)["env"] == [
         {"name": "AWS_ACCESS_KEY_ID",
          "valueFrom": {"secretKeyRef": {"name": "recloop-s3", "key": "AWS_ACCESS_KEY_ID"}}},
         {"name": "AWS_SECRET_ACCESS_KEY",
          "valueFrom": {"secretKeyRef": {"name": "recloop-s3", "key": "AWS_SECRET_ACCESS_KEY"}}},
         {"name": "RECLOOP_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "recloop-api", "key": "keys"}}},
+        # recloop serve refuses to start without the pseudonymization key: the chart must be able to pass it.
+        {"name": "RECLOOP_USER_HMAC_KEY",
+         "valueFrom": {"secretKeyRef": {"name": "recloop-hmac", "key": "hmac-key"}}},
     ]
     # Secret values never end up in rendered objects: the chart only references the Secrets.
     assert not any(kind == "Secret" for kind, _ in objects)
