@@ -28,8 +28,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow" tests
 
+# Speed benchmarks, each printing a table (ratios against a baseline measured in the same run).
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/serve.py
 
 # Model quality on MovieLens (leave-last-out, full ranking); a few minutes on 2 cores.
 bench-quality: $(STAMP)
