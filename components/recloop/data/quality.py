@@ -536,6 +536,11 @@ def check_interactions(interactions: pd.DataFrame, items: pd.DataFrame | None, c
                          columns_missing=missing)
 
 
+def _clip(value: object, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _describe(check: CheckResult, samples: int) -> list[str]:
     count = ""
     if check.unexpected_count is not None:
@@ -549,8 +554,10 @@ def _describe(check: CheckResult, samples: int) -> list[str]:
         lines.append(f"      error: {check.error[:200]}")
     for row in check.sample_rows[:samples]:
         where = f"{row['source_file']} row {row['source_row']}: " if "source_file" in row else ""
-        rest = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("source_file", "source_row"))
-        lines.append(f"      {where}{rest}"[:200])
+        # Each value is bounded, not the line: file paths (where, duplicate_of) must survive intact
+        # whatever the folder the data lives in.
+        rest = ", ".join(f"{k}={_clip(v)}" for k, v in row.items() if k not in ("source_file", "source_row"))
+        lines.append(f"      {where}{rest}")
     return lines
 
 
