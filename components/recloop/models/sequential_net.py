@@ -5,9 +5,23 @@ An item's input and output representation is the same vector (tied weights):
     sasrec:      E_id[i]
     text_sasrec: P(text_emb[i]) + E_id[i] * known[i]     (E_id optional; zero for items unseen in training)
 so an item with text but no interactions still has a representation that the model can score.
+
+text_sasrec can also match text directly ("text match"): each item carries a fixed unit vector m[i] (the
+leading principal components of its text embedding) and each position a query u_t, the recency-weighted
+mean of the m of the items read so far; the score gains beta * cos(u_t, m[i]) with a learned beta. This
+is text_knn's signal inside the model, trained jointly: a 64-wide learned projection keeps what helps the
+warm catalog and loses the fine title similarity (sequels, franchises) that ranks an item nobody has
+interacted with.
+
+Either way a user's score for item i is the inner product of `last_hidden` with row i + 1 of
+`items.all_items()` (for text match both carry the extra m / beta * u columns; the input embedding uses
+only the first `dim`), which the serving ANN index relies on.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -15,26 +29,39 @@ from torch import nn
 
 class ItemRepresentation(nn.Module):
     def __init__(self, n_items: int, dim: int, text_embeddings: torch.Tensor | None, use_id: bool,
-                 id_dropout: float):
+                 id_dropout: float, text_projection: Literal["linear", "mlp"] = "mlp",
+                 text_match: torch.Tensor | None = None):
         super().__init__()
         self.n_items = n_items
+        self.dim = dim
+        self.match_dims = 0 if text_match is None else int(text_match.shape[1])
+        if text_match is not None:
+            self.register_buffer("match", torch.cat([torch.zeros(1, self.match_dims), text_match.float()]),
+                                 persistent=True)
         self.use_text = text_embeddings is not None
         self.use_id = use_id or not self.use_text
         self.id_dropout = id_dropout
         if self.use_text:
             padded = torch.cat([torch.zeros(1, text_embeddings.shape[1]), text_embeddings.float()])
             self.register_buffer("text", padded, persistent=True)
-            self.project = nn.Sequential(nn.Linear(padded.shape[1], dim), nn.GELU(), nn.Linear(dim, dim))
+            if text_projection == "linear":
+                self.project = nn.Sequential(nn.Linear(padded.shape[1], dim))
+            else:
+                self.project = nn.Sequential(nn.Linear(padded.shape[1], dim), nn.GELU(), nn.Linear(dim, dim))
+            # Text starts as a zero contribution the model learns to use: a large random text vector per
+            # item would drown the ID vectors (text similarity alone is a weak next-item signal).
+            nn.init.zeros_(self.project[-1].weight)
+            nn.init.zeros_(self.project[-1].bias)
         if self.use_id:
             self.ids = nn.Embedding(n_items + 1, dim, padding_idx=0)
-            nn.init.normal_(self.ids.weight, std=0.02 if self.use_text else 0.1)
+            nn.init.normal_(self.ids.weight, std=0.1)
             with torch.no_grad():
                 self.ids.weight[0].zero_()
         # 1 for items that had training interactions (their ID vector is learned), else 0.
         self.register_buffer("known", torch.ones(n_items + 1), persistent=True)
 
     def all_items(self) -> torch.Tensor:
-        """(n_items + 1, dim) representations; row 0 (padding) is zero."""
+        """(n_items + 1, dim [+ match dims]) representations; row 0 (padding) is zero."""
         rep = 0
         if self.use_text:
             rep = self.project(self.text)
@@ -47,15 +74,28 @@ class ItemRepresentation(nn.Module):
                 keep = (torch.rand(id_vecs.shape[0], 1, device=id_vecs.device) >= self.id_dropout).to(id_vecs.dtype)
                 id_vecs = id_vecs * keep / (1.0 - self.id_dropout)
             rep = rep + id_vecs
+        if self.match_dims:
+            rep = torch.cat([rep, self.match.to(rep.dtype)], dim=1)
         return rep
 
 
 class SequentialRecommenderNet(nn.Module):
     def __init__(self, n_items: int, dim: int, layers: int, heads: int, dropout: float, max_len: int,
-                 text_embeddings: torch.Tensor | None = None, use_id: bool = True, id_dropout: float = 0.0):
+                 text_embeddings: torch.Tensor | None = None, use_id: bool = True, id_dropout: float = 0.0,
+                 text_projection: Literal["linear", "mlp"] = "mlp", text_match: torch.Tensor | None = None,
+                 match_half_life: float = 1.0):
         super().__init__()
         self.max_len = max_len
-        self.items = ItemRepresentation(n_items, dim, text_embeddings, use_id, id_dropout)
+        self.heads = heads
+        self.dim = dim
+        self.items = ItemRepresentation(n_items, dim, text_embeddings, use_id, id_dropout, text_projection,
+                                        text_match)
+        if self.items.match_dims:
+            # beta = exp(match_log_scale); 5 puts a perfect text match on the scale of typical logits.
+            self.match_log_scale = nn.Parameter(torch.tensor(math.log(5.0)))
+            age = torch.arange(max_len).unsqueeze(1) - torch.arange(max_len).unsqueeze(0)
+            decay = torch.where(age >= 0, 0.5 ** (age.clamp(min=0) / match_half_life), torch.zeros(()))
+            self.register_buffer("match_decay", decay, persistent=False)
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
@@ -66,16 +106,33 @@ class SequentialRecommenderNet(nn.Module):
         self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1),
                              persistent=False)
 
+    def attention_mask(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(batch * heads, L, L) bool, True = blocked: causal, padding keys blocked, self always allowed.
+
+        Blocking padding keys makes a row's output independent of how much left padding it carries (so
+        training can trim batches to their longest row and inference pads to max_len with the same
+        result); letting every position see itself keeps the leading padding rows from being all-blocked
+        (which would give NaN).
+        """
+        length = seqs.shape[1]
+        blocked = self.causal[-length:, -length:].unsqueeze(0) | (seqs == 0).unsqueeze(1)
+        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=seqs.device).unsqueeze(0)
+        return blocked.repeat_interleave(self.heads, dim=0)
+
     def forward(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, L) left-padded item ids -> (batch, L, dim) hidden states."""
+        """(batch, L) left-padded item ids (L <= max_len) -> (batch, L, dim) hidden states."""
         table = self.items.all_items() if table is None else table
         length = seqs.shape[1]
-        x = table[seqs] * (table.shape[1] ** 0.5) + self.positions.weight[-length:].unsqueeze(0)
-        # As in SASRec, padding slots are zeroed rather than masked: a key-padding mask would leave the
-        # leading pad rows with nothing to attend to (NaN), and causal attention alone never does.
+        rows = table[seqs]
+        x = rows[..., :self.dim] * (self.dim ** 0.5) + self.positions.weight[-length:].unsqueeze(0)
         x = self.dropout(x) * (seqs != 0).unsqueeze(-1).to(x.dtype)
-        h = self.encoder(x, mask=self.causal[-length:, -length:])
-        return self.norm(h)
+        h = self.norm(self.encoder(x, mask=self.attention_mask(seqs)))
+        if not self.items.match_dims:
+            return h
+        # Text-match query: recency-weighted mean of the read items' m vectors (padding rows are zero).
+        decay = self.match_decay[-length:, -length:].to(rows.dtype)
+        query = torch.nn.functional.normalize(torch.matmul(decay, rows[..., self.dim:]), dim=-1, eps=1e-6)
+        return torch.cat([h, (query * self.match_log_scale.exp()).to(h.dtype)], dim=-1)
 
     def last_hidden(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward(seqs, table)[:, -1]
