@@ -62,7 +62,7 @@ class TextSASRecConfig(SASRecConfig):
     text_projection: Literal["linear", "mlp"] = Field(
         "mlp", description="Text embedding -> item vector: one linear layer, or a 2-layer MLP (GELU).")
     text_match_dims: int = Field(
-        64, ge=0, le=1024, description="Principal components of the text embeddings matched directly "
+        0, ge=0, le=1024, description="Principal components of the text embeddings matched directly "
         "(cosine to the recent history's, learned weight); 0 turns text matching off.")
     text_match_half_life: float = Field(
         1.0, gt=0, description="Text matching: recency half-life of history items, in events.")

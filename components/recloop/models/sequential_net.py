@@ -6,16 +6,17 @@ An item's input and output representation is the same vector (tied weights):
     text_sasrec: P(text_emb[i]) + E_id[i] * known[i]     (E_id optional; zero for items unseen in training)
 so an item with text but no interactions still has a representation that the model can score.
 
-text_sasrec can also match text directly ("text match"): each item carries a fixed unit vector m[i] (the
-leading principal components of its text embedding) and each position a query u_t, the recency-weighted
-mean of the m of the items read so far; the score gains beta * cos(u_t, m[i]) with a learned beta. This
-is text_knn's signal inside the model, trained jointly: a 64-wide learned projection keeps what helps the
-warm catalog and loses the fine title similarity (sequels, franchises) that ranks an item nobody has
-interacted with.
+text_sasrec can also match text directly for items without an ID vector ("text match"): each item has a
+fixed unit vector m[i] (the leading principal components of its text embedding) and each position a query
+u_t, the recency-weighted mean of the m of the items read so far; an item without an ID vector (unseen in
+training, or its ID dropped in this training step) gains beta * cos(u_t, m[i]), beta learned. That is
+text_knn's signal inside the model, trained on the ID-dropped items: the `dim`-wide learned projection keeps
+what helps the warm catalog and loses the fine title similarity (sequels, franchises) that can rank an item
+nobody has interacted with. Items with an ID vector are scored exactly as without text match.
 
 Either way a user's score for item i is the inner product of `last_hidden` with row i + 1 of
-`items.all_items()` (for text match both carry the extra m / beta * u columns; the input embedding uses
-only the first `dim`), which the serving ANN index relies on.
+`items.all_items()` (with text match both carry extra columns: beta * u_t, and m[i] for items without an ID
+vector, else 0; the input embedding uses only the first `dim`), which the serving ANN index relies on.
 """
 
 from __future__ import annotations
@@ -63,19 +64,22 @@ class ItemRepresentation(nn.Module):
     def all_items(self) -> torch.Tensor:
         """(n_items + 1, dim [+ match dims]) representations; row 0 (padding) is zero."""
         rep = 0
+        has_id = torch.zeros(self.n_items + 1, 1, device=self.known.device)
         if self.use_text:
             rep = self.project(self.text)
             rep = rep * (torch.arange(rep.shape[0], device=rep.device) > 0).unsqueeze(1).to(rep.dtype)
         if self.use_id:
-            id_vecs = self.ids.weight * self.known.unsqueeze(1)
+            has_id = self.known.unsqueeze(1)
+            id_vecs = self.ids.weight * has_id
             if self.use_text and self.training and self.id_dropout > 0:
                 # Dropping whole ID vectors teaches the model to rank from text alone (cold start).
                 # Inverted dropout: kept vectors are scaled up so train and inference magnitudes agree.
                 keep = (torch.rand(id_vecs.shape[0], 1, device=id_vecs.device) >= self.id_dropout).to(id_vecs.dtype)
                 id_vecs = id_vecs * keep / (1.0 - self.id_dropout)
+                has_id = has_id * keep
             rep = rep + id_vecs
         if self.match_dims:
-            rep = torch.cat([rep, self.match.to(rep.dtype)], dim=1)
+            rep = torch.cat([rep, (self.match * (1.0 - has_id)).to(rep.dtype)], dim=1)
         return rep
 
 
@@ -130,8 +134,8 @@ class SequentialRecommenderNet(nn.Module):
         if not self.items.match_dims:
             return h
         # Text-match query: recency-weighted mean of the read items' m vectors (padding rows are zero).
-        decay = self.match_decay[-length:, -length:].to(rows.dtype)
-        query = torch.nn.functional.normalize(torch.matmul(decay, rows[..., self.dim:]), dim=-1, eps=1e-6)
+        decay = self.match_decay[-length:, -length:]
+        query = torch.nn.functional.normalize(torch.matmul(decay, self.items.match[seqs]), dim=-1, eps=1e-6)
         return torch.cat([h, (query * self.match_log_scale.exp()).to(h.dtype)], dim=-1)
 
     def last_hidden(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
