@@ -148,3 +148,23 @@ def test_text_match_survives_save_and_load(tmp_path):
     histories = Histories.from_lists([BLOCK_B[:3]], N_ITEMS)
     np.testing.assert_allclose(loaded.score_histories(histories), model.score_histories(histories), rtol=1e-5)
     assert loaded.text_match.shape == (N_ITEMS, 4) and loaded.epochs_trained == 3
+
+
+def test_chunked_bfloat16_softmax_matches_one_chunk(monkeypatch):
+    import recloop.models.sasrec as sasrec
+
+    torch.manual_seed(1)
+    hidden_param = torch.randn(23, 8, requires_grad=True)
+    table_param = torch.randn(13, 8, requires_grad=True)
+    targets = torch.randint(1, 13, (23,))
+    known = torch.ones(12, dtype=torch.bool)
+    results = []
+    for cells in (1 << 23, 12 * 4):  # one chunk; chunks of 4 positions (the cast table is reused)
+        monkeypatch.setattr(sasrec, "_LOGIT_CELLS", cells)
+        loss = _full_softmax_backward(hidden_param * 1.0, table_param * 1.0, targets, known, torch.bfloat16)
+        results.append((loss, hidden_param.grad.clone(), table_param.grad.clone()))
+        hidden_param.grad = table_param.grad = None
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1])
+    # The table's gradient is summed in bfloat16 per chunk: equal up to bfloat16 rounding.
+    torch.testing.assert_close(results[1][2], results[0][2], atol=2e-3, rtol=1e-2)
