@@ -1,21 +1,27 @@
-"""Small shared test utilities: typed configs, step contexts and contract-conforming ingest artifacts.
+"""Small shared test utilities: typed configs, step contexts, contract-conforming ingest artifacts and a
+tiny registered model.
 
 `write_ingest_artifact` commits `runs/{run_id}/ingest/` exactly as the ingest step's contract describes
-(column names and Arrow types), so downstream steps can be tested without running ingest.
+(column names and Arrow types), so downstream steps can be tested without running ingest. `CountsModel`
+(type `test_counts`) is a real, saveable Recommender for tests of the registry and the publish step.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recloop.artifacts import ArtifactWriter, run_prefix
 from recloop.config import PipelineConfig, StoreConfig, apply_overrides
+from recloop.data.interactions import Histories, Interactions
+from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.models.registry import register
 from recloop.steps.base import StepContext
 from recloop.store import ArtifactStore, open_store
 
@@ -147,3 +153,40 @@ def write_ingest_artifact(store: ArtifactStore, run_id: str, interactions: pd.Da
 def utc(*args: int) -> datetime:
     """datetime(*args) in UTC."""
     return datetime(*args, tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------- a tiny model
+
+
+class CountsConfig(ModelConfig):
+    type: Literal["test_counts"] = "test_counts"
+
+
+@register("test_counts", CountsConfig)
+class CountsModel(Recommender):
+    """Test-only recommender: items ranked by their weighted training count plus a seeded tie-breaking jitter."""
+
+    def fit(self, train: Interactions, valid: Interactions | None = None,
+            context: FitContext | None = None) -> CountsModel:
+        self._remember(train)
+        rng = np.random.default_rng(self.config.seed)
+        counts = np.bincount(train.item, weights=train.weight, minlength=train.n_items)
+        self.counts = (counts + rng.random(train.n_items) * 0.01).astype(np.float32)
+        return self
+
+    def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
+        return np.tile(self.counts, (len(histories), 1))
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.counts = arrays["counts"]
+
+
+def fit_counts(seed: int, n_users: int = 6, n_items: int = 12, per_user: int = 5) -> CountsModel:
+    """A `CountsModel` fitted on `per_user` random items for each user (the seed decides items and jitter)."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), per_user)
+    train = Interactions.from_arrays(users, rng.integers(0, n_items, len(users)), n_users=n_users, n_items=n_items)
+    return CountsModel(CountsConfig(seed=seed)).fit(train)

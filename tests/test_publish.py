@@ -4,48 +4,22 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import CountsModel, fit_counts
 
 from recloop import config as config_mod
 from recloop.artifacts import Artifact, ArtifactWriter, run_prefix
-from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ArtifactError, NotBlessedError, StoreError
-from recloop.models.base import FitContext, ModelConfig, Recommender
-from recloop.models.registry import register
+from recloop.models.base import Recommender
 from recloop.registry import AliasConflict, ModelRegistry
 from recloop.steps.base import RunParams, StepContext, run_step
 from recloop.store import FileStore
 
 N_USERS, N_ITEMS = 5, 9
-
-
-class TinyConfig(ModelConfig):
-    type: Literal["publish_test_counts"] = "publish_test_counts"
-
-
-@register("publish_test_counts", TinyConfig)
-class TinyCounts(Recommender):
-    """Test-only recommender: items ranked by training count plus a seeded jitter."""
-
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> TinyCounts:
-        self._remember(train)
-        jitter = np.random.default_rng(self.config.seed).random(train.n_items)
-        self.counts = (np.bincount(train.item, minlength=train.n_items) + jitter).astype(np.float32)
-        return self
-
-    def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
-        return np.tile(self.counts, (len(histories), 1))
-
-    def _state(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts}
-
-    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.counts = arrays["counts"]
 
 
 @pytest.fixture
@@ -59,11 +33,8 @@ def make_config(store: Any, name: str = "movies") -> config_mod.PipelineConfig:
                                  "data": {"interactions": {"path": "/data/ratings.csv"}}})
 
 
-def fit(seed: int) -> TinyCounts:
-    rng = np.random.default_rng(seed)
-    users = np.repeat(np.arange(N_USERS), 4)
-    train = Interactions.from_arrays(users, rng.integers(0, N_ITEMS, len(users)), n_users=N_USERS, n_items=N_ITEMS)
-    return TinyCounts(TinyConfig(seed=seed)).fit(train)
+def fit(seed: int) -> CountsModel:
+    return fit_counts(seed, N_USERS, N_ITEMS, per_user=4)
 
 
 def split_frames() -> dict[str, pd.DataFrame]:
@@ -101,7 +72,7 @@ def build_run(store: Any, tmp: Path, run_id: str, seed: int, *, champion: int | 
                         parents=[uri["preprocess"]]) as w:
         w.add_dir("counts", fit(seed).save(tmp / f"{run_id}-bundle"))
         w.put_json("train_report.json", {"candidates": ["counts"]})
-        w.summary["candidates"] = {"counts": {"type": "publish_test_counts", "train_seconds": 0.1, "epochs": 1,
+        w.summary["candidates"] = {"counts": {"type": "test_counts", "train_seconds": 0.1, "epochs": 1,
                                               "best_valid_metric": None}}
     metrics_doc = {"split_fingerprint": f"fp-{run_id}", "k": [10],
                    "candidates": {"counts": {"metrics": {"ndcg@10": {"value": 0.3, "ci": [0.2, 0.4]}}}},
@@ -110,7 +81,7 @@ def build_run(store: Any, tmp: Path, run_id: str, seed: int, *, champion: int | 
     with ArtifactWriter(store, run_prefix(run_id, "evaluate"), "evaluate", run_id, cfg_hash,
                         parents=evaluate_parents or [uri["preprocess"], uri["train"]]) as w:
         w.put_json("metrics.json", metrics_doc)
-    doc = {"decision": "blessed", "candidate": "counts", "model_type": "publish_test_counts", "run_id": run_id,
+    doc = {"decision": "blessed", "candidate": "counts", "model_type": "test_counts", "run_id": run_id,
            "evaluate_uri": uri["evaluate"], "split_fingerprint": f"fp-{run_id}", "primary_metric": "ndcg@10",
            "thresholds": [{"metric": "ndcg@10", "kind": "absolute", "required": 0.1, "value": 0.3, "passed": True}],
            "champion_version": champion, "reasons": ["counts passed every threshold"]}
@@ -150,7 +121,7 @@ def test_publish_registers_the_version_and_moves_the_alias(store, tmp_path: Path
     version = reg.get(1)
     assert (version.candidate, version.model_type, version.run_id, version.split_fingerprint,
             version.primary_metric, version.primary_value) == (
-        "counts", "publish_test_counts", "r1", "fp-r1", "ndcg@10", 0.3)
+        "counts", "test_counts", "r1", "fp-r1", "ndcg@10", 0.3)
     assert version.blessing["decision"] == "blessed"
     assert version.metrics["candidates"]["counts"]["metrics"]["ndcg@10"]["value"] == 0.3
     assert version.config["name"] == "movies"
@@ -231,7 +202,7 @@ REFUSALS: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "unknown candidate": (lambda st: {"blessing": {"candidate": "ease"}},
                           r"blessed candidate 'ease' is not in the train artifact .* \(it has: counts\)"),
     "other model type": (lambda st: {"blessing": {"model_type": "ease"}},
-                         r"blessing is for a 'ease' model, but candidate 'counts' .* is a 'publish_test_counts' model"),
+                         r"blessing is for a 'ease' model, but candidate 'counts' .* is a 'test_counts' model"),
     "other model name": (lambda st: {"blessing": {"model_name": "books"}},
                          r"blessing is for model 'books', but this pipeline publishes 'movies'"),
     "metrics from another split": (lambda st: {"metrics": {"split_fingerprint": "fp-older-split"}},
@@ -308,7 +279,7 @@ def test_bundle_that_verifies_but_does_not_load_is_refused(file_store: FileStore
     cfg_hash = make_config(store).config_hash()
     with ArtifactWriter(store, "runs/r1/train", "train", "r1", cfg_hash, parents=[store.uri("runs/r1/preprocess")]) as w:
         w.add_dir("counts", bad)
-        w.summary["candidates"] = {"counts": {"type": "publish_test_counts"}}
+        w.summary["candidates"] = {"counts": {"type": "test_counts"}}
     with pytest.raises(ArtifactError, match=r"cannot publish candidate 'counts': .*arrays.safetensors cannot be read"):
         publish(store, "r1")
     assert alias_bytes(store) is None

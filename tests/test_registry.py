@@ -8,61 +8,23 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pytest
+from helpers import fit_counts
 
-from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ArtifactError, ConfigError, RecloopError, StoreError
-from recloop.models.base import FitContext, ModelConfig, Recommender
-from recloop.models.registry import register
+from recloop.models.base import Recommender
 from recloop.registry import AliasConflict, ModelRegistry, VersionSource, list_models
 from recloop.store import FileStore
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-# ---------------------------------------------------------------------------------------------- a tiny model
-
-
-class CountsConfig(ModelConfig):
-    type: Literal["registry_test_counts"] = "registry_test_counts"
-
-
-@register("registry_test_counts", CountsConfig)
-class CountsModel(Recommender):
-    """Test-only recommender: items ranked by their weighted interaction count (plus a tie-breaking jitter)."""
-
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> CountsModel:
-        self._remember(train)
-        rng = np.random.default_rng(self.config.seed)
-        counts = np.bincount(train.item, weights=train.weight, minlength=train.n_items)
-        self.counts = (counts + rng.random(train.n_items) * 0.01).astype(np.float32)
-        return self
-
-    def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
-        return np.tile(self.counts, (len(histories), 1))
-
-    def _state(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts}
-
-    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.counts = arrays["counts"]
-
-
-def fit_model(seed: int, n_users: int = 6, n_items: int = 12) -> CountsModel:
-    rng = np.random.default_rng(seed)
-    users = np.repeat(np.arange(n_users), 5)
-    items = rng.integers(0, n_items, size=len(users))
-    train = Interactions.from_arrays(users, items, n_users=n_users, n_items=n_items)
-    return CountsModel(CountsConfig(seed=seed)).fit(train)
-
-
 def make_source(tmp: Path, seed: int, run_id: str | None = None) -> VersionSource:
-    bundle = fit_model(seed).save(tmp / f"bundle-{seed}")
-    return VersionSource(bundle_dir=bundle, candidate="counts", model_type="registry_test_counts",
+    bundle = fit_counts(seed).save(tmp / f"bundle-{seed}")
+    return VersionSource(bundle_dir=bundle, candidate="counts", model_type="test_counts",
                          run_id=run_id or f"run-{seed}",
                          metrics={"split_fingerprint": f"fp{seed}", "candidates": {"counts": {"metrics": {
                              "ndcg@10": {"value": 0.1 * seed, "ci_low": 0.1 * seed - 0.05, "ci_high": 0.1 * seed + 0.05},
@@ -118,7 +80,7 @@ def test_register_numbers_versions_and_stores_everything(store, tmp_path: Path) 
     assert [v.version for v in reg.list_versions()] == [1, 2]
     listed = reg.list_versions()[1]
     assert (listed.candidate, listed.model_type, listed.run_id, listed.actor) == (
-        "counts", "registry_test_counts", "run-2", "alice")
+        "counts", "test_counts", "run-2", "alice")
     assert listed.split_fingerprint == "fp2" and listed.primary_value == pytest.approx(0.2)
     assert listed.uri == store.uri("models/movies/v2")
     full = reg.get(2)
@@ -128,7 +90,7 @@ def test_register_numbers_versions_and_stores_everything(store, tmp_path: Path) 
     assert list_models(store) == ["movies"]
     # the stored bundle is the saved model, byte for byte loadable
     model = Recommender.load(reg.download(2, tmp_path / "dl"))
-    np.testing.assert_array_equal(model.counts, fit_model(2).counts)
+    np.testing.assert_array_equal(model.counts, fit_counts(2).counts)
     with pytest.raises(ArtifactError, match=r"has no version 7 .*versions: v1, v2"):
         reg.get(7)
     with pytest.raises(ConfigError, match="not a valid registry model name"):
@@ -346,7 +308,7 @@ def test_rollback_restores_previous_recommendations_exactly(store, tmp_path: Pat
     for seed in (1, 2):
         reg.register(make_source(tmp_path, seed))
     users = np.arange(6)
-    expected = {seed: fit_model(seed).recommend(users=users, k=5) for seed in (1, 2)}
+    expected = {seed: fit_counts(seed).recommend(users=users, k=5) for seed in (1, 2)}
     assert not np.array_equal(expected[1].ids, expected[2].ids)  # the versions really differ
 
     def production_recs(where: str):
