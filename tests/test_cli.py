@@ -17,6 +17,7 @@ from conftest import S3Server
 from recloop.artifacts import Artifact
 from recloop.cli import main
 from recloop.commands import step as step_cmd
+from recloop.console import ProgressBars
 from recloop.steps.base import STEP_MODULES
 from recloop.store import FileStore
 
@@ -211,7 +212,7 @@ def test_progress_bars_appear_only_for_slow_work() -> None:
     from rich.console import Console
 
     console = Console(file=io.StringIO(), force_terminal=True, width=100)
-    with step_cmd.DelayedProgress(console, delay_s=0.2) as progress:
+    with ProgressBars(console, delay_s=0.2, hide_finished=True) as progress:
         fast = progress("fast work", total=3)
         for _ in range(3):
             fast(1)
@@ -227,12 +228,26 @@ def test_progress_bars_appear_only_for_slow_work() -> None:
     assert tasks["slow work"].completed == 2
 
 
+def test_run_progress_bars_show_at_once_and_stay_until_the_end() -> None:
+    """`recloop run`'s bars: no delay, and a finished bar stays until the run ends."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with ProgressBars(console) as progress:
+        advance = progress("work", total=2)
+        visible_before_any_work = progress.bars.tasks[0].visible
+        advance(2)
+        task = progress.bars.tasks[0]
+    assert visible_before_any_work is True
+    assert task.visible is True and task.finished
+
+
 def test_progress_is_quiet_off_a_terminal() -> None:
     from rich.console import Console
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=False)
-    with step_cmd.DelayedProgress(console, delay_s=0.0) as progress:
+    with ProgressBars(console, delay_s=0.0) as progress:
         advance = progress("work", total=2)
         advance(1)
         advance(1)

@@ -2,29 +2,63 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+import time
+from typing import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
-@contextlib.contextmanager
-def progress_bars(console: Console) -> Iterator[Callable[[str, float | None], Callable[[float], None]]]:
-    """Yields `start(description, total) -> advance(n)`; bars render only on a terminal."""
-    with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
-                  disable=not console.is_terminal) as bars:
+class ProgressBars:
+    """`StepContext.progress` backed by rich bars: `with ProgressBars(console) as progress:` then
+    `advance = progress(description, total)` and `advance(n)`. Off a terminal (CI, container logs) no bars
+    are drawn; all bars go when the block ends.
 
-        def start(description: str, total: float | None = None) -> Callable[[float], None]:
-            task = bars.add_task(description, total=total)
+    `delay_s`: a task's bar appears only once the task has run that long (short work stays quiet); 0 shows
+    it at once. `hide_finished`: a bar disappears when its task reaches its total, instead of staying until
+    the block ends. `time_remaining`: add an estimated-time-left column.
+    """
 
-            def advance(n: float = 1.0) -> None:
-                bars.advance(task, n)
+    def __init__(self, console: Console, *, delay_s: float = 0.0, hide_finished: bool = False,
+                 time_remaining: bool = False):
+        self.delay_s = delay_s
+        self.hide_finished = hide_finished
+        columns = [SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn()]
+        if time_remaining:
+            columns.append(TimeRemainingColumn())
+        self.bars = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
-            return advance
+    def __enter__(self) -> ProgressBars:
+        self.bars.start()
+        return self
 
-        yield start
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def __call__(self, description: str, total: float | None = None) -> Callable[[float], None]:
+        shown = self.delay_s <= 0
+        task = self.bars.add_task(description, total=total, visible=shown)
+        started = time.monotonic()
+
+        def advance(n: float = 1.0) -> None:
+            nonlocal shown
+            self.bars.advance(task, n)
+            if not shown and time.monotonic() - started >= self.delay_s:
+                shown = True
+                self.bars.update(task, visible=True)
+            if self.hide_finished and total is not None and self.bars.tasks[task].completed >= total:
+                self.bars.update(task, visible=False)
+
+        return advance
 
 
 def _fmt_metric(entry: object) -> str:

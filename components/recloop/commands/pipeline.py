@@ -67,16 +67,15 @@ def demo(
 def _run_and_report(cfg, run_id: str, params) -> None:
     from rich.console import Console
 
-    from recloop.console import progress_bars
+    from recloop.console import ProgressBars, print_pipeline_summary
     from recloop.pipeline import run_pipeline
-    from recloop.console import print_pipeline_summary
     from recloop.steps.base import StepContext
     from recloop.store import open_store
 
     console = Console()
     store = open_store(cfg.store)
     console.print(f"[bold]recloop run[/] {cfg.name} · run id [cyan]{run_id}[/] · store {cfg.store.root}")
-    with progress_bars(console) as bars:
+    with ProgressBars(console) as bars:
         ctx = StepContext(config=cfg, store=store, run_id=run_id, params=params,
                           log=lambda msg: console.log(msg, highlight=False), progress=bars)
 

@@ -15,7 +15,7 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from typer.core import TyperCommand
@@ -30,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Progress bars appear only for work still going after this long (short steps stay quiet).
+# Progress bars appear only for work still going after this long (short steps stay quiet), and go when done.
 PROGRESS_DELAY_S = 1.0
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline config YAML file.",
@@ -140,52 +140,6 @@ def check_run_id(run_id: str) -> str:
 # -------------------------------------------------------------------------------------------- output
 
 
-class DelayedProgress:
-    """`StepContext.progress` backed by rich bars that appear once a task has run PROGRESS_DELAY_S.
-
-    Off a terminal (CI, container logs) no bars are drawn.
-    """
-
-    def __init__(self, console: Console, delay_s: float = PROGRESS_DELAY_S):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.delay_s = delay_s
-        self.bars = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                             console=console, transient=True, disable=not console.is_terminal)
-
-    def __enter__(self) -> DelayedProgress:
-        self.bars.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bars.stop()
-
-    def __call__(self, description: str, total: float | None = None) -> Callable[[float], None]:
-        task = self.bars.add_task(description, total=total, visible=False)
-        started = time.monotonic()
-        shown = False
-
-        def advance(n: float = 1.0) -> None:
-            nonlocal shown
-            self.bars.advance(task, n)
-            if not shown and time.monotonic() - started >= self.delay_s:
-                shown = True
-                self.bars.update(task, visible=True)
-            if total is not None and self.bars.tasks[task].completed >= total:
-                self.bars.update(task, visible=False)
-
-        return advance
-
-
 def _short(value: Any, width: int = 100) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -211,6 +165,7 @@ def run_one(name: str, config: Path, run_id: str, since: str | None, force: bool
     from rich.console import Console
 
     from recloop import config as config_mod
+    from recloop.console import ProgressBars
     from recloop.errors import RecloopError
     from recloop.steps.base import RunParams, StepContext, default_inputs, load_step, run_step
     from recloop.store import open_store
@@ -238,7 +193,7 @@ def run_one(name: str, config: Path, run_id: str, since: str | None, force: bool
         err.print(message, markup=False, highlight=False, soft_wrap=True)
 
     started = time.monotonic()
-    with DelayedProgress(err) as progress:
+    with ProgressBars(err, delay_s=PROGRESS_DELAY_S, hide_finished=True, time_remaining=True) as progress:
         ctx = StepContext(config=cfg, store=store, run_id=run_id, params=params, log=log, progress=progress)
         # Defaults fill the roles not overridden: a container may be handed just some URIs.
         resolved = {**default_inputs(ctx, spec), **input_uris}
