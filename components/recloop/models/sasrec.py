@@ -66,6 +66,18 @@ class TextSASRecConfig(SASRecConfig):
         "(cosine to the recent history's, learned weight); 0 turns text matching off.")
     text_match_half_life: float = Field(
         1.0, gt=0, description="Text matching: recency half-life of history items, in events.")
+    lm_finetune: Literal["auto", "off", "top_layers", "lora"] = Field(
+        "auto", description="Fine-tune the text encoder on the next-item loss: its last `lm_layers` layers "
+        "(top_layers), or LoRA adapters on them (lora, needs peft). 'auto' = top_layers when training on "
+        "CUDA, off on CPU (re-encoding texts with gradients is slow there).")
+    lm_layers: int = Field(1, ge=1, le=48, description="Encoder layers (from the top) tuned or given adapters.")
+    lm_lr: float = Field(2e-5, gt=0, description="Learning rate of the tuned encoder weights.")
+    lm_items_per_step: int = Field(
+        128, ge=1, le=65536, description="Items re-encoded with gradients per training step (the step's "
+        "targets, sampled); the rest use the catalog table, re-encoded after each epoch.")
+    lora_rank: int = Field(8, ge=1, le=256)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 def _device(name: str) -> str:
@@ -137,6 +149,14 @@ def _standardized(embeddings: np.ndarray) -> np.ndarray:
     return (centred / np.maximum(centred.std(axis=0, keepdims=True), 1e-6)).astype(np.float32)
 
 
+def _tuning_mode(cfg: SASRecConfig, device: str) -> str:
+    """The encoder fine-tuning this fit does: 'off', 'top_layers' or 'lora' ('auto' decided by device)."""
+    mode = getattr(cfg, "lm_finetune", "off")
+    if mode == "auto":
+        return "top_layers" if device.startswith("cuda") else "off"
+    return mode
+
+
 def _principal_directions(embeddings: np.ndarray, dims: int) -> np.ndarray:
     """(n, dims) unit vectors: each embedding centred and projected on the catalog's leading principal axes.
 
@@ -181,6 +201,9 @@ class SASRec(Recommender):
         self.best_epoch = 0
         self.epochs_trained = 0
         self.best_valid_ndcg = float("nan")
+        self.lm_finetune = "off"
+        # Encoder weights changed by fine-tuning (by parameter name); saved with the model.
+        self.encoder_tuning: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ network
     def _build(self):
@@ -249,10 +272,18 @@ class SASRec(Recommender):
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         device = _device(cfg.device)
+        tuner = None
+        self.lm_finetune = _tuning_mode(cfg, device) if self.uses_text else "off"
         if self.uses_text:
             embeddings = embed_item_texts(cfg.encoder, context, train.n_items)
             self.text_embeddings = _standardized(embeddings)
             self.text_match = _principal_directions(embeddings, cfg.text_match_dims) if cfg.text_match_dims else None
+            if self.lm_finetune != "off":
+                tuner = self._encoder_tuner(context, train.n_items, device)
+                # Fresh encodings are standardized like the initial ones, with the initial statistics.
+                text_mean = torch.from_numpy(embeddings.mean(axis=0)).to(device)
+                text_std = torch.from_numpy(np.maximum((embeddings - embeddings.mean(axis=0)).std(axis=0),
+                                                       1e-6)).to(device)
         counts = np.bincount(train.item, minlength=train.n_items)
         self.known_items = np.concatenate([[0.0], (counts > 0).astype(np.float32)]).astype(np.float32)
         net = self._build()
@@ -262,7 +293,11 @@ class SASRec(Recommender):
         # would teach the model to push every never-seen item down (bad for cold start).
         known_mask = torch.from_numpy(self.known_items[1:] > 0).to(device)
         known_ids = torch.nonzero(known_mask).squeeze(1) + 1
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = [{"params": list(net.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+        if tuner is not None:
+            groups.append({"params": tuner.parameters(), "lr": cfg.lm_lr, "base_lr": cfg.lm_lr, "weight_decay": 0.0})
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trained = [p for group in groups for p in group["params"]]
         log = context.log if context else (lambda _msg: None)
         stopper = EarlyStopping(patience=cfg.patience)
         best_state = None
@@ -279,16 +314,19 @@ class SASRec(Recommender):
             total, steps = 0.0, 0
             for inputs, targets in self._training_batches(windows, rng):
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * schedule(step)
+                    group["lr"] = group["base_lr"] * schedule(step)
                 x = torch.from_numpy(inputs).to(device)
                 y = torch.from_numpy(targets).to(device)
+                # Every position with a real input predicts the item after it.
+                mask = (x > 0) & (y > 0)
                 opt.zero_grad()
                 with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                                     enabled=cfg.mixed_precision):
-                    table = net.items.all_items()
+                    text = None
+                    if tuner is not None:
+                        text = self._text_with_fresh_rows(net, tuner, y[mask], text_mean, text_std, rng)
+                    table = net.items.all_items(text)
                     hidden = net(x, table)
-                # Every position with a real input predicts the item after it.
-                mask = (x > 0) & (y > 0)
                 h, t = hidden[mask].float(), y[mask]
                 table = table.float()
                 low = torch.bfloat16 if cfg.mixed_precision else None
@@ -305,17 +343,24 @@ class SASRec(Recommender):
                                                                                     device=device))
                     loss_t.backward()
                     loss = float(loss_t.detach())
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                torch.nn.utils.clip_grad_norm_(trained, 5.0)
                 opt.step()
                 total += loss
                 steps += 1
                 step += 1
+            if tuner is not None:
+                # The catalog table catches up with the encoder (validation and scoring read it).
+                with torch.no_grad():
+                    fresh = (tuner.encode_all().to(device) - text_mean) / text_std
+                    net.items.text[1:] = fresh.to(net.items.text.dtype)
             msg = f"{cfg.candidate_name} epoch {epoch}: loss {total / max(steps, 1):.4f}"
             if valid is not None and len(valid) and epoch % cfg.eval_every == 0:
                 ndcg = ndcg_at_k(self.score_histories, histories, valid, k=10)
                 msg += f", valid ndcg@10 {ndcg:.4f}"
                 if stopper.update(ndcg, epoch):
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                    if tuner is not None:
+                        self.encoder_tuning = tuner.trained_state()
                 if context and context.progress:
                     context.progress("train", epoch / cfg.epochs, {"epoch": epoch, "loss": total / max(steps, 1),
                                                                    "ndcg@10": ndcg})
@@ -328,11 +373,40 @@ class SASRec(Recommender):
                 break
         if best_state is not None:
             net.load_state_dict(best_state)
+        elif tuner is not None:
+            self.encoder_tuning = tuner.trained_state()
+        if tuner is not None:
+            self.text_embeddings = net.items.text[1:].detach().float().cpu().numpy()
         self.epochs_trained = epoch
         self.best_epoch = stopper.best_epoch or epoch
         self.best_valid_ndcg = float(stopper.best) if best_state is not None else float("nan")
         net.eval()
         return self
+
+    def _encoder_tuner(self, context: FitContext | None, n_items: int, device: str):
+        from recloop.models.lm_tuning import EncoderTuner
+
+        cfg = self.config
+        texts = context.items.texts if context is not None else None
+        if texts is None or len(texts) != n_items:
+            raise ValueError("lm_finetune needs the item texts (configure data.items with a text template)")
+        tuner = EncoderTuner(cfg.encoder, texts, self.lm_finetune, cfg.lm_layers, device, cfg.lora_rank,
+                             cfg.lora_alpha, cfg.lora_dropout)
+        if context is not None:
+            context.log(f"{cfg.candidate_name}: fine-tuning the text encoder ({self.lm_finetune}, last "
+                        f"{cfg.lm_layers} layer(s), {sum(p.numel() for p in tuner.parameters()):,} weights)")
+        return tuner
+
+    def _text_with_fresh_rows(self, net, tuner, targets, text_mean, text_std, rng: np.random.Generator):
+        """The catalog text table with the step's target items (at most lm_items_per_step) re-encoded."""
+        import torch
+
+        ids = torch.unique(targets)
+        if len(ids) > self.config.lm_items_per_step:
+            pick = rng.choice(len(ids), self.config.lm_items_per_step, replace=False)
+            ids = ids[torch.from_numpy(np.sort(pick)).to(ids.device)]
+        fresh = (tuner.encode(ids - 1).to(text_mean.device) - text_mean) / text_std
+        return net.items.text.index_copy(0, ids, fresh.to(net.items.text.dtype))
 
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
         import torch
@@ -364,11 +438,16 @@ class SASRec(Recommender):
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
-        return {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        state.update({f"encoder.{k}": v for k, v in self.encoder_tuning.items()})
+        return state
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         import torch
 
+        self.encoder_tuning = {k[len("encoder."):]: np.asarray(v) for k, v in arrays.items()
+                               if k.startswith("encoder.")}
+        arrays = {k: v for k, v in arrays.items() if k.startswith("net.")}
         if self.uses_text:
             self.text_embeddings = arrays["net.items.text"][1:].astype(np.float32)
             match = arrays.get("net.items.match")
@@ -381,9 +460,10 @@ class SASRec(Recommender):
 
     def _extra_manifest(self) -> dict:
         return {"best_epoch": self.best_epoch, "epochs_trained": self.epochs_trained,
-                "best_valid_ndcg": self.best_valid_ndcg}
+                "best_valid_ndcg": self.best_valid_ndcg, "lm_finetune": self.lm_finetune}
 
     def _load_extra(self, extra: dict) -> None:
+        self.lm_finetune = str(extra.get("lm_finetune", "off"))
         self.best_epoch = int(extra.get("best_epoch", 0))
         self.epochs_trained = int(extra.get("epochs_trained", 0))
         self.best_valid_ndcg = float(extra.get("best_valid_ndcg", float("nan")))

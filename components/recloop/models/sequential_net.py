@@ -61,12 +61,16 @@ class ItemRepresentation(nn.Module):
         # 1 for items that had training interactions (their ID vector is learned), else 0.
         self.register_buffer("known", torch.ones(n_items + 1), persistent=True)
 
-    def all_items(self) -> torch.Tensor:
-        """(n_items + 1, dim [+ match dims]) representations; row 0 (padding) is zero."""
+    def all_items(self, text: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_items + 1, dim [+ match dims]) representations; row 0 (padding) is zero.
+
+        `text` replaces the stored (n_items + 1, text dim) text embeddings for this call: while the text
+        encoder is being fine-tuned, some rows are fresh encodings that carry gradients to it.
+        """
         rep = 0
         has_id = torch.zeros(self.n_items + 1, 1, device=self.known.device)
         if self.use_text:
-            rep = self.project(self.text)
+            rep = self.project(self.text if text is None else text)
             rep = rep * (torch.arange(rep.shape[0], device=rep.device) > 0).unsqueeze(1).to(rep.dtype)
         if self.use_id:
             has_id = self.known.unsqueeze(1)
