@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/serve.py
 
-# Model quality on MovieLens (leave-last-out, full ranking); a few minutes on 2 cores.
+# Model quality on MovieLens (leave-last-out, full ranking); the run takes 9–14 min on 2 cores.
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
 
