@@ -116,8 +116,7 @@ def test_tuned_catalog_table_is_the_tuned_encoders_output(tiny_encoder: str) -> 
     assert not unexpected
     tuned = encoder.encode(ITEM_TEXTS)
     assert not np.allclose(tuned, frozen, atol=1e-4)
-    mean, std = frozen.mean(axis=0), np.maximum((frozen - frozen.mean(axis=0)).std(axis=0), 1e-6)
-    np.testing.assert_allclose(model.text_embeddings, (tuned - mean) / std, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(model.text_embeddings, _standardized(tuned), rtol=1e-3, atol=1e-3)
     assert not np.allclose(model.text_embeddings, _standardized(frozen), atol=1e-3)
 
 
@@ -165,3 +164,41 @@ def test_tuning_without_item_texts_is_a_clear_error(tiny_encoder: str) -> None:
     context = FitContext(items=ItemSide(embeddings=np.eye(N_ITEMS, 8, dtype=np.float32)), log=lambda _m: None)
     with pytest.raises(ValueError, match="lm_finetune needs the item texts"):
         _tuned(tiny_encoder, lm_finetune="top_layers", epochs=1).fit(train, None, context)
+
+
+def test_a_training_step_scores_with_the_catalog_values_and_trains_the_encoder(tiny_encoder: str) -> None:
+    """The rows re-encoded for a step must not differ in value from the other items' (that would tell the
+    model which items are the targets), while their gradient reaches the tuned encoder weights."""
+    import torch
+
+    from recloop.models.lm_tuning import EncoderTuner
+
+    train = two_block_interactions()
+    model = _tuned(tiny_encoder, lm_finetune="top_layers", lm_layers=1, epochs=1, patience=1)
+    model.fit(train, None, text_context())
+    net = model.net
+    tuner = EncoderTuner(EncoderConfig(path=tiny_encoder), ITEM_TEXTS, "top_layers", 1, "cpu")
+    mean, std = torch.zeros(32), torch.full((32,), 0.5)
+    targets = torch.tensor([3, 5, 5, 12])  # item ids + 1
+    text = model._text_with_fresh_rows(net, tuner, targets, mean, std, np.random.default_rng(0))
+    assert torch.equal(text.detach(), net.items.text)
+    text[[3, 5, 12]].sum().backward()
+    grads = [p.grad for p in tuner.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    assert net.items.text.grad is None
+
+
+def test_first_epoch_trains_the_network_exactly_as_with_a_frozen_encoder(tiny_encoder: str) -> None:
+    """Tuning must not change what the network sees before the first re-encoding: a step's values are the
+    table's (fresh values for the targets only would tell the model which items are the targets)."""
+    train = two_block_interactions()
+    # No randomness in the network (the encoder's own dropout draws would shift its dropout masks).
+    # Several steps: the text projection's output layer starts at zero, so the first step's encoder gradient is 0.
+    same = {"epochs": 1, "patience": 1, "dropout": 0.0, "id_dropout": 0.0, "lm_lr": 1e-2, "batch_size": 4}
+    frozen = _tuned(tiny_encoder, lm_finetune="off", **same).fit(train, None, text_context())
+    tuned = _tuned(tiny_encoder, lm_finetune="top_layers", **same).fit(train, None, text_context())
+    a, b = frozen.net.state_dict(), tuned.net.state_dict()
+    for name in a:
+        if name != "items.text":  # re-encoded after the epoch by the (changed) encoder
+            np.testing.assert_allclose(b[name].numpy(), a[name].numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not np.allclose(b["items.text"].numpy(), a["items.text"].numpy(), atol=1e-3)

@@ -157,6 +157,12 @@ def _tuning_mode(cfg: SASRecConfig, device: str) -> str:
     return mode
 
 
+def _catalog_statistics(embeddings):
+    """(mean, std) per dimension over the catalog, as `_standardized` uses them (torch tensors)."""
+    mean = embeddings.mean(dim=0)
+    return mean, (embeddings - mean).std(dim=0, unbiased=False).clamp(min=1e-6)
+
+
 def _principal_directions(embeddings: np.ndarray, dims: int) -> np.ndarray:
     """(n, dims) unit vectors: each embedding centred and projected on the catalog's leading principal axes.
 
@@ -280,10 +286,9 @@ class SASRec(Recommender):
             self.text_match = _principal_directions(embeddings, cfg.text_match_dims) if cfg.text_match_dims else None
             if self.lm_finetune != "off":
                 tuner = self._encoder_tuner(context, train.n_items, device)
-                # Fresh encodings are standardized like the initial ones, with the initial statistics.
-                text_mean = torch.from_numpy(embeddings.mean(axis=0)).to(device)
-                text_std = torch.from_numpy(np.maximum((embeddings - embeddings.mean(axis=0)).std(axis=0),
-                                                       1e-6)).to(device)
+                # The table is always the encoder's output standardized over the catalog; these are the
+                # statistics of the table now in use (re-computed at each re-encoding).
+                text_mean, text_std = _catalog_statistics(torch.from_numpy(embeddings).to(device))
         counts = np.bincount(train.item, minlength=train.n_items)
         self.known_items = np.concatenate([[0.0], (counts > 0).astype(np.float32)]).astype(np.float32)
         net = self._build()
@@ -297,7 +302,6 @@ class SASRec(Recommender):
         if tuner is not None:
             groups.append({"params": tuner.parameters(), "lr": cfg.lm_lr, "base_lr": cfg.lm_lr, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        trained = [p for group in groups for p in group["params"]]
         log = context.log if context else (lambda _msg: None)
         stopper = EarlyStopping(patience=cfg.patience)
         best_state = None
@@ -343,17 +347,27 @@ class SASRec(Recommender):
                                                                                     device=device))
                     loss_t.backward()
                     loss = float(loss_t.detach())
-                torch.nn.utils.clip_grad_norm_(trained, 5.0)
+                # Clipped apart: the encoder's gradient norm (through the standardization) can be far larger
+                # than the network's, and one shared norm would scale the network's updates down to nothing.
+                for group in groups:
+                    torch.nn.utils.clip_grad_norm_(group["params"], 5.0)
                 opt.step()
                 total += loss
                 steps += 1
                 step += 1
-            if tuner is not None:
-                # The catalog table catches up with the encoder (validation and scoring read it).
-                with torch.no_grad():
-                    fresh = (tuner.encode_all().to(device) - text_mean) / text_std
-                    net.items.text[1:] = fresh.to(net.items.text.dtype)
             msg = f"{cfg.candidate_name} epoch {epoch}: loss {total / max(steps, 1):.4f}"
+            if tuner is not None:
+                # The catalog table catches up with the encoder (validation and scoring read it). Standardizing
+                # anew keeps a shift or rescaling common to every item (which a few Adam steps on the
+                # encoder easily cause) from moving the whole table away from what the network has learned.
+                with torch.no_grad():
+                    encoded = tuner.encode_all().to(device)
+                    text_mean, text_std = _catalog_statistics(encoded)
+                    fresh = ((encoded - text_mean) / text_std).to(net.items.text.dtype)
+                    drift = float(torch.linalg.vector_norm(fresh - net.items.text[1:], dim=1).mean()
+                                  / torch.linalg.vector_norm(net.items.text[1:], dim=1).mean().clamp(min=1e-12))
+                    net.items.text[1:] = fresh
+                msg += f", text table moved {drift:.3f}"
             if valid is not None and len(valid) and epoch % cfg.eval_every == 0:
                 ndcg = ndcg_at_k(self.score_histories, histories, valid, k=10)
                 msg += f", valid ndcg@10 {ndcg:.4f}"
@@ -398,15 +412,23 @@ class SASRec(Recommender):
         return tuner
 
     def _text_with_fresh_rows(self, net, tuner, targets, text_mean, text_std, rng: np.random.Generator):
-        """The catalog text table with the step's target items (at most lm_items_per_step) re-encoded."""
+        """The catalog text table, whose rows for the step's target items (at most lm_items_per_step) carry
+        gradients to the tuned encoder.
+
+        Their values stay the table's: only the gradient is the fresh encoding's (value + (fresh - fresh
+        detached)). Fresh values would mark exactly the targets as different from every other item (newer
+        weights, dropout noise, amplified by the standardization), and the model learns that mark instead of
+        taste: on MovieLens validation NDCG@10 fell from ~0.07 to ~0.01.
+        """
         import torch
 
         ids = torch.unique(targets)
         if len(ids) > self.config.lm_items_per_step:
             pick = rng.choice(len(ids), self.config.lm_items_per_step, replace=False)
             ids = ids[torch.from_numpy(np.sort(pick)).to(ids.device)]
-        fresh = (tuner.encode(ids - 1).to(text_mean.device) - text_mean) / text_std
-        return net.items.text.index_copy(0, ids, fresh.to(net.items.text.dtype))
+        fresh = ((tuner.encode(ids - 1).to(text_mean.device) - text_mean) / text_std).to(net.items.text.dtype)
+        rows = net.items.text[ids] + (fresh - fresh.detach())
+        return net.items.text.index_copy(0, ids, rows)
 
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
         import torch
