@@ -91,6 +91,8 @@ COLD_GRIDS: dict[str, list[dict[str, Any]]] = {
     # Text matching (text_match_dims) on; ID dropout decides how much the model learns to rank from text.
     "text_sasrec": [{**SEQUENTIAL_PARAMS, "text_match_dims": 64, "id_dropout": d} for d in (0.1, 0.5)],
 }
+# `--tune-encoder`: text_sasrec as chosen, with its text encoder fine-tuned too (an extra row, no checks).
+TUNED = "text_sasrec/tuned"
 COLD_PROXY_SHARE = 0.2
 COLD_PROXY_SEED = 1
 # Cold-start hits in the top 10 are rare for every model (a handful among ~130 users: one hit more or less
@@ -348,7 +350,7 @@ def _ranks(scores: np.ndarray, histories, targets: np.ndarray) -> np.ndarray:
 
 
 def cold_start(config_path: Path, store_root: Path, share: float, families: list[str],
-               log: Callable[[str], None]) -> dict[str, ColdResult]:
+               log: Callable[[str], None], tune_encoder: str | None = None) -> dict[str, ColdResult]:
     """Hold `share` of the items out of training; choose each family's cold-start settings on a validation
     proxy, refit on the whole cold-start split and measure the evaluate step's cold-start segment (same full
     ranking, only targets on held-out items count)."""
@@ -367,6 +369,9 @@ def cold_start(config_path: Path, store_root: Path, share: float, families: list
     log(f"cold start: {int(cold_mask.sum())} of {split.n_items} items ({share:.0%}) held out of training; "
         f"{len(rows)} of {len(queries)} test users have a cold-start test item")
     chosen = choose_cold_settings(families, data, log)
+    if tune_encoder and "text_sasrec" in chosen:
+        family, params, _ = chosen["text_sasrec"]
+        chosen[TUNED] = (family, {**params, "lm_finetune": tune_encoder}, float("nan"))
     out: dict[str, ColdResult] = {}
     context = fit_context(data)
     for label, (family, params, proxy_score) in chosen.items():
@@ -435,15 +440,16 @@ def _format_params(params: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, Result], ease_reference: float | None) -> str:
-    head = (f"{'model':<11} {'chosen on valid':<58} {'valid':>7} {'NDCG@10':>8} {'HR@10':>7} {'MRR@10':>7} "
+    w = max([11] + [len(r.family) for r in results.values()])
+    head = (f"{'model':<{w}} {'chosen on valid':<58} {'valid':>7} {'NDCG@10':>8} {'HR@10':>7} {'MRR@10':>7} "
             f"{'train s':>8} {'score s':>8}")
     lines = [head, "-" * len(head)]
     for r in results.values():
-        lines.append(f"{r.family:<11} {_params(r.params):<58} {r.valid_ndcg:7.4f} {r.test[f'ndcg@{K}']:8.4f} "
+        lines.append(f"{r.family:<{w}} {_params(r.params):<58} {r.valid_ndcg:7.4f} {r.test[f'ndcg@{K}']:8.4f} "
                      f"{r.test[f'hr@{K}']:7.4f} {r.test[f'mrr@{K}']:7.4f} {r.train_seconds:8.1f} "
                      f"{r.score_seconds:8.2f}")
     if ease_reference is not None:
-        lines.append(f"{'ease-numpy':<11} {'reference closed form, same lambda':<58} {'':>7} {ease_reference:8.4f}")
+        lines.append(f"{'ease-numpy':<{w}} {'reference closed form, same lambda':<58} {'':>7} {ease_reference:8.4f}")
     if any(_params(r.params).startswith("SEQ") for r in results.values()):
         lines.append(f"SEQ = {_format_params(SEQUENTIAL_PARAMS)}")
     return "\n".join(lines)
@@ -459,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="bench store (artifacts and the item-text embedding cache are reused across runs)")
     parser.add_argument("--cold-share", type=float, default=DEFAULT_COLD_SHARE,
                         help="share of items held out of training for the cold-start comparison (0 = skip)")
+    parser.add_argument("--tune-encoder", choices=("top_layers", "lora"),
+                        help="also run text_sasrec with its text encoder fine-tuned (lm_finetune; about 10x the "
+                             "training time on a CPU), as an extra row of both tables")
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.models.split(",") if f.strip()]
     unknown = [f for f in families if f not in GRIDS]
@@ -490,11 +499,17 @@ def main(argv: list[str] | None = None) -> int:
             ref_metrics, _ = test_metrics(queries, ease_reference_scores(data.train, model.config.l2))
             ease_reference = ref_metrics[f"ndcg@{K}"]
         del model
+        if family == "text_sasrec" and args.tune_encoder:
+            tuned = {**params, "lm_finetune": args.tune_encoder}
+            model, _, valid, train_seconds, _ = tune(family, [tuned], data, log, context)
+            metrics, score_seconds = test_metrics(queries, model.score_histories)
+            results[TUNED] = Result(TUNED, tuned, valid, metrics, train_seconds, score_seconds)
+            del model
     cold: dict[str, ColdResult] = {}
     cold_families = [f for f in COLD_FAMILIES if f in families]
     if args.cold_share > 0 and any(f in TEXT_FAMILIES for f in cold_families):
         log("")
-        cold = cold_start(args.config, args.store, args.cold_share, cold_families, log)
+        cold = cold_start(args.config, args.store, args.cold_share, cold_families, log, args.tune_encoder)
     log("")
     log(table(results, ease_reference))
     if cold:
