@@ -202,3 +202,14 @@ def test_first_epoch_trains_the_network_exactly_as_with_a_frozen_encoder(tiny_en
         if name != "items.text":  # re-encoded after the epoch by the (changed) encoder
             np.testing.assert_allclose(b[name].numpy(), a[name].numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
     assert not np.allclose(b["items.text"].numpy(), a["items.text"].numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["top_layers", "lora"])
+def test_untrained_tuner_encodes_exactly_like_the_frozen_encoder(tiny_encoder: str, mode: str) -> None:
+    # The catalog table starts from the store's embedding cache (TextEncoder output): before any step the
+    # tuner must agree with it, or the first re-encoding would move every item for no reason.
+    from recloop.models.lm_tuning import EncoderTuner
+
+    tuner = EncoderTuner(EncoderConfig(path=tiny_encoder), ITEM_TEXTS, mode, 1, "cpu")
+    frozen = TextEncoder(EncoderConfig(path=tiny_encoder)).encode(ITEM_TEXTS)
+    np.testing.assert_allclose(tuner.encode_all().numpy(), frozen, rtol=1e-5, atol=1e-6)
