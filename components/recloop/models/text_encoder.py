@@ -157,14 +157,14 @@ class TextEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        # Sorting by length keeps padding (wasted compute) small within a batch.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        bs = self.cfg.batch_size
+        # Tokenized once, then batched by token count: padding (wasted compute) stays smaller than with
+        # batches of similar character length.
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = np.fromiter((len(ids) for ids in tokens["input_ids"]), dtype=np.int64, count=len(texts))
+        order = np.argsort(-lengths, kind="stable")
         with torch.inference_mode():
-            for start in range(0, len(texts), bs):
-                idx = order[start:start + bs]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+            for idx in _length_batches(order, lengths, self.cfg.batch_size):
+                batch = {k: v.to(self.device) for k, v in self._padded(tokens, idx, int(lengths[idx].max())).items()}
                 hidden = self.model(**batch).last_hidden_state
                 emb = self._pool(hidden, batch["attention_mask"])
                 if self.pooling.normalize:
@@ -172,6 +172,25 @@ class TextEncoder:
                 out[idx] = emb.float().cpu().numpy()
                 if progress:
                     progress(len(idx))
+        return out
+
+    def _padded(self, tokens, rows: np.ndarray, width: int) -> dict:
+        """The tokenizer's fields for `rows` as (len(rows), width) tensors, padded on the tokenizer's side."""
+        import torch
+
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0,
+                      "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0)}
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        out = {}
+        for key, values in tokens.items():
+            batch = np.full((len(rows), width), pad_values.get(key, 0), dtype=np.int64)
+            for r, i in enumerate(rows):
+                seq = values[i]
+                if left:
+                    batch[r, width - len(seq):] = seq
+                else:
+                    batch[r, :len(seq)] = seq
+            out[key] = torch.from_numpy(batch)
         return out
 
     def _pool(self, hidden, mask):
@@ -183,6 +202,29 @@ class TextEncoder:
         if self.pooling.mode == "max":
             return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+
+# A batch may hold at most this many padded tokens per real token.
+_MAX_PADDING_RATIO = 1.25
+
+
+def _length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive runs of `order` (longest first) of at most `batch_size` rows, cut early where padding every
+    row to the run's first (longest) row would waste more than _MAX_PADDING_RATIO: a few texts of mixed
+    lengths (an incremental re-embed) then go in several tight batches instead of one mostly-padding one,
+    while a large sorted catalog still fills whole batches."""
+    batches, start = [], 0
+    while start < len(order):
+        width, total, stop = int(lengths[order[start]]), 0, start
+        while stop < len(order) and stop - start < batch_size:
+            nxt = int(lengths[order[stop]])
+            if stop > start and width * (stop - start + 1) > _MAX_PADDING_RATIO * (total + nxt):
+                break
+            total += nxt
+            stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    return batches
 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
