@@ -12,6 +12,7 @@ without gradients after each epoch. Imported only when tuning is on (torch, tran
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal, Sequence
 
 import numpy as np
@@ -124,4 +125,7 @@ def _with_lora(model: nn.Module, layer_path: str, layers: list[int], rank: int, 
     targets = [name for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and name.startswith(prefixes)]
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks transformers for a deprecated attribute (is_gradient_checkpointing); nothing for users to do.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
