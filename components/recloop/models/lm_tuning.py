@@ -40,16 +40,17 @@ def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 class EncoderTuner:
-    """The text encoder with its top `layers` trainable (or LoRA adapters on them), over fixed item texts."""
+    """The text encoder with its top `layers` trainable (or LoRA adapters on them), over fixed item texts.
+
+    Tokenization, padding and pooling are the TextEncoder's own, so an untrained tuner encodes exactly as
+    the frozen encoder (whose output the embedding cache holds) does.
+    """
 
     def __init__(self, encoder_cfg: EncoderConfig, texts: Sequence[str], mode: TuningMode, layers: int,
                  device: str, lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0):
-        base = TextEncoder(encoder_cfg.model_copy(update={"device": device}))
+        self.encoder = TextEncoder(encoder_cfg.model_copy(update={"device": device}))
         self.mode = mode
-        self.device = base.device
-        self.pooling = base.pooling
-        self.batch_size = encoder_cfg.batch_size
-        model = base.model.float()
+        model = self.encoder.model.float()
         layer_path, stack = transformer_layers(model)
         layers = min(layers, len(stack))
         top = list(range(len(stack) - layers, len(stack)))
@@ -61,15 +62,9 @@ class EncoderTuner:
                     p.requires_grad_(True)
         else:
             model = _with_lora(model, layer_path, top, lora_rank, lora_alpha, lora_dropout)
-        self.model = model.to(self.device)
-        # Tokenized once; a batch is cut to its own longest text.
-        texts = [t if isinstance(t, str) and t else " " for t in texts]
-        tokens = base.tokenizer(texts, padding=True, truncation=True, max_length=base.max_length,
-                                return_tensors="pt")
-        self.input_ids = tokens["input_ids"]
-        self.attention_mask = tokens["attention_mask"]
-        self.lengths = self.attention_mask.sum(dim=1)
-        self.extra = {k: v for k, v in tokens.items() if k not in ("input_ids", "attention_mask")}
+        self.model = self.encoder.model = model.to(self.encoder.device)
+        self.texts = list(texts)
+        self.tokens, _ = self.encoder.tokenize(self.texts)
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -79,38 +74,15 @@ class EncoderTuner:
         return {name: p.detach().float().cpu().numpy() for name, p in self.model.named_parameters()
                 if p.requires_grad}
 
-    def _forward(self, rows: torch.Tensor) -> torch.Tensor:
-        width = int(self.lengths[rows].max())
-        batch = {"input_ids": self.input_ids[rows, :width], "attention_mask": self.attention_mask[rows, :width]}
-        batch.update({k: v[rows, :width] for k, v in self.extra.items()})
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if self.pooling.mode == "cls":
-            emb = hidden[:, 0]
-        elif self.pooling.mode == "max":
-            emb = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
-        else:
-            emb = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        if self.pooling.normalize:
-            emb = nn.functional.normalize(emb, p=2, dim=1)
-        return emb
-
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """(len(items), dim) embeddings of these item indices (0-based), with gradients to the tuned weights."""
         self.model.train()
-        return self._forward(items.cpu())
+        return self.encoder.embed_tokens(self.tokens, items.cpu().numpy())
 
     def encode_all(self) -> torch.Tensor:
-        """(n_items, dim) embeddings of every item with the current weights; no gradients, length-sorted."""
+        """(n_items, dim) embeddings of every item with the current weights; no gradients."""
         self.model.eval()
-        order = torch.argsort(self.lengths, descending=True)
-        out = torch.empty(len(order), self.model.config.hidden_size)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                out[rows] = self._forward(rows).float().cpu()
-        return out
+        return torch.from_numpy(self.encoder.encode(self.texts))
 
 
 def _with_lora(model: nn.Module, layer_path: str, layers: list[int], rank: int, alpha: float,

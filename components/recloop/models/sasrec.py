@@ -145,8 +145,14 @@ def _standardized(embeddings: np.ndarray) -> np.ndarray:
     Sentence embeddings of one domain's items share a large common direction and have tiny per-dimension
     spread (~1/sqrt(dim)); a projection learns from them far faster once that is removed.
     """
-    centred = embeddings - embeddings.mean(axis=0, keepdims=True)
-    return (centred / np.maximum(centred.std(axis=0, keepdims=True), 1e-6)).astype(np.float32)
+    mean, std = _catalog_statistics(embeddings)
+    return ((embeddings - mean) / std).astype(np.float32)
+
+
+def _catalog_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of each dimension over the catalog (std floored at 1e-6), float32."""
+    mean = embeddings.mean(axis=0)
+    return mean.astype(np.float32), np.maximum((embeddings - mean).std(axis=0), 1e-6).astype(np.float32)
 
 
 def _tuning_mode(cfg: SASRecConfig, device: str) -> str:
@@ -155,12 +161,6 @@ def _tuning_mode(cfg: SASRecConfig, device: str) -> str:
     if mode == "auto":
         return "top_layers" if device.startswith("cuda") else "off"
     return mode
-
-
-def _catalog_statistics(embeddings):
-    """(mean, std) per dimension over the catalog, as `_standardized` uses them (torch tensors)."""
-    mean = embeddings.mean(dim=0)
-    return mean, (embeddings - mean).std(dim=0, unbiased=False).clamp(min=1e-6)
 
 
 def _principal_directions(embeddings: np.ndarray, dims: int) -> np.ndarray:
@@ -288,7 +288,7 @@ class SASRec(Recommender):
                 tuner = self._encoder_tuner(context, train.n_items, device)
                 # The table is always the encoder's output standardized over the catalog; these are the
                 # statistics of the table now in use (re-computed at each re-encoding).
-                text_mean, text_std = _catalog_statistics(torch.from_numpy(embeddings).to(device))
+                text_mean, text_std = (torch.from_numpy(a).to(device) for a in _catalog_statistics(embeddings))
         counts = np.bincount(train.item, minlength=train.n_items)
         self.known_items = np.concatenate([[0.0], (counts > 0).astype(np.float32)]).astype(np.float32)
         net = self._build()
@@ -361,9 +361,9 @@ class SASRec(Recommender):
                 # anew keeps a shift or rescaling common to every item (which a few Adam steps on the
                 # encoder easily cause) from moving the whole table away from what the network has learned.
                 with torch.no_grad():
-                    encoded = tuner.encode_all().to(device)
-                    text_mean, text_std = _catalog_statistics(encoded)
-                    fresh = ((encoded - text_mean) / text_std).to(net.items.text.dtype)
+                    encoded = tuner.encode_all().numpy()
+                    text_mean, text_std = (torch.from_numpy(a).to(device) for a in _catalog_statistics(encoded))
+                    fresh = torch.from_numpy(_standardized(encoded)).to(device, net.items.text.dtype)
                     drift = float(torch.linalg.vector_norm(fresh - net.items.text[1:], dim=1).mean()
                                   / torch.linalg.vector_norm(net.items.text[1:], dim=1).mean().clamp(min=1e-12))
                     net.items.text[1:] = fresh

@@ -153,26 +153,36 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], progress=None) -> np.ndarray:
         import torch
 
-        texts = [t if isinstance(t, str) and t else " " for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         # Tokenized once, then batched by token count: padding (wasted compute) stays smaller than with
         # batches of similar character length.
-        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        lengths = np.fromiter((len(ids) for ids in tokens["input_ids"]), dtype=np.int64, count=len(texts))
+        tokens, lengths = self.tokenize(texts)
         order = np.argsort(-lengths, kind="stable")
         with torch.inference_mode():
             for idx in _length_batches(order, lengths, self.cfg.batch_size):
-                batch = {k: v.to(self.device) for k, v in self._padded(tokens, idx, int(lengths[idx].max())).items()}
-                hidden = self.model(**batch).last_hidden_state
-                emb = self._pool(hidden, batch["attention_mask"])
-                if self.pooling.normalize:
-                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-                out[idx] = emb.float().cpu().numpy()
+                out[idx] = self.embed_tokens(tokens, idx).float().cpu().numpy()
                 if progress:
                     progress(len(idx))
         return out
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[dict, np.ndarray]:
+        """(the tokenizer's unpadded fields, token count per text); empty texts count as one space."""
+        texts = [t if isinstance(t, str) and t else " " for t in texts]
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = np.fromiter((len(ids) for ids in tokens["input_ids"]), dtype=np.int64, count=len(texts))
+        return tokens, lengths
+
+    def embed_tokens(self, tokens: dict, rows: np.ndarray):
+        """(len(rows), dim) torch embeddings of those rows of `tokenize`'s output: one padded forward pass,
+        pooled and normalized as the model expects. Gradients flow where the caller allows them."""
+        import torch
+
+        width = max(len(tokens["input_ids"][i]) for i in rows)
+        batch = {k: v.to(self.device) for k, v in self._padded(tokens, rows, width).items()}
+        emb = self._pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+        return torch.nn.functional.normalize(emb, p=2, dim=1) if self.pooling.normalize else emb
 
     def _padded(self, tokens, rows: np.ndarray, width: int) -> dict:
         """The tokenizer's fields for `rows` as (len(rows), width) tensors, padded on the tokenizer's side."""
