@@ -287,21 +287,15 @@ class ColdProxy:
 
 
 def cold_proxy(data, share: float, seed: int) -> ColdProxy:
-    from recloop.data.interactions import Interactions
-
     warm = np.flatnonzero(np.bincount(data.train.item, minlength=data.n_items) > 0)
     rng = np.random.default_rng(seed)
     is_proxy = np.zeros(data.n_items, dtype=bool)
     is_proxy[rng.choice(warm, size=int(round(share * len(warm))), replace=False)] = True
 
-    def subset(events, keep):
-        return Interactions(events.user[keep], events.item[keep], events.timestamp[keep], events.weight[keep],
-                            events.n_users, events.n_items)
-
-    train = subset(data.train, ~is_proxy[data.train.item])
+    train = data.train.subset(~is_proxy[data.train.item])
     cold_valid = is_proxy[data.valid.item]
     users = data.valid.user[cold_valid].astype(np.int64)
-    return ColdProxy(train, subset(data.valid, ~cold_valid), train.histories().select(users), users,
+    return ColdProxy(train, data.valid.subset(~cold_valid), train.histories().select(users), users,
                      data.valid.item[cold_valid].astype(np.int64))
 
 

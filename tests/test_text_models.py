@@ -50,8 +50,7 @@ def _cold_split() -> tuple[Interactions, int]:
     full = two_block_interactions()
     cold_item = int(BLOCK_B[-1])
     keep = full.item != cold_item
-    train = Interactions(full.user[keep], full.item[keep], full.timestamp[keep], full.weight[keep],
-                         full.n_users, full.n_items)
+    train = full.subset(keep)
     return train, cold_item
 
 

@@ -40,6 +40,11 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.user)
 
+    def subset(self, keep: np.ndarray) -> Interactions:
+        """The events where the boolean mask `keep` is true; same id spaces."""
+        return Interactions(self.user[keep], self.item[keep], self.timestamp[keep], self.weight[keep],
+                            self.n_users, self.n_items)
+
     @classmethod
     def from_arrays(cls, user: Sequence[int], item: Sequence[int], timestamp: Sequence[int] | None = None,
                     weight: Sequence[float] | None = None, n_users: int | None = None,
