@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recloop.artifacts import ArtifactWriter, run_prefix
+from recloop.artifacts.kinds import TrainedModel
 from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, ModelConfig, Recommender
 from recloop.store import ArtifactStore
@@ -141,14 +142,15 @@ def random_model(train: Interactions, name: str | None = None, seed: int = 0) ->
 
 def write_train(store: ArtifactStore, run_id: str, models: dict[str, Recommender], preprocess_uri: str,
                 tmp: Path, config_hash: str | None = None) -> str:
+    """One committed TrainedModel artifact per candidate under runs/{run}/train/; returns that folder's URI."""
     prefix = run_prefix(run_id, "train")
-    with ArtifactWriter(store, prefix, "train", run_id, config_hash=config_hash, parents=[preprocess_uri]) as w:
-        for name, model in models.items():
-            model.id_map_ref = f"{preprocess_uri}/id_maps"
-            bundle = model.save(tmp / f"bundle-{run_id}-{name}")
-            w.add_dir(name, bundle)
-        w.summary["candidates"] = {name: {"type": m.type_name, "train_seconds": 0.01, "epochs": 1,
-                                          "best_valid_metric": None} for name, m in models.items()}
+    for name, model in models.items():
+        model.id_map_ref = f"{preprocess_uri}/id_maps"
+        bundle = model.save(tmp / f"bundle-{run_id}-{name}")
+        with ArtifactWriter(store, f"{prefix}/{name}", "train", run_id, config_hash=config_hash,
+                            parents=[preprocess_uri]) as w:
+            TrainedModel.write(w, bundle, {"type": model.type_name, "train_seconds": 0.01, "epochs": 1,
+                                           "best_valid_metric": None, "valid_metric": "ndcg@10"})
     return store.uri(prefix)
 
 

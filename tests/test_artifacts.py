@@ -12,8 +12,9 @@ import pytest
 from recloop import config as config_mod
 from recloop.artifacts import MANIFEST, Artifact, ArtifactWriter, Manifest, run_prefix, safe_run_id
 from recloop.errors import ArtifactError
-from recloop.steps import base as steps_base
-from recloop.steps.base import RunParams, StepContext, StepSpec, run_step
+from recloop.artifacts.kinds import ArtifactKind
+from recloop.steps.base import RunParams, StepContext, run_step
+from recloop.steps.graph import Input, Step, find_step
 from recloop.store import FileStore, S3Store
 
 # ---------------------------------------------------------------------------------------------- writer / reader
@@ -181,8 +182,9 @@ def test_run_ids_become_safe_path_segments() -> None:
 # Two tiny steps registered for these tests: `probe_source` (no inputs) and `probe_sink` (reads it).
 
 CALLS: list[str] = []
-SPEC_SOURCE = StepSpec("probe_source", inputs=(), description="test step: writes one file")
-SPEC_SINK = StepSpec("probe_sink", inputs=("probe_source",), description="test step: copies its input")
+SOURCE = Step("probe_source", "recloop_test_probe_source", "test step: writes one file", output=ArtifactKind)
+SINK = Step("probe_sink", "recloop_test_probe_sink", "test step: copies its input", output=ArtifactKind,
+            inputs={"probe_source": Input(ArtifactKind)})
 
 
 def _run_source(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
@@ -202,8 +204,7 @@ def _run_sink(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest
 
 
 class _StepModule:
-    def __init__(self, spec: StepSpec, run: Any):
-        self.SPEC = spec
+    def __init__(self, run: Any):
         self.run = run
 
 
@@ -211,10 +212,8 @@ class _StepModule:
 def probe_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     import sys
 
-    for mod_name, spec, fn in (("recloop_test_probe_source", SPEC_SOURCE, _run_source),
-                               ("recloop_test_probe_sink", SPEC_SINK, _run_sink)):
-        monkeypatch.setitem(sys.modules, mod_name, _StepModule(spec, fn))
-        monkeypatch.setitem(steps_base.STEP_MODULES, spec.name, mod_name)
+    for step, fn in ((SOURCE, _run_source), (SINK, _run_sink)):
+        monkeypatch.setitem(sys.modules, step.module, _StepModule(fn))
     CALLS.clear()
     return CALLS
 
@@ -227,9 +226,9 @@ def _ctx(store: Any, name: str = "probe", params: RunParams | None = None, logs:
 
 
 def test_run_step_reuses_a_committed_artifact(any_store: Any, probe_steps: list[str]) -> None:
-    first = run_step("probe_source", _ctx(any_store))
+    first = run_step(SOURCE, _ctx(any_store))
     logs: list[str] = []
-    again = run_step("probe_source", _ctx(any_store, logs=logs))
+    again = run_step(SOURCE, _ctx(any_store, logs=logs))
     assert probe_steps == ["probe_source"]  # ran once
     assert again.created_at == first.created_at and again.files == first.files
     assert logs == [f"probe_source: reusing committed artifact {any_store.uri('runs/run-1/probe_source')}"]
@@ -238,8 +237,8 @@ def test_run_step_reuses_a_committed_artifact(any_store: Any, probe_steps: list[
 
 
 def test_run_step_force_recomputes(any_store: Any, probe_steps: list[str]) -> None:
-    run_step("probe_source", _ctx(any_store))
-    forced = run_step("probe_source", _ctx(any_store, params=RunParams(force=True)))
+    run_step(SOURCE, _ctx(any_store))
+    forced = run_step(SOURCE, _ctx(any_store, params=RunParams(force=True)))
     assert probe_steps == ["probe_source", "probe_source"]
     assert Artifact.open(any_store, "runs/run-1/probe_source").read_json("data.json")["n"] == 2
 
@@ -247,14 +246,14 @@ def test_run_step_force_recomputes(any_store: Any, probe_steps: list[str]) -> No
 def test_run_step_recomputes_when_config_or_params_change(any_store: Any, probe_steps: list[str]) -> None:
     from datetime import datetime, timezone
 
-    run_step("probe_source", _ctx(any_store, name="probe"))
+    run_step(SOURCE, _ctx(any_store, name="probe"))
     logs: list[str] = []
-    run_step("probe_source", _ctx(any_store, name="probe-renamed", logs=logs))
+    run_step(SOURCE, _ctx(any_store, name="probe-renamed", logs=logs))
     assert logs == [f"probe_source: committed artifact {any_store.uri('runs/run-1/probe_source')} was made "
                     "with another config; recomputing"]
     logs.clear()
     since = RunParams(since=datetime(2024, 1, 1, tzinfo=timezone.utc))
-    run_step("probe_source", _ctx(any_store, name="probe-renamed", params=since, logs=logs))
+    run_step(SOURCE, _ctx(any_store, name="probe-renamed", params=since, logs=logs))
     assert "was made from other inputs or run parameters; recomputing" in logs[0]
     assert probe_steps == ["probe_source"] * 3
     art = Artifact.open(any_store, "runs/run-1/probe_source")
@@ -262,21 +261,21 @@ def test_run_step_recomputes_when_config_or_params_change(any_store: Any, probe_
 
 
 def test_downstream_recomputes_after_upstream_rerun(any_store: Any, probe_steps: list[str]) -> None:
-    run_step("probe_source", _ctx(any_store))
-    run_step("probe_sink", _ctx(any_store))
-    run_step("probe_sink", _ctx(any_store))  # reused
+    run_step(SOURCE, _ctx(any_store))
+    run_step(SINK, _ctx(any_store))
+    run_step(SINK, _ctx(any_store))  # reused
     assert probe_steps == ["probe_source", "probe_sink"]
-    run_step("probe_source", _ctx(any_store, params=RunParams(force=True)))
-    sink = run_step("probe_sink", _ctx(any_store))  # its input changed: recomputed, not reused
+    run_step(SOURCE, _ctx(any_store, params=RunParams(force=True)))
+    sink = run_step(SINK, _ctx(any_store))  # its input changed: recomputed, not reused
     assert probe_steps == ["probe_source", "probe_sink", "probe_source", "probe_sink"]
     assert Artifact.open(any_store, "runs/run-1/probe_sink").read_json("copy.json")["n"] == 3
     assert sink.parents == [any_store.uri("runs/run-1/probe_source")]
 
 
 def test_explicit_inputs_and_output(any_store: Any, probe_steps: list[str]) -> None:
-    src = run_step("probe_source", _ctx(any_store, run_id="elsewhere"))
+    src = run_step(SOURCE, _ctx(any_store, run_id="elsewhere"))
     out = any_store.uri("custom/place")
-    sink = run_step("probe_sink", _ctx(any_store), inputs={"probe_source": src.uri}, output=out)
+    sink = run_step(SINK, _ctx(any_store), inputs={"probe_source": src.uri}, output=out)
     assert sink.uri == out and sink.parents == [src.uri]
     assert not Artifact.exists(any_store, "runs/run-1/probe_source")
 
@@ -284,7 +283,7 @@ def test_explicit_inputs_and_output(any_store: Any, probe_steps: list[str]) -> N
 def test_missing_input_is_a_clear_error(any_store: Any, probe_steps: list[str]) -> None:
     with pytest.raises(ArtifactError, match="runs/run-1/probe_source has no _MANIFEST.json: the step that writes "
                                             "it has not completed; run it first"):
-        run_step("probe_sink", _ctx(any_store))
+        run_step(SINK, _ctx(any_store))
 
 
 def test_failed_step_leaves_nothing_committed_and_rerun_completes(any_store: Any, probe_steps: list[str],
@@ -298,13 +297,13 @@ def test_failed_step_leaves_nothing_committed_and_rerun_completes(any_store: Any
 
     monkeypatch.setattr(sys.modules["recloop_test_probe_source"], "run", crashing)
     with pytest.raises(OSError, match="disk full"):
-        run_step("probe_source", _ctx(any_store))
+        run_step(SOURCE, _ctx(any_store))
     assert not Artifact.exists(any_store, "runs/run-1/probe_source")
     monkeypatch.setattr(sys.modules["recloop_test_probe_source"], "run", _run_source)
-    run_step("probe_source", _ctx(any_store))
+    run_step(SOURCE, _ctx(any_store))
     assert Artifact.open(any_store, "runs/run-1/probe_source").read_json("data.json")["name"] == "probe"
 
 
 def test_unknown_step_is_named() -> None:
     with pytest.raises(KeyError, match="unknown step 'nope'; steps: ingest, validate"):
-        steps_base.load_step("nope")
+        find_step("nope")

@@ -18,7 +18,7 @@ from recloop.artifacts import Artifact
 from recloop.cli import main
 from recloop.commands import step as step_cmd
 from recloop.console import ProgressBars
-from recloop.steps.base import STEP_MODULES
+from recloop.steps.graph import FEEDBACK, TRAINING, find_step
 from recloop.store import FileStore
 
 EVENTS = """user_id,item_id,timestamp,rating
@@ -56,21 +56,21 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 def test_step_group_help_lists_every_step(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "step", "--help")
     assert code == 0
-    for name in STEP_MODULES:
+    for name in (*TRAINING.names, *FEEDBACK.names):
         assert f" {name} " in out
 
 
-@pytest.mark.parametrize("name", list(STEP_MODULES))
+@pytest.mark.parametrize("name", [*TRAINING.names, *FEEDBACK.names])
 def test_every_step_command_has_help(capsys: pytest.CaptureFixture[str], name: str) -> None:
-    from recloop.steps.base import load_step
-
-    spec, _ = load_step(name)
+    spec = find_step(name)
     code, out, _ = _run(capsys, "step", name, "--help")
     assert code == 0
     flat = " ".join(out.split())
     assert f"step {name} [OPTIONS]" in flat  # program name comes from argv[0]
     assert " ".join(spec.description.split()[:6]) in flat
-    assert "Inputs (roles" in flat and (", ".join(spec.inputs) if spec.inputs else "none") in flat
+    # Inputs with their artifact kinds, and the output's files, come from the step graph.
+    assert "Inputs (roles" in flat and " ".join(spec.describe_inputs().split()) in flat
+    assert f"Output: runs/{{run_id}}/{name}/" in flat and all(f"`{f}`" in flat for f in spec.output.files)
     for option in ("--config", "--run-id", "--since", "--force", "--set", "--input", "--output", "--json"):
         assert option in flat
 

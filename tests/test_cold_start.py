@@ -62,8 +62,8 @@ def cold_start_metrics(tmp_path_factory) -> dict:
     """The pipeline up to evaluate on a small synthetic world with 15 % of items held out of training."""
     from recloop import config
     from recloop.data import synth
-    from recloop.steps.base import StepContext, run_step
-    from recloop.store import open_store
+    from recloop.pipeline import run_pipeline
+    from recloop.steps.base import StepContext
 
     root = tmp_path_factory.mktemp("cold")
     synth.generate(n_users=300, n_items=200, seed=1, events_per_user=30).write(root / "data")
@@ -89,9 +89,8 @@ def cold_start_metrics(tmp_path_factory) -> dict:
              "batch_size": 32},
         ],
     })
-    ctx = StepContext(config=cfg, store=open_store(cfg.store), run_id="cold-1")
-    for step in ("ingest", "validate", "preprocess", "train", "evaluate"):
-        manifest = run_step(step, ctx)
+    ctx = StepContext.from_config(cfg, "cold-1")
+    run_pipeline(ctx, steps=("ingest", "validate", "preprocess", "train", "evaluate"))
     return Artifact.open(ctx.store, "runs/cold-1/evaluate").read_json("metrics.json")
 
 

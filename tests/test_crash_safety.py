@@ -37,11 +37,11 @@ CHILD = textwrap.dedent('''
     from pathlib import Path
 
     from recloop import config as config_mod
-    from recloop.steps import base
-    from recloop.steps.base import StepContext, StepSpec, run_step
-    from recloop.store import open_store
+    from recloop.artifacts.kinds import ArtifactKind
+    from recloop.steps.base import StepContext, run_step
+    from recloop.steps.graph import Step
 
-    SPEC = StepSpec("bulk", inputs=(), description="test step: uploads large files")
+    BULK = Step("bulk", "__main__", "test step: uploads large files", output=ArtifactKind)
     PARAMS = json.loads(Path(sys.argv[1]).read_text())
 
 
@@ -59,11 +59,9 @@ CHILD = textwrap.dedent('''
 
 
     if __name__ == "__main__":
-        base.STEP_MODULES["bulk"] = "__main__"
         cfg = config_mod.from_dict(PARAMS["config"])
-        ctx = StepContext(config=cfg, store=open_store(cfg.store), run_id=PARAMS["run_id"],
-                          log=lambda message: print(message, flush=True))
-        manifest = run_step("bulk", ctx)
+        ctx = StepContext.from_config(cfg, PARAMS["run_id"], log=lambda message: print(message, flush=True))
+        manifest = run_step(BULK, ctx)
         print("committed", manifest.uri, flush=True)
 ''')
 

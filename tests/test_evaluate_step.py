@@ -94,7 +94,7 @@ def test_candidates_are_measured_with_exact_values(tmp_path: Path) -> None:
     assert doc["split_fingerprint"] == build_queries(data, "test").fingerprint()
     assert manifest.summary["split_fingerprint"] == doc["split_fingerprint"]
     assert manifest.summary["candidates"] == {"second": pytest.approx(0.63093, abs=1e-5), "oracle": 1.0}
-    assert manifest.parents == [ctx.store.uri("runs/r1/preprocess"), ctx.store.uri("runs/r1/train")]
+    assert manifest.parents == [ctx.store.uri(f"runs/r1/{a}") for a in ("preprocess", "train/oracle", "train/second")]
     assert set(manifest.files) == {"metrics.json", "per_user.parquet", "report.html"}
 
     art = Artifact.open(ctx.store, "runs/r1/evaluate")
@@ -247,15 +247,11 @@ def test_a_candidate_from_another_preprocess_run_is_refused(tmp_path: Path) -> N
 
 def test_missing_inputs_and_empty_train_artifacts(tmp_path: Path) -> None:
     ctx, _ = setup_run(tmp_path, {"oracle": "oracle"})
-    from recloop.steps import evaluate
-
-    with pytest.raises(ArtifactError, match="missing: train"):
-        evaluate.run(ctx, {"preprocess": ctx.store.uri("runs/r1/preprocess")}, ctx.store.uri("runs/r1/evaluate"))
-    from recloop.artifacts import ArtifactWriter
-
-    with ArtifactWriter(ctx.store, "runs/r1/train", "train", "r1") as w:
-        w.put_json("train_report.json", {})
-    with pytest.raises(ArtifactError, match="holds no trained candidate"):
+    with pytest.raises(ArtifactError, match=r"evaluate cannot run: input 'train' \(trained model\): .*runs/elsewhere/train "
+                                            r"holds no committed trained model"):
+        run_step("evaluate", ctx, inputs={"train": ctx.store.uri("runs/elsewhere/train")})
+    ctx.store.delete("runs/r1/train/oracle/_MANIFEST.json")  # an interrupted train: nothing committed
+    with pytest.raises(ArtifactError, match=r"runs/r1/train holds no committed trained model"):
         run_step("evaluate", ctx)
     with pytest.raises(ArtifactError, match="has no _MANIFEST.json"):
         run_step("evaluate", ctx, inputs={"preprocess": ctx.store.uri("runs/nope/preprocess"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -13,6 +15,7 @@ from helpers import CountsModel, fit_counts
 
 from recloop import config as config_mod
 from recloop.artifacts import Artifact, ArtifactWriter, run_prefix
+from recloop.artifacts.kinds import TrainedModel
 from recloop.errors import ArtifactError, NotBlessedError, StoreError
 from recloop.models.base import Recommender
 from recloop.registry import AliasConflict, ModelRegistry
@@ -68,18 +71,16 @@ def build_run(store: Any, tmp: Path, run_id: str, seed: int, *, champion: int | 
         for name, frame in split_frames().items():
             w.put_parquet(f"{name}.parquet", frame)
         w.summary.update({"n_users": N_USERS, "n_items": N_ITEMS})
-    with ArtifactWriter(store, run_prefix(run_id, "train"), "train", run_id, cfg_hash,
+    with ArtifactWriter(store, f"{run_prefix(run_id, 'train')}/counts", "train", run_id, cfg_hash,
                         parents=[uri["preprocess"]]) as w:
-        w.add_dir("counts", fit(seed).save(tmp / f"{run_id}-bundle"))
-        w.put_json("train_report.json", {"candidates": ["counts"]})
-        w.summary["candidates"] = {"counts": {"type": "test_counts", "train_seconds": 0.1, "epochs": 1,
-                                              "best_valid_metric": None}}
+        TrainedModel.write(w, fit(seed).save(tmp / f"{run_id}-bundle"), {
+            "type": "test_counts", "train_seconds": 0.1, "epochs": 1, "best_valid_metric": None})
     metrics_doc = {"split_fingerprint": f"fp-{run_id}", "k": [10],
                    "candidates": {"counts": {"metrics": {"ndcg@10": {"value": 0.3, "ci": [0.2, 0.4]}}}},
                    "champion": None if champion is None else {"version": champion}}
     metrics_doc.update(metrics or {})
     with ArtifactWriter(store, run_prefix(run_id, "evaluate"), "evaluate", run_id, cfg_hash,
-                        parents=evaluate_parents or [uri["preprocess"], uri["train"]]) as w:
+                        parents=evaluate_parents or [uri["preprocess"], f"{uri['train']}/counts"]) as w:
         w.put_json("metrics.json", metrics_doc)
     doc = {"decision": "blessed", "candidate": "counts", "model_type": "test_counts", "run_id": run_id,
            "evaluate_uri": uri["evaluate"], "split_fingerprint": f"fp-{run_id}", "primary_metric": "ndcg@10",
@@ -125,8 +126,8 @@ def test_publish_registers_the_version_and_moves_the_alias(store, tmp_path: Path
     assert version.blessing["decision"] == "blessed"
     assert version.metrics["candidates"]["counts"]["metrics"]["ndcg@10"]["value"] == 0.3
     assert version.config["name"] == "movies"
-    assert version.lineage == {role: store.uri(f"runs/r1/{role}")
-                               for role in ("gate", "evaluate", "train", "preprocess", "ingest")}
+    assert version.lineage == {**{role: store.uri(f"runs/r1/{role}") for role in ("gate", "evaluate", "preprocess", "ingest")},
+                               "train": store.uri("runs/r1/train/counts")}
     files = set(Artifact.open(store, "models/movies/v1").manifest.files)
     assert {"model/model.json", "model/arrays.safetensors", "id_maps/users.parquet", "id_maps/items.parquet",
             "items.parquet", "config.json", "metrics.json", "blessing.json", "version.json"} <= files
@@ -200,7 +201,8 @@ REFUSALS: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
                  r"decision in .*runs/r1/gate is 'rejected', not 'blessed':\n  - ndcg@10 0.01 < required 0.02"),
     "other run": (lambda st: {"blessing": {"run_id": "r0"}}, r"blessing is for run 'r0', but this is run 'r1'"),
     "unknown candidate": (lambda st: {"blessing": {"candidate": "ease"}},
-                          r"blessed candidate 'ease' is not in the train artifact .* \(it has: counts\)"),
+                          r"blessed candidate 'ease' is not among this run's trained candidates in .*runs/r1/train "
+                          r"\(it has: counts\)"),
     "other model type": (lambda st: {"blessing": {"model_type": "ease"}},
                          r"blessing is for a 'ease' model, but candidate 'counts' .* is a 'test_counts' model"),
     "other model name": (lambda st: {"blessing": {"model_name": "books"}},
@@ -211,7 +213,7 @@ REFUSALS: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "other evaluate": (lambda st: {"blessing": {"evaluate_uri": st.uri("runs/r0/evaluate")}},
                        r"blessing judged metrics of .*runs/r0/evaluate, not those of .*runs/r1/evaluate"),
     "evaluate of other preprocess": (
-        lambda st: {"evaluate_parents": [st.uri("runs/r0/preprocess"), st.uri("runs/r1/train")]},
+        lambda st: {"evaluate_parents": [st.uri("runs/r0/preprocess"), st.uri("runs/r1/train/counts")]},
         r"computed from another preprocess artifact \(.*runs/r0/preprocess.*\), not .*runs/r1/preprocess"),
     "metrics of another train": (lambda st: {"metrics": {"train_uri": st.uri("runs/r0/train")}},
                                  r"metrics.json measured the train artifact .*runs/r0/train, not .*runs/r1/train"),
@@ -264,7 +266,7 @@ def test_corrupt_bundle_is_refused_and_alias_untouched(store, tmp_path: Path) ->
                                             r"\(.*does not match its manifest"):
         publish(store, "r1")
     store.delete("runs/r1/train/counts/arrays.safetensors")
-    with pytest.raises(ArtifactError, match=r"missing or corrupt \(.*lists 'counts/arrays.safetensors' but the file "
+    with pytest.raises(ArtifactError, match=r"missing or corrupt \(.*lists 'arrays.safetensors' but the file "
                                             r"is missing"):
         publish(store, "r1")
     assert alias_bytes(store) == before
@@ -277,9 +279,9 @@ def test_bundle_that_verifies_but_does_not_load_is_refused(file_store: FileStore
     bad = fit(1).save(tmp_path / "bad")
     (bad / "arrays.safetensors").write_bytes(b"not a safetensors file")
     cfg_hash = make_config(store).config_hash()
-    with ArtifactWriter(store, "runs/r1/train", "train", "r1", cfg_hash, parents=[store.uri("runs/r1/preprocess")]) as w:
-        w.add_dir("counts", bad)
-        w.summary["candidates"] = {"counts": {"type": "test_counts"}}
+    with ArtifactWriter(store, "runs/r1/train/counts", "train", "r1", cfg_hash,
+                        parents=[store.uri("runs/r1/preprocess")]) as w:
+        TrainedModel.write(w, bad, {"type": "test_counts"})
     with pytest.raises(ArtifactError, match=r"cannot publish candidate 'counts': .*arrays.safetensors cannot be read"):
         publish(store, "r1")
     assert alias_bytes(store) is None
@@ -410,8 +412,13 @@ def test_unreachable_s3_endpoint_is_a_store_error(tmp_path: Path) -> None:
 def test_missing_inputs_are_named(tmp_path: Path) -> None:
     store = FileStore(f"file://{tmp_path}")
     ctx = StepContext(make_config(store), store, "r1", RunParams(), log=lambda m: None)
-    with pytest.raises(ArtifactError, match="missing: train, preprocess, evaluate"):
+    with pytest.raises(ArtifactError) as missing:
         run_step("publish", ctx, inputs={"gate": store.uri("runs/r1/gate")})
+    # One message names every missing input, each with how to make it.
+    assert re.findall(r"input '(\w+)' \(([a-z ]+)\): ", str(missing.value)) == [
+        ("preprocess", "dataset"), ("train", "trained model"), ("evaluate", "evaluation"), ("gate", "blessing")]
+    assert f"input 'train' (trained model): {store.uri('runs/r1/train')} holds no committed trained model" in str(
+        missing.value)
     with pytest.raises(ArtifactError, match=r"runs/r1/gate has no _MANIFEST.json: the step that writes it has not "
                                             r"completed"):
         run_step("publish", ctx)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from recloop import config as config_mod
-from recloop.artifacts import Artifact, ArtifactWriter, run_prefix
+from recloop.artifacts import Artifact, ArtifactWriter, Manifest, run_prefix
 from recloop.data.interactions import Interactions
 from recloop.errors import ArtifactError, ConfigError, DataError
 from recloop.models.base import Recommender
@@ -101,46 +101,49 @@ def _valid_split(artifact: Artifact) -> Interactions:
 # ---------------------------------------------------------------------------------------------- happy path
 
 
+def train_all(ctx: StepContext) -> dict[str, Manifest]:
+    """Run the per-candidate train step for every candidate of the run, as the pipeline does."""
+    return {m.candidate_name: run_step("train", ctx, candidate=m.candidate_name) for m in ctx.candidates}
+
+
 def test_trains_every_candidate_into_its_own_bundle(any_store: ArtifactStore, tmp_path: Path) -> None:
     store = any_store  # file:// and S3 (SeaweedFS)
     pre_uri = write_preprocess(store)
     log: list[str] = []
     bars: list[tuple[str, float]] = []
     ctx = make_ctx(store, FAST_MODELS, log=log, progress_calls=bars)
-    manifest = run_step("train", ctx)
+    manifests = train_all(ctx)
 
-    assert manifest.uri == store.uri("runs/r1/train")
-    assert manifest.parents == [pre_uri]
     names = ["popularity", "itemknn", "ease", "mf"]
-    assert sorted(manifest.files) == sorted(
-        [f"{n}/{f}" for n in names for f in ("arrays.safetensors", "model.json")] + ["train_report.json"])
-    candidates = manifest.summary["candidates"]
-    assert list(candidates) == names
-    assert manifest.summary["valid_metric"] == "ndcg@10"
-    for name in names:
-        assert set(candidates[name]) == {"type", "train_seconds", "epochs", "best_valid_metric"}
-        assert candidates[name]["type"] == name and candidates[name]["train_seconds"] >= 0
-    assert [candidates[n]["epochs"] for n in names] == [None, None, None, 5]
-
-    artifact = Artifact.open(store, "runs/r1/train")
+    assert list(manifests) == names
     preprocess = Artifact.open(store, "runs/r1/preprocess")
     valid = _valid_split(preprocess)
-    for name in names:
-        model = Recommender.load(artifact.download_dir(name, tmp_path / "dl" / name))
+    for name, manifest in manifests.items():
+        assert manifest.uri == store.uri(f"runs/r1/train/{name}") and manifest.step == "train"
+        assert manifest.parents == [pre_uri]
+        assert sorted(manifest.files) == ["arrays.safetensors", "model.json", "train_report.json"]
+        summary = manifest.summary
+        assert set(summary) == {"type", "train_seconds", "epochs", "best_valid_metric", "valid_metric"}
+        assert summary["type"] == name and summary["train_seconds"] >= 0 and summary["valid_metric"] == "ndcg@10"
+        artifact = Artifact.open(store, f"runs/r1/train/{name}")
+        model = Recommender.load(artifact.download_all(tmp_path / "dl" / name))
         assert model.type_name == name and (model.n_users, model.n_items) == (N_USERS, N_ITEMS)
         assert model.id_map_ref == pre_uri
         # The reported metric is the saved model's validation NDCG@10.
-        assert candidates[name]["best_valid_metric"] == pytest.approx(validation_ndcg(model, valid))
+        assert summary["best_valid_metric"] == pytest.approx(validation_ndcg(model, valid))
+    assert [manifests[n].summary["epochs"] for n in names] == [None, None, None, 5]
     # Personalised models beat popularity clearly on two disjoint taste groups.
+    metric = {n: m.summary["best_valid_metric"] for n, m in manifests.items()}
     for name in ("itemknn", "ease", "mf"):
-        assert candidates[name]["best_valid_metric"] > candidates["popularity"]["best_valid_metric"] + 0.1
+        assert metric[name] > metric["popularity"] + 0.1
 
-    report = artifact.read_json("train_report.json")
-    assert report["preprocess_uri"] == pre_uri
+    report = Artifact.open(store, "runs/r1/train/ease").read_json("train_report.json")
+    assert report["preprocess_uri"] == pre_uri and report["candidate"] == "ease"
     assert (report["n_users"], report["n_items"], report["n_train"], report["n_valid"]) == (30, 20, 180, 30)
-    assert report["candidates"]["ease"]["config"]["lambda"] == 10
-    assert [h["epoch"] for h in report["candidates"]["mf"]["history"]] == [1, 2, 3, 4, 5]
-    assert all(h["valid_ndcg@10"] is not None for h in report["candidates"]["mf"]["history"])
+    assert report["config"]["lambda"] == 10
+    mf_report = Artifact.open(store, "runs/r1/train/mf").read_json("train_report.json")
+    assert [h["epoch"] for h in mf_report["history"]] == [1, 2, 3, 4, 5]
+    assert all(h["valid_ndcg@10"] is not None for h in mf_report["history"])
 
     # Per-epoch logs prefixed by the candidate, and one progress bar per candidate filled to 100.
     assert sum(1 for line in log if line.startswith("mf: epoch ")) == 5
@@ -153,30 +156,42 @@ def test_models_param_trains_only_the_named_candidates(store: FileStore) -> None
     models = [{"type": "popularity"}, {"type": "ease", "name": "ease-strong", "lambda": 500},
               {"type": "ease", "name": "ease-weak", "lambda": 1}]
     ctx = make_ctx(store, models, params=RunParams(models=("ease-weak", "popularity")))
-    manifest = run_step("train", ctx)
-    assert list(manifest.summary["candidates"]) == ["popularity", "ease-weak"]  # config order
-    assert not any(f.startswith("ease-strong/") for f in manifest.files)
+    assert list(train_all(ctx)) == ["popularity", "ease-weak"]  # config order
+    assert not Artifact.exists(store, "runs/r1/train/ease-strong")
+    with pytest.raises(ConfigError, match="candidate 'ease-strong' is not selected for this run"):
+        run_step("train", ctx, candidate="ease-strong")
 
 
 def test_same_config_gives_byte_identical_bundles(store: FileStore) -> None:
     write_preprocess(store, "r1")
     write_preprocess(store, "r2")
-    first = run_step("train", make_ctx(store, FAST_MODELS, run_id="r1"))
-    second = run_step("train", make_ctx(store, FAST_MODELS, run_id="r2"))
+    first = train_all(make_ctx(store, FAST_MODELS, run_id="r1"))
+    second = train_all(make_ctx(store, FAST_MODELS, run_id="r2"))
     for name in ("popularity", "itemknn", "ease", "mf"):
-        key = f"{name}/arrays.safetensors"
-        assert first.files[key].sha256 == second.files[key].sha256, name
+        key = "arrays.safetensors"
+        assert first[name].files[key].sha256 == second[name].files[key].sha256, name
 
 
 def test_committed_artifact_is_reused_and_force_retrains(store: FileStore) -> None:
     write_preprocess(store)
     log: list[str] = []
-    first = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log))
-    again = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log))
+    first = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log), candidate="popularity")
+    again = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log), candidate="popularity")
     assert again.created_at == first.created_at
-    assert any("reusing committed artifact" in line for line in log)
-    forced = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log, params=RunParams(force=True)))
-    assert forced.files["popularity/arrays.safetensors"].sha256 == first.files["popularity/arrays.safetensors"].sha256
+    assert any(line.startswith("train popularity: reusing committed artifact") for line in log)
+    forced = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log, params=RunParams(force=True)),
+                      candidate="popularity")
+    assert forced.files["arrays.safetensors"].sha256 == first.files["arrays.safetensors"].sha256
+
+
+def test_a_candidate_is_reused_whichever_others_the_run_selects(store: FileStore) -> None:
+    write_preprocess(store)
+    first = train_all(make_ctx(store, FAST_MODELS[:2]))
+    log: list[str] = []
+    only = make_ctx(store, FAST_MODELS[:2], log=log, params=RunParams(models=("itemknn",)))
+    again = run_step("train", only, candidate="itemknn")
+    assert again.created_at == first["itemknn"].created_at
+    assert log == [f"train itemknn: reusing committed artifact {store.uri('runs/r1/train/itemknn')}"]
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -186,14 +201,14 @@ def test_unknown_candidate_name_lists_the_configured_ones(store: FileStore) -> N
     write_preprocess(store)
     ctx = make_ctx(store, FAST_MODELS[:2], params=RunParams(models=("ease",)))
     with pytest.raises(ConfigError, match=r"unknown candidate\(s\) 'ease'; configured candidates: popularity, itemknn"):
-        run_step("train", ctx)
-    assert not Artifact.exists(store, "runs/r1/train")
+        train_all(ctx)
+    assert not store.list("runs/r1/train")
 
 
 def test_no_models_configured_is_a_config_error(store: FileStore) -> None:
     write_preprocess(store)
     with pytest.raises(ConfigError, match="no candidate models are configured"):
-        run_step("train", make_ctx(store, []))
+        train_all(make_ctx(store, []))
 
 
 def test_duplicate_candidate_names_are_rejected_at_load(tmp_path: Path) -> None:
@@ -218,30 +233,34 @@ def test_candidate_name_must_be_a_folder_name(tmp_path: Path) -> None:
 
 
 def test_missing_or_incomplete_preprocess_artifact(store: FileStore) -> None:
-    with pytest.raises(ArtifactError, match="has no _MANIFEST.json.*run it first"):
-        run_step("train", make_ctx(store, FAST_MODELS[:1]))
+    with pytest.raises(ArtifactError, match="train cannot run: input 'preprocess' \\(dataset\\): .*runs/r1/preprocess "
+                                            "has no _MANIFEST.json.*run it first"):
+        train_all(make_ctx(store, FAST_MODELS[:1]))
     with ArtifactWriter(store, "runs/r1/preprocess", step="preprocess", run_id="r1") as w:
         w.put_json("stats.json", {})
     with pytest.raises(ArtifactError, match="lacks train.parquet, valid.parquet"):
-        run_step("train", make_ctx(store, FAST_MODELS[:1]))
+        train_all(make_ctx(store, FAST_MODELS[:1]))
 
 
 def test_empty_train_split_is_a_data_error(store: FileStore) -> None:
     write_preprocess(store, empty_train=True)
     with pytest.raises(DataError, match="train split .* is empty"):
-        run_step("train", make_ctx(store, FAST_MODELS[:1]))
+        train_all(make_ctx(store, FAST_MODELS[:1]))
 
 
-def test_failed_candidate_leaves_the_previous_artifact_committed(store: FileStore) -> None:
+def test_failed_candidate_leaves_every_committed_artifact_alone(store: FileStore) -> None:
     write_preprocess(store)
-    first = run_step("train", make_ctx(store, FAST_MODELS[:1]))
-    # EASE refusing the catalog (max_items) fails the step after popularity trained.
+    models = [FAST_MODELS[0], {"type": "ease", "lambda": 10}]
+    first = train_all(make_ctx(store, models))
+    # EASE refusing the catalog (max_items) fails its own node; popularity's artifact stays as it was.
     failing = [FAST_MODELS[0], {"type": "ease", "max_items": 5}]
+    ctx = make_ctx(store, failing, params=RunParams(force=True))
+    run_step("train", ctx, candidate="popularity")
     with pytest.raises(ConfigError, match="20 items, more than max_items=5"):
-        run_step("train", make_ctx(store, failing, params=RunParams(force=True)))
-    still = Artifact.open(store, "runs/r1/train")
-    assert still.manifest.created_at == first.created_at
-    assert list(still.manifest.summary["candidates"]) == ["popularity"]
+        run_step("train", ctx, candidate="ease")
+    still = Artifact.open(store, "runs/r1/train/ease")
+    assert still.manifest.created_at == first["ease"].created_at
+    assert Artifact.exists(store, "runs/r1/train/popularity")
 
 
 # ---------------------------------------------------------------------------------------------- text models
@@ -250,9 +269,9 @@ def test_failed_candidate_leaves_the_previous_artifact_committed(store: FileStor
 def test_text_models_embed_through_the_store_cache(store: FileStore) -> None:
     write_preprocess(store)
     log: list[str] = []
-    run_step("train", make_ctx(store, [{"type": "text_knn"}], log=log))
+    train_all(make_ctx(store, [{"type": "text_knn"}], log=log))
     assert any("embedded 20 item texts" in line and "(20 encoded, 0 from the cache)" in line for line in log)
     assert store.list("cache/embeddings")
     log.clear()
-    run_step("train", make_ctx(store, [{"type": "text_knn"}], log=log, params=RunParams(force=True)))
+    train_all(make_ctx(store, [{"type": "text_knn"}], log=log, params=RunParams(force=True)))
     assert any("(0 encoded, 20 from the cache)" in line for line in log)

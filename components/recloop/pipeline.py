@@ -1,8 +1,9 @@
-"""The main job: run the training loop's steps in order, in-process.
+"""The main job: run the training graph's steps in order, in-process.
 
-ingest → validate → preprocess → train → evaluate → gate → publish, through `run_step`, so a re-run with
-the same run id resumes after the last committed step. An unblessed candidate ends the run green with
-publish skipped and the reasons reported; `dry_run` skips publish too.
+ingest → validate → preprocess → train (each candidate) → evaluate → gate → publish, in the order
+`recloop.steps.graph.TRAINING` declares, through `execute_step`, so a re-run with the same run id resumes
+after the last committed step. An unblessed candidate ends the run green with publish skipped and the
+reasons reported; `dry_run` skips publish too.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from recloop.artifacts import Artifact, Manifest, run_prefix
-from recloop.steps.base import STEP_MODULES, StepContext, run_step
+from recloop.artifacts import Manifest
+from recloop.artifacts.kinds import Blessing, Evaluation
+from recloop.steps.base import StepContext, execute_step
+from recloop.steps.graph import TRAINING
 
-TRAINING_STEPS: tuple[str, ...] = tuple(STEP_MODULES)
+TRAINING_STEPS: tuple[str, ...] = TRAINING.names
 
 
 @dataclass
 class StepOutcome:
-    step: str
+    step: str  # the step, or "step candidate" for one candidate of a per-candidate step
     status: str  # "done", "reused", "skipped"
     seconds: float
     manifest: Manifest | None = None
@@ -41,41 +44,35 @@ class PipelineResult:
 
 def run_pipeline(ctx: StepContext, steps: tuple[str, ...] = TRAINING_STEPS,
                  on_step: Callable[[str, str], None] | None = None) -> PipelineResult:
-    """Run `steps` in order for `ctx.run_id`; stop (raise) at the first failing step."""
+    """Run `steps` in order for `ctx.run_id` (per-candidate steps once per candidate); stop (raise) at
+    the first failing step."""
     result = PipelineResult(run_id=ctx.run_id)
+    report = on_step or (lambda name, status: None)
     for name in steps:
+        step = TRAINING[name]
         if name == "publish":
             skip = _publish_skip_reason(ctx, result)
             if skip:
                 result.steps.append(StepOutcome(name, "skipped", 0.0, note=skip))
-                if on_step:
-                    on_step(name, f"skipped: {skip}")
+                report(name, f"skipped: {skip}")
                 continue
-        if on_step:
-            on_step(name, "running")
-        reused = _is_committed(ctx, name)
-        start = time.perf_counter()
-        manifest = run_step(name, ctx)
-        seconds = time.perf_counter() - start
-        outcome = StepOutcome(name, "reused" if reused else "done", seconds, manifest)
-        result.steps.append(outcome)
+        for candidate in [m.candidate_name for m in ctx.candidates] if step.per_candidate else [None]:
+            label = f"{name} {candidate}" if candidate else name
+            report(label, "running")
+            start = time.perf_counter()
+            outcome = execute_step(step, ctx, candidate=candidate)
+            result.steps.append(StepOutcome(label, "reused" if outcome.reused else "done",
+                                            time.perf_counter() - start, outcome.manifest))
+            report(label, result.steps[-1].status)
+        manifest = result.steps[-1].manifest
+        assert manifest is not None
         if name == "evaluate":
-            result.metrics = ctx.open(manifest.uri).read_json("metrics.json")
+            result.metrics = ctx.open(manifest.uri).read_json(Evaluation.METRICS)
         elif name == "gate":
-            result.blessing = ctx.open(manifest.uri).read_json("blessing.json")
+            result.blessing = ctx.open(manifest.uri).read_json(Blessing.BLESSING)
         elif name == "publish":
             result.published_version = manifest.summary.get("version")
-        if on_step:
-            on_step(name, outcome.status)
     return result
-
-
-def _is_committed(ctx: StepContext, name: str) -> bool:
-    """Whether run_step will reuse this step's artifact (same rule as run_step)."""
-    prefix = run_prefix(ctx.run_id, name)
-    if ctx.params.force or not Artifact.exists(ctx.store, prefix):
-        return False
-    return Artifact.open(ctx.store, prefix).manifest.config_hash == ctx.config.config_hash()
 
 
 def _publish_skip_reason(ctx: StepContext, result: PipelineResult) -> str | None:

@@ -70,14 +70,12 @@ def _run_and_report(cfg, run_id: str, params) -> None:
     from recloop.console import ProgressBars, print_pipeline_summary
     from recloop.pipeline import run_pipeline
     from recloop.steps.base import StepContext
-    from recloop.store import open_store
 
     console = Console()
-    store = open_store(cfg.store)
     console.print(f"[bold]recloop run[/] {cfg.name} · run id [cyan]{run_id}[/] · store {cfg.store.root}")
     with ProgressBars(console) as bars:
-        ctx = StepContext(config=cfg, store=store, run_id=run_id, params=params,
-                          log=lambda msg: console.log(msg, highlight=False), progress=bars)
+        ctx = StepContext.from_config(cfg, run_id, params, log=lambda msg: console.log(msg, highlight=False),
+                                      progress=bars)
 
         def on_step(step: str, status: str) -> None:
             if status == "running":

@@ -49,8 +49,10 @@ InputOpt = Annotated[Optional[list[str]], typer.Option(
 OutputOpt = Annotated[Optional[str], typer.Option(
     "--output", metavar="URI", help="Commit the artifact here instead of runs/{run_id}/{step}.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object {uri, step, run_id, summary}.")]
-ModelOpt = Annotated[Optional[list[str]], typer.Option("--model", "--models", metavar="NAME",
-                                                       help="train: only these candidates; repeatable.")]
+ModelOpt = Annotated[Optional[list[str]], typer.Option(
+    "--model", "--models", metavar="NAME",
+    help="Only these candidates (a candidate's `name:`, else its `type:`); repeatable. Default: every configured "
+         "candidate. train commits one artifact per candidate.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="publish: check everything but do not publish.")]
 
 
@@ -76,20 +78,16 @@ class StepCommand(TyperCommand):
 
 
 def step_help(name: str, short: bool = False) -> str:
-    """The step's description and inputs, from its SPEC (or why it is not available)."""
-    from recloop.steps.base import load_step
+    """The step's description, inputs and output, from the step graph."""
+    from recloop.steps.graph import find_step
 
-    try:
-        spec, _ = load_step(name)
-    except ModuleNotFoundError:
-        return f"{name} (not available in this installation)"
-    first = spec.description.strip().split("\n", 1)[0].rstrip(".")
+    spec = find_step(name)
     if short:
-        return first
-    inputs = ", ".join(spec.inputs) if spec.inputs else "none (reads the configured data sources)"
+        return spec.summary().rstrip(".")
+    notes = f"\n\n{spec.notes.strip()}" if spec.notes else ""
     return (f"{spec.description.strip()}\n\n"
-            f"Inputs (roles; default runs/{{run_id}}/ROLE, override with --input ROLE=URI): {inputs}.\n\n"
-            f"Output: runs/{{run_id}}/{name}/ under store.root, committed by its _MANIFEST.json.")
+            f"Inputs (roles; default runs/{{run_id}}/ROLE, override with --input ROLE=URI): {spec.describe_inputs()}.\n\n"
+            f"Output: {spec.describe_output()}; under store.root, committed by its _MANIFEST.json.{notes}")
 
 
 # -------------------------------------------------------------------------------------------- parsing
@@ -166,59 +164,57 @@ def run_one(name: str, config: Path, run_id: str, since: str | None, force: bool
 
     from recloop import config as config_mod
     from recloop.console import ProgressBars
-    from recloop.errors import RecloopError
-    from recloop.steps.base import RunParams, StepContext, default_inputs, load_step, run_step
-    from recloop.store import open_store
+    from recloop.steps.base import RunParams, StepContext, execute_step
+    from recloop.steps.graph import find_step
 
     check_run_id(run_id)
     since_at = parse_since(since)
-    try:
-        spec, _ = load_step(name)
-    except ModuleNotFoundError as exc:
-        raise RecloopError(f"step {name!r} is not available in this installation ({exc}); "
-                           "reinstall recloop or check the step name") from None
-    input_uris = parse_inputs(inputs, spec.inputs, name)
+    spec = find_step(name)
+    input_uris = parse_inputs(inputs, tuple(spec.inputs), name)
     cfg = config_mod.load(config, set_ or [])
-    store = open_store(cfg.store)
 
     out = Console()
     err = Console(stderr=True)
     params = RunParams(since=since_at, models=tuple(models) if models else None, dry_run=dry_run, force=force)
-    reused = False
 
     def log(message: str) -> None:
-        nonlocal reused
-        if message.startswith(f"{name}: reusing committed artifact"):
-            reused = True
         err.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    started = time.monotonic()
     with ProgressBars(err, delay_s=PROGRESS_DELAY_S, hide_finished=True, time_remaining=True) as progress:
-        ctx = StepContext(config=cfg, store=store, run_id=run_id, params=params, log=log, progress=progress)
-        # Defaults fill the roles not overridden: a container may be handed just some URIs.
-        resolved = {**default_inputs(ctx, spec), **input_uris}
-        manifest = run_step(name, ctx, inputs=resolved, output=output.rstrip("/") if output else None)
-    seconds = time.monotonic() - started
-    if as_json:
-        typer.echo(json.dumps(manifest.brief(), default=str, sort_keys=True))
-    else:
-        print_result(out, manifest, seconds, reused)
+        ctx = StepContext.from_config(cfg, run_id, params, log=log, progress=progress)
+        # A per-candidate step runs once for each selected candidate, each committing its own artifact.
+        candidates = [m.candidate_name for m in ctx.candidates] if spec.per_candidate else [None]
+        if output and len(candidates) > 1:
+            raise typer.BadParameter(f"{name} commits one artifact per candidate; with --output name one "
+                                     "candidate (--model NAME)", param_hint="--output")
+        for candidate in candidates:
+            started = time.monotonic()
+            # Roles not given are resolved from the run layout: a container may be handed just some URIs.
+            result = execute_step(spec, ctx, inputs=input_uris, output=output.rstrip("/") if output else None,
+                                  candidate=candidate)
+            seconds = time.monotonic() - started
+            if as_json:
+                typer.echo(json.dumps(result.manifest.brief(), default=str, sort_keys=True))
+            else:
+                print_result(out, result.manifest, seconds, result.reused)
 
 
 def add_step_command(name: str) -> None:
-    """Register `recloop step NAME` (train and publish get their own extra options)."""
+    """Register `recloop step NAME`; steps that train or read candidates take --model, publish --dry-run."""
+    from recloop.steps.graph import find_step
+
     if any(c.name == name for c in app.registered_commands):
         return
-    if name == "train":
-        def command(config: ConfigOpt, run_id: RunIdOpt, model: ModelOpt = None, since: SinceOpt = None,
-                    force: ForceOpt = False, set_: SetOpt = None, input_: InputOpt = None,
-                    output: OutputOpt = None, as_json: JsonOpt = False) -> None:
-            run_one(name, config, run_id, since, force, set_, input_, output, as_json, models=model)
-    elif name == "publish":
-        def command(config: ConfigOpt, run_id: RunIdOpt, dry_run: DryRunOpt = False,  # type: ignore[misc]
+    if name == "publish":
+        def command(config: ConfigOpt, run_id: RunIdOpt, model: ModelOpt = None, dry_run: DryRunOpt = False,
                     since: SinceOpt = None, force: ForceOpt = False, set_: SetOpt = None, input_: InputOpt = None,
                     output: OutputOpt = None, as_json: JsonOpt = False) -> None:
-            run_one(name, config, run_id, since, force, set_, input_, output, as_json, dry_run=dry_run)
+            run_one(name, config, run_id, since, force, set_, input_, output, as_json, models=model, dry_run=dry_run)
+    elif find_step(name).reads_candidates:
+        def command(config: ConfigOpt, run_id: RunIdOpt, model: ModelOpt = None,  # type: ignore[misc]
+                    since: SinceOpt = None, force: ForceOpt = False, set_: SetOpt = None, input_: InputOpt = None,
+                    output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+            run_one(name, config, run_id, since, force, set_, input_, output, as_json, models=model)
     else:
         def command(config: ConfigOpt, run_id: RunIdOpt, since: SinceOpt = None,  # type: ignore[misc]
                     force: ForceOpt = False, set_: SetOpt = None, input_: InputOpt = None,
@@ -228,9 +224,9 @@ def add_step_command(name: str) -> None:
 
 
 def _register_pipeline_steps() -> None:
-    from recloop.steps.base import LOOP_STEP_MODULES, STEP_MODULES
+    from recloop.steps.graph import FEEDBACK, TRAINING
 
-    for step_name in (*STEP_MODULES, *LOOP_STEP_MODULES):
+    for step_name in (*TRAINING.names, *FEEDBACK.names):
         add_step_command(step_name)
 
 

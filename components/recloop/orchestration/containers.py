@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from recloop.config import ContainerResources, PipelineConfig
 
 
-def step_arguments(step: str, config_path: str, run_id: str, request: RunRequest) -> list[str]:
-    """Arguments after the `recloop` entrypoint for one step of one run."""
-    return ["step", step, "--config", config_path, "--run-id", run_id, *request.cli_flags(step)]
+def step_arguments(step: str, config_path: str, run_id: str, request: RunRequest,
+                   candidate: str | None = None) -> list[str]:
+    """Arguments after the `recloop` entrypoint for one step (one candidate of a per-candidate step) of a run."""
+    return ["step", step, "--config", config_path, "--run-id", run_id, *request.cli_flags(step, candidate)]
 
 
 def _run_nested(operator: Any, context: Any) -> Any:
@@ -53,9 +54,10 @@ class RecloopContainerOperator(BaseOperator):
     ui_color = "#dbeafe"
 
     def __init__(self, *, recloop_step: str, recloop_config_path: str, recloop_container_config: str,
-                 container_settings: dict[str, Any], **kwargs: Any):
+                 container_settings: dict[str, Any], recloop_candidate: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.recloop_step = recloop_step
+        self.recloop_candidate = recloop_candidate  # set on each mapped instance of a per-candidate step
         self.recloop_config_path = recloop_config_path  # the config on the worker (fault injection reads it)
         self.recloop_container_config = recloop_container_config  # the same file as the container sees it
         self.container_settings = container_settings
@@ -66,12 +68,15 @@ class RecloopContainerOperator(BaseOperator):
         super().render_template_fields(context, jinja_env)
         request = RunRequest.from_params(context.get("params") or {})
         self.arguments = step_arguments(self.recloop_step, self.recloop_container_config,
-                                        str(context["run_id"]), request)
+                                        str(context["run_id"]), request, self.recloop_candidate)
 
     def build_operator(self) -> BaseOperator:
         raise NotImplementedError
 
     def execute(self, context: Any) -> None:
+        from recloop.orchestration.tasks import skip_unselected_candidate
+
+        skip_unselected_candidate(RunRequest.from_params(context.get("params") or {}), self.recloop_candidate)
         self._fault_check(context, "start")
         self._inner = self.build_operator()
         _run_nested(self._inner, context)
@@ -155,7 +160,8 @@ class RecloopPodOperator(RecloopContainerOperator):
         )
 
 
-def pod_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any]) -> RecloopPodOperator:
+def pod_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any],
+                 candidates: list[str] | None = None) -> Any:
     """The pod task of one step, configured from `execution` (+ `execution.steps.<step>`)."""
     ex, kube = cfg.execution, cfg.execution.kubernetes
     override = ex.steps.get(step)
@@ -186,11 +192,11 @@ def pod_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs:
         "startup_timeout_seconds": kube.startup_timeout_seconds,
         "on_finish_action": kube.on_finish_action,
     }
-    return RecloopPodOperator(
+    return _instantiate(RecloopPodOperator, candidates, dict(
         recloop_step=step, recloop_config_path=str(config_path),
         recloop_container_config=f"{kube.config_dir.rstrip('/')}/{kube.config_file or config_path.name}",
         container_settings=settings, **task_kwargs,
-    )
+    ))
 
 
 # ------------------------------------------------------------------------------------------------ docker
@@ -267,8 +273,8 @@ class RecloopDockerOperator(RecloopContainerOperator):
         )
 
 
-def docker_operator(cfg: PipelineConfig, config_path: Path, step: str,
-                    task_kwargs: dict[str, Any]) -> RecloopDockerOperator:
+def docker_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any],
+                    candidates: list[str] | None = None) -> Any:
     """The container task of one step, configured from `execution` (+ `execution.steps.<step>`)."""
     ex, dock = cfg.execution, cfg.execution.docker
     resources = _step_resources(cfg, step)
@@ -293,10 +299,18 @@ def docker_operator(cfg: PipelineConfig, config_path: Path, step: str,
         "mem_limit": mem_limit,
         "gpus": resources.limits.gpu or resources.requests.gpu,
     }
-    return RecloopDockerOperator(
+    return _instantiate(RecloopDockerOperator, candidates, dict(
         recloop_step=step, recloop_config_path=str(config_path),
         # With mount_local_paths the container sees the config at the worker's path; otherwise mount it
         # yourself (docker.mounts) at /etc/recloop.
         recloop_container_config=str(config_path) if dock.mount_local_paths else f"/etc/recloop/{config_path.name}",
         container_settings=settings, **task_kwargs,
-    )
+    ))
+
+
+def _instantiate(cls: type[RecloopContainerOperator], candidates: list[str] | None, kwargs: dict[str, Any]) -> Any:
+    """The operator, or for a per-candidate step one mapped instance per candidate, named by it."""
+    if candidates is None:
+        return cls(**kwargs)
+    return cls.partial(map_index_template="{{ task.recloop_candidate }}", **kwargs).expand(
+        recloop_candidate=candidates)

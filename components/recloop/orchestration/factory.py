@@ -9,9 +9,13 @@ time: the scheduler needs no credentials. Files whose name starts with `_` are p
 and get no DAG. A broken config raises `ConfigError` naming the file and every problem, which Airflow
 shows as the DAG file's import error.
 
-Training DAG `{name}_train`: prepare → data(ingest → validate → preprocess) → model(train → evaluate)
-→ release(gate → decide → publish). `decide` is a short-circuit: an unblessed candidate or a dry run
-skips publish, the run stays green, and the reason goes to the task log and the run note.
+Training DAG `{name}_train`, drawn from the step graph (`recloop.steps.graph.TRAINING`): prepare →
+data(ingest → validate → preprocess) → model(train[one mapped task instance per candidate] → evaluate)
+→ release(gate → decide → publish). Edges are the graph's transitive reduction, so the DAG shows the loop
+itself; each task resolves every input it declares from the run's layout, and reads the run-wide values
+(`prepare`'s validated request and config hash) from XCom instead of through an edge. `decide` is a
+short-circuit: an unblessed candidate or a dry run skips publish, the run stays green, and the reason
+goes to the task log and the run note.
 Feedback DAG `{name}_feedback`: feedback → check → emit, where `emit` updates the Asset
 `recloop://{name}/feedback` that (with the default `execution.schedule: feedback`) triggers training.
 """
@@ -24,32 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from recloop.config import PipelineConfig, load
 from recloop.errors import ConfigError
+from recloop.steps.graph import FEEDBACK, TRAINING
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
 
-# The training pipeline (the artifact contract) and the upstream artifacts each step reads.
-TRAINING_STEPS: tuple[str, ...] = ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
-STEP_UPSTREAMS: dict[str, tuple[str, ...]] = {
-    "ingest": (),
-    "validate": ("ingest",),
-    "preprocess": ("ingest", "validate"),
-    "train": ("preprocess",),
-    "evaluate": ("preprocess", "train"),
-    "gate": ("evaluate",),
-    "publish": ("gate", "train", "preprocess", "evaluate"),
-}
-TASK_GROUPS: dict[str, tuple[str, ...]] = {
-    "data": ("ingest", "validate", "preprocess"),
-    "model": ("train", "evaluate"),
-    "release": ("gate", "publish"),
-}
-GROUP_TOOLTIPS = {
-    "data": "Read raw events, check them, and split them into train/valid/test",
-    "model": "Train every candidate model and evaluate it (and the production champion) on the same split",
-    "release": "Gate the best candidate on thresholds and publish it as the production model",
-}
-FEEDBACK_STEPS: tuple[str, ...] = ("feedback",)
 # A fixed past start: with catchup off, nothing is backfilled, and the DAG is valid from its first parse.
 START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -58,28 +41,6 @@ _RETRY_HELP = (
     "A step whose artifact this run already committed is reused, not recomputed; trigger a new run with "
     "`force: true` to recompute."
 )
-STEP_DOCS: dict[str, str] = {
-    "ingest": "Reads the raw interaction events (and the item catalog / users, when configured) named in "
-    "`data:` — local files, globs or `s3://` — honouring the `since` watermark. "
-    "**Writes** `runs/{run}/ingest/`: `interactions.parquet`, `items.parquet`, `users.parquet`; the "
-    "manifest summary holds `max_timestamp`, the next incremental run's watermark.",
-    "validate": "**Reads** the ingest artifact. Runs the great-expectations suite from `validation:`. "
-    "**Writes** `runs/{run}/validate/`: `result.json`, `data_docs/`, and the valid rows plus "
-    "`quarantine/` when rows were quarantined. With `on_failure: fail` a failed check fails the task "
-    "(the report goes to `runs/{run}/validate-failed/`): fix the data or the thresholds, then clear it.",
-    "preprocess": "**Reads** the ingest artifact (or validate's valid rows). Dedupes, converts to implicit "
-    "feedback, filters, maps ids and splits by time. **Writes** `runs/{run}/preprocess/`: "
-    "`train/valid/test.parquet`, `id_maps/`, `items.parquet`, `stats.json`.",
-    "train": "**Reads** the preprocess artifact. Trains every model in `models:` (or the `models` param). "
-    "**Writes** `runs/{run}/train/{candidate}/` bundles and `train_report.json`.",
-    "evaluate": "**Reads** preprocess and train. Evaluates every candidate and the production champion on "
-    "the same split. **Writes** `runs/{run}/evaluate/`: `metrics.json`, `report.html`.",
-    "gate": "**Reads** evaluate. Applies `gate:` thresholds (absolute, relative to the champion). "
-    "**Writes** `runs/{run}/gate/blessing.json` with the decision and reasons.",
-    "publish": "**Reads** gate, train, preprocess, evaluate. Registers the blessed bundle as "
-    "`models/{name}/v{N}/` and moves the `production` alias (compare-and-swap). Runs only when `decide` "
-    "let it (blessed, not a dry run). Retrying is safe: the alias moves at most once per version.",
-}
 PREPARE_DOC = (
     "Validates the run's params and the config with its overrides, once, before any step (a bad "
     "override fails here in seconds), and hands the config hash to every step so that a config edited "
@@ -123,7 +84,7 @@ def config_files(config_dir: Path) -> list[Path]:
 def load_for_parsing(path: Path) -> PipelineConfig:
     """Load and validate a config without expanding secrets, and check the orchestration settings."""
     cfg = load(path, env=_UnexpandedEnv())
-    known = set(TRAINING_STEPS) | set(FEEDBACK_STEPS)
+    known = set(TRAINING.names) | set(FEEDBACK.names)
     errors = [f"execution.steps.{name}: unknown step; steps are {', '.join(sorted(known))}"
               for name in cfg.execution.steps if name not in known]
     fault = cfg.execution.fault_injection
@@ -255,16 +216,38 @@ Trains, evaluates, gates and publishes recommendation models from `{config_path}
 
 
 def _step_doc(step: str) -> str:
-    return f"### {step}\n\n{STEP_DOCS[step]}\n\n{_RETRY_HELP}"
+    return f"### {step}\n\n{TRAINING[step].doc()}\n\n{_RETRY_HELP}"
 
 
-def _container_task(cfg: PipelineConfig, config_path: Path, step: str, settings: dict[str, Any]) -> Any:
+def _container_task(cfg: PipelineConfig, config_path: Path, step: str, settings: dict[str, Any],
+                    candidates: list[str] | None) -> Any:
     from recloop.orchestration import containers
 
     task_kwargs = {"task_id": step, "doc_md": _step_doc(step), **settings}
     if cfg.execution.mode == "kubernetes":
-        return containers.pod_operator(cfg, config_path, step, task_kwargs)
-    return containers.docker_operator(cfg, config_path, step, task_kwargs)
+        return containers.pod_operator(cfg, config_path, step, task_kwargs, candidates)
+    return containers.docker_operator(cfg, config_path, step, task_kwargs, candidates)
+
+
+def _step_task(cfg: PipelineConfig, config_path: Path, step: str) -> Any:
+    """One step's task: a @task calling run_pipeline_step (inprocess) or a container; a per-candidate step
+    is mapped over the configured candidates (one task instance each, named by the candidate)."""
+    from airflow.sdk import task
+
+    from recloop.orchestration import tasks
+
+    settings = task_settings(cfg, step)
+    if step == "evaluate":
+        # Candidates the run's `models` param leaves out are skipped, not failed.
+        settings["trigger_rule"] = "none_failed_min_one_success"
+    candidates = [m.candidate_name for m in cfg.models] if TRAINING[step].per_candidate else None
+    if cfg.execution.mode != "inprocess":
+        return _container_task(cfg, config_path, step, settings, candidates)
+    if candidates is not None:
+        return task(task_id=step, doc_md=_step_doc(step), map_index_template="{{ recloop_candidate }}", **settings)(
+            tasks.run_pipeline_step).partial(step=step, config_path=str(config_path)).expand(candidate=candidates)
+    return task(task_id=step, doc_md=_step_doc(step), **settings)(tasks.run_pipeline_step)(
+        step=step, config_path=str(config_path))
 
 
 # ------------------------------------------------------------------------------------------------ DAGs
@@ -291,35 +274,24 @@ def build_training_dag(cfg: PipelineConfig, config_path: Path) -> DAG:
         params=training_params(cfg),
         default_args=default_args(cfg, config_path),
     )
-    path = str(config_path)
+    upstreams = TRAINING.task_upstreams()
     with dag:
-        run = task(task_id="prepare", doc_md=PREPARE_DOC, retries=0)(tasks.prepare_run)(config_path=path)
-        outputs: dict[str, Any] = {}
-        for group, steps in TASK_GROUPS.items():
-            with TaskGroup(group, tooltip=GROUP_TOOLTIPS[group]):
-                for step in steps:
-                    settings = task_settings(cfg, step)
-                    decide = None
-                    if step == "publish":
+        prepare = task(task_id="prepare", doc_md=PREPARE_DOC, retries=0)(tasks.prepare_run)(config_path=str(config_path))
+        ops: dict[str, Any] = {}
+        for group, tooltip in TRAINING.groups.items():
+            with TaskGroup(group, tooltip=tooltip):
+                for step in (s for s in TRAINING if s.group == group):
+                    before = [ops[u] for u in upstreams[step.name]] or [prepare]
+                    if step.name == "publish":
+                        # The short-circuit that lets publish run stands between it and its upstreams.
                         decide = task.short_circuit(task_id="decide", doc_md=DECIDE_DOC)(tasks.decide_publish)(
-                            config_path=path, run=run,
-                            gate=outputs["gate"] if ex.mode == "inprocess" else None,
-                        )
-                        if ex.mode != "inprocess":
-                            outputs["gate"] >> decide
-                    if ex.mode == "inprocess":
-                        op = task(task_id=step, doc_md=_step_doc(step), **settings)(tasks.run_pipeline_step)(
-                            step=step, config_path=path, run=run,
-                            upstream={u: outputs[u] for u in STEP_UPSTREAMS[step]},
-                        )
-                    else:
-                        op = _container_task(cfg, config_path, step, settings)
-                        run >> op
-                        for upstream in STEP_UPSTREAMS[step]:
-                            outputs[upstream] >> op
-                    if decide is not None:
-                        decide >> op
-                    outputs[step] = op
+                            config_path=str(config_path))
+                        before, decide_after = [decide], before
+                        for upstream in decide_after:
+                            upstream >> decide
+                    ops[step.name] = _step_task(cfg, config_path, step.name)
+                    for upstream in before:
+                        upstream >> ops[step.name]
     return dag
 
 

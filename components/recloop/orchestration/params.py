@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from recloop.errors import ConfigError
 from recloop.steps.base import RunParams
+from recloop.steps.graph import find_step
 
 if TYPE_CHECKING:
     from recloop.config import PipelineConfig
@@ -144,13 +145,16 @@ class RunRequest:
     def from_xcom(cls, data: Mapping[str, Any]) -> RunRequest:
         return cls.from_params(data)
 
-    def cli_flags(self, step: str) -> list[str]:
-        """`recloop step STEP` flags carrying this request into a container. Only `train` takes
-        `--models` (once per name); dry_run is the DAG's business (it skips publish)."""
+    def cli_flags(self, step: str, candidate: str | None = None) -> list[str]:
+        """`recloop step STEP` flags carrying this request into a container: `--model` names the candidate
+        of a per-candidate step; steps reading every candidate get the selection (`--models`, once per
+        name); dry_run is the DAG's business (it skips publish)."""
         flags: list[str] = []
         if self.since is not None:
             flags += ["--since", self.since.isoformat()]
-        if self.models and step == "train":
+        if candidate is not None:
+            flags += ["--model", candidate]
+        elif self.models and find_step(step).reads_candidates:
             for name in self.models:
                 flags += ["--models", name]
         if self.force:

@@ -1,9 +1,11 @@
 """Task callables of the recloop DAGs. They run inside Airflow task processes, never at parse time.
 
-Each in-process step task loads the run's config (file + the run's overrides), checks it is the config
-`prepare` validated (same hash), builds a `StepContext` and calls `recloop.steps.base.run_step`. Only the
-artifact URI and a small summary (`Manifest.brief()`) go back through XCom. Because `run_step` reuses a
-committed artifact, a retried or cleared task resumes instead of redoing finished work.
+Each in-process step task reads the run-wide values `prepare` validated (the run request and config
+hash) from XCom, loads the run's config (file + the run's overrides), checks it is the config `prepare`
+validated (same hash), builds a `StepContext` and calls `recloop.steps.base.run_step`, which resolves
+the step's declared inputs from the run's layout. Only the artifact URI and a small summary
+(`Manifest.brief()`) go back through XCom. Because `run_step` reuses a committed artifact, a retried or
+cleared task resumes instead of redoing finished work.
 """
 
 from __future__ import annotations
@@ -93,10 +95,26 @@ def load_checked_config(config_path: str, run: Mapping[str, Any]) -> tuple[Pipel
 
 def step_context(cfg: PipelineConfig, request: RunRequest, run_id: str) -> StepContext:
     from recloop.steps.base import StepContext
-    from recloop.store import open_store
 
-    return StepContext(config=cfg, store=open_store(cfg.store), run_id=run_id, params=request.run_params(),
-                       log=_say, progress=LogProgress(_say))
+    return StepContext.from_config(cfg, run_id, request.run_params(), log=_say, progress=LogProgress(_say))
+
+
+def prepared_run(context: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What `prepare` returned for this DAG run (read from XCom, not passed along an edge)."""
+    run = context["ti"].xcom_pull(task_ids="prepare")
+    if not run:
+        raise ConfigError("DAG run", ["the `prepare` task of this run has no result; clear `prepare` and its "
+                                      "downstream tasks to re-validate the run"])
+    return run
+
+
+def skip_unselected_candidate(request: RunRequest, candidate: str | None) -> None:
+    """A mapped candidate the run's `models` param leaves out is skipped (the run stays green)."""
+    if candidate is not None and request.models and candidate not in request.models:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"candidate {candidate!r} is not selected by this run's `models` param "
+                                   f"({', '.join(request.models)})")
 
 
 def prepare_run(config_path: str) -> dict[str, Any]:
@@ -121,39 +139,42 @@ def prepare_run(config_path: str) -> dict[str, Any]:
 
 
 def _load_step_or_explain(step: str) -> None:
-    from recloop.steps.base import LOOP_STEP_MODULES, STEP_MODULES, load_step
+    from recloop.steps.graph import find_step
 
     try:
-        load_step(step)
+        spec = find_step(step)
     except KeyError:
-        raise StepUnavailable(f"step {step!r} is not registered in recloop.steps.base.STEP_MODULES; "
+        raise StepUnavailable(f"step {step!r} is not declared in recloop.steps.graph; "
                               "upgrade recloop or remove the step from the DAG") from None
+    try:
+        spec.load()
     except ModuleNotFoundError as exc:
-        if exc.name != {**STEP_MODULES, **LOOP_STEP_MODULES}[step]:
+        if exc.name != spec.module:
             raise
         raise StepUnavailable(f"step {step!r}: module {exc.name} is not installed in this recloop version; "
                               "upgrade recloop on the Airflow workers") from None
 
 
-def run_pipeline_step(step: str, config_path: str, run: Mapping[str, Any],
-                      upstream: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """One pipeline step in the task process; returns its manifest brief (URI + summary) for XCom."""
-    from recloop.steps.base import default_inputs, load_step, run_step
+def run_pipeline_step(step: str, config_path: str, candidate: str | None = None) -> dict[str, Any]:
+    """One pipeline step (one candidate of a per-candidate step) in the task process; returns its manifest
+    brief (URI + summary) for XCom."""
+    from recloop.steps.base import resolve_inputs, run_step
+    from recloop.steps.graph import find_step
 
     context = _current_context()
-    cfg, request = load_checked_config(config_path, run)
+    cfg, request = load_checked_config(config_path, prepared_run(context))
+    if candidate is not None:
+        context["recloop_candidate"] = candidate  # type: ignore[index]  # names the mapped instance
+    skip_unselected_candidate(request, candidate)
     attempt = int(context["ti"].try_number)
     check_fault(cfg.execution.fault_injection, step, attempt, "start")
     _load_step_or_explain(step)
     ctx = step_context(cfg, request, str(context["run_id"]))
-    spec, _ = load_step(step)
-    # Upstream URIs come from XCom; a role the step declares that the DAG does not wire uses the run layout.
-    inputs = default_inputs(ctx, spec)
-    inputs.update({role: brief["uri"] for role, brief in upstream.items() if role in spec.inputs and brief})
+    inputs = resolve_inputs(ctx, find_step(step))
     for role, uri in sorted(inputs.items()):
         _say(f"{step}: input {role} = {uri}")
     started = time.monotonic()
-    manifest = run_step(step, ctx, inputs=inputs)
+    manifest = run_step(step, ctx, inputs=inputs, candidate=candidate)
     _say(f"{step}: committed {manifest.uri} in {time.monotonic() - started:.1f}s; summary {manifest.summary}")
     check_fault(cfg.execution.fault_injection, step, attempt, "end")
     brief = manifest.brief()
@@ -173,17 +194,19 @@ def _note_published(cfg: PipelineConfig, context: Mapping[str, Any], brief: Mapp
     set_run_note(cfg.execution.airflow_api, context["dag"].dag_id, str(context["run_id"]), note, _say)
 
 
-def decide_publish(config_path: str, run: Mapping[str, Any], gate: Mapping[str, Any] | None = None) -> bool:
+def decide_publish(config_path: str) -> bool:
     """Short-circuit before publish: True only for a blessed candidate outside a dry run. The reason is
     logged and written as the run note, so a skipped publish is explained where people look."""
-    from recloop.artifacts import Artifact, run_prefix
+    from recloop.artifacts.kinds import Blessing
     from recloop.orchestration.callbacks import set_run_note
+    from recloop.steps.base import step_output
+    from recloop.steps.graph import TRAINING
 
     context = _current_context()
-    cfg, request = load_checked_config(config_path, run)
+    cfg, request = load_checked_config(config_path, prepared_run(context))
     ctx = step_context(cfg, request, str(context["run_id"]))
-    gate_uri = gate["uri"] if gate else ctx.store.uri(run_prefix(ctx.run_id, "gate"))
-    blessing = Artifact.open(ctx.store, ctx.key(gate_uri)).read_json("blessing.json")
+    gate_uri = step_output(ctx, TRAINING["gate"])
+    blessing = ctx.open(gate_uri).read_json(Blessing.BLESSING)
     decision = blessing.get("decision")
     candidate = blessing.get("candidate") or "no candidate"
     reasons = [str(r) for r in blessing.get("reasons") or []]

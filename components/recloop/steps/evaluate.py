@@ -1,7 +1,7 @@
 """Evaluate step: every trained candidate and the production champion, on the same leakage-free split.
 
-Inputs: the preprocess artifact (splits, id maps, item categories) and the train artifact (one saved
-Recommender bundle per candidate). Output `runs/{run}/evaluate/`:
+Inputs: the preprocess artifact (splits, id maps, item categories) and the train folder (one
+`TrainedModel` artifact per candidate of this run). Output `runs/{run}/evaluate/`:
   metrics.json     split fingerprint, protocol, cut-offs, and per model: metrics with 95 % bootstrap CIs,
                    segments (history length, head/tail targets), popularity curve; per candidate a paired
                    bootstrap comparison with the champion (`vs_champion`); the champion's own block
@@ -24,7 +24,8 @@ import numpy as np
 
 from recloop.artifacts import Artifact, Manifest
 from recloop.errors import ArtifactError, ConfigError
-from recloop.steps.base import StepContext, StepSpec
+from recloop.artifacts.kinds import Dataset, Evaluation, TrainedModel
+from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     from recloop.config import EvaluationConfig
@@ -34,13 +35,6 @@ if TYPE_CHECKING:
     from recloop.evaluation.protocols import ScoreFn, SplitData
     from recloop.models.base import Recommender
 
-SPEC = StepSpec(
-    "evaluate",
-    ("preprocess", "train"),
-    "Rank the held-out users with every candidate and the production champion; metrics with bootstrap CIs, "
-    "segments and beyond-accuracy measures to metrics.json and report.html.",
-)
-
 METRICS_SCHEMA_VERSION = 1
 
 
@@ -49,13 +43,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     from recloop.evaluation.protocols import build_queries, load_split, with_sampled_negatives
     from recloop.evaluation.report import render_report
 
-    missing = [role for role in SPEC.inputs if role not in inputs]
-    if missing:
-        raise ArtifactError(f"evaluate needs the artifacts of {', '.join(SPEC.inputs)}; missing: "
-                            f"{', '.join(missing)} (pass them as inputs, e.g. --input {missing[0]}=URI)")
     cfg = ctx.config.evaluation
     preprocess = ctx.open(inputs["preprocess"])
-    train = ctx.open(inputs["train"])
+    trained = {name: ctx.open(uri) for name, uri in ctx.candidate_uris(inputs["train"]).items()}
     data = load_split(preprocess)
     queries = build_queries(data, cfg.split, exclude_seen=True)
     cold_mask = cold_start_mask(preprocess, data, cfg)
@@ -66,19 +56,18 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
                             f"({queries.stats}); check preprocess.split and the data")
     setup = make_setup(data, queries, cfg.k, cfg.bootstrap, cfg.seed, cold_mask)
     fingerprint = queries.fingerprint()
-    names = candidate_names(train)
+    names = list(trained)
     ctx.log(f"evaluate: {len(names)} candidate(s) on {len(queries)} {cfg.split} users, {data.n_items} items, "
             f"{queries.protocol} ranking, k={list(setup.ks)}")
     advance = ctx.progress("evaluate", total=len(names) + 1)
-    train_summary = train.manifest.summary.get("candidates") or {}
 
     results: dict[str, ModelResult] = {}
     blocks: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="recloop-evaluate-") as tmp:
         for name in names:
-            model = load_candidate(train, name, Path(tmp) / "candidates" / name, data)
-            info = {"type": model.type_name, "bundle_uri": f"{train.uri}/{name}",
-                    "train": train_summary.get(name) or {}}
+            model = load_candidate(trained[name], name, Path(tmp) / "candidates" / name, data)
+            info = {"type": model.type_name, "bundle_uri": trained[name].uri,
+                    "train": trained[name].manifest.summary}
             result = evaluate_scores(setup, name, _direct_scorer(model), info=info)
             results[name] = result
             blocks[name] = result_json(setup, result)
@@ -100,7 +89,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         "k": list(setup.ks),
         "primary": cfg.primary,
         "preprocess_uri": preprocess.uri,
-        "train_uri": train.uri,
+        "train_uri": inputs["train"],
         "protocol": setup.protocol_json(),
         "candidates": blocks,
         "ranking": ranking,
@@ -111,10 +100,10 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     # The report is rendered from exactly what metrics.json will hold, so it can be re-rendered from it.
     doc = json.loads(json.dumps(doc, sort_keys=True, default=str))
 
-    with ctx.writer(output, parents=[preprocess.uri, train.uri]) as writer:
-        writer.put_json("metrics.json", doc)
-        writer.put_parquet("per_user.parquet", per_user)
-        writer.put_bytes("report.html", render_report(doc).encode("utf-8"))
+    with ctx.writer(output, parents=[preprocess.uri, *(t.uri for t in trained.values())]) as writer:
+        writer.put_json(Evaluation.METRICS, doc)
+        writer.put_parquet(Evaluation.PER_USER, per_user)
+        writer.put_bytes(Evaluation.REPORT, render_report(doc).encode("utf-8"))
         writer.summary.update({
             "split": cfg.split,
             "split_fingerprint": fingerprint,
@@ -131,28 +120,17 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
 # ---------------------------------------------------------------------------------------------- candidates
 
 
-def candidate_names(train: Artifact) -> list[str]:
-    """Candidates of a train artifact: its summary's order, else every folder holding a model.json."""
-    listed = list((train.manifest.summary.get("candidates") or {}).keys())
-    folders = sorted({f.split("/", 1)[0] for f in train.manifest.files if f.endswith("/model.json")})
-    names = [n for n in listed if n in folders] + [n for n in folders if n not in listed]
-    if not names:
-        raise ArtifactError(f"{train.uri} holds no trained candidate (no <candidate>/model.json); "
-                            "check the `models:` section and re-run train")
-    return names
-
-
-def load_candidate(train: Artifact, name: str, dest: Path, data: SplitData) -> Recommender:
+def load_candidate(trained: Artifact, name: str, dest: Path, data: SplitData) -> Recommender:
     """Download (hash-verified) and load one candidate; it must be trained on this preprocess artifact."""
     from recloop.models.base import Recommender
 
-    bundle = train.download_dir(name, dest)
+    bundle = trained.download_all(dest)
     try:
         model = Recommender.load(bundle)
     except ArtifactError as exc:
-        raise ArtifactError(f"candidate {name!r} in {train.uri} cannot be loaded: {exc}") from None
+        raise ArtifactError(f"candidate {name!r} in {trained.uri} cannot be loaded: {exc}") from None
     except (KeyError, ValueError) as exc:
-        raise ArtifactError(f"candidate {name!r} in {train.uri} cannot be loaded ({exc}); re-run train") from None
+        raise ArtifactError(f"candidate {name!r} in {trained.uri} cannot be loaded ({exc}); re-run train") from None
     if (model.n_users, model.n_items) != (data.n_users, data.n_items):
         raise ArtifactError(f"candidate {name!r} knows {model.n_users} users and {model.n_items} items but "
                             f"{data.uri} maps {data.n_users} users and {data.n_items} items: it was trained on "
@@ -227,11 +205,11 @@ def cold_start_mask(preprocess: Artifact, data: SplitData, cfg: EvaluationConfig
     """
     if cfg.cold_start.item_share <= 0:
         return None
-    if "cold_items.parquet" not in preprocess.manifest.files:
+    if Dataset.COLD_ITEMS not in preprocess.manifest.files:
         raise ConfigError("evaluation.cold_start", [
             f"evaluation.cold_start.item_share: {preprocess.uri} was made without a cold-start hold-out; "
             "re-run preprocess with this config (e.g. `recloop step preprocess --force`)"])
-    idx = preprocess.read_parquet("cold_items.parquet")["item_idx"].to_numpy(np.int64)
+    idx = preprocess.read_parquet(Dataset.COLD_ITEMS)["item_idx"].to_numpy(np.int64)
     mask = np.zeros(data.n_items, dtype=bool)
     mask[idx] = True
     return mask

@@ -49,7 +49,7 @@ import numpy as np
 
 from recloop.artifacts import Artifact, run_prefix, safe_run_id
 from recloop.errors import ConflictError, DataError
-from recloop.steps.base import StepContext, StepSpec
+from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,12 +59,6 @@ if TYPE_CHECKING:
     from recloop.config import FeedbackAbuseConfig, PipelineConfig
     from recloop.store import ArtifactStore
 
-SPEC = StepSpec(
-    "feedback",
-    (),
-    "Join served slates with feedback events into labelled interactions and bandit logs, quarantine abuse, "
-    "append clean interactions for the next ingest, and train the bandit policy (policy.enabled).",
-)
 
 STATE_NAME = "state.json"
 IMPRESSIONS = "impressions"

@@ -17,24 +17,16 @@ from typing import Any
 
 from recloop.artifacts import Manifest
 from recloop.errors import ArtifactError
-from recloop.steps.base import StepContext, StepSpec
-
-SPEC = StepSpec(
-    "gate",
-    ("evaluate",),
-    "Judge every candidate against the gate thresholds (absolute, relative to the champion, significance) "
-    "and bless the best one that passes, or reject with reasons.",
-)
+from recloop.artifacts.kinds import Blessing, Evaluation
+from recloop.steps.base import StepContext
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     from recloop.evaluation.gate import judge
 
-    if "evaluate" not in inputs:
-        raise ArtifactError("gate needs the evaluate artifact; pass it as an input (--input evaluate=URI)")
     evaluate = ctx.open(inputs["evaluate"])
     try:
-        doc = evaluate.read_json("metrics.json")
+        doc = evaluate.read_json(Evaluation.METRICS)
     except ValueError as exc:
         raise ArtifactError(f"{evaluate.uri}/metrics.json is not valid JSON ({exc}); re-run evaluate") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("candidates"), dict) or not doc.get("split_fingerprint"):
@@ -67,7 +59,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     with ctx.writer(output, parents=[evaluate.uri]) as writer:
-        writer.put_json("blessing.json", blessing)
+        writer.put_json(Blessing.BLESSING, blessing)
         writer.summary.update({k: blessing[k] for k in (
             "decision", "candidate", "model_type", "primary_metric", "primary_value", "champion_version",
             "split_fingerprint")})

@@ -27,7 +27,7 @@ from recloop.data.normalize import (
 )
 from recloop.data.readers import SourceFile, TableReader, open_table, resolve_sources
 from recloop.errors import ConfigError, DataError
-from recloop.steps.base import StepContext, StepSpec
+from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,12 +35,6 @@ if TYPE_CHECKING:
     from recloop.artifacts import ArtifactWriter, Manifest
     from recloop.config import DataConfig, ItemSource
 
-SPEC = StepSpec(
-    "ingest",
-    (),
-    "Read raw interaction events (and the item catalog, tags and users, if configured) from local files "
-    "or S3 into recloop's Parquet tables; unparseable rows are kept and flagged for validation.",
-)
 
 
 @dataclass

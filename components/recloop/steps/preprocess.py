@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recloop.errors import ArtifactError, DataError
-from recloop.steps.base import StepContext, StepSpec
+from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,11 +39,6 @@ if TYPE_CHECKING:
     from recloop.artifacts import Artifact, ArtifactWriter, Manifest
     from recloop.config import ImplicitConfig, PreprocessConfig
 
-SPEC = StepSpec(
-    name="preprocess",
-    inputs=("ingest", "validate"),
-    description="Implicit feedback, dedupe, min-count / k-core filters, contiguous ids and time-based splits.",
-)
 _INT_ID = re.compile(r"^-?\d+$")
 
 

@@ -29,13 +29,8 @@ from typing import Any
 from recloop.artifacts import Artifact, Manifest, safe_run_id
 from recloop.errors import ArtifactError, NotBlessedError
 from recloop.registry import AliasChange, ModelRegistry, VersionSource
-from recloop.steps.base import StepContext, StepSpec
-
-SPEC = StepSpec(
-    "publish",
-    ("gate", "train", "preprocess", "evaluate"),
-    "Check the blessing, register the blessed candidate as a new model version and move the production alias.",
-)
+from recloop.artifacts.kinds import Blessing, Dataset, Evaluation, Publication, TrainedModel
+from recloop.steps.base import StepContext
 
 DRY_RUN_SUFFIX = "-dry-run"
 
@@ -57,10 +52,6 @@ class CheckedBlessing:
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
-    missing = [role for role in SPEC.inputs if role not in inputs]
-    if missing:
-        raise ArtifactError(f"publish needs the artifacts of {', '.join(SPEC.inputs)}; missing: "
-                            f"{', '.join(missing)} (pass them as inputs, e.g. --input {missing[0]}=URI)")
     dry_run = ctx.params.dry_run
     registry = ModelRegistry(ctx.store, ctx.config.model_name, actor=f"publish step, run {ctx.run_id}")
     try:
@@ -109,9 +100,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         "reused_version": existing is not None,
     }
     target = output.rstrip("/") + DRY_RUN_SUFFIX if dry_run else output
-    parents = [inputs[role] for role in SPEC.inputs]
+    parents = [checked.gate.uri, checked.train.uri, checked.preprocess.uri, checked.evaluate.uri]
     with ctx.writer(target, parents=parents) as writer:
-        writer.put_json("publish.json", report)
+        writer.put_json(Publication.PUBLISH, report)
         writer.summary.update({k: report[k] for k in (
             "model_name", "version", "version_uri", "candidate", "dry_run", "promoted", "previous_version")})
     return writer.manifest
@@ -124,13 +115,12 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
     """Verify the blessing against the artifacts it claims to describe; NotBlessedError lists every problem."""
     gate = ctx.open(inputs["gate"])
     try:
-        blessing = gate.read_json("blessing.json")
+        blessing = gate.read_json(Blessing.BLESSING)
     except (ArtifactError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotBlessedError(f"refusing to publish: the gate artifact {gate.uri} has no readable blessing "
                               f"({exc}); re-run the gate step") from None
     if not isinstance(blessing, dict):
         raise NotBlessedError(f"refusing to publish: {gate.uri}/blessing.json is not a JSON object; re-run the gate")
-    train = ctx.open(inputs["train"])
     preprocess = ctx.open(inputs["preprocess"])
     evaluate = ctx.open(inputs["evaluate"])
     reasons: list[str] = []
@@ -153,14 +143,16 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
 
     candidate = blessing.get("candidate")
     model_type = blessing.get("model_type")
-    train_candidates = train.manifest.summary.get("candidates") or {}
+    trained_uris = ctx.candidate_uris(inputs["train"])
+    train: Artifact | None = None
     if not isinstance(candidate, str) or not candidate:
         reasons.append("the blessing names no candidate")
-    elif candidate not in train_candidates and f"{candidate}/model.json" not in train.manifest.files:
-        have = ", ".join(sorted(train_candidates)) or "none"
-        reasons.append(f"the blessed candidate {candidate!r} is not in the train artifact {train.uri} (it has: {have})")
+    elif candidate not in trained_uris:
+        reasons.append(f"the blessed candidate {candidate!r} is not among this run's trained candidates in "
+                       f"{inputs['train']} (it has: {', '.join(trained_uris) or 'none'})")
     else:
-        trained_type = (train_candidates.get(candidate) or {}).get("type")
+        train = ctx.open(trained_uris[candidate])
+        trained_type = TrainedModel(train).model_type
         if model_type is None:
             reasons.append("the blessing does not name the model type")
         elif trained_type is not None and trained_type != model_type:
@@ -182,7 +174,7 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
 
     metrics: dict[str, Any] = {}
     try:
-        loaded = evaluate.read_json("metrics.json")
+        loaded = evaluate.read_json(Evaluation.METRICS)
         metrics = loaded if isinstance(loaded, dict) else {}
         if not isinstance(loaded, dict):
             reasons.append(f"{evaluate.uri}/metrics.json is not a JSON object")
@@ -202,16 +194,17 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
         reasons.append(f"{evaluate.uri}/metrics.json has no metrics for candidate {candidate!r}")
 
     # Lineage: the metrics must come from the very preprocess and train artifacts being published.
-    for role, art in (("preprocess", preprocess), ("train", train)):
+    for role, uri in (("preprocess", preprocess.uri), ("train", inputs["train"])):
         recorded = metrics.get(f"{role}_uri")
-        if isinstance(recorded, str) and not _same_artifact(ctx, recorded, art.uri):
-            reasons.append(f"{evaluate.uri}/metrics.json measured the {role} artifact {recorded}, not {art.uri}")
+        if isinstance(recorded, str) and not _same_artifact(ctx, recorded, uri):
+            reasons.append(f"{evaluate.uri}/metrics.json measured the {role} artifact {recorded}, not {uri}")
     for role, art in (("preprocess", preprocess), ("train", train)):
         parents = evaluate.manifest.parents
-        if parents and not any(_same_artifact(ctx, p, art.uri) for p in parents):
+        if art is not None and parents and not any(_same_artifact(ctx, p, art.uri) for p in parents):
             reasons.append(f"the evaluate artifact {evaluate.uri} was computed from another {role} artifact "
                            f"({', '.join(parents)}), not {art.uri}")
-    if train.manifest.parents and not any(_same_artifact(ctx, p, preprocess.uri) for p in train.manifest.parents):
+    if train is not None and train.manifest.parents and not any(
+            _same_artifact(ctx, p, preprocess.uri) for p in train.manifest.parents):
         reasons.append(f"the train artifact {train.uri} was trained on another preprocess artifact "
                        f"({', '.join(train.manifest.parents)}), not {preprocess.uri}")
 
@@ -220,7 +213,7 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
         raise NotBlessedError(f"refusing to publish run {ctx.run_id!r} to model {model_name!r}: "
                               f"the blessing in {gate.uri} does not hold:\n{lines}\n"
                               "Re-run evaluate and gate for this run, or fix the inputs passed to publish.")
-    assert isinstance(candidate, str) and isinstance(model_type, str)
+    assert isinstance(candidate, str) and isinstance(model_type, str) and train is not None
     return CheckedBlessing(blessing, candidate, model_type, champion, metrics, str(blessed_fp),
                            gate, train, preprocess, evaluate)
 
@@ -242,7 +235,7 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
 
     candidate = checked.candidate
     try:
-        bundle_dir = checked.train.download_dir(candidate, tmp / "model")
+        bundle_dir = checked.train.download_all(tmp / "model")
     except ArtifactError as exc:
         raise ArtifactError(f"cannot publish candidate {candidate!r}: its bundle in {checked.train.uri} is "
                             f"missing or corrupt ({exc}); re-run the train step") from None
@@ -251,7 +244,7 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
     except ArtifactError as exc:
         raise ArtifactError(f"cannot publish candidate {candidate!r}: {exc}") from None
     except (KeyError, ValueError, OSError) as exc:
-        raise ArtifactError(f"cannot publish candidate {candidate!r}: the bundle in {checked.train.uri}/{candidate} "
+        raise ArtifactError(f"cannot publish candidate {candidate!r}: the bundle in {checked.train.uri} "
                             f"does not load ({exc}); re-run the train step") from None
     if model.type_name != checked.model_type:
         raise ArtifactError(f"cannot publish candidate {candidate!r}: its bundle holds a {model.type_name!r} model "
@@ -267,8 +260,8 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
 
     files = checked.preprocess.manifest.files
     id_maps_dir = None
-    if "id_maps/users.parquet" in files and "id_maps/items.parquet" in files:
-        id_maps_dir = checked.preprocess.download_dir("id_maps", tmp / "id_maps")
+    if Dataset.USER_IDS in files and Dataset.ITEM_IDS in files:
+        id_maps_dir = checked.preprocess.download_dir(Dataset.ID_MAPS, tmp / "id_maps")
         import pyarrow.parquet as pq
 
         n_users = pq.read_metadata(id_maps_dir / "users.parquet").num_rows
@@ -281,13 +274,14 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
     else:
         ctx.log(f"publish: {checked.preprocess.uri} has no id_maps/; the version will hold ids only")
     items_file = None
-    if "items.parquet" in files:
-        items_file = tmp / "items.parquet"
-        with checked.preprocess.path("items.parquet") as p:
+    if Dataset.ITEMS in files:
+        items_file = tmp / Dataset.ITEMS
+        with checked.preprocess.path(Dataset.ITEMS) as p:
             items_file.write_bytes(p.read_bytes())
 
     primary_name, primary_value = _primary(checked)
-    lineage = {role: ctx.open(inputs[role]).uri for role in ("gate", "evaluate", "train", "preprocess")}
+    lineage = {"gate": checked.gate.uri, "evaluate": checked.evaluate.uri, "train": checked.train.uri,
+               "preprocess": checked.preprocess.uri}
     for parent in checked.preprocess.manifest.parents:
         lineage.setdefault(parent.rstrip("/").rsplit("/", 1)[-1], parent)
     return VersionSource(

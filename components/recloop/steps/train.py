@@ -1,20 +1,20 @@
-"""train: fit every candidate model on the preprocess splits; one saved bundle per candidate.
+"""train: fit one candidate model on the preprocess splits and save its bundle (one node per candidate).
 
 Input: the preprocess artifact (`train.parquet`, `valid.parquet`, `items.parquet`, summary `n_users` /
-`n_items`). Output `runs/{run}/train/`:
-  {candidate}/model.json, {candidate}/arrays.safetensors   a Recommender bundle (`Recommender.load`)
-  train_report.json   per candidate: type, config, seed, train seconds, epochs, validation NDCG@10,
-                      the per-epoch metrics the model reported; plus the data sizes
-Summary: `candidates: {name: {type, train_seconds, epochs, best_valid_metric}}` and `valid_metric`.
+`n_items`). Output `runs/{run}/train/{candidate}/`, a `TrainedModel` artifact:
+  model.json, arrays.safetensors   a Recommender bundle (`Recommender.load`)
+  train_report.json                type, config, seed, train seconds, epochs, validation NDCG@10, the
+                                   per-epoch metrics the model reported, and the data sizes
+Summary: `type`, `train_seconds`, `epochs`, `best_valid_metric`, `valid_metric`.
 
-Candidates are `config.models`, or only those named by `RunParams.models` (matched on candidate name).
-Before each fit every random generator is seeded from the model's `seed`. `best_valid_metric` is the
+Each candidate is its own artifact, so the DAG maps candidates to separate task instances (retry one
+alone, run them on different workers) and a failing candidate never touches another's committed bundle.
+Before the fit every random generator is seeded from the model's `seed`. `best_valid_metric` is the
 validation NDCG@10 of the model as saved (for early-stopped models: the restored best epoch), computed
 the same way for every candidate. `epochs` is the model's `epochs_trained` when it has one, else the
 highest `epoch` it reported through `FitContext.progress`, else the number of progress reports that
 carried metrics (one per epoch by convention), and null for closed-form models that report none.
-Bundles are trained into a scratch folder and uploaded only when all candidates succeeded, so a failed
-run never replaces a committed artifact with a partial one.
+The bundle is trained into a scratch folder and uploaded only when the fit succeeded.
 """
 
 from __future__ import annotations
@@ -31,20 +31,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from recloop.data.interactions import Interactions
-from recloop.errors import ArtifactError, ConfigError, DataError
+from recloop.artifacts.kinds import Dataset, TrainedModel
+from recloop.errors import ArtifactError, DataError
 from recloop.models.base import FitContext, ItemSide
-from recloop.steps.base import StepContext, StepSpec
+from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     from recloop.artifacts import Artifact, Manifest
     from recloop.models.base import ModelConfig, Recommender
-
-SPEC = StepSpec(
-    "train",
-    ("preprocess",),
-    "Train every candidate model in `models:` (or those chosen with --models) on the preprocess splits; "
-    "one saved model bundle per candidate plus train_report.json.",
-)
 
 VALID_METRIC = "ndcg@10"
 _SPLIT_COLUMNS = ["user_idx", "item_idx", "timestamp", "weight"]
@@ -83,21 +77,16 @@ class CandidateResult:
                 "best_valid_metric": self.best_valid_metric}
 
 
-def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
-    if "preprocess" not in inputs:
-        raise ArtifactError("train needs the preprocess artifact; pass it as an input, e.g. "
-                            "--input preprocess=s3://bucket/runs/RUN/preprocess")
-    candidates = select_candidates(ctx.config.models, ctx.params.models, ctx.config.source)
+def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -> Manifest:
+    model_cfg = next(m for m in ctx.candidates if m.candidate_name == candidate)
     preprocess = ctx.open(inputs["preprocess"])
     data = load_training_data(preprocess)
-    ctx.log(f"train: {len(candidates)} candidate(s) on {len(data.train)} train / "
+    ctx.log(f"train: {candidate} ({model_cfg.type}) on {len(data.train)} train / "
             f"{0 if data.valid is None else len(data.valid)} valid events, {data.n_users} users, "
             f"{data.n_items} items")
-    embedder = StoreTextEmbedder(ctx)
-    results: list[CandidateResult] = []
     with tempfile.TemporaryDirectory(prefix="recloop-train-") as tmp:
-        for model_cfg in candidates:
-            results.append(train_candidate(model_cfg, data, ctx, embedder, Path(tmp) / model_cfg.candidate_name))
+        bundle_dir = Path(tmp) / candidate
+        result = train_candidate(model_cfg, data, ctx, StoreTextEmbedder(ctx), bundle_dir)
         report = {
             "preprocess_uri": preprocess.uri,
             "n_users": data.n_users,
@@ -105,46 +94,26 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             "n_train": len(data.train),
             "n_valid": 0 if data.valid is None else len(data.valid),
             "valid_metric": VALID_METRIC,
-            "candidates": {r.name: {**r.brief(), "config": r.config, "bundle": f"{r.name}/",
-                                    "history": r.history} for r in results},
+            "candidate": result.name,
+            **result.brief(),
+            "config": result.config,
+            "history": result.history,
         }
         with ctx.writer(output, parents=[preprocess.uri]) as writer:
-            for result in results:
-                writer.add_dir(result.name, Path(tmp) / result.name)
-            writer.put_json("train_report.json", report)
-            writer.summary.update({"candidates": {r.name: r.brief() for r in results},
-                                   "valid_metric": VALID_METRIC})
-    for r in results:
-        metric = "n/a" if r.best_valid_metric is None else f"{r.best_valid_metric:.4f}"
-        ctx.log(f"train: {r.name} ({r.model_type}) {r.train_seconds:.1f}s, epochs={r.epochs}, "
-                f"valid {VALID_METRIC}={metric}")
+            TrainedModel.write(writer, bundle_dir, report)
+    metric = "n/a" if result.best_valid_metric is None else f"{result.best_valid_metric:.4f}"
+    ctx.log(f"train: {result.name} ({result.model_type}) {result.train_seconds:.1f}s, epochs={result.epochs}, "
+            f"valid {VALID_METRIC}={metric}")
     return writer.manifest
 
 
 # ---------------------------------------------------------------------------------------------- pieces
 
 
-def select_candidates(models: Sequence[ModelConfig], names: Sequence[str] | None, source: str) -> list[ModelConfig]:
-    """The configured candidates, or those named in `names` (config order kept)."""
-    if not models:
-        raise ConfigError(source, ["models: no candidate models are configured; add at least one, e.g. "
-                                   "`models: [{type: popularity}, {type: ease, lambda: 200}]`"])
-    configured = [m.candidate_name for m in models]
-    if not names:
-        return list(models)
-    unknown = [n for n in names if n not in configured]
-    if unknown:
-        raise ConfigError(source, [
-            f"--models: unknown candidate(s) {', '.join(repr(n) for n in unknown)}; configured candidates: "
-            f"{', '.join(configured)} (a candidate's name is its `name:`, else its `type:`)"])
-    wanted = set(names)
-    return [m for m in models if m.candidate_name in wanted]
-
-
 def load_training_data(preprocess: Artifact) -> TrainingData:
     """Train/valid interactions and item side information from a committed preprocess artifact."""
     files = preprocess.manifest.files
-    missing = [f for f in ("train.parquet", "valid.parquet") if f not in files]
+    missing = [f for f in (Dataset.TRAIN, Dataset.VALID) if f not in files]
     if missing:
         raise ArtifactError(f"{preprocess.uri} is not a preprocess artifact: it lacks {', '.join(missing)}; "
                             "point train at the preprocess step's output")
@@ -153,8 +122,8 @@ def load_training_data(preprocess: Artifact) -> TrainingData:
         n_users, n_items = int(summary["n_users"]), int(summary["n_items"])
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{preprocess.uri}: the manifest summary lacks n_users / n_items; re-run preprocess") from None
-    train_df = preprocess.read_parquet("train.parquet", columns=_SPLIT_COLUMNS)
-    valid_df = preprocess.read_parquet("valid.parquet", columns=_SPLIT_COLUMNS)
+    train_df = preprocess.read_parquet(Dataset.TRAIN, columns=_SPLIT_COLUMNS)
+    valid_df = preprocess.read_parquet(Dataset.VALID, columns=_SPLIT_COLUMNS)
     try:
         train = Interactions.from_frame(train_df, n_users, n_items)
         valid = Interactions.from_frame(valid_df, n_users, n_items) if len(valid_df) else None
@@ -169,9 +138,9 @@ def load_training_data(preprocess: Artifact) -> TrainingData:
 
 def _item_side(preprocess: Artifact, n_items: int) -> ItemSide:
     """Texts and categories per contiguous item id; items missing from items.parquet get empty ones."""
-    if "items.parquet" not in preprocess.manifest.files:
+    if Dataset.ITEMS not in preprocess.manifest.files:
         return ItemSide()
-    items = preprocess.read_parquet("items.parquet")
+    items = preprocess.read_parquet(Dataset.ITEMS)
     idx = items["item_idx"].to_numpy(np.int64)
     if len(idx) and (idx.min() < 0 or idx.max() >= n_items):
         raise ArtifactError(f"{preprocess.uri}/items.parquet has item_idx outside [0, {n_items}); re-run preprocess")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from recloop.artifacts import MANIFEST, Artifact
 from recloop.errors import ArtifactError, ValidationFailed
-from recloop.steps.base import StepContext, StepSpec
+from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
     from recloop.artifacts import ArtifactWriter, Manifest
     from recloop.data.quality import QualityReport
 
-SPEC = StepSpec(
-    name="validate",
-    inputs=("ingest",),
-    description="Check ingested interactions with a great-expectations suite; fail, quarantine bad rows, or warn.",
-)
 FAILED_SUFFIX = "-failed"
 
 
@@ -69,8 +64,6 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     from recloop.data.quality import check_interactions, format_failure
 
     cfg = ctx.config.validation
-    if "ingest" not in inputs:
-        raise ArtifactError("validate needs the ingest artifact as input 'ingest'; run `recloop step ingest` first")
     ingest_uri = inputs["ingest"]
     table = _read_table(ctx, ingest_uri, "interactions.parquet")
     if table is None:

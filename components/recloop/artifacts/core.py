@@ -236,15 +236,21 @@ class Artifact:
 
     def download_dir(self, name: str, dest: str | Path) -> Path:
         """Copy every manifest file under `name/` to `dest`, verified."""
-        dest = Path(dest)
-        found = False
-        for fname in self.manifest.files:
-            if fname.startswith(name.rstrip("/") + "/"):
-                found = True
-                target = dest / fname[len(name.rstrip("/")) + 1:]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with self.path(fname) as p:
-                    shutil.copyfile(p, target)
-        if not found:
+        folder = name.rstrip("/") + "/"
+        if not any(f.startswith(folder) for f in self.manifest.files):
             raise ArtifactError(f"{self.uri} has no folder {name!r}")
+        return self._download({f: f[len(folder):] for f in self.manifest.files if f.startswith(folder)}, dest)
+
+    def download_all(self, dest: str | Path) -> Path:
+        """Copy every file of the artifact to `dest`, verified."""
+        return self._download({f: f for f in self.manifest.files}, dest)
+
+    def _download(self, names: dict[str, str], dest: str | Path) -> Path:
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for fname, relative in names.items():
+            target = dest / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.path(fname) as p:
+                shutil.copyfile(p, target)
         return dest

@@ -1,0 +1,15 @@
+"""Artifacts: committed folders in the store (`core`) and the typed kinds the steps exchange (`kinds`)."""
+
+from recloop.artifacts.core import (
+    MANIFEST,
+    Artifact,
+    ArtifactWriter,
+    FileEntry,
+    Manifest,
+    frame_schema,
+    run_prefix,
+    safe_run_id,
+)
+
+__all__ = ["MANIFEST", "Artifact", "ArtifactWriter", "FileEntry", "Manifest", "frame_schema", "run_prefix",
+           "safe_run_id"]

@@ -1,0 +1,157 @@
+"""The typed artifact kinds the pipeline's steps exchange, each declared once with its files.
+
+A kind is to an artifact folder what KFP's `Dataset`/`Model` types are to a path: the step graph
+(`recloop.steps.graph`) types every step input and output with one, `recloop step NAME --help` and the
+Airflow task docs list the files from it, and each kind's class names its files as constants, so no
+module spells a file name of another step's artifact. `Kind.open(store, prefix)` opens a committed
+artifact as that kind (a hash-checked `core.Artifact` underneath).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, TypeVar
+
+from recloop.artifacts.core import Artifact
+
+if TYPE_CHECKING:
+    from recloop.artifacts.core import ArtifactWriter
+    from recloop.store import ArtifactStore
+
+K = TypeVar("K", bound="ArtifactKind")
+
+
+class ArtifactKind:
+    """A typed view of one committed artifact folder. Subclasses declare what the folder holds."""
+
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # file (or folder, ending in '/') -> what it holds; optional ones say "(optional)"
+    files: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+
+    @classmethod
+    def open(cls: type[K], store: ArtifactStore, prefix: str) -> K:
+        return cls(Artifact.open(store, prefix))
+
+    @property
+    def uri(self) -> str:
+        return self.artifact.uri
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.artifact.manifest.summary
+
+    def has(self, name: str) -> bool:
+        return name in self.artifact.manifest.files
+
+    @classmethod
+    def describe_files(cls) -> str:
+        return ", ".join(f"`{name}`" for name in cls.files)
+
+
+class RawEvents(ArtifactKind):
+    title = "raw events"
+    description = "Ingested interactions, item catalog and users as Parquet; unparseable rows kept and flagged."
+    INTERACTIONS = "interactions.parquet"
+    ITEMS = "items.parquet"
+    USERS = "users.parquet"
+    files = {INTERACTIONS: "every event row, with `ingest_issue` where a value did not parse",
+             ITEMS: "the item catalog with tags (optional)", USERS: "user attributes (optional)"}
+
+
+class ValidationReport(ArtifactKind):
+    title = "validation report"
+    description = "The great-expectations result, and the valid rows when rows were quarantined."
+    RESULT = "result.json"
+    DATA_DOCS = "data_docs"
+    INTERACTIONS = RawEvents.INTERACTIONS
+    QUARANTINE = "quarantine/interactions.parquet"
+    files = {RESULT: "checks, counts and the decision", f"{DATA_DOCS}/": "great-expectations Data Docs (optional)",
+             INTERACTIONS: "the valid rows, only when some were quarantined",
+             QUARANTINE: "the quarantined rows with the failed checks (optional)"}
+
+
+class Dataset(ArtifactKind):
+    title = "dataset"
+    description = "Implicit-feedback interactions with contiguous ids, split by time into train/valid/test."
+    TRAIN = "train.parquet"
+    VALID = "valid.parquet"
+    TEST = "test.parquet"
+    SPLITS = (TRAIN, VALID, TEST)
+    USER_IDS = "id_maps/users.parquet"
+    ITEM_IDS = "id_maps/items.parquet"
+    ID_MAPS = "id_maps"
+    ITEMS = "items.parquet"
+    COLD_ITEMS = "cold_items.parquet"
+    STATS = "stats.json"
+    files = {TRAIN: "train events (user_idx, item_idx, timestamp, weight)", VALID: "validation events",
+             TEST: "test events", USER_IDS: "user_idx -> user_id", ITEM_IDS: "item_idx -> item_id",
+             ITEMS: "item side information by item_idx (text, categories)",
+             COLD_ITEMS: "items held out of training (optional, evaluation.cold_start)",
+             STATS: "what each stage kept and dropped"}
+
+
+class TrainedModel(ArtifactKind):
+    """One candidate's saved Recommender bundle; the train step writes one per candidate."""
+
+    title = "trained model"
+    description = "One candidate's Recommender bundle (model.json + safetensors) and its training report."
+    MODEL = "model.json"
+    ARRAYS = "arrays.safetensors"
+    REPORT = "train_report.json"
+    files = {MODEL: "type, config, recloop version, id-map reference", ARRAYS: "the learned arrays",
+             REPORT: "seconds, epochs, validation NDCG@10 and the per-epoch metrics"}
+    SUMMARY_KEYS = ("type", "train_seconds", "epochs", "best_valid_metric", "valid_metric")
+
+    @classmethod
+    def write(cls, writer: ArtifactWriter, bundle_dir: Path, report: Mapping[str, Any]) -> None:
+        """Commit a saved bundle folder and its report; the report's headline facts go to the summary."""
+        for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
+            writer.add_file(path.relative_to(bundle_dir).as_posix(), path)
+        writer.put_json(cls.REPORT, dict(report))
+        writer.summary.update({k: report.get(k) for k in cls.SUMMARY_KEYS})
+
+    @property
+    def model_type(self) -> str | None:
+        return self.summary.get("type")
+
+
+class Evaluation(ArtifactKind):
+    title = "evaluation"
+    description = "Metrics of every candidate and the production champion on one leakage-free split."
+    METRICS = "metrics.json"
+    PER_USER = "per_user.parquet"
+    REPORT = "report.html"
+    files = {METRICS: "metrics with bootstrap CIs, segments, comparisons with the champion",
+             PER_USER: "per-user metric values of every model", REPORT: "a self-contained report for people"}
+
+
+class Blessing(ArtifactKind):
+    title = "blessing"
+    description = "The gate's decision (blessed or rejected), the chosen candidate and every reason."
+    BLESSING = "blessing.json"
+    files = {BLESSING: "decision, candidate, thresholds with values, champion version, reasons"}
+
+
+class Publication(ArtifactKind):
+    title = "publication"
+    description = "Which model version publish registered and whether the production alias moved."
+    PUBLISH = "publish.json"
+    files = {PUBLISH: "version, candidate, promoted, previous version"}
+
+
+class FeedbackBatch(ArtifactKind):
+    title = "feedback batch"
+    description = "Served slates joined with feedback events into interactions and bandit logs."
+    INTERACTIONS = "interactions.parquet"
+    BANDIT_LOG = "bandit_log.parquet"
+    QUARANTINE = "quarantine/feedback.parquet"
+    REPORT = "report.json"
+    SUMMARY = "report.md"
+    POLICY_REPORT = "policy_report.json"
+    files = {INTERACTIONS: "labelled interactions for the next training run", BANDIT_LOG: "logged bandit slots",
+             QUARANTINE: "events quarantined by the abuse rules (optional)", REPORT: "counts and windows",
+             SUMMARY: "the report for people", POLICY_REPORT: "the bandit policy's training (optional)"}
