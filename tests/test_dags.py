@@ -230,23 +230,33 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
         "prepare", "data.ingest", "data.validate", "data.preprocess", "model.train", "model.evaluate",
         "release.gate", "release.decide", "release.publish"]
     upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
+    # The graph draws the loop itself: one edge per link of the chain (8 for 9 tasks); inputs that skip a
+    # link (publish reads train, preprocess and evaluate) and prepare's run-wide values travel otherwise.
     assert upstream == {
         "prepare": [],
         "data.ingest": ["prepare"],
-        "data.validate": ["data.ingest", "prepare"],
-        "data.preprocess": ["data.ingest", "data.validate", "prepare"],
-        "model.train": ["data.preprocess", "prepare"],
-        "model.evaluate": ["data.preprocess", "model.train", "prepare"],
-        "release.gate": ["model.evaluate", "prepare"],
-        "release.decide": ["prepare", "release.gate"],
-        "release.publish": ["data.preprocess", "model.evaluate", "model.train", "prepare", "release.decide",
-                            "release.gate"],
+        "data.validate": ["data.ingest"],
+        "data.preprocess": ["data.validate"],
+        "model.train": ["data.preprocess"],
+        "model.evaluate": ["model.train"],
+        "release.gate": ["model.evaluate"],
+        "release.decide": ["release.gate"],
+        "release.publish": ["release.decide"],
     }
+    assert sum(len(t.upstream_task_ids) for t in dag.tasks) == 8
+    # Training is mapped: one task instance per configured candidate, named by it.
+    from recloop.config import load
+
+    train = dag.get_task("model.train")
+    assert train.op_kwargs_expand_input.value == {
+        "candidate": [m.candidate_name for m in load(mode_configs / "local.yaml").models]}
+    assert train.partial_kwargs["map_index_template"] == "{{ recloop_candidate }}"
+    assert dag.get_task("model.evaluate").trigger_rule == "none_failed_min_one_success"
     assert sorted(dag.task_group.children) == ["data", "model", "prepare", "release"]
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.tags == {"mode:inprocess", "pipeline:local", "recloop", "training"}
     assert dag.get_task("release.decide").task_type == "_ShortCircuitDecoratedOperator"
-    # Each step is a @task calling run_step through tasks.run_pipeline_step with XCom briefs of its upstreams.
+    # Each step is a @task calling run_step through tasks.run_pipeline_step, which resolves its inputs itself.
     for task in dag.tasks:
         assert task.doc_md and len(task.doc_md) > 80, task.task_id
         assert task.owner == "recloop"
@@ -254,8 +264,8 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
     for step in ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish"):
         task = next(t for t in dag.tasks if t.task_id.endswith("." + step))
         assert task.python_callable is tasks.run_pipeline_step
-        assert task.op_kwargs["step"] == step
-        assert task.op_kwargs["config_path"] == str(mode_configs / "local.yaml")
+        op_kwargs = task.partial_kwargs["op_kwargs"] if step == "train" else task.op_kwargs
+        assert op_kwargs == {"step": step, "config_path": str(mode_configs / "local.yaml")}
     assert "recloop pipeline `local`" in dag.doc_md and "airflow dags trigger local_train" in dag.doc_md
 
 
@@ -406,8 +416,16 @@ def test_feedback_dag_emits_the_asset_the_training_dag_waits_for(mode_configs):
 STEPS = ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
 
 
-def render(dag, task_id: str, **params):
+def render(dag, task_id: str, candidate: str | None = None, **params):
+    """A container task rendered for one run; a mapped (per-candidate) task as the instance for `candidate`
+    (default: the first configured one)."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
     task = dag.get_task(task_id)
+    if isinstance(task, MappedOperator):
+        candidates = task.expand_input.value["recloop_candidate"]
+        assert task.partial_kwargs["map_index_template"] == "{{ task.recloop_candidate }}"
+        task = task.unmap({"recloop_candidate": candidate or candidates[0]})
     values = {**dag.params.dump(), **params}
     task.render_template_fields({"params": values, "run_id": RUN_ID, "dag": dag})
     return task
@@ -422,7 +440,8 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
         (container,) = pod.spec.containers
         assert container.command == ["recloop"]
         assert container.args == ["step", step, "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID,
-                                  "--since", "2024-06-01T00:00:00+00:00", "--set", "evaluation.k=[5]"]
+                                  "--since", "2024-06-01T00:00:00+00:00",
+                                  *(["--model", "popularity"] if step == "train" else []), "--set", "evaluation.k=[5]"]
         assert container.image == "registry.example.com/recloop:1.2.3"
         assert pod.metadata.namespace == "ml"
         assert pod.metadata.labels["recloop.io/step"] == step
@@ -450,13 +469,15 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
             assert container.resources.limits == {"cpu": "2", "memory": "4Gi"}
             assert pod.spec.node_selector == {"pool": "cpu"}
             assert [(t.key, t.value, t.effect) for t in pod.spec.tolerations] == [("dedicated", "ml", "NoSchedule")]
-    # Models chosen at trigger time and `force` reach the pod too; dry_run is the DAG's (publish skipped).
-    train = render(dag, "model.train", models=["popularity", "ease"], force=True, dry_run=True)
+    # One pod per candidate; models chosen at trigger time reach the steps that read every candidate, and
+    # `force` every pod; dry_run is the DAG's (publish skipped).
+    assert dag.get_task("model.train").expand_input.value == {"recloop_candidate": ["popularity", "ease"]}
+    train = render(dag, "model.train", candidate="ease", models=["popularity", "ease"], force=True, dry_run=True)
     assert train.build_operator().arguments == train.arguments
     assert train.arguments == ["step", "train", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID,
-                               "--models", "popularity", "--models", "ease", "--force"]
+                               "--model", "ease", "--force"]
     assert render(dag, "model.evaluate", models=["ease"]).arguments == [
-        "step", "evaluate", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID]
+        "step", "evaluate", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID, "--models", "ease"]
     # The serving chart's ConfigMap holds the config under its own key (`config.yaml`).
     from recloop.config import load
     from recloop.orchestration.factory import build_training_dag
@@ -466,7 +487,7 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
     assert render(chart_dag, "data.ingest").arguments[2:4] == ["--config", "/etc/recloop/config.yaml"]
     # The in-process tasks (prepare, decide) stay plain Python tasks in every mode.
     assert dag.get_task("release.decide").task_type == "_ShortCircuitDecoratedOperator"
-    assert sorted(dag.get_task("release.decide").upstream_task_ids) == ["prepare", "release.gate"]
+    assert sorted(dag.get_task("release.decide").upstream_task_ids) == ["release.gate"]
 
 
 def test_docker_mode_containers_run_recloop_step_with_local_paths_mounted(mode_configs):
@@ -479,7 +500,8 @@ def test_docker_mode_containers_run_recloop_step_with_local_paths_mounted(mode_c
         task = render(dag, task_id)
         container = task.build_operator()
         assert container.entrypoint == ["recloop"]
-        assert container.command == ["step", step, "--config", str(mode_configs / "boxed.yaml"), "--run-id", RUN_ID]
+        assert container.command == ["step", step, "--config", str(mode_configs / "boxed.yaml"), "--run-id", RUN_ID,
+                                     *(["--model", "popularity"] if step == "train" else [])]
         assert container.image == "recloop:dev"
         assert container.environment == {"RECLOOP_LOG_LEVEL": "debug"}
         assert container.network_mode == "host"

@@ -35,6 +35,8 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 PIPELINE = "e2e"
 DAG_ID = f"{PIPELINE}_train"
 STEPS = ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
+# The committed artifacts of a run: one per step, and one per candidate for train.
+ARTIFACTS = ("ingest", "validate", "preprocess", "train/popularity", "train/ease", "evaluate", "gate", "publish")
 TASKS = ("prepare", "data.ingest", "data.validate", "data.preprocess", "model.train", "model.evaluate",
          "release.gate", "release.decide", "release.publish")
 
@@ -104,14 +106,27 @@ def dags_test(airflow: dict[str, Any], conf: dict[str, Any] | None = None) -> tu
 
 
 def run_state(airflow: dict[str, Any], run_id: str) -> tuple[str, dict[str, tuple[str, int]]]:
-    """(dag run state, {task id: (state, try number)}) from Airflow's metadata DB."""
+    """(dag run state, {task id: (state, try number)}) from Airflow's metadata DB. A mapped task's
+    instances are merged into one entry (one state if they agree, the highest try number), and listed
+    as `task[rendered map index]` in `mapped_instances`."""
     with sqlite3.connect(airflow["db"]) as db:
         (state,) = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?",
                               (DAG_ID, run_id)).fetchone()
-        tasks = {t: (s, n) for t, s, n in db.execute(
-            "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
-            (DAG_ID, run_id))}
+        rows = db.execute("SELECT task_id, map_index, rendered_map_index, state, try_number FROM task_instance "
+                          "WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id)).fetchall()
+    tasks: dict[str, tuple[str, int]] = {}
+    for task_id, map_index, rendered, task_state, tries in rows:
+        if map_index >= 0:
+            MAPPED_INSTANCES.setdefault(run_id, {})[f"{task_id}[{rendered}]"] = (task_state, tries)
+        if task_id in tasks:
+            old_state, old_tries = tasks[task_id]
+            task_state = old_state if old_state == task_state else f"{old_state}|{task_state}"
+            tries = max(tries, old_tries)
+        tasks[task_id] = (task_state, tries)
     return state, tasks
+
+
+MAPPED_INSTANCES: dict[str, dict[str, tuple[str, int]]] = {}
 
 
 def open_store(airflow: dict[str, Any]):
@@ -126,7 +141,7 @@ def verified_hashes(store: Any, run_id: str, step: str) -> dict[str, str]:
     from recloop.artifacts import Artifact, run_prefix
 
     artifact = Artifact.open(store, run_prefix(run_id, step))
-    assert artifact.manifest.step == step and artifact.manifest.run_id == run_id
+    assert artifact.manifest.step == step.split("/")[0] and artifact.manifest.run_id == run_id
     assert artifact.uri.startswith(f"s3://{airflow_bucket(store)}/")
     for name in artifact.manifest.files:
         with artifact.path(name):  # raises ArtifactError on a missing file or a hash mismatch
@@ -150,9 +165,11 @@ def test_training_dag_on_airflow_and_s3(airflow):
     state, tasks = run_state(airflow, run1)
     assert state == "success"
     assert {t: s for t, (s, _) in tasks.items()} == {t: "success" for t in TASKS}
-    hashes1 = {step: verified_hashes(store, run1, step) for step in STEPS}
+    # train is mapped: one task instance per candidate, each named by its candidate in the UI.
+    assert MAPPED_INSTANCES[run1] == {"model.train[popularity]": ("success", 1), "model.train[ease]": ("success", 1)}
+    hashes1 = {step: verified_hashes(store, run1, step) for step in ARTIFACTS}
     assert "interactions.parquet" in hashes1["ingest"] and "train.parquet" in hashes1["preprocess"]
-    assert {"popularity/arrays.safetensors", "ease/arrays.safetensors"} <= set(hashes1["train"])
+    assert {"arrays.safetensors", "model.json"} <= set(hashes1["train/popularity"]) & set(hashes1["train/ease"])
     production = json.loads(store.get_bytes(alias_key))
     assert production["version"] == 1 and production["run_id"] == run1
     assert store.list(run_prefix(run1, "_failures")) == []
@@ -176,13 +193,16 @@ def test_training_dag_on_airflow_and_s3(airflow):
     assert state == "success"
     assert {t: s for t, (s, _) in tasks.items()} == {t: "success" for t in TASKS}
     assert tasks["model.train"][1] == 2 and tasks["model.evaluate"][1] == 1
-    record = json.loads(store.get_bytes(f"{run_prefix(run3, '_failures')}/model.train.try-1.json"))
-    assert (record["task_id"], record["run_id"], record["try_number"], record["error_type"], record["final"]) == (
-        "model.train", run3, 1, "InjectedFault", False)
-    hashes3 = {step: verified_hashes(store, run3, step) for step in STEPS}
+    # Each candidate's instance failed once and was retried on its own.
+    assert MAPPED_INSTANCES[run3] == {"model.train[popularity]": ("success", 2), "model.train[ease]": ("success", 2)}
+    for map_index in (0, 1):
+        record = json.loads(store.get_bytes(f"{run_prefix(run3, '_failures')}/model.train[{map_index}].try-1.json"))
+        assert (record["task_id"], record["map_index"], record["run_id"], record["try_number"], record["error_type"],
+                record["final"]) == ("model.train", map_index, run3, 1, "InjectedFault", False)
+    hashes3 = {step: verified_hashes(store, run3, step) for step in ARTIFACTS}
     # Data and model files must match run 1 byte for byte (reports carry timings and run ids; skip those).
     compared = 0
-    for step in ("ingest", "validate", "preprocess", "train"):
+    for step in ("ingest", "validate", "preprocess", "train/popularity", "train/ease"):
         data_files = {n for n in hashes1[step] if n.endswith((".parquet", ".safetensors"))}
         assert data_files == {n for n in hashes3[step] if n.endswith((".parquet", ".safetensors"))}
         for name in data_files:
@@ -287,7 +307,7 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
                             "env": {"AWS_ACCESS_KEY_ID": keys["access_key"],
                                     "AWS_SECRET_ACCESS_KEY": keys["secret_key"],
                                     "RECLOOP_AIRFLOW_PASSWORD": keys["admin_password"]}})
-        for step in STEPS[:-1]:
+        for step in ARTIFACTS[:-1]:
             verified_hashes(store, run_id, step)
         assert json.loads(store.get_bytes(f"{run_prefix(run_id, 'gate')}/blessing.json"))["decision"] == "rejected"
         assert not store.exists(f"models/{PIPELINE}/production.json")

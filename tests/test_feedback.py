@@ -298,11 +298,11 @@ def test_feedback_summary_drives_the_feedback_dag_asset_decision(tmp_path: Path)
 
 def test_feedback_is_not_part_of_the_training_order() -> None:
     from recloop.pipeline import TRAINING_STEPS
-    from recloop.steps.base import load_step
+    from recloop.steps.graph import find_step
 
     assert TRAINING_STEPS == ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
-    spec, _ = load_step("feedback")
-    assert spec.name == "feedback" and spec.inputs == ()
+    spec = find_step("feedback")
+    assert spec.name == "feedback" and spec.inputs == {}
 
 
 @pytest.mark.s3

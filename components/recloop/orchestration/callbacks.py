@@ -2,7 +2,8 @@
 
 `FailureRecorder` is the DAGs' `on_failure_callback` / `on_retry_callback`: it writes
 `runs/{run_id}/_failures/{task_id}.json` (final failure) or `{task_id}.try-{n}.json` (a failed attempt
-Airflow will retry) to the pipeline's store and logs it, so a failure is found next to the run's
+Airflow will retry); a mapped task instance (one candidate of train) adds its index,
+`{task_id}[{map_index}]...`, and records it as `map_index` to the pipeline's store and logs it, so a failure is found next to the run's
 artifacts. Callbacks must never raise: a store outage (often the very cause of the failure) is logged.
 
 `set_run_note` writes the DAG run's note through Airflow's public REST API: the Task SDK has no call for
@@ -40,8 +41,9 @@ def load_run_config(config_path: str, params: Mapping[str, Any] | None) -> Pipel
         return load(config_path)
 
 
-def failure_record_key(run_id: str, task_id: str, try_number: int | None = None) -> str:
-    name = task_id if try_number is None else f"{task_id}.try-{try_number}"
+def failure_record_key(run_id: str, task_id: str, try_number: int | None = None, map_index: int = -1) -> str:
+    name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+    name = name if try_number is None else f"{name}.try-{try_number}"
     return f"{run_prefix(run_id, '_failures')}/{name}.json"
 
 
@@ -65,8 +67,11 @@ class FailureRecorder:
         run_id = str(context["run_id"])
         exc = context.get("exception")
         try_number = int(getattr(ti, "try_number", 0) or 0)
+        map_index = getattr(ti, "map_index", -1)
+        map_index = map_index if isinstance(map_index, int) else -1
         record = {
-            "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": run_id, "try_number": try_number,
+            "dag_id": ti.dag_id, "task_id": ti.task_id, "map_index": map_index, "run_id": run_id,
+            "try_number": try_number,
             "max_tries": int(getattr(ti, "max_tries", 0) or 0), "final": self.final,
             "will_retry": not self.final,
             "error_type": type(exc).__name__ if exc is not None else None,
@@ -76,7 +81,7 @@ class FailureRecorder:
         }
         cfg = load_run_config(self.config_path, context.get("params"))
         store = open_store(cfg.store)
-        key = failure_record_key(run_id, ti.task_id, None if self.final else try_number)
+        key = failure_record_key(run_id, ti.task_id, None if self.final else try_number, map_index)
         store.put_bytes(key, json.dumps(record, indent=2, sort_keys=True).encode())
         what = "failed" if self.final else f"failed attempt {try_number} (Airflow will retry)"
         log.error("%s %s in run %s: %s: %s; recorded at %s", ti.task_id, what, run_id,

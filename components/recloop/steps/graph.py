@@ -152,8 +152,9 @@ TRAINING = StepGraph(
                  "`runs/{run}/validate-failed/`): fix the data or the thresholds, then clear it."), description=(
                  "Check ingested interactions with a great-expectations suite; fail, quarantine bad rows, or warn.")),
         Step("preprocess", "recloop.steps.preprocess", group="data", output=Dataset,
-             inputs={"ingest": Input(RawEvents), "validate": Input(ValidationReport)}, notes=(
-                 "Reads validate's valid rows when it quarantined some, else ingest's rows."), description=(
+             inputs={"ingest": Input(RawEvents), "validate": Input(ValidationReport, optional=True)}, notes=(
+                 "Reads validate's valid rows when it quarantined some, else ingest's rows; without a validate "
+                 "artifact (validation skipped) it reads ingest's rows and logs so."), description=(
                  "Implicit feedback, dedupe, min-count / k-core filters, contiguous ids and time-based splits.")),
         Step("train", "recloop.steps.train", group="model", output=TrainedModel, per_candidate=True,
              inputs={"preprocess": Input(Dataset)}, notes=(
