@@ -10,11 +10,14 @@ artifact as that kind (a hash-checked `core.Artifact` underneath).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, TypeVar
 
 from recloop.artifacts.core import Artifact
+from recloop.errors import ArtifactError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from recloop.artifacts.core import ArtifactWriter
     from recloop.store import ArtifactStore
 
@@ -46,6 +49,13 @@ class ArtifactKind:
 
     def has(self, name: str) -> bool:
         return name in self.artifact.manifest.files
+
+    def require(self, *names: str) -> None:
+        """ArtifactError unless every named file is committed (the artifact is of this kind)."""
+        missing = [n for n in names if not self.has(n)]
+        if missing:
+            raise ArtifactError(f"{self.uri} is not a {self.title} artifact: it lacks {', '.join(missing)}; point "
+                                "this step at the output of the step that writes it")
 
     @classmethod
     def describe_files(cls) -> str:
@@ -92,6 +102,30 @@ class Dataset(ArtifactKind):
              ITEMS: "item side information by item_idx (text, categories)",
              COLD_ITEMS: "items held out of training (optional, evaluation.cold_start)",
              STATS: "what each stage kept and dropped"}
+
+    def split(self, name: Literal["train", "valid", "test"], columns: list[str] | None = None) -> pd.DataFrame:
+        return self.artifact.read_parquet(f"{name}.parquet", columns=columns)
+
+    def user_ids(self) -> pd.DataFrame:
+        return self.artifact.read_parquet(self.USER_IDS)
+
+    def item_ids(self) -> pd.DataFrame:
+        return self.artifact.read_parquet(self.ITEM_IDS)
+
+    def items(self) -> pd.DataFrame | None:
+        """Item side information (item_idx, item_id, text, categories), None when preprocess had none."""
+        return self.artifact.read_parquet(self.ITEMS) if self.has(self.ITEMS) else None
+
+    def cold_items(self) -> Any:
+        """int64 item_idx of the items held out of training, None without a cold-start hold-out."""
+        import numpy as np
+
+        if not self.has(self.COLD_ITEMS):
+            return None
+        return self.artifact.read_parquet(self.COLD_ITEMS)["item_idx"].to_numpy(np.int64)
+
+    def stats(self) -> dict[str, Any]:
+        return self.artifact.read_json(self.STATS)
 
 
 class TrainedModel(ArtifactKind):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import scipy.sparse as sp
 
+from recloop.artifacts.kinds import Dataset
 from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ArtifactError
 from recloop.evaluation.metrics import Targets
@@ -28,7 +29,8 @@ from recloop.models.base import top_k
 if TYPE_CHECKING:
     import pandas as pd
 
-    from recloop.artifacts import Artifact
+    from recloop.artifacts.kinds import Dataset
+from recloop.artifacts import Artifact
 
 # (b, n_items) scores for a batch of histories; `users` are the query users' ids in the current split.
 ScoreFn = Callable[[Histories, np.ndarray], np.ndarray]
@@ -84,21 +86,14 @@ def _id_array(df: pd.DataFrame, idx_col: str, id_col: str, where: str) -> np.nda
 
 def load_split(artifact: Artifact) -> SplitData:
     """Read the splits, id maps and item categories of a committed preprocess artifact (hash-checked)."""
-    files = artifact.manifest.files
-    missing = [f for f in ("train.parquet", "valid.parquet", "test.parquet", "id_maps/users.parquet",
-                           "id_maps/items.parquet") if f not in files]
-    if missing:
-        raise ArtifactError(f"{artifact.uri} is not a preprocess artifact: it lacks {', '.join(missing)}; "
-                            "point evaluate at the preprocess step's output")
-    splits = {name: artifact.read_parquet(f"{name}.parquet", columns=_SPLIT_COLUMNS)
-              for name in ("train", "valid", "test")}
-    user_ids = _id_array(artifact.read_parquet("id_maps/users.parquet"), "user_idx", "user_id",
-                         f"{artifact.uri}/id_maps/users.parquet")
-    item_ids = _id_array(artifact.read_parquet("id_maps/items.parquet"), "item_idx", "item_id",
-                         f"{artifact.uri}/id_maps/items.parquet")
+    dataset = Dataset(artifact)
+    dataset.require(*Dataset.SPLITS, Dataset.USER_IDS, Dataset.ITEM_IDS)
+    splits = {name: dataset.split(name, columns=_SPLIT_COLUMNS) for name in ("train", "valid", "test")}
+    user_ids = _id_array(dataset.user_ids(), "user_idx", "user_id", f"{artifact.uri}/{Dataset.USER_IDS}")
+    item_ids = _id_array(dataset.item_ids(), "item_idx", "item_id", f"{artifact.uri}/{Dataset.ITEM_IDS}")
     categories = None
-    if "items.parquet" in files:
-        items = artifact.read_parquet("items.parquet")
+    items = dataset.items()
+    if items is not None:
         if "categories" in items.columns:
             cats: list[list[str]] = [[] for _ in range(len(item_ids))]
             for idx, value in zip(items["item_idx"].to_numpy(np.int64), items["categories"]):

@@ -205,11 +205,11 @@ def cold_start_mask(preprocess: Artifact, data: SplitData, cfg: EvaluationConfig
     """
     if cfg.cold_start.item_share <= 0:
         return None
-    if Dataset.COLD_ITEMS not in preprocess.manifest.files:
+    idx = Dataset(preprocess).cold_items()
+    if idx is None:
         raise ConfigError("evaluation.cold_start", [
             f"evaluation.cold_start.item_share: {preprocess.uri} was made without a cold-start hold-out; "
             "re-run preprocess with this config (e.g. `recloop step preprocess --force`)"])
-    idx = preprocess.read_parquet(Dataset.COLD_ITEMS)["item_idx"].to_numpy(np.int64)
     mask = np.zeros(data.n_items, dtype=bool)
     mask[idx] = True
     return mask

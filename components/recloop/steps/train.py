@@ -112,18 +112,15 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
 
 def load_training_data(preprocess: Artifact) -> TrainingData:
     """Train/valid interactions and item side information from a committed preprocess artifact."""
-    files = preprocess.manifest.files
-    missing = [f for f in (Dataset.TRAIN, Dataset.VALID) if f not in files]
-    if missing:
-        raise ArtifactError(f"{preprocess.uri} is not a preprocess artifact: it lacks {', '.join(missing)}; "
-                            "point train at the preprocess step's output")
+    dataset = Dataset(preprocess)
+    dataset.require(Dataset.TRAIN, Dataset.VALID)
     summary = preprocess.manifest.summary
     try:
         n_users, n_items = int(summary["n_users"]), int(summary["n_items"])
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{preprocess.uri}: the manifest summary lacks n_users / n_items; re-run preprocess") from None
-    train_df = preprocess.read_parquet(Dataset.TRAIN, columns=_SPLIT_COLUMNS)
-    valid_df = preprocess.read_parquet(Dataset.VALID, columns=_SPLIT_COLUMNS)
+    train_df = dataset.split("train", columns=_SPLIT_COLUMNS)
+    valid_df = dataset.split("valid", columns=_SPLIT_COLUMNS)
     try:
         train = Interactions.from_frame(train_df, n_users, n_items)
         valid = Interactions.from_frame(valid_df, n_users, n_items) if len(valid_df) else None
@@ -133,17 +130,17 @@ def load_training_data(preprocess: Artifact) -> TrainingData:
     if len(train) == 0:
         raise DataError(f"the train split of {preprocess.uri} is empty: nothing to learn from; loosen the "
                         "preprocess filters (min_user_interactions, implicit.min_rating) or add data")
-    return TrainingData(train, valid, _item_side(preprocess, n_items), preprocess.uri)
+    return TrainingData(train, valid, _item_side(dataset, n_items), preprocess.uri)
 
 
-def _item_side(preprocess: Artifact, n_items: int) -> ItemSide:
+def _item_side(dataset: Dataset, n_items: int) -> ItemSide:
     """Texts and categories per contiguous item id; items missing from items.parquet get empty ones."""
-    if Dataset.ITEMS not in preprocess.manifest.files:
+    items = dataset.items()
+    if items is None:
         return ItemSide()
-    items = preprocess.read_parquet(Dataset.ITEMS)
     idx = items["item_idx"].to_numpy(np.int64)
     if len(idx) and (idx.min() < 0 or idx.max() >= n_items):
-        raise ArtifactError(f"{preprocess.uri}/items.parquet has item_idx outside [0, {n_items}); re-run preprocess")
+        raise ArtifactError(f"{dataset.uri}/{Dataset.ITEMS} has item_idx outside [0, {n_items}); re-run preprocess")
     texts: list[str] | None = None
     categories: list[list[str]] | None = None
     if "text" in items.columns:
