@@ -37,7 +37,8 @@ from recloop.steps.base import StepContext, StepSpec
 
 if TYPE_CHECKING:
     from recloop.artifacts import Artifact, Manifest
-    from recloop.models.base import ModelConfig, Recommender
+    from recloop.config.models import ModelConfig
+    from recloop.models.base import Recommender
 
 SPEC = StepSpec(
     "train",
