@@ -11,18 +11,30 @@ from recloop.config.metrics import GATEABLE_METRICS, split_metric
 
 
 class ColdStartConfig(StrictModel):
+    """Hold items out of training entirely, to measure how well models rank items nobody has seen."""
+
     item_share: float = Field(0.0, ge=0, lt=1, description="Share of items held out of training entirely.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed choosing which items are held out.")
 
 
 class EvaluationConfig(StrictModel):
-    k: list[int] = Field(default_factory=lambda: [10, 20])
+    """The evaluate step: metrics of every candidate (and the champion) on the held-out split."""
+
+    k: list[int] = Field(
+        default_factory=lambda: [10, 20], description="Cut-offs every metric is computed at (metric@k); gate and "
+        "primary metrics must use one of them.")
     primary: str = Field("ndcg@10", description="Metric that ranks candidates, as name@k.")
     sampled_negatives: int | None = Field(None, ge=1, description="Sampled ranking; None = full ranking.")
     bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for 95% confidence intervals.")
-    split: Literal["test", "valid"] = "test"
-    cold_start: ColdStartConfig = ColdStartConfig()
-    seed: int = 0
+    split: Literal["test", "valid"] = Field(
+        "test", description="Split the candidates are scored on: test (final numbers) or valid (while tuning, keeping "
+        "test unseen).")
+    cold_start: ColdStartConfig = Field(
+        ColdStartConfig(), description="Optional cold-start hold-out: items kept out of training to measure text "
+        "models on new "
+        "items.")
+    seed: int = Field(
+        0, description="Seed of sampled negatives and bootstrap resamples, so reruns give identical reports.")
 
     @field_validator("k")
     @classmethod
@@ -39,12 +51,16 @@ class EvaluationConfig(StrictModel):
 
 
 class GateConfig(StrictModel):
+    """Conditions the best candidate must meet before publish promotes it; all must hold."""
+
     absolute: dict[str, float] = Field(default_factory=dict, description="metric@k -> minimum value.")
     relative_to_champion: dict[str, float] = Field(
         default_factory=dict, description="metric@k -> minimum ratio of the champion's value."
     )
     require_significant: bool = Field(False, description="Improvement over champion must pass a paired bootstrap.")
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance level of the paired bootstrap test used by "
+        "require_significant.")
 
     @field_validator("absolute", "relative_to_champion")
     @classmethod
@@ -57,4 +73,6 @@ class GateConfig(StrictModel):
 
 
 class PublishConfig(StrictModel):
+    """The publish step: registering a blessed candidate as the new production model."""
+
     model_name: str | None = Field(None, description="Registry name; defaults to the pipeline name.")

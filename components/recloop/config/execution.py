@@ -44,6 +44,8 @@ def _check_schedule(value: str | list[str] | None) -> str | list[str] | None:
 
 
 class ResourceQuantities(StrictModel):
+    """Kubernetes-style resource quantities."""
+
     cpu: str | None = Field(None, description="CPU quantity, e.g. '500m' or '2'.")
     memory: str | None = Field(None, description="Memory quantity, e.g. '512Mi' or '4Gi'.")
     gpu: int | None = Field(None, ge=0, description="NVIDIA GPUs (`nvidia.com/gpu`).")
@@ -52,16 +54,24 @@ class ResourceQuantities(StrictModel):
 class ContainerResources(StrictModel):
     """Requests and limits for a step container (Kubernetes resources; docker uses the limits)."""
 
-    requests: ResourceQuantities = ResourceQuantities()
-    limits: ResourceQuantities = ResourceQuantities()
+    requests: ResourceQuantities = Field(
+        ResourceQuantities(), description="Resources reserved for the container (Kubernetes scheduling).")
+    limits: ResourceQuantities = Field(
+        ResourceQuantities(), description="Most the container may use (enforced by Kubernetes and Docker).")
 
 
 class Toleration(StrictModel):
-    key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(None, ge=0)
+    """A Kubernetes toleration, letting step pods run on tainted nodes."""
+
+    key: str | None = Field(None, description="Taint key tolerated; None with operator Exists tolerates every taint.")
+    operator: Literal["Equal", "Exists"] = Field(
+        "Equal", description="Equal: the taint's value must equal `value`; Exists: any value.")
+    value: str | None = Field(None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect tolerated; None = all effects.")
+    toleration_seconds: int | None = Field(
+        None, ge=0, description="NoExecute only: how long the pod stays bound after the taint "
+        "appears; None = forever.")
 
 
 class SecretEnv(StrictModel):
@@ -78,14 +88,19 @@ class KubernetesExecutionConfig(StrictModel):
     namespace: str | None = Field(None, description="Namespace for step pods; None = the one Airflow runs in.")
     kubernetes_conn_id: str = Field("kubernetes_default", description="Airflow connection to the cluster.")
     in_cluster: bool | None = Field(None, description="Use the in-cluster service account config.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="When the kubelet pulls the step image: Always, IfNotPresent, or Never (image "
+        "preloaded).")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Names of registry Secrets.")
     service_account: str | None = Field(None, description="Service account the step pods run as.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels step pods must match (e.g. a node pool).")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Node taints step pods tolerate.")
     secrets: list[SecretEnv] = Field(default_factory=list, description="Secrets exposed as env vars (S3 keys...).")
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on step pods.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra annotations on step pods (e.g. for a service mesh or "
+        "log shipper).")
     config_map: str | None = Field(
         None, description="ConfigMap holding this config file (key = the file name), mounted at `config_dir`; "
         "None = the image or a pod template provides the file there.")
@@ -94,13 +109,18 @@ class KubernetesExecutionConfig(StrictModel):
         None, description="The config's file name inside `config_dir` (e.g. 'config.yaml', the key of the serving "
         "chart's ConfigMap); None = this config's own file name.")
     startup_timeout_seconds: int = Field(600, ge=10, description="How long a pod may stay Pending.")
-    on_finish_action: Literal["delete_pod", "delete_succeeded_pod", "keep_pod"] = "delete_succeeded_pod"
+    on_finish_action: Literal["delete_pod", "delete_succeeded_pod", "keep_pod"] = Field(
+        "delete_succeeded_pod", description="What happens to a finished pod; keep_pod helps debugging, the default "
+        "keeps only failed "
+        "ones.")
 
 
 class DockerMount(StrictModel):
+    """A host folder bind-mounted into step containers."""
+
     source: str = Field(..., description="Host path.")
     target: str = Field(..., description="Path inside the container.")
-    read_only: bool = True
+    read_only: bool = Field(True, description="Mount read-only; the steps write only to the store.")
 
 
 class DockerExecutionConfig(StrictModel):
@@ -116,18 +136,29 @@ class DockerExecutionConfig(StrictModel):
         default_factory=lambda: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"],
         description="Worker environment variables passed privately (never logged) into the container.")
     user: str | None = Field(None, description="User to run the container as; None = the image's user.")
-    auto_remove: Literal["never", "success", "force"] = "success"
+    auto_remove: Literal["never", "success", "force"] = Field(
+        "success", description="Remove the container when it exits: never, on success only (failed ones stay for "
+        "`docker "
+        "logs`), or always (force).")
 
 
 class StepExecutionConfig(StrictModel):
     """Per-step overrides of the execution defaults (e.g. a longer timeout or a GPU node for `train`)."""
 
-    retries: int | None = Field(None, ge=0, le=10)
-    retry_delay: Duration | None = None
-    timeout_minutes: int | None = Field(None, ge=1)
-    resources: ContainerResources | None = None
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = None
+    retries: int | None = Field(None, ge=0, le=10, description="This step's retries; None = execution.retries.")
+    retry_delay: Duration | None = Field(
+        None, description="This step's first retry delay; None = execution.retry_delay.")
+    timeout_minutes: int | None = Field(
+        None, ge=1, description="This step's timeout; None = execution.timeout_minutes (train "
+        "often needs more).")
+    resources: ContainerResources | None = Field(
+        None, description="This step's container resources (e.g. a GPU for train); None = execution.resources.")
+    node_selector: dict[str, str] | None = Field(
+        None, description="Kubernetes node labels this step's pod must match; None = "
+        "execution.kubernetes.node_selector.")
+    tolerations: list[Toleration] | None = Field(
+        None, description="Taints this step's pod tolerates (e.g. of a GPU pool); None = "
+        "execution.kubernetes.tolerations.")
 
 
 class FaultInjectionConfig(StrictModel):
@@ -149,10 +180,15 @@ class AirflowApiConfig(StrictModel):
 
 
 class ExecutionConfig(StrictModel):
-    mode: Literal["inprocess", "kubernetes", "docker"] = "inprocess"
-    retries: int = Field(2, ge=0, le=10)
-    retry_delay: Duration = timedelta(seconds=30)
-    timeout_minutes: int = Field(60, ge=1)
+    """How the Airflow DAGs run the steps and when they are triggered."""
+
+    mode: Literal["inprocess", "kubernetes", "docker"] = Field(
+        "inprocess", description="inprocess: steps run inside the Airflow worker; docker: one container per step; "
+        "kubernetes: one pod per step.")
+    retries: int = Field(2, ge=0, le=10, description="Airflow retries of a failed step task.")
+    retry_delay: Duration = Field(
+        timedelta(seconds=30), description="Wait before the first retry; grows by retry_backoff each retry.")
+    timeout_minutes: int = Field(60, ge=1, description="Airflow execution timeout of one step attempt.")
     retry_backoff: float = Field(
         2.0, ge=1.0, le=10.0, description="Exponential back-off multiplier between retries (1 = constant).")
     max_retry_delay: Duration = Field(timedelta(minutes=30), description="Cap on one retry delay.")
@@ -169,10 +205,13 @@ class ExecutionConfig(StrictModel):
     tags: list[str] = Field(default_factory=list, description="Extra Airflow DAG tags.")
     image: str = Field("recloop:latest", description="Container image for the kubernetes and docker modes.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra env vars for step containers.")
-    resources: ContainerResources = ContainerResources()
-    kubernetes: KubernetesExecutionConfig = KubernetesExecutionConfig()
-    docker: DockerExecutionConfig = DockerExecutionConfig()
-    fault_injection: FaultInjectionConfig | None = None
+    resources: ContainerResources = Field(
+        ContainerResources(), description="Default CPU/memory/GPU requests and limits of step containers.")
+    kubernetes: KubernetesExecutionConfig = Field(
+        KubernetesExecutionConfig(), description="Pod settings for mode kubernetes.")
+    docker: DockerExecutionConfig = Field(DockerExecutionConfig(), description="Container settings for mode docker.")
+    fault_injection: FaultInjectionConfig | None = Field(
+        None, description="Make a step fail on purpose to exercise retries (tests and drills); None = off.")
     airflow_api: AirflowApiConfig | None = Field(
         None, description="Set to let tasks write run notes (why publish was skipped) through the REST API.")
 

@@ -54,7 +54,9 @@ class FeedbackConfig(StrictModel):
     event_ratings: dict[str, float] = Field(
         default_factory=dict, description="Rating written for events of these types (e.g. click: 4.0) when "
         "data.interactions maps a rating column; `rating` events write their value.")
-    abuse: FeedbackAbuseConfig = FeedbackAbuseConfig()
+    abuse: FeedbackAbuseConfig = Field(
+        FeedbackAbuseConfig(), description="Rules quarantining bot-like or abusive feedback before it reaches "
+        "training.")
 
     @field_validator("rewards")
     @classmethod
@@ -96,5 +98,6 @@ class PolicyConfig(StrictModel):
     min_slots: int = Field(200, ge=1, description="Logged slots needed before a policy is trained.")
     holdout_share: float = Field(
         0.3, gt=0, lt=1, description="Newest share of the logs held out to evaluate the candidate policy.")
-    gate: PolicyGateConfig = PolicyGateConfig()
-    seed: int = 0
+    gate: PolicyGateConfig = Field(
+        PolicyGateConfig(), description="Off-policy evaluation the candidate policy must pass before it is published.")
+    seed: int = Field(0, description="Seed of the hold-out split and the bootstrap resamples.")

@@ -21,20 +21,36 @@ class PipelineConfig(StrictModel):
     """The whole pipeline: one field per YAML section; `models` entries are told apart by their `type:`."""
 
     name: str = Field(..., description="Pipeline name: lower-case letters, digits, '-' and '_'.")
-    store: StoreConfig = StoreConfig()
-    data: DataConfig
-    validation: ValidationConfig = ValidationConfig()
-    preprocess: PreprocessConfig = PreprocessConfig()
+    store: StoreConfig = Field(
+        StoreConfig(), description="Artifact store holding every run's artifacts, the model registry and the "
+        "serving logs.")
+    data: DataConfig = Field(
+        ..., description="Where the raw interactions (and optionally the item catalog and users) are read from.")
+    validation: ValidationConfig = Field(
+        ValidationConfig(), description="Data-quality checks of the validate step and what a failure does.")
+    preprocess: PreprocessConfig = Field(
+        PreprocessConfig(), description="Cleaning, implicit-feedback conversion, min-count filters and the "
+        "train/valid/test split.")
     models: list[ModelEntry] = Field(
         default_factory=list, description="Candidate models trained and compared by evaluate; each entry is "
         "`type:` (see docs/models.md) plus that model's parameters.")
-    evaluation: EvaluationConfig = EvaluationConfig()
-    gate: GateConfig = GateConfig()
-    publish: PublishConfig = PublishConfig()
-    execution: ExecutionConfig = ExecutionConfig()
-    serving: ServingConfig = ServingConfig()
-    feedback: FeedbackConfig = FeedbackConfig()
-    policy: PolicyConfig = PolicyConfig()
+    evaluation: EvaluationConfig = Field(
+        EvaluationConfig(), description="Offline metrics of the evaluate step: cut-offs, the ranking metric, "
+        "bootstrap intervals.")
+    gate: GateConfig = Field(
+        GateConfig(), description="Thresholds the best candidate must pass before publish may promote it.")
+    publish: PublishConfig = Field(PublishConfig(), description="How the blessed model is published to the registry.")
+    execution: ExecutionConfig = Field(
+        ExecutionConfig(), description="How Airflow runs the steps: where (in process, Docker, Kubernetes), "
+        "retries, timeouts, "
+        "schedules.")
+    serving: ServingConfig = Field(
+        ServingConfig(), description="The online API of `recloop serve` over the registry's production model.")
+    feedback: FeedbackConfig = Field(
+        FeedbackConfig(), description="The feedback step turning serving logs into labelled training interactions.")
+    policy: PolicyConfig = Field(
+        PolicyConfig(), description="Optional contextual-bandit reranker trained from the feedback logs and gated "
+        "off-policy.")
 
     # Set by load(): where the file came from (for messages and lineage); not part of the schema.
     _source: str = PrivateAttr("<memory>")

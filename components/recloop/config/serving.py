@@ -23,6 +23,8 @@ class ServingAuthConfig(StrictModel):
 
 
 class ServingPrivacyConfig(StrictModel):
+    """Pseudonymization of user ids in everything the API writes."""
+
     hmac_key: SecretStr | None = Field(
         None, description="Key of the HMAC-SHA256 that pseudonymizes user ids before anything is written "
         "(>= 16 characters; use ${RECLOOP_USER_HMAC_KEY}). None = `recloop serve` reads RECLOOP_USER_HMAC_KEY.")
@@ -81,6 +83,8 @@ class ServingRulesConfig(StrictModel):
 
 
 class ServingExplorationConfig(StrictModel):
+    """Exploration, so logged slates support off-policy evaluation of new policies."""
+
     epsilon: float = Field(
         0.0, ge=0, lt=1, description="Each slot shows a uniformly drawn pool item with this probability "
         "(epsilon-greedy; logged propensities make off-policy evaluation possible). 0 = greedy.")
@@ -90,7 +94,9 @@ class ServingExplorationConfig(StrictModel):
 class ServingAnnConfig(StrictModel):
     """Approximate top-k (HNSW over inner products) for catalogs too large for exact search."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        True, description="Build an HNSW index when the catalog has at least min_items items; false = always exact "
+        "search.")
     min_items: int = Field(50_000, ge=1, description="Catalogs with fewer items are searched exactly.")
     m: int = Field(16, ge=4, le=128, description="HNSW graph degree.")
     ef_construction: int = Field(200, ge=10, description="HNSW build-time candidate list size.")
@@ -132,14 +138,23 @@ class ServingConfig(StrictModel):
     cache_dir: str | None = Field(None, description="Local folder for downloaded bundles; None = a temporary folder.")
     explain_items: int = Field(3, ge=0, le=20, description="History items (and terms) listed per explanation.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
-    auth: ServingAuthConfig = ServingAuthConfig()
-    privacy: ServingPrivacyConfig = ServingPrivacyConfig()
-    limits: ServingLimitsConfig = ServingLimitsConfig()
-    fallback: ServingFallbackConfig = ServingFallbackConfig()
-    rules: ServingRulesConfig = ServingRulesConfig()
-    exploration: ServingExplorationConfig = ServingExplorationConfig()
-    ann: ServingAnnConfig = ServingAnnConfig()
-    logs: ServingLogsConfig = ServingLogsConfig()
+    auth: ServingAuthConfig = Field(
+        ServingAuthConfig(), description="API keys guarding feedback, admin and (optionally) read routes.")
+    privacy: ServingPrivacyConfig = Field(
+        ServingPrivacyConfig(), description="Pseudonymization of user ids before they are logged.")
+    limits: ServingLimitsConfig = Field(
+        ServingLimitsConfig(), description="Request validation bounds and load shedding.")
+    fallback: ServingFallbackConfig = Field(
+        ServingFallbackConfig(), description="Recommendations for users the model cannot personalize for.")
+    rules: ServingRulesConfig = Field(
+        ServingRulesConfig(), description="Business rules (exclusions, category caps, diversification) applied to "
+        "every slate.")
+    exploration: ServingExplorationConfig = Field(
+        ServingExplorationConfig(), description="Epsilon-greedy exploration with logged propensities.")
+    ann: ServingAnnConfig = Field(
+        ServingAnnConfig(), description="Approximate nearest-neighbour index for large catalogs.")
+    logs: ServingLogsConfig = Field(
+        ServingLogsConfig(), description="Impression and feedback logs written to the store.")
 
     @field_validator("poll_interval")
     @classmethod

@@ -19,20 +19,26 @@ class RetryConfig(StrictModel):
 
 
 class StoreConfig(StrictModel):
+    """Where artifacts live: a local folder (file://) or an S3 bucket and prefix (s3://)."""
+
     root: str = Field(
         "file://.recloop/store",
         description="Root URI of the artifact store: file:///abs/path, file://relative/path or s3://bucket/prefix.",
     )
     endpoint_url: str | None = Field(None, description="S3 endpoint (SeaweedFS, MinIO, ...); None = AWS.")
     region: str | None = Field(None, description="S3 region name.")
-    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "path", description="S3 URL style: path (bucket in the path; SeaweedFS, MinIO), virtual (bucket in the host "
+        "name, AWS) or auto.")
     access_key_id: SecretStr | None = Field(None, description="S3 key id; None = the standard AWS chain.")
-    secret_access_key: SecretStr | None = None
+    secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret key paired with access_key_id; write ${ENV_VAR}, never the key itself.")
     server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
         None, description="Ask S3 to encrypt objects at rest."
     )
     multipart_threshold_mb: int = Field(64, ge=5, description="Uploads above this size use multipart.")
-    retry: RetryConfig = RetryConfig()
+    retry: RetryConfig = Field(
+        RetryConfig(), description="Back-off for transient store errors (timeouts, throttling, 5xx).")
 
     @field_validator("root")
     @classmethod

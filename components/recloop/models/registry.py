@@ -3,7 +3,8 @@
 The model `type` is read from the config class's `type` Literal, so it is written once. Built-in config
 classes live in `recloop.config.models` (they type `PipelineConfig.models`); loading the built-ins checks
 that each of them has exactly one Recommender. Built-in model modules are imported lazily by `get()` /
-`available()`, so importing the registry is cheap. Model modules must keep heavy imports (torch, transformers) inside functions.
+`available()`, so importing the registry is cheap. Model modules must keep heavy imports (torch,
+transformers) inside functions.
 """
 
 from __future__ import annotations
