@@ -26,13 +26,14 @@ def parse_duration(value: Any) -> timedelta:
     raise ValueError(f"expected a duration like '30s', '15m', '12h' or '1d' (got {value!r})")
 
 
-def _format_duration(td: timedelta) -> str:
+def format_duration(td: timedelta) -> str:
+    """timedelta -> seconds as written in configs and dumps (`90s`, `0.5s`)."""
     # Must parse back through parse_duration: ':g' gave '3.1536e+07s' for 365 days, which it rejects.
     seconds = td.total_seconds()
     return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.6f}".rstrip("0") + "s"
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(_format_duration)]
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
 
 
 class StrictModel(BaseModel):

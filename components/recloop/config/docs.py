@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from recloop.config.base import _format_duration
+from recloop.config.base import format_duration
 from recloop.config.models import (
     MODEL_CONFIG_TYPES,
     ChatEndpoint,
@@ -67,7 +67,7 @@ def sections(root: type[BaseModel] = PipelineConfig, path: str = "") -> Iterator
             here += ".*"
         found = list(dict.fromkeys(_models_in(field.annotation)))
         for cls in found:
-            sub = f"{here[:-2]}[type={model_type_name(cls)}]" if issubclass(cls, ModelConfig) else here
+            sub = f"{here.removesuffix('[]')}[type={model_type_name(cls)}]" if issubclass(cls, ModelConfig) else here
             yield from sections(cls, sub)
 
 
@@ -131,7 +131,7 @@ def format_type(annotation: Any) -> str:
         if issubclass(annotation, timedelta):
             return "duration"
         return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    return "any" if annotation is Any else str(annotation).replace("typing.", "")
 
 
 def format_default(field: FieldInfo) -> str:
@@ -142,7 +142,7 @@ def format_default(field: FieldInfo) -> str:
     if isinstance(value, BaseModel):
         return "(section)"
     if isinstance(value, timedelta):
-        return f"`{_format_duration(value)}`"
+        return f"`{format_duration(value)}`"
     if value is None:
         return "`null`"
     if isinstance(value, str):
@@ -167,9 +167,7 @@ def field_table(cls: type[BaseModel], exclude: set[str] = frozenset()) -> str:
 
 
 def _doc(cls: type[BaseModel]) -> str:
-    doc = (cls.__doc__ or "").strip()
-    # pydantic gives undocumented models BaseModel's docstring; that says nothing about the section.
-    return "" if doc.startswith("!!! abstract") or doc == (BaseModel.__doc__ or "").strip() else " ".join(doc.split())
+    return " ".join((cls.__dict__.get("__doc__") or "").split())  # the class's own docstring, not inherited
 
 
 # ---------------------------------------------------------------------------------------------- pages

@@ -1,8 +1,9 @@
 """Model configs: one pydantic class per model `type:`, and the union `PipelineConfig.models` is typed by.
 
 The classes live here, below the models layer, so validating a config file never imports model code
-(numpy, torch). `recloop.models.registry` maps each `type` to its Recommender class and checks that every
-registered class names one of `MODEL_CONFIG_TYPES`; adding a model means adding its config class here.
+(numpy, torch). `recloop.models.registry` maps each `type` to its Recommender class (`@register(EaseConfig)`)
+and checks that every class in `MODEL_CONFIG_TYPES` has one; adding a model means adding its config class
+here and registering the model class with it.
 """
 
 from __future__ import annotations
@@ -241,7 +242,9 @@ class LLMRerankConfig(ModelConfig):
     """An LLM reorders the top `top_n` of a base model's list and gives a reason per item."""
 
     type: Literal["llm_rerank"] = Field("llm_rerank", description="Model type; selects this entry's parameter set.")
-    base: dict[str, Any] = Field(..., description="The first-stage model config (any registered type).")
+    base: dict[str, Any] = Field(
+        ..., description="The first-stage model whose top `top_n` the LLM reorders: a "
+        "`models:` entry (`type:` plus parameters) of any type but llm_rerank.")
     backend: Literal["openai", "local"] = Field(
         "openai", description="openai: an OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama); local: a "
         "Hugging Face causal LM folder loaded in process.")

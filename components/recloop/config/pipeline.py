@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from recloop.config.base import StrictModel
