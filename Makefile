@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-quality lint up down clean
+.PHONY: install demo test test-fast docs bench bench-quality lint up down clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow" tests
+
+# docs/config.md and the parameter tables of docs/models.md, generated from the config classes' field
+# descriptions (tests/test_config_docs.py fails when the committed files differ).
+docs: $(STAMP)
+	$(BIN)/recloop config docs --write
 
 # Speed benchmarks, each printing a table (ratios against a baseline measured in the same run).
 bench: $(STAMP)

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from recloop.models.text_encoder import EmbeddingCache, EncoderConfig, TextEncoder, resolve_model_dir
+    from recloop.config.models import EncoderConfig
+    from recloop.models.text_encoder import EmbeddingCache, TextEncoder, resolve_model_dir
     from recloop.store import FileStore
 
     torch.manual_seed(0)

@@ -144,7 +144,8 @@ def prepare(config_path: Path, store_root: Path, run_id: str = "bench-quality", 
 
 def item_embeddings(store, texts: list[str] | None, log: Callable[[str], None]) -> np.ndarray:
     """Item-text embeddings with the default offline encoder, through the store's cache (keyed by text hash)."""
-    from recloop.models.text_encoder import EmbeddingCache, EncoderConfig, TextEncoder
+    from recloop.config.models import EncoderConfig
+    from recloop.models.text_encoder import EmbeddingCache, TextEncoder
 
     if texts is None:
         raise SystemExit("the text models need item texts: configure data.items with a text template")

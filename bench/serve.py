@@ -53,7 +53,8 @@ CLIENT_LIMIT = "not_sent_client_limit"
 
 def build_model(n_items: int, seed: int = 0):
     from recloop.data.interactions import Interactions
-    from recloop.models.mf import MatrixFactorization, MFConfig
+    from recloop.config.models import MFConfig
+    from recloop.models.mf import MatrixFactorization
 
     rng = np.random.default_rng(seed)
     n_clusters = 50

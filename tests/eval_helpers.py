@@ -21,7 +21,8 @@ import pandas as pd
 from recloop.artifacts import ArtifactWriter, run_prefix
 from recloop.artifacts.kinds import TrainedModel
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.config.models import ModelConfig
+from recloop.models.base import FitContext, Recommender
 from recloop.store import ArtifactStore
 
 
@@ -80,8 +81,8 @@ def registered_test_models() -> Iterator[None]:
     from recloop.models import registry
 
     saved = dict(registry._REGISTRY)
-    registry.register("evaltest_table", TableConfig)(TableScores)
-    registry.register("evaltest_random", RandomConfig)(RandomScores)
+    registry.register(TableConfig)(TableScores)
+    registry.register(RandomConfig)(RandomScores)
     try:
         yield
     finally:

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from recloop.artifacts import ArtifactWriter, run_prefix
 from recloop.config import PipelineConfig, StoreConfig, apply_overrides
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.config.models import ModelConfig
+from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 from recloop.steps.base import StepContext
 from recloop.store import ArtifactStore, open_store
@@ -162,7 +163,7 @@ class CountsConfig(ModelConfig):
     type: Literal["test_counts"] = "test_counts"
 
 
-@register("test_counts", CountsConfig)
+@register(CountsConfig)
 class CountsModel(Recommender):
     """Test-only recommender: items ranked by their weighted training count plus a seeded tie-breaking jitter."""
 

@@ -18,7 +18,8 @@ def publish_popularity(store: Any, model_name: str, users: Sequence[str], items:
                        categories: Sequence[Sequence[str]] | None = None) -> int:
     """Fit a popularity model on `events` ((user index, item index) pairs; by default user u saw item u),
     register it with id maps (and item categories) and make it production. Returns the version."""
-    from recloop.models.popularity import Popularity, PopularityConfig
+    from recloop.config.models import PopularityConfig
+    from recloop.models.popularity import Popularity
 
     pairs = list(events) if events is not None else [(u, u % len(items)) for u in range(len(users))]
     train = Interactions.from_arrays([u for u, _ in pairs], [i for _, i in pairs], n_users=len(users),

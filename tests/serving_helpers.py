@@ -79,14 +79,16 @@ def make_dataset(n_users: int = 40, n_items: int = 30, seed: int = 0, per_user: 
 
 
 def fit_mf(data: Dataset, seed: int = 0, factors: int = 8) -> Recommender:
-    from recloop.models.mf import MatrixFactorization, MFConfig
+    from recloop.config.models import MFConfig
+    from recloop.models.mf import MatrixFactorization
 
     return MatrixFactorization(MFConfig(factors=factors, epochs=8, seed=seed, solver="cholesky")).fit(data.train)
 
 
 def clustered_mf(n_items: int, n_users: int = 300, dim: int = 16, seed: int = 0) -> Recommender:
     """An mf model with clustered factors (set directly: ANN behaviour does not need a real fit)."""
-    from recloop.models.mf import MatrixFactorization, MFConfig
+    from recloop.config.models import MFConfig
+    from recloop.models.mf import MatrixFactorization
 
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((12, dim))
@@ -100,7 +102,8 @@ def clustered_mf(n_items: int, n_users: int = 300, dim: int = 16, seed: int = 0)
 
 
 def fit_popularity(data: Dataset) -> Recommender:
-    from recloop.models.popularity import Popularity, PopularityConfig
+    from recloop.config.models import PopularityConfig
+    from recloop.models.popularity import Popularity
 
     return Popularity(PopularityConfig()).fit(data.train)
 

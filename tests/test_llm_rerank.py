@@ -12,7 +12,8 @@ import pytest
 
 from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, ItemSide, Recommender
-from recloop.models.llm_rerank import LLMRerank, LLMRerankConfig, build_prompt, parse_answer
+from recloop.config.models import LLMRerankConfig
+from recloop.models.llm_rerank import LLMRerank, build_prompt, parse_answer
 
 N_ITEMS = 8
 TEXTS = [f"Item {i}: a film about topic {i % 3}" for i in range(N_ITEMS)]

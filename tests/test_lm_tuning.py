@@ -20,7 +20,8 @@ from recloop.data.interactions import Histories
 from recloop.errors import ConfigError
 from recloop.models import registry
 from recloop.models.base import FitContext, ItemSide, Recommender
-from recloop.models.text_encoder import EncoderConfig, TextEncoder, resolve_model_dir
+from recloop.config.models import EncoderConfig
+from recloop.models.text_encoder import TextEncoder, resolve_model_dir
 
 TINY_LAYERS = 2
 SEQ = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 12, "patience": 12, "dropout": 0.0,

@@ -43,7 +43,8 @@ def test_mf_vector_space_reproduces_model_scores() -> None:
 
 
 def test_text_knn_vector_space_folds_the_popularity_blend_into_one_dimension() -> None:
-    from recloop.models.text_knn import TextKNN, TextKNNConfig
+    from recloop.config.models import TextKNNConfig
+    from recloop.models.text_knn import TextKNN
 
     data = make_dataset()
     rng = np.random.default_rng(1)
@@ -58,7 +59,8 @@ def test_text_knn_vector_space_folds_the_popularity_blend_into_one_dimension() -
 
 
 def test_sasrec_vector_space_reproduces_model_scores() -> None:
-    from recloop.models.sasrec import SASRec, SASRecConfig
+    from recloop.config.models import SASRecConfig
+    from recloop.models.sasrec import SASRec
 
     data = make_dataset(n_users=16, n_items=12, per_user=5)
     model = SASRec(SASRecConfig(dim=16, layers=1, heads=1, max_len=8, epochs=1, device="cpu")).fit(data.train)

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.config.models import ModelConfig
+from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 from recloop.registry import ModelRegistry
 from recloop.serving.eventlog import EventLog, feedback_schema
@@ -133,7 +134,7 @@ class SlowConfig(ModelConfig):
     type: Literal["serving_test_slow"] = "serving_test_slow"
 
 
-@register("serving_test_slow", SlowConfig)
+@register(SlowConfig)
 class SlowModel(Recommender):
     """Test-only: takes 0.4 s per request, so concurrent requests pile up deterministically."""
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from recloop.errors import ConfigError
-from recloop.models.text_encoder import EmbeddingCache, EncoderConfig, TextEncoder, text_hashes
+from recloop.config.models import EncoderConfig
+from recloop.models.text_encoder import EmbeddingCache, TextEncoder, text_hashes
 from recloop.store import FileStore
 
 

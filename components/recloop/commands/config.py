@@ -1,4 +1,4 @@
-"""`recloop config validate|schema|show`."""
+"""`recloop config validate|schema|show|docs`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="Validate, show and export the schema of pipeline configs.", no_args_is_help=True)
+app = typer.Typer(help="Validate and show pipeline configs; export their schema and reference docs.",
+                  no_args_is_help=True)
 
 ConfigOpt = Annotated[Path, typer.Argument(help="Pipeline config YAML file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE (YAML value).")]
@@ -43,3 +44,24 @@ def schema(out: Annotated[Optional[Path], typer.Option(help="Write to this file 
         out.write_text(text + "\n")
     else:
         typer.echo(text)
+
+
+@app.command("docs")
+def docs(
+    write: Annotated[bool, typer.Option("--write", help="Rewrite the files instead of checking them.")] = False,
+    root: Annotated[Path, typer.Option(help="Repository root holding docs/.")] = Path("."),
+) -> None:
+    """Check (or with --write, regenerate) docs/config.md and the parameter tables of docs/models.md."""
+    from recloop.config import docs as config_docs
+    from recloop.errors import RecloopError
+
+    stale = config_docs.stale_docs(root)
+    if write:
+        for path, text in stale.items():
+            path.write_text(text, encoding="utf-8")
+        typer.echo(f"rewrote: {', '.join(map(str, stale))}" if stale else "docs already up to date")
+        return
+    if stale:
+        raise RecloopError(f"out of date: {', '.join(map(str, stale))}; run `{config_docs.REGENERATE}` "
+                           "(or `make docs`) and commit the result")
+    typer.echo("docs up to date")

@@ -16,26 +16,13 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
-from pydantic import Field
 
-from recloop.config import StrictModel
+from recloop.config.models import ModelConfig
 from recloop.data.interactions import Histories, Interactions
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_NAME = "model.json"
 ARRAYS_NAME = "arrays.safetensors"
-
-
-class ModelConfig(StrictModel):
-    """Fields shared by every model config; subclasses add `type: Literal["name"]` and parameters."""
-
-    type: str
-    name: str | None = Field(None, description="Candidate name in reports; defaults to the type.")
-    seed: int = Field(0, description="Seed for every random number generator the model uses.")
-
-    @property
-    def candidate_name(self) -> str:
-        return self.name or self.type
 
 
 @dataclass

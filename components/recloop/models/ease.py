@@ -9,14 +9,12 @@ fit() refuses with an explanation instead of exhausting memory.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
-from pydantic import Field
 
+from recloop.config.models import EaseConfig
 from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ConfigError
-from recloop.models.base import FitContext, ModelConfig, Recommendations, Recommender, top_k
+from recloop.models.base import FitContext, Recommendations, Recommender, top_k
 from recloop.models.registry import register
 
 # Peak: the sparse float64 Gram (up to 12 B/pair) while its dense copy (8) exists; the inverse is computed
@@ -24,17 +22,7 @@ from recloop.models.registry import register
 _PEAK_BYTES_PER_PAIR = 20
 
 
-class EaseConfig(ModelConfig):
-    """EASE closed-form item-item model. YAML key for the L2 penalty is `lambda`."""
-
-    type: Literal["ease"] = "ease"
-    l2: float = Field(200.0, alias="lambda", gt=0, description="L2 penalty on B (YAML key `lambda`).")
-    use_weights: bool = Field(False, description="Use event weights in X instead of 0/1 interactions.")
-    max_items: int = Field(
-        20_000, ge=1, description="Refuse catalogs larger than this: dense EASE needs ~20 bytes x n_items^2.")
-
-
-@register("ease", EaseConfig)
+@register(EaseConfig)
 class Ease(Recommender):
     config: EaseConfig
 

@@ -10,32 +10,16 @@ catalog size; the stored model is the sparse top-k neighbour matrix.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
 
+from recloop.config.models import ItemKNNConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommendations, Recommender, top_k
+from recloop.models.base import FitContext, Recommendations, Recommender, top_k
 from recloop.models.registry import register
 
 
-class ItemKNNConfig(ModelConfig):
-    """Item-item collaborative filtering with shrunk cosine similarity."""
-
-    type: Literal["itemknn"] = "itemknn"
-    neighbours: int = Field(100, ge=1, le=10_000, description="Most similar items kept per item.")
-    shrinkage: float = Field(10.0, ge=0, description="Added to the cosine denominator; damps rare co-occurrences.")
-    weighting: Literal["none", "idf", "bm25"] = Field(
-        "none", description="Weight the user x item matrix before similarity: IDF or BM25 over users.")
-    bm25_k1: float = Field(1.2, gt=0, description="BM25 term-frequency saturation.")
-    bm25_b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation.")
-    use_weights: bool = Field(False, description="Use event weights instead of 0/1 interactions.")
-    block_size: int = Field(2048, ge=16, description="Item columns per similarity block (memory vs speed).")
-
-
-@register("itemknn", ItemKNNConfig)
+@register(ItemKNNConfig)
 class ItemKNN(Recommender):
     config: ItemKNNConfig
 

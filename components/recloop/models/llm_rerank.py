@@ -15,14 +15,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, SecretStr, model_validator
 
-from recloop.config import StrictModel
+from recloop.config.models import ChatEndpoint, LLMRerankConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 
 SYSTEM_PROMPT = (
@@ -31,55 +30,6 @@ SYSTEM_PROMPT = (
     '{"ranking": [{"id": <candidate id>, "reason": "<one sentence>"}, ...]}. '
     "Use only ids from the candidate list."
 )
-
-
-class ChatEndpoint(StrictModel):
-    url: str = Field(..., description="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
-    model: str = Field(..., description="Model name the server knows.")
-    api_key: SecretStr | None = Field(None, description="Bearer token; use ${ENV_VAR}.")
-
-
-class LLMRerankConfig(ModelConfig):
-    type: Literal["llm_rerank"] = "llm_rerank"
-    base: dict[str, Any] = Field(..., description="The first-stage model config (any registered type).")
-    backend: Literal["openai", "local"] = "openai"
-    endpoint: ChatEndpoint | None = Field(None, description="backend openai: the chat endpoint.")
-    model_path: str | None = Field(None, description="backend local: a Hugging Face causal LM folder.")
-    top_n: int = Field(20, ge=2, le=200, description="Base candidates shown to the LLM.")
-    history_items: int = Field(10, ge=1, le=100, description="Most recent history items in the prompt.")
-    timeout_s: float = Field(10.0, gt=0, description="Latency budget per user; on overrun keep base order.")
-    max_new_tokens: int = Field(512, ge=16)
-    temperature: float = Field(0.0, ge=0, le=2)
-    max_text_chars: int = Field(160, ge=16, description="Item text is cut to this many characters.")
-
-    @model_validator(mode="after")
-    def _check(self) -> LLMRerankConfig:
-        from recloop.config import format_validation_error
-        from recloop.models import registry
-
-        if self.backend == "openai" and self.endpoint is None:
-            raise ValueError("backend 'openai' needs `endpoint: {url, model}`")
-        if self.backend == "local" and not self.model_path:
-            raise ValueError("backend 'local' needs `model_path` (a local causal LM folder)")
-        base_type = self.base.get("type")
-        if base_type == "llm_rerank":
-            raise ValueError("base cannot itself be llm_rerank")
-        try:
-            cls = registry.get(str(base_type))
-        except KeyError as exc:
-            raise ValueError(f"base.type: {exc.args[0]}") from None
-        from pydantic import ValidationError
-
-        try:
-            cls.config_cls.model_validate(self.base)
-        except ValidationError as exc:
-            raise ValueError("; ".join(f"base.{line}" for line in format_validation_error(exc))) from None
-        return self
-
-    def base_config(self) -> ModelConfig:
-        from recloop.models import registry
-
-        return registry.get(self.base["type"]).config_cls.model_validate(self.base)
 
 
 @dataclass
@@ -213,7 +163,7 @@ class LocalBackend:
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="llm-rerank")
 
 
-@register("llm_rerank", LLMRerankConfig)
+@register(LLMRerankConfig)
 class LLMRerank(Recommender):
     """Second stage over any base model; `score_histories` puts the LLM's order on top of the base scores."""
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from recloop.errors import ConfigError
-from recloop.models.text_encoder import EncoderConfig, TextEncoder
+from recloop.config.models import EncoderConfig
+from recloop.models.text_encoder import TextEncoder
 
 TuningMode = Literal["top_layers", "lora"]
 

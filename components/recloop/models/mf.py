@@ -15,14 +15,14 @@ factors, i.e. one ALS step, so the newest events count.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
 
+from recloop.config.models import MFConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.models.base import FitContext, Recommender
 from recloop.models.early_stopping import EarlyStopping, validation_ndcg
 from recloop.models.registry import register
 
@@ -30,25 +30,7 @@ from recloop.models.registry import register
 _EXACT_BUDGET = 1 << 24
 
 
-class MFConfig(ModelConfig):
-    """Implicit ALS matrix factorisation."""
-
-    type: Literal["mf"] = "mf"
-    factors: int = Field(64, ge=1, le=1024, description="Latent dimensions.")
-    regularization: float = Field(0.05, gt=0, description="L2 penalty on user and item factors.")
-    alpha: float = Field(10.0, ge=0, description="Confidence of an observed pair: 1 + alpha * weight.")
-    epochs: int = Field(15, ge=1, le=1000, description="Maximum ALS sweeps (users then items).")
-    solver: Literal["cg", "cholesky"] = Field(
-        "cg", description="cg: a few conjugate-gradient steps per sweep (fast, scales); cholesky: exact solve.")
-    cg_steps: int = Field(3, ge=1, le=100, description="Conjugate-gradient steps per sweep (solver: cg).")
-    init_std: float = Field(0.01, gt=0, description="Standard deviation of the random initial factors.")
-    use_weights: bool = Field(True, description="Scale confidence by event weights (else every event counts 1).")
-    patience: int | None = Field(
-        3, ge=1, description="Stop after this many validation checks without a better NDCG@10; None = never.")
-    eval_every: int = Field(1, ge=1, description="Epochs between validation checks.")
-
-
-@register("mf", MFConfig)
+@register(MFConfig)
 class MatrixFactorization(Recommender):
     config: MFConfig
 

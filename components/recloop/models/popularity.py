@@ -7,39 +7,15 @@ training event, not from the wall clock, so the same data always gives the same 
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Literal
-
 import numpy as np
-from pydantic import Field, field_validator
 
-from recloop.config import Duration
+from recloop.config.models import PopularityConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 
 
-class PopularityConfig(ModelConfig):
-    """Item popularity, optionally restricted to a recent window and/or decayed by age."""
-
-    type: Literal["popularity"] = "popularity"
-    window: Duration | None = Field(
-        None, description="Count only events this recent (e.g. '30d'), relative to the latest training "
-        "event; None counts all of them.")
-    half_life: Duration | None = Field(
-        None, description="Exponential time decay: an event this old (e.g. '7d') counts half; None = no decay.")
-    use_weights: bool = Field(
-        False, description="Sum event weights (from preprocess.implicit.event_weights) instead of counting events.")
-
-    @field_validator("window", "half_life")
-    @classmethod
-    def _positive(cls, v: timedelta | None) -> timedelta | None:
-        if v is not None and v.total_seconds() <= 0:
-            raise ValueError(f"must be a positive duration like '30d' (got {v.total_seconds():g}s)")
-        return v
-
-
-@register("popularity", PopularityConfig)
+@register(PopularityConfig)
 class Popularity(Recommender):
     config: PopularityConfig
 

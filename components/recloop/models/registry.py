@@ -1,7 +1,10 @@
-"""Model registry: `@register("ease", EaseConfig)` ties a config `type:` to a Recommender class.
+"""Model registry: `@register(EaseConfig)` ties a model config class (and its `type:`) to a Recommender class.
 
-Built-in model modules are imported lazily by `model_config_types()` / `get()`, so importing the registry
-is cheap. Model modules must keep heavy imports (torch, transformers) inside functions.
+The model `type` is read from the config class's `type` Literal, so it is written once. Built-in config
+classes live in `recloop.config.models` (they type `PipelineConfig.models`); loading the built-ins checks
+that each of them has exactly one Recommender. Built-in model modules are imported lazily by `get()` /
+`available()`, so importing the registry is cheap. Model modules must keep heavy imports (torch,
+transformers) inside functions.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from recloop.config.models import MODEL_CONFIG_TYPES, ModelConfig, model_type_name
+
 if TYPE_CHECKING:
-    from recloop.models.base import ModelConfig, Recommender
+    from recloop.models.base import Recommender
 
 # Modules that register built-in models; a missing one is a packaging bug, so import errors propagate.
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -27,8 +32,12 @@ _REGISTRY: dict[str, tuple[type[Recommender], type[ModelConfig]]] = {}
 _loaded = False
 
 
-def register(type_name: str, config_cls: type[ModelConfig]):
-    """Class decorator registering a Recommender under `type_name` with its pydantic config."""
+def register(config_cls: type[ModelConfig]):
+    """Class decorator registering a Recommender for the model `type` its config class accepts."""
+    type_name = model_type_name(config_cls)
+    if not isinstance(type_name, str) or not type_name:
+        raise ValueError(f"{config_cls.__qualname__} needs a model type: declare "
+                         "`type: Literal[\"name\"] = \"name\"` on it")
 
     def deco(cls: type[Recommender]) -> type[Recommender]:
         existing = _REGISTRY.get(type_name)
@@ -54,12 +63,21 @@ def _load_builtins() -> None:
             # A built-in whose module is not written yet is skipped; anything else is a real error.
             if exc.name != module:
                 raise
+    _check_builtins()
     _loaded = True
 
 
-def model_config_types() -> list[type[ModelConfig]]:
-    _load_builtins()
-    return [cfg for _, cfg in _REGISTRY.values()]
+def _check_builtins() -> None:
+    """Every model type a config file may name has a Recommender registered with that same config class."""
+    for config_cls in MODEL_CONFIG_TYPES:
+        type_name = model_type_name(config_cls)
+        registered = _REGISTRY.get(type_name)
+        if registered is None or registered[1] is not config_cls:
+            got = ("nothing" if registered is None
+                   else f"{registered[0].__qualname__} with {registered[1].__qualname__}")
+            raise RuntimeError(f"model type {type_name!r} ({config_cls.__qualname__} in recloop.config.models) "
+                               f"has no Recommender registered for it (got {got}); decorate the model class "
+                               f"with @register({config_cls.__qualname__}) in a module of BUILTIN_MODULES")
 
 
 def available() -> list[str]:

@@ -10,74 +10,15 @@ text but no interactions can be scored — the cold-start case ID-only models ca
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
 
+from recloop.config.models import SASRecConfig, TextSASRecConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.models.base import FitContext, Recommender
 from recloop.models.early_stopping import EarlyStopping, ndcg_at_k
 from recloop.models.registry import register
-from recloop.models.text_encoder import EncoderConfig
 from recloop.models.text_knn import embed_item_texts
-
-
-class SASRecConfig(ModelConfig):
-    type: Literal["sasrec"] = "sasrec"
-    dim: int = Field(64, ge=8, le=1024, description="Hidden size.")
-    layers: int = Field(2, ge=1, le=12)
-    heads: int = Field(2, ge=1, le=16)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    max_len: int = Field(50, ge=2, le=1024, description="Most recent items the model reads.")
-    epochs: int = Field(100, ge=1, description="Upper bound; early stopping usually ends sooner.")
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    loss: Literal["full", "sampled"] = Field("full", description="Full softmax, or sampled softmax.")
-    negatives: int = Field(256, ge=1, description="Sampled softmax: negatives per batch (shared).")
-    patience: int = Field(5, ge=1, description="Epochs without validation NDCG@10 gain before stopping.")
-    eval_every: int = Field(1, ge=1)
-    warmup_epochs: float = Field(0.0, ge=0, description="Linear learning-rate warm-up, in epochs.")
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="After warm-up: constant, or cosine decay reaching 0 at `epochs`.")
-    mixed_precision: bool = Field(
-        False, description="Train with bfloat16 matrix products (autocast): about 2x faster on CPUs with "
-                           "AVX512-BF16/AMX and on recent GPUs; scoring stays float32.")
-    max_seconds: float | None = Field(None, gt=0, description="Stop training after this wall time.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> SASRecConfig:
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        return self
-
-
-class TextSASRecConfig(SASRecConfig):
-    type: Literal["text_sasrec"] = "text_sasrec"  # type: ignore[assignment]
-    encoder: EncoderConfig = EncoderConfig()
-    use_id_embedding: bool = Field(True, description="Add a learned ID vector to items seen in training.")
-    id_dropout: float = Field(0.5, ge=0, lt=1, description="Share of item ID vectors dropped per step.")
-    text_projection: Literal["linear", "mlp"] = Field(
-        "mlp", description="Text embedding -> item vector: one linear layer, or a 2-layer MLP (GELU).")
-    text_match_dims: int = Field(
-        0, ge=0, le=1024, description="Principal components of the text embeddings matched directly "
-        "(cosine to the recent history's, learned weight); 0 turns text matching off.")
-    text_match_half_life: float = Field(
-        1.0, gt=0, description="Text matching: recency half-life of history items, in events.")
-    lm_finetune: Literal["auto", "off", "top_layers", "lora"] = Field(
-        "auto", description="Fine-tune the text encoder on the next-item loss: its last `lm_layers` layers "
-        "(top_layers), or LoRA adapters on them (lora, needs peft). 'auto' = top_layers when training on "
-        "CUDA, off on CPU (re-encoding texts with gradients is slow there).")
-    lm_layers: int = Field(1, ge=1, le=48, description="Encoder layers (from the top) tuned or given adapters.")
-    lm_lr: float = Field(2e-5, gt=0, description="Learning rate of the tuned encoder weights.")
-    lm_items_per_step: int = Field(
-        128, ge=1, le=65536, description="Items re-encoded with gradients per training step (the step's "
-        "targets, sampled); the rest use the catalog table, re-encoded after each epoch.")
-    lora_rank: int = Field(8, ge=1, le=256)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 def _device(name: str) -> str:
@@ -491,10 +432,10 @@ class SASRec(Recommender):
         self.best_valid_ndcg = float(extra.get("best_valid_ndcg", float("nan")))
 
 
-register("sasrec", SASRecConfig)(SASRec)
+register(SASRecConfig)(SASRec)
 
 
-@register("text_sasrec", TextSASRecConfig)
+@register(TextSASRecConfig)
 class TextSASRec(SASRec):
     config: TextSASRecConfig
     uses_text = True

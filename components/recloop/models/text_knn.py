@@ -7,25 +7,12 @@ user with a single interaction and for items nobody has interacted with: only th
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
-from pydantic import Field
 
+from recloop.config.models import EncoderConfig, TextKNNConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, ModelConfig, Recommender
+from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
-from recloop.models.text_encoder import EncoderConfig
-
-
-class TextKNNConfig(ModelConfig):
-    type: Literal["text_knn"] = "text_knn"
-    encoder: EncoderConfig = EncoderConfig()
-    half_life: float = Field(5.0, gt=0, description="Recency half-life of history items, in events.")
-    max_history: int = Field(50, ge=1, description="Most recent history items used for the user vector.")
-    popularity_blend: float = Field(
-        0.0, ge=0, le=1, description="Mix in log-popularity (0 = pure content, 1 = pure popularity)."
-    )
 
 
 def embed_item_texts(encoder_cfg: EncoderConfig, context: FitContext | None, n_items: int) -> np.ndarray:
@@ -64,7 +51,7 @@ def recency_weighted_mean(histories: Histories, vectors: np.ndarray, half_life: 
     return out / np.maximum(norms, 1e-12)
 
 
-@register("text_knn", TextKNNConfig)
+@register(TextKNNConfig)
 class TextKNN(Recommender):
     config: TextKNNConfig
     scores_cold_items = True

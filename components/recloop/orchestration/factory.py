@@ -147,7 +147,7 @@ def default_args(cfg: PipelineConfig, config_path: Path) -> dict[str, Any]:
 
 
 def _split_schedule(entries: str | list[str] | None) -> tuple[str | None, list[str]]:
-    from recloop.config import _CRON_PRESETS
+    from recloop.config import CRON_PRESETS
 
     if entries is None:
         return None, []
@@ -157,7 +157,7 @@ def _split_schedule(entries: str | list[str] | None) -> tuple[str | None, list[s
         if entry == "feedback" or "://" in entry:
             assets.append(entry)
         else:
-            cron = _CRON_PRESETS.get(entry, entry)
+            cron = CRON_PRESETS.get(entry, entry)
     return cron, assets
 
 

@@ -38,7 +38,8 @@ from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     from recloop.artifacts import Artifact, Manifest
-    from recloop.models.base import ModelConfig, Recommender
+    from recloop.config.models import ModelConfig
+    from recloop.models.base import Recommender
 
 VALID_METRIC = "ndcg@10"
 _SPLIT_COLUMNS = ["user_idx", "item_idx", "timestamp", "weight"]
