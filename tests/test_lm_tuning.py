@@ -55,6 +55,7 @@ class _TunedContract(ModelContract):
     """The shared contract, for text_sasrec with encoder tuning on (the encoder path comes from a fixture)."""
 
     model_type = "text_sasrec"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     encoder_path = ""
 
     @pytest.fixture(scope="class", autouse=True)

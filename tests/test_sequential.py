@@ -115,6 +115,7 @@ def test_left_padded_keeps_the_most_recent_items():
 
 class TestTextSASRecTextMatchContract(ModelContract):
     model_type = "text_sasrec"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     params = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 30, "patience": 30, "dropout": 0.0,
               "lr": 0.01, "text_match_dims": 4, "mixed_precision": True}
 
@@ -123,13 +124,11 @@ class TestTextSASRecTextMatchContract(ModelContract):
 
 
 def test_text_match_scores_are_the_inner_product_the_serving_index_uses():
-    from recloop.serving.index import vector_space
-
     train, cold_item = _cold_split()
     model = _model("text_sasrec", dim=16, heads=2, layers=1, max_len=8, epochs=3, text_match_dims=4)
     model.fit(train, None, text_context())
     histories = Histories.from_lists([BLOCK_A[:5], BLOCK_B[:2], [3]], N_ITEMS)
-    space = vector_space(model)
+    space = model.vector_space()
     assert space.item_vectors.shape == (N_ITEMS, 16 + 4)
     # Only the item without an ID vector carries text-match columns.
     match_columns = np.abs(space.item_vectors[:, 16:]).sum(axis=1)
