@@ -105,6 +105,18 @@ def test_learning_rate_schedule():
     assert [constant(s) for s in range(8)] == [1.0] * 8
 
 
+def test_cuda_without_a_cuda_device_is_a_config_error_naming_the_model(monkeypatch):
+    from recloop.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = _model("sasrec", name="seq", device="cuda", epochs=1)
+    with pytest.raises(ConfigError) as err:
+        model.fit(two_block_interactions())
+    assert err.value.source == "model 'seq' (type sasrec)"
+    assert err.value.errors == ["device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'"]
+    assert _model("sasrec", device="auto")._device() == "cpu"
+
+
 def test_left_padded_keeps_the_most_recent_items():
     h = Histories.from_lists([[1, 2, 3, 4, 5], [6], []], n_items=8)
     np.testing.assert_array_equal(_left_padded(h, 3), [[4, 5, 6], [0, 0, 7], [0, 0, 0]])
