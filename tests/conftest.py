@@ -9,6 +9,10 @@ Stores
   any_store        parametrized over both: write a test once, run it against file:// and S3.
 
 Never mock boto3 where S3 is meant: use these fixtures.
+
+Models
+  tiny_encoder     a local text-encoder folder: a random-weight 2-layer BERT (hidden 32) with the packaged
+                   MiniLM's tokenizer and pooling files, so encoder code runs for real on a CPU in seconds.
 """
 
 from __future__ import annotations
@@ -144,3 +148,30 @@ def file_store(tmp_path: Path) -> FileStore:
 def any_store(request: pytest.FixtureRequest) -> FileStore | S3Store:
     """The same test against file:// and against S3 (SeaweedFS)."""
     return request.getfixturevalue("file_store" if request.param == "file" else "s3_store")
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+TINY_ENCODER_LAYERS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A local model folder: random-weight BERT (hidden 32, 2 layers) with MiniLM's tokenizer and pooling."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from recloop.models.text_encoder import EncoderConfig, resolve_model_dir
+
+    source = resolve_model_dir(EncoderConfig())
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "modules.json"):
+        shutil.copy(source / name, folder / name)
+    shutil.copytree(source / "1_Pooling", folder / "1_Pooling")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=TINY_ENCODER_LAYERS,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)

@@ -61,12 +61,16 @@ def held_out_interactions(train: Interactions) -> Interactions:
 
 
 class ModelContract:
-    """Subclass with `model_type` (a registered type) and `params` (its config, small and fast)."""
+    """Subclass with `model_type` (a registered type), `params` (its config, small and fast) and the
+    `capabilities` the model offers (see `recloop.models.base`)."""
 
     model_type: ClassVar[str] = ""
     params: ClassVar[dict[str, Any]] = {}
     # False for models that ignore the history (popularity): the block test then checks global order.
     personalized: ClassVar[bool] = True
+    # Which of "item_vectors", "vector_space", "item_weights" the model offers (returns not None). Declared,
+    # not detected: a model that silently loses one (serving would drop its ANN index or explanations) fails.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     # ------------------------------------------------------------------ helpers
     def fit_context(self) -> FitContext | None:
@@ -189,3 +193,54 @@ class ModelContract:
         assert 4 not in recs.ids[0].tolist()
         with pytest.raises(IndexError):
             model.recommend(users=[N_USERS_A + N_USERS_B], k=3)
+
+    # ------------------------------------------------------------------ capabilities
+    def test_declared_capabilities_are_offered(self, model: Recommender) -> None:
+        offered = {"item_vectors": model.item_vectors() is not None,
+                   "vector_space": model.vector_space() is not None,
+                   "item_weights": model.item_weights() is not None}
+        assert {name for name, present in offered.items() if present} == set(self.capabilities)
+
+    def test_item_vectors_are_one_finite_row_per_item(self, model: Recommender) -> None:
+        vectors = model.item_vectors()
+        if "item_vectors" not in self.capabilities:
+            assert vectors is None
+            with pytest.raises(NotImplementedError):
+                Recommender.similar_items(model, [0], k=3)
+            return
+        vectors = np.asarray(vectors)
+        assert vectors.ndim == 2 and vectors.shape[0] == N_ITEMS and np.isfinite(vectors).all()
+        similar = model.similar_items([0, 9], k=3)
+        assert similar.ids.shape == (2, 3)
+        assert 0 not in similar.ids[0].tolist() and 9 not in similar.ids[1].tolist()
+
+    def test_vector_space_reproduces_the_scores(self, model: Recommender, train: Interactions) -> None:
+        space = model.vector_space()
+        if "vector_space" not in self.capabilities:
+            assert space is None
+            return
+        assert space.item_vectors.dtype == np.float32 and space.item_vectors.flags.c_contiguous
+        assert space.item_vectors.shape[0] == N_ITEMS
+        # Known users with their training histories (learned user vectors may be used) ...
+        users = np.array([0, 1, N_USERS_A])
+        known = train.histories().select(users)
+        queries = space.encode(known, users)
+        assert queries.shape == (3, space.item_vectors.shape[1])
+        np.testing.assert_allclose(queries @ space.item_vectors.T, model.score_histories(known, users),
+                                   rtol=1e-4, atol=1e-4)
+        # ... and ad-hoc histories, an empty one included.
+        adhoc = Histories.from_lists([BLOCK_A[:-1], [9], []], N_ITEMS)
+        np.testing.assert_allclose(space.encode(adhoc, None) @ space.item_vectors.T, model.score_histories(adhoc),
+                                   rtol=1e-4, atol=1e-4)
+
+    def test_item_weights_sum_to_the_scores(self, model: Recommender) -> None:
+        weights = model.item_weights()
+        if "item_weights" not in self.capabilities:
+            assert weights is None
+            return
+        assert weights.shape == (N_ITEMS, N_ITEMS)
+        # The fixture's events all weigh 1, so binary and weighted readings of a history agree.
+        histories = Histories.from_lists([BLOCK_A[:-1], [9, 12], [3]], N_ITEMS)
+        summed = histories.to_csr() @ weights
+        summed = summed.toarray() if hasattr(summed, "toarray") else summed
+        np.testing.assert_allclose(summed, model.score_histories(histories), rtol=1e-5, atol=1e-6)

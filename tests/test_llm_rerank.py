@@ -226,6 +226,7 @@ class TestLLMRerankContract(ModelContract):
     """llm_rerank over EASE, against a loopback server that keeps the candidates' order."""
 
     model_type = "llm_rerank"
+    capabilities = frozenset({"item_vectors"})
     params: dict = {}
 
     @pytest.fixture(scope="class", autouse=True)

@@ -1,18 +1,18 @@
 """text_sasrec with its text encoder fine-tuned on the next-item loss: the top layers, or LoRA adapters (peft).
 
-The encoder is a 2-layer random-weight BERT built here (MiniLM's tokenizer and pooling files, no hub), so
+The encoder is conftest's `tiny_encoder`, a 2-layer random-weight BERT (MiniLM's tokenizer and pooling files), so
 the tests exercise the real tokenization, forward and backward code on a CPU in seconds.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import TINY_ENCODER_LAYERS
 from model_contract import BLOCK_B, N_ITEMS, ModelContract, held_out_interactions, two_block_interactions
 from test_text_models import ITEM_TEXTS, _cold_split, text_context
 
@@ -23,27 +23,8 @@ from recloop.models.base import FitContext, ItemSide, Recommender
 from recloop.config.models import EncoderConfig
 from recloop.models.text_encoder import TextEncoder, resolve_model_dir
 
-TINY_LAYERS = 2
 SEQ = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 12, "patience": 12, "dropout": 0.0,
        "lr": 0.01, "lm_lr": 1e-3}
-
-
-@pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory) -> str:
-    """A local model folder: random-weight BERT (hidden 32, 2 layers) with MiniLM's tokenizer and pooling."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    source = resolve_model_dir(EncoderConfig())
-    folder = tmp_path_factory.mktemp("tiny-encoder")
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "modules.json"):
-        shutil.copy(source / name, folder / name)
-    shutil.copytree(source / "1_Pooling", folder / "1_Pooling")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=TINY_LAYERS, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder)
-    return str(folder)
 
 
 def _tuned(encoder: str, **params: Any) -> Recommender:
@@ -56,6 +37,7 @@ class _TunedContract(ModelContract):
     """The shared contract, for text_sasrec with encoder tuning on (the encoder path comes from a fixture)."""
 
     model_type = "text_sasrec"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     encoder_path = ""
 
     @pytest.fixture(scope="class", autouse=True)
@@ -88,7 +70,7 @@ def test_top_layers_tuning_changes_only_the_last_layer_and_saves_it(tiny_encoder
     model.fit(train, held_out_interactions(train), text_context())
     original = _original_weights(tiny_encoder)
     tuned = model.encoder_tuning
-    last = f"encoder.layer.{TINY_LAYERS - 1}."
+    last = f"encoder.layer.{TINY_ENCODER_LAYERS - 1}."
     assert tuned and all(name.startswith(last) for name in tuned)
     # Exactly the last layer's weights were trainable, and training moved them.
     assert sorted(tuned) == sorted(n for n in original if n.startswith(last))
@@ -128,7 +110,7 @@ def test_lora_trains_adapters_only(tiny_encoder: str) -> None:
     names = sorted(model.encoder_tuning)
     assert names and all("lora_" in n for n in names)
     # Adapters only on the last layer's linear maps (attention q/k/v/output and feed-forward).
-    assert all(f".layer.{TINY_LAYERS - 1}." in n for n in names)
+    assert all(f".layer.{TINY_ENCODER_LAYERS - 1}." in n for n in names)
     adapted = {n.split(".lora_")[0] for n in names}
     assert len(adapted) == 6
     assert model.encoder_tuning[next(n for n in names if "lora_A" in n)].shape[0] == 4

@@ -39,26 +39,31 @@ class TestPopularityWindowContract(ModelContract):
 
 class TestItemKNNContract(ModelContract):
     model_type = "itemknn"
+    capabilities = frozenset({"item_weights"})
     params = {"neighbours": 5, "shrinkage": 1.0}
 
 
 class TestItemKNNBm25Contract(ModelContract):
     model_type = "itemknn"
+    capabilities = frozenset({"item_weights"})
     params = {"neighbours": 5, "weighting": "bm25", "block_size": 16}
 
 
 class TestEaseContract(ModelContract):
     model_type = "ease"
+    capabilities = frozenset({"item_vectors", "item_weights"})
     params = {"lambda": 1.0}
 
 
 class TestMFContract(ModelContract):
     model_type = "mf"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     params = {"factors": 4, "epochs": 12, "regularization": 1.0, "alpha": 5.0}
 
 
 class TestMFCholeskyContract(ModelContract):
     model_type = "mf"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     params = {"factors": 4, "epochs": 6, "solver": "cholesky", "regularization": 1.0, "alpha": 5.0}
 
 

@@ -105,6 +105,18 @@ def test_learning_rate_schedule():
     assert [constant(s) for s in range(8)] == [1.0] * 8
 
 
+def test_cuda_without_a_cuda_device_is_a_config_error_naming_the_model(monkeypatch):
+    from recloop.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = _model("sasrec", name="seq", device="cuda", epochs=1)
+    with pytest.raises(ConfigError) as err:
+        model.fit(two_block_interactions())
+    assert err.value.source == "model 'seq' (type sasrec)"
+    assert err.value.errors == ["device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'"]
+    assert _model("sasrec", device="auto")._device() == "cpu"
+
+
 def test_left_padded_keeps_the_most_recent_items():
     h = Histories.from_lists([[1, 2, 3, 4, 5], [6], []], n_items=8)
     np.testing.assert_array_equal(_left_padded(h, 3), [[4, 5, 6], [0, 0, 7], [0, 0, 0]])
@@ -115,6 +127,7 @@ def test_left_padded_keeps_the_most_recent_items():
 
 class TestTextSASRecTextMatchContract(ModelContract):
     model_type = "text_sasrec"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     params = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 30, "patience": 30, "dropout": 0.0,
               "lr": 0.01, "text_match_dims": 4, "mixed_precision": True}
 
@@ -123,13 +136,11 @@ class TestTextSASRecTextMatchContract(ModelContract):
 
 
 def test_text_match_scores_are_the_inner_product_the_serving_index_uses():
-    from recloop.serving.index import vector_space
-
     train, cold_item = _cold_split()
     model = _model("text_sasrec", dim=16, heads=2, layers=1, max_len=8, epochs=3, text_match_dims=4)
     model.fit(train, None, text_context())
     histories = Histories.from_lists([BLOCK_A[:5], BLOCK_B[:2], [3]], N_ITEMS)
-    space = vector_space(model)
+    space = model.vector_space()
     assert space.item_vectors.shape == (N_ITEMS, 16 + 4)
     # Only the item without an ID vector carries text-match columns.
     match_columns = np.abs(space.item_vectors[:, 16:]).sum(axis=1)

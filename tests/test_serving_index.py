@@ -18,7 +18,7 @@ from recloop.data.interactions import Histories
 from recloop.errors import ConfigError
 from recloop.models.base import FitContext, ItemSide
 from recloop.serving.catalog import Catalog
-from recloop.serving.index import AnnIndex, build_ann_index, exact_top, recall_at, vector_space
+from recloop.serving.index import AnnIndex, build_ann_index, exact_top, recall_at
 from recloop.serving.rules import Policy, fill_slate
 from recloop.serving.security import ApiKeys, Pseudonymizer
 from recloop.store import FileStore
@@ -31,7 +31,7 @@ from serving_helpers import clustered_mf, fit_mf, fit_popularity, make_dataset, 
 def test_mf_vector_space_reproduces_model_scores() -> None:
     data = make_dataset()
     model = fit_mf(data)
-    space = vector_space(model)
+    space = model.vector_space()
     assert space is not None
     users = np.array([0, 5, 30])
     known = model.train_histories.select(users)
@@ -51,7 +51,7 @@ def test_text_knn_vector_space_folds_the_popularity_blend_into_one_dimension() -
     embeddings = rng.standard_normal((len(data.item_ids), 12)).astype(np.float32)
     model = TextKNN(TextKNNConfig(popularity_blend=0.3)).fit(
         data.train, context=FitContext(items=ItemSide(embeddings=embeddings)))
-    space = vector_space(model)
+    space = model.vector_space()
     assert space is not None and space.item_vectors.shape == (len(data.item_ids), 13)
     histories = Histories.from_lists([[1, 4, 2], [], [17]], model.n_items)
     np.testing.assert_allclose(space.encode(histories, None) @ space.item_vectors.T,
@@ -64,7 +64,7 @@ def test_sasrec_vector_space_reproduces_model_scores() -> None:
 
     data = make_dataset(n_users=16, n_items=12, per_user=5)
     model = SASRec(SASRecConfig(dim=16, layers=1, heads=1, max_len=8, epochs=1, device="cpu")).fit(data.train)
-    space = vector_space(model)
+    space = model.vector_space()
     assert space is not None
     histories = Histories.from_lists([[1, 2, 3], [7], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]], model.n_items)
     np.testing.assert_allclose(space.encode(histories, None) @ space.item_vectors.T,
@@ -72,7 +72,7 @@ def test_sasrec_vector_space_reproduces_model_scores() -> None:
 
 
 def test_models_without_inner_product_scores_have_no_vector_space() -> None:
-    assert vector_space(fit_popularity(make_dataset())) is None
+    assert fit_popularity(make_dataset()).vector_space() is None
 
 
 # ---------------------------------------------------------------------------------------------- the index
@@ -95,7 +95,7 @@ def test_ann_index_reaches_target_recall_is_byte_identical_and_records_it(tmp_pa
     # Re-measure recall independently of the build's own bookkeeping.
     index = AnnIndex.load(tmp_path / "a")
     assert index is not None
-    space = vector_space(model)
+    space = model.vector_space()
     users = np.arange(100, 200)
     queries = space.encode(model.train_histories.select(users), users)
     approx = index.search(queries, 10)

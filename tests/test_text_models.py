@@ -24,6 +24,7 @@ def text_context() -> FitContext:
 
 class TestTextKNNContract(ModelContract):
     model_type = "text_knn"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     params = {"half_life": 3.0}
 
     def fit_context(self) -> FitContext:
@@ -32,12 +33,14 @@ class TestTextKNNContract(ModelContract):
 
 class TestSASRecContract(ModelContract):
     model_type = "sasrec"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     params = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 40, "patience": 40, "dropout": 0.0,
               "lr": 0.01}
 
 
 class TestTextSASRecContract(ModelContract):
     model_type = "text_sasrec"
+    capabilities = frozenset({"item_vectors", "vector_space"})
     params = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 30, "patience": 30, "dropout": 0.0,
               "lr": 0.01}
 

@@ -445,8 +445,8 @@ class ModelRegistry:
                             run_id=run_id, reason=reason, message=f"v{version} is already production")
                 return AliasChange(found, version, current, changed=False)
             if not isinstance(expected, _Any) and found != expected:
-                message = (f"production of {self.name!r} points at {_v(found)}, but this {action} was decided "
-                           f"against {_v(expected)}; the alias was not changed")
+                message = (f"production of {self.name!r} points at {format_version(found)}, but this {action} was "
+                           f"decided against {format_version(expected)}; the alias was not changed")
                 self.record(action, "conflict", version=version, previous_version=found,
                             expected_version=check, run_id=run_id, reason=reason, message=message)
                 raise AliasConflict(message, expected=check, found=found)
@@ -463,7 +463,7 @@ class ModelRegistry:
                 self.record_quietly(action, "failed", version=version, previous_version=found,
                                      expected_version=check, run_id=run_id, reason=reason, message=str(exc))
                 raise StoreError(f"could not move the production alias of {self.name!r} to v{version} ({exc}); "
-                                 f"it still points at {_v(found)} unless `recloop model show {self.name}` "
+                                 f"it still points at {format_version(found)} unless `recloop model show {self.name}` "
                                  "says otherwise; retry when the store is reachable") from None
             break
         else:
@@ -471,7 +471,7 @@ class ModelRegistry:
                                 f"{_MAX_CAS_ATTEMPTS} attempts; retry later")
         self.record(action, "success", version=version, previous_version=found, expected_version=check,
                     run_id=run_id, reason=reason, generation=new.generation,
-                    message=f"production: {_v(found)} -> v{version}")
+                    message=f"production: {format_version(found)} -> {format_version(version)}")
         return AliasChange(found, version, new, changed=True)
 
     def rollback(self, to: int | None = None, *, reason: str = "") -> AliasChange:
@@ -538,7 +538,8 @@ class ModelRegistry:
             pass
 
 
-def _v(version: int | None) -> str:
-    return "nothing" if version is None else f"v{version}"
+def format_version(version: int | None, none: str = "nothing") -> str:
+    """How a version number reads in messages and tables: 'v3', or `none` when there is no version."""
+    return none if version is None else f"v{version}"
 
 

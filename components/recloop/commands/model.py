@@ -66,10 +66,6 @@ def _registry(config: Path, overrides: list[str] | None, name: str | None) -> Mo
     return registry
 
 
-def _v(version: int | None) -> str:
-    return "—" if version is None else f"v{version}"
-
-
 def _when(iso: str | None) -> str:
     """'2026-01-02T03:04:05.678+00:00' -> '2026-01-02 03:04:05 UTC' (full precision stays in the store)."""
     if not iso:
@@ -101,7 +97,7 @@ def list_(config: ConfigOpt, name: NameArg = None, set_: SetOpt = None) -> None:
     """Without NAME: every model in the store. With NAME: its versions, production marked."""
     from rich.table import Table
 
-    from recloop.registry import ModelRegistry, list_models
+    from recloop.registry import ModelRegistry, format_version, list_models
 
     console = _console()
     if name is None:
@@ -114,8 +110,8 @@ def list_(config: ConfigOpt, name: NameArg = None, set_: SetOpt = None) -> None:
             reg = ModelRegistry(store, model)
             versions = reg.list_versions()
             alias = reg.production()
-            table.add_row(model, str(len(versions)), _v(versions[-1].version) if versions else "—",
-                          _v(alias.version) if alias else "—", _when(alias.updated_at) if alias else "—")
+            table.add_row(model, str(len(versions)), format_version(versions[-1].version) if versions else "—",
+                          format_version(alias.version) if alias else "—", _when(alias.updated_at) if alias else "—")
         if not names:
             console.print(f"No models in {store.root} yet: a blessed run's publish step registers one.")
             return
@@ -131,8 +127,8 @@ def list_(config: ConfigOpt, name: NameArg = None, set_: SetOpt = None) -> None:
     for v in reg.list_versions():
         mark = "production" if alias and alias.version == v.version else ""
         primary = f"{v.primary_metric}={_num(v.primary_value)}" if v.primary_metric else "—"
-        table.add_row(f"v{v.version}", mark, v.candidate, v.model_type, primary, v.run_id, _when(v.created_at),
-                      style="bold green" if mark else None)
+        table.add_row(format_version(v.version), mark, v.candidate, v.model_type, primary, v.run_id,
+                      _when(v.created_at), style="bold green" if mark else None)
     console.print(table)
     if alias is None:
         console.print("No version is in production yet.")
@@ -169,6 +165,7 @@ def show(config: ConfigOpt, name: NameArg = None,
     from rich.table import Table
 
     from recloop.errors import ArtifactError
+    from recloop.registry import format_version
 
     console = _console()
     reg = _registry(config, set_, name)
@@ -218,7 +215,7 @@ def show(config: ConfigOpt, name: NameArg = None,
         decision = blessing.get("decision", "?")
         color = "green" if decision == "blessed" else "red"
         console.print(f"Blessing: [{color}]{decision}[/] (champion at evaluation: "
-                      f"{_v(blessing.get('champion_version'))})")
+                      f"{format_version(blessing.get('champion_version'), '—')})")
         thresholds = [t for t in blessing.get("thresholds") or [] if isinstance(t, dict)]
         if thresholds:
             table = Table(title="Gate thresholds", title_justify="left")
@@ -252,6 +249,8 @@ def history(config: ConfigOpt, name: NameArg = None,
     """Every alias change and attempt (success, conflict, refused, failed, dry run), oldest first."""
     from rich.table import Table
 
+    from recloop.registry import format_version
+
     console = _console()
     reg = _registry(config, set_, name)
     events = reg.history()
@@ -264,8 +263,9 @@ def history(config: ConfigOpt, name: NameArg = None,
     for e in events[-limit:]:
         outcome = f"[{colors[e.outcome]}]{e.outcome}[/]" if e.outcome in colors else e.outcome
         details = e.message if not e.reason or e.reason in e.message else f"{e.message} ({e.reason})"
-        table.add_row(str(e.seq), _when(e.at), e.action, outcome, _v(e.version), _v(e.previous_version),
-                      _v(e.expected_version), e.run_id or "—", e.actor, details)
+        table.add_row(str(e.seq), _when(e.at), e.action, outcome, format_version(e.version, "—"),
+                      format_version(e.previous_version, "—"), format_version(e.expected_version, "—"),
+                      e.run_id or "—", e.actor, details)
     console.print(table)
 
 
@@ -273,9 +273,11 @@ def history(config: ConfigOpt, name: NameArg = None,
 
 
 def _print_change(console: Console, name: str, change: AliasChange) -> None:
+    from recloop.registry import format_version
+
     if change.changed:
-        console.print(f"production of {name!r}: {_v(change.from_version)} -> v{change.to_version} "
-                      f"({change.alias.uri})")
+        console.print(f"production of {name!r}: {format_version(change.from_version, '—')} -> "
+                      f"{format_version(change.to_version)} ({change.alias.uri})")
     else:
         console.print(f"production of {name!r} already is v{change.to_version}; nothing changed")
 

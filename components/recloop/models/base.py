@@ -5,24 +5,32 @@ A subclass implements `fit` and `score_histories` (dense scores for a batch of h
 seen-item exclusion and candidate restriction, `similar_items` over `item_vectors()`, and `save`/`load`:
 a folder with `model.json` (type, config, recloop version, id-map reference) and `arrays.safetensors`.
 No pickle: a bundle loads without the pipeline config.
+
+Capabilities: what a model can say about its scores beyond the scores themselves. Serving asks for them
+instead of switching on model types; each returns None where the model does not have it.
+- `vector_space()`: scores are inner products of a history vector and item vectors (the ANN index);
+- `item_weights()`: scores are sums of item-to-item weights over the history (explanations);
+- `item_vectors()`: vectors whose cosine says which items are alike (`similar_items`, explanations).
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from recloop.bundle import BundleFormat
 from recloop.config.models import ModelConfig
 from recloop.data.interactions import Histories, Interactions
 
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
 BUNDLE_FORMAT_VERSION = 1
-MANIFEST_NAME = "model.json"
-ARRAYS_NAME = "arrays.safetensors"
+MODEL_BUNDLE = BundleFormat("model", "model.json", "arrays.safetensors", "re-run the train step")
 
 
 @dataclass
@@ -53,6 +61,22 @@ class Recommendations:
 
     ids: np.ndarray
     scores: np.ndarray
+
+
+@dataclass
+class VectorSpace:
+    """Scores as inner products: `score_histories(h, users) == encode(h, users) @ item_vectors.T`.
+
+    `encode(histories, users)` gives one (d,) vector per history; pass `users` (their contiguous ids) only
+    when each history is exactly that user's training history, so models with learned user vectors can use
+    them. An ANN index over `item_vectors` then finds a history's top items.
+    """
+
+    item_vectors: np.ndarray  # (n_items, d) float32, C-contiguous
+    encode: Callable[[Histories, np.ndarray | None], np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.item_vectors = np.ascontiguousarray(self.item_vectors, dtype=np.float32)
 
 
 # Score given to items a model cannot know (no training interactions) so they rank below all others.
@@ -92,8 +116,20 @@ class Recommender(ABC):
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what `_state` returned."""
 
+    # ------------------------------------------------------------------ capabilities (None = not offered)
     def item_vectors(self) -> np.ndarray | None:
         """(n_items, d) vectors whose cosine similarity defines `similar_items`; None if not applicable."""
+        return None
+
+    def vector_space(self) -> VectorSpace | None:
+        """This model's scores as inner products of a history vector and item vectors; None when its scores
+        are not of that form."""
+        return None
+
+    def item_weights(self) -> np.ndarray | sp.csr_matrix | None:
+        """(n_items, n_items) W such that `score_histories(h)[r] == X[r] @ W`, X the histories' interaction
+        matrix as the model reads it (binary, or event weights where configured): W[h, i] is what history
+        item h contributes to item i's score. None when the scores are not of that form."""
         return None
 
     # ------------------------------------------------------------------ provided
@@ -174,18 +210,13 @@ class Recommender(ABC):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        from safetensors.numpy import save_file
-
         from recloop import __version__
 
         self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
+        arrays = dict(self._state())
         h = self.train_histories
         arrays.update({"_base.indptr": h.indptr, "_base.items": h.items, "_base.weights": h.weights,
                        "_base.timestamps": h.timestamps})
-        save_file(arrays, str(path / ARRAYS_NAME))
         manifest = {
             "type": self.type_name,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -196,8 +227,7 @@ class Recommender(ABC):
             "id_map": self.id_map_ref,
             "extra": self._extra_manifest(),
         }
-        (path / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        return path
+        return MODEL_BUNDLE.save(path, manifest, arrays)
 
     def _extra_manifest(self) -> dict[str, Any]:
         """Small JSON-able facts a subclass needs at load time besides arrays."""
@@ -209,28 +239,18 @@ class Recommender(ABC):
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
         """Load any saved model; `Recommender.load(p)` dispatches on the manifest's type."""
-        from safetensors.numpy import load_file
-
         from recloop.errors import ArtifactError
         from recloop.models import registry
 
         path = Path(path)
-        try:
-            manifest = json.loads((path / MANIFEST_NAME).read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"{path} is not a model bundle: {MANIFEST_NAME} is missing") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path / MANIFEST_NAME} is corrupt ({exc}); re-run the train step") from None
+        manifest = MODEL_BUNDLE.read_manifest(path)
         if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
             raise ArtifactError(f"{path}: bundle format {manifest.get('format_version')} is not supported "
                                 f"(this recloop reads format {BUNDLE_FORMAT_VERSION})")
         model_cls = registry.get(manifest["type"])
         if cls is not Recommender and not issubclass(model_cls, cls):
             raise ArtifactError(f"{path} holds a {manifest['type']} model, not a {cls.__name__}")
-        try:
-            arrays = load_file(str(path / ARRAYS_NAME))
-        except Exception as exc:  # safetensors raises several types for truncated/corrupt files
-            raise ArtifactError(f"{path / ARRAYS_NAME} cannot be read ({exc}); re-run the train step") from None
+        arrays = MODEL_BUNDLE.read_arrays(path)
         model = model_cls(model_cls.config_cls.model_validate(manifest["config"]))
         model.n_users, model.n_items = int(manifest["n_users"]), int(manifest["n_items"])
         model.id_map_ref = manifest.get("id_map")

@@ -77,6 +77,10 @@ class Ease(Recommender):
         # Row i of B: how item i votes for every other item; items voting alike are alike.
         return self.weights
 
+    def item_weights(self) -> np.ndarray:
+        # The score is X @ B: B[h, i] is exactly history item h's contribution to item i.
+        return self.weights
+
     def similar_items(self, items: np.ndarray | list[int], k: int = 10) -> Recommendations:
         """Items that the model scores highest for a history of just this one item."""
         self._check_fitted()

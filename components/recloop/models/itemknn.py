@@ -70,6 +70,10 @@ class ItemKNN(Recommender):
         hist = histories.to_csr(binary=not self.config.use_weights)
         return (hist @ self.similarity).toarray().astype(np.float32, copy=False)
 
+    def item_weights(self) -> sp.csr_matrix:
+        # The score is X @ S over the kept neighbour links: S[h, i] is history item h's contribution to i.
+        return self.similarity
+
     def similar_items(self, items: np.ndarray | list[int], k: int = 10) -> Recommendations:
         """The learned neighbours themselves (by similarity), not a cosine over some other vectors."""
         self._check_fitted()

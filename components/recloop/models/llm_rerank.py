@@ -247,6 +247,8 @@ class LLMRerank(Recommender):
         return self.base.scores_cold_items
 
     def item_vectors(self) -> np.ndarray | None:
+        # Which items are alike does not change with reranking. The base's vector space and item weights
+        # are not offered: reranked scores are neither inner products nor sums of item weights.
         return self.base.item_vectors()
 
     # ------------------------------------------------------------------ persistence

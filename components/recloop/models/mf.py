@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from recloop.config.models import MFConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, Recommender
+from recloop.models.base import FitContext, Recommender, VectorSpace
 from recloop.models.early_stopping import EarlyStopping, validation_ndcg
 from recloop.models.registry import register
 
@@ -125,6 +125,16 @@ class MatrixFactorization(Recommender):
 
     def item_vectors(self) -> np.ndarray:
         return self.item_factors
+
+    def vector_space(self) -> VectorSpace:
+        """Learned user factors for training histories, folded-in factors for any other . item factors."""
+
+        def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
+            if users is not None:
+                return np.asarray(self.user_factors[np.asarray(users, dtype=np.int64)], dtype=np.float32)
+            return np.asarray(self.fold_in(histories), dtype=np.float32)
+
+        return VectorSpace(self.item_factors, encode)
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:

@@ -15,20 +15,13 @@ import numpy as np
 
 from recloop.config.models import SASRecConfig, TextSASRecConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, Recommender
+from recloop.models.base import FitContext, Recommender, VectorSpace
+from recloop.models.device import select_device
 from recloop.models.early_stopping import EarlyStopping, ndcg_at_k
 from recloop.models.registry import register
 from recloop.models.text_knn import embed_item_texts
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; use 'auto' or 'cpu'")
-    return name
 
 
 def _lr_schedule(cfg: SASRecConfig, steps_per_epoch: int):
@@ -153,6 +146,9 @@ class SASRec(Recommender):
         self.encoder_tuning: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ network
+    def _device(self) -> str:
+        return select_device(self.config.device, f"model {self.config.candidate_name!r} (type {self.type_name})")
+
     def _build(self):
         from recloop.models.sequential_net import SequentialRecommenderNet
 
@@ -218,7 +214,7 @@ class SASRec(Recommender):
         self._remember(train)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        device = _device(cfg.device)
+        device = self._device()
         tuner = None
         self.lm_finetune = _tuning_mode(cfg, device) if self.uses_text else "off"
         if self.uses_text:
@@ -377,27 +373,51 @@ class SASRec(Recommender):
         net = self.net
         was_training = net.training
         net.eval()
-        device = next(net.parameters()).device
-        seqs = _left_padded(histories, self.config.max_len)
-        out = np.empty((len(histories), self.n_items), dtype=np.float32)
         with torch.inference_mode():
             table = net.items.all_items()
-            for start in range(0, len(seqs), 512):
-                batch = seqs[start:start + 512]
-                # Leading all-padding columns change nothing (padding keys are masked): skip their work.
-                width = max(int((batch > 0).sum(axis=1).max()) if len(batch) else 1, 1)
-                x = torch.from_numpy(batch[:, batch.shape[1] - width:]).to(device)
-                h = net.last_hidden(x, table)
-                out[start:start + 512] = (h @ table[1:].T).float().cpu().numpy()
+            out = np.empty((len(histories), self.n_items), dtype=np.float32)
+            for start, hidden in self._last_hidden(histories, table):
+                out[start:start + len(hidden)] = (hidden @ table[1:].T).float().cpu().numpy()
         if was_training:
             net.train()
         return out
+
+    def _last_hidden(self, histories: Histories, table):
+        """Yield (first row, last hidden states) for the histories in batches of 512; `net` in eval mode,
+        inside inference mode. A user's score for item i is the hidden state . table[i + 1]."""
+        import torch
+
+        seqs = _left_padded(histories, self.config.max_len)
+        device = next(self.net.parameters()).device
+        for start in range(0, len(seqs), 512):
+            batch = seqs[start:start + 512]
+            # Leading all-padding columns change nothing (padding keys are masked): skip their work.
+            width = max(int((batch > 0).sum(axis=1).max()) if len(batch) else 1, 1)
+            trimmed = torch.from_numpy(batch[:, batch.shape[1] - width:]).to(device)
+            yield start, self.net.last_hidden(trimmed, table)
 
     def item_vectors(self) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return self.net.items.all_items()[1:].float().cpu().numpy()
+
+    def vector_space(self) -> VectorSpace:
+        """Last hidden state . item representation (with text match, both carry its extra columns)."""
+        import torch
+
+        self.net.eval()
+        with torch.inference_mode():
+            table = self.net.items.all_items()  # once: re-computing it per request would cost a catalog pass
+
+        def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
+            out = np.empty((len(histories), table.shape[1]), dtype=np.float32)
+            with torch.inference_mode():
+                for start, hidden in self._last_hidden(histories, table):
+                    out[start:start + len(hidden)] = hidden.float().cpu().numpy()
+            return out
+
+        return VectorSpace(table[1:].float().cpu().numpy(), encode)
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
@@ -418,7 +438,7 @@ class SASRec(Recommender):
         self.known_items = arrays["net.items.known"]
         net = self._build()
         net.load_state_dict({k[len("net."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-        net.to(_device(self.config.device)).eval()
+        net.to(self._device()).eval()
         self.net = net
 
     def _extra_manifest(self) -> dict:

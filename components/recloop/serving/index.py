@@ -1,10 +1,10 @@
 """Approximate top-k for large catalogs: an HNSW index (hnswlib) over a model's item vectors.
 
-A model qualifies when its scores are inner products `query(history) . item_vector[item]`
-(`vector_space`): mf (user / folded-in factors), text_knn (recency-weighted text embedding, with the
-popularity blend as one extra dimension) and sasrec / text_sasrec (last hidden state). Maximum inner
-product search is reduced to nearest-neighbour search under L2 by the usual augmentation (Bachrach et al.,
-2014): items get one extra coordinate sqrt(M^2 - |v|^2) so all have norm M, queries get 0.
+A model qualifies when its scores are inner products `query(history) . item_vector[item]`: it says so by
+returning a `VectorSpace` from `model.vector_space()` (today mf, text_knn, sasrec and text_sasrec); the
+index needs nothing else from it. Maximum inner product search is reduced to nearest-neighbour search
+under L2 by the usual augmentation (Bachrach et al., 2014): items get one extra coordinate
+sqrt(M^2 - |v|^2) so all have norm M, queries get 0.
 
 `build_ann_index(model, bundle_dir)` writes `ann/index.hnsw` and `ann/ann.json` into a saved bundle (the
 publish step calls it); `ann.json` records the recall@10 of what serving returns (`ann_top`: candidates
@@ -17,107 +17,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recloop.config import ServingAnnConfig
-from recloop.data.interactions import Histories
 from recloop.errors import ArtifactError
 
 if TYPE_CHECKING:
-    from recloop.models.base import Recommender
+    from recloop.models.base import Recommender, VectorSpace
 
 ANN_DIR = "ann"
 INDEX_FILE = "index.hnsw"
 META_FILE = "ann.json"
 RECALL_K = 10
 _SEED = 100
-
-
-@dataclass
-class VectorSpace:
-    """score(history, item) == encode(history) . item_vectors[item] for the model it came from.
-
-    `encode(histories, users)`: pass `users` (their contiguous ids) only when each history is exactly
-    that user's training history, so models with learned user vectors can use them.
-    """
-
-    item_vectors: np.ndarray  # (n_items, d) float32
-    encode: Callable[[Histories, np.ndarray | None], np.ndarray]
-
-
-def vector_space(model: Recommender) -> VectorSpace | None:
-    """The inner-product view of `model`, or None when its scores are not of that form."""
-    kind = model.type_name
-    if kind == "mf":
-        return _mf_space(model)
-    if kind == "text_knn":
-        return _text_knn_space(model)
-    if kind in ("sasrec", "text_sasrec"):
-        return _sasrec_space(model)
-    return None
-
-
-def _mf_space(model: Any) -> VectorSpace:
-    def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
-        if users is not None:
-            return np.asarray(model.user_factors[np.asarray(users, dtype=np.int64)], dtype=np.float32)
-        return np.asarray(model.fold_in(histories), dtype=np.float32)
-
-    return VectorSpace(np.ascontiguousarray(model.item_factors, dtype=np.float32), encode)
-
-
-def _text_knn_space(model: Any) -> VectorSpace:
-    from recloop.models.text_knn import recency_weighted_mean
-
-    cfg = model.config
-    blend = float(cfg.popularity_blend)
-    items = np.hstack([model.item_embeddings, model.log_popularity[:, None]]).astype(np.float32)
-
-    def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
-        content = recency_weighted_mean(histories, model.item_embeddings, cfg.half_life, cfg.max_history)
-        out = np.hstack([(1.0 - blend) * content, np.full((len(histories), 1), blend, np.float32)])
-        # text_knn ranks a user without history by popularity alone.
-        empty = histories.lengths() == 0
-        out[empty] = 0.0
-        out[empty, -1] = 1.0
-        return out.astype(np.float32)
-
-    return VectorSpace(np.ascontiguousarray(items), encode)
-
-
-def _sasrec_space(model: Any) -> VectorSpace:
-    import torch
-
-    net = model.net
-    net.eval()
-    with torch.inference_mode():
-        table = net.items.all_items()
-    items = table[1:].float().cpu().numpy()
-    max_len = int(model.config.max_len)
-
-    def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
-        seqs = _left_padded(histories, max_len)
-        device = next(net.parameters()).device
-        with torch.inference_mode():
-            hidden = net.last_hidden(torch.from_numpy(seqs).to(device), table)
-        return hidden.float().cpu().numpy()
-
-    return VectorSpace(np.ascontiguousarray(items, dtype=np.float32), encode)
-
-
-def _left_padded(histories: Histories, length: int) -> np.ndarray:
-    """(rows, length) int64: the last `length` items + 1 (0 = padding), left-padded, as sasrec reads them."""
-    n = len(histories)
-    out = np.zeros((n, length), dtype=np.int64)
-    for r in range(n):
-        row = histories.row(r)[-length:]
-        if len(row):
-            out[r, length - len(row):] = row.astype(np.int64) + 1
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the index
@@ -277,7 +192,7 @@ def build_ann_index(model: Recommender, bundle_dir: str | Path, settings: Servin
     folder = Path(bundle_dir) / ANN_DIR
     if not settings.enabled:
         return {"built": False, "reason": "serving.ann.enabled is false"}
-    space = vector_space(model)
+    space = model.vector_space()
     if space is None:
         return {"built": False, "reason": f"{model.type_name} scores are not inner products of item vectors; "
                                           "it is always searched exactly"}

@@ -32,11 +32,11 @@ from recloop.errors import ArtifactError, RecloopError
 from recloop.registry import BUNDLE_DIR, ID_MAPS_DIR, ModelRegistry, ModelVersion
 from recloop.serving.catalog import Catalog, UserIndex
 from recloop.serving.explain import Explainer
-from recloop.serving.index import AnnIndex, VectorSpace, build_ann_index, vector_space
+from recloop.serving.index import AnnIndex, build_ann_index
 from recloop.serving.rules import static_allowed
 
 if TYPE_CHECKING:
-    from recloop.models.base import Recommender
+    from recloop.models.base import Recommender, VectorSpace
     from recloop.serving.metrics import ServingMetrics
     from recloop.store import ArtifactStore
 
@@ -124,7 +124,7 @@ def load_version(store: ArtifactStore, registry: ModelRegistry, version: int, se
         catalog = Catalog.load(model.n_items, id_maps / "items.parquet" if id_maps else None, items_file, where)
         users = UserIndex.load(model.n_users, id_maps / "users.parquet" if id_maps else None, where)
 
-        space = vector_space(model)
+        space = model.vector_space()
         ann, ann_info = None, {"built": False, "reason": "serving.ann.enabled is false"}
         if settings.ann.enabled:
             ann = AnnIndex.load(bundle)

@@ -28,7 +28,7 @@ from typing import Any
 
 from recloop.artifacts import Artifact, Manifest, safe_run_id
 from recloop.errors import ArtifactError, NotBlessedError
-from recloop.registry import AliasChange, ModelRegistry, VersionSource
+from recloop.registry import AliasChange, ModelRegistry, VersionSource, format_version
 from recloop.artifacts.kinds import Blessing, Dataset, Evaluation, Publication, TrainedModel
 from recloop.steps.base import StepContext
 
@@ -77,12 +77,13 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         registry.record("publish", "dry_run", version=version.version, previous_version=current_v,
                         expected_version=checked.champion_version, run_id=ctx.run_id,
                         message=f"dry run: v{version.version} registered, production alias not moved")
-        ctx.log(f"publish: dry run, production alias NOT moved (still {_v(current_v)}); "
+        ctx.log(f"publish: dry run, production alias NOT moved (still {format_version(current_v)}); "
                 f"promote with `recloop model promote {registry.name} {version.version}`")
     else:
         change = registry.promote(version.version, expected=checked.champion_version, run_id=ctx.run_id,
                                   action="publish", reason=_reason(checked))
-        ctx.log(f"publish: production of {registry.name!r}: {_v(change.from_version)} -> v{change.to_version}"
+        ctx.log(f"publish: production of {registry.name!r}: {format_version(change.from_version)} -> "
+                f"{format_version(change.to_version)}"
                 + ("" if change.changed else " (already production)"))
 
     report = {
@@ -323,7 +324,3 @@ def _reason(checked: CheckedBlessing) -> str:
     name, value = _primary(checked)
     score = f", {name}={value:.4g}" if name and value is not None else ""
     return f"blessed by {checked.gate.uri} ({checked.candidate}{score})"
-
-
-def _v(version: int | None) -> str:
-    return "nothing" if version is None else f"v{version}"
