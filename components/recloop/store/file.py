@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from recloop.errors import ConflictError, StoreError
-from recloop.store import base
+from recloop.store import base as store_base  # read at call time: tests shorten the waits
 from recloop.store.base import CHUNK, LOCK_PREFIX, ObjectInfo, clean_key, clean_prefix
 
 
@@ -142,7 +142,7 @@ class FileStore:
 
     def _lock(self, lock: Path, key: str) -> int:
         """An exclusive flock on `lock` (the kernel drops it if this process dies: no stale locks)."""
-        deadline = time.monotonic() + base.LOCK_WAIT_S
+        deadline = time.monotonic() + store_base.LOCK_WAIT_S
         delay = 0.005
         while True:
             fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
@@ -151,8 +151,8 @@ class FileStore:
             except BlockingIOError:
                 os.close(fd)
                 if time.monotonic() > deadline:
-                    raise StoreError(f"timed out after {base.LOCK_WAIT_S:g} s waiting for another writer's lock on "
-                                     f"{self.uri(key)}; retry when it has finished") from None
+                    raise StoreError(f"timed out after {store_base.LOCK_WAIT_S:g} s waiting for another writer's "
+                                     f"lock on {self.uri(key)}; retry when it has finished") from None
                 time.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 0.1)
                 continue

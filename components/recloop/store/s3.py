@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from recloop.errors import ConflictError, StoreError
-from recloop.store import base
+from recloop.store import base as store_base  # read at call time: tests shorten the waits
 from recloop.store.base import LOCK_PREFIX, ObjectInfo, clean_key
 
 if TYPE_CHECKING:
@@ -323,11 +323,11 @@ class S3Store:
     def _acquire(self, lock: str, key: str) -> str:
         """Create the lock object (create-only); wait for a live holder, break an expired lease."""
         token = uuid.uuid4().hex
-        deadline = time.monotonic() + base.LOCK_WAIT_S
+        deadline = time.monotonic() + store_base.LOCK_WAIT_S
         delay = 0.01
         while True:
             body = json.dumps({"owner": token, "host": socket.gethostname(), "pid": os.getpid(),
-                               "expires": time.time() + base.LOCK_LEASE_S}).encode()
+                               "expires": time.time() + store_base.LOCK_LEASE_S}).encode()
             if self._create_only(lock, body, token, f"lock {self.uri(key)}"):
                 return token
             holder = self._read_lock(lock)
@@ -335,9 +335,9 @@ class S3Store:
                 self._break(lock, holder)
                 continue
             if time.monotonic() > deadline:
-                raise StoreError(f"timed out after {base.LOCK_WAIT_S:g} s waiting for another writer's lock on "
+                raise StoreError(f"timed out after {store_base.LOCK_WAIT_S:g} s waiting for another writer's lock on "
                                  f"{self.uri(key)}; retry when it has finished (a crashed writer's lock expires "
-                                 f"after {base.LOCK_LEASE_S:g} s)")
+                                 f"after {store_base.LOCK_LEASE_S:g} s)")
             time.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 0.2)
 
@@ -386,7 +386,7 @@ class S3Store:
         """Remove an expired lock. A create-only marker per lease period past expiry lets exactly one
         contender break it, and another one a lease later if that breaker died too."""
         etag, expires, _ = holder
-        round_no = int(max(0.0, time.time() - expires) // base.LOCK_LEASE_S)
+        round_no = int(max(0.0, time.time() - expires) // store_base.LOCK_LEASE_S)
         marker = f"{lock}.broken-{etag.strip(chr(34))}-{round_no}"
         token = uuid.uuid4().hex
         if not self._create_only(marker, token.encode(), token, f"break lock {self.uri(lock)}"):
