@@ -53,10 +53,10 @@ lint: $(STAMP)
 AIRFLOW_STATE ?= .recloop/airflow
 AIRFLOW_DB ?=
 up: $(STAMP)
-	$(BIN)/python -m recloop.orchestration.local up --state-dir $(AIRFLOW_STATE) $(if $(AIRFLOW_DB),--database-url $(AIRFLOW_DB))
+	$(BIN)/python -m recloop_dev up --repo $(CURDIR) --state-dir $(AIRFLOW_STATE) $(if $(AIRFLOW_DB),--database-url $(AIRFLOW_DB))
 
 down:
-	$(BIN)/python -m recloop.orchestration.local down --state-dir $(AIRFLOW_STATE)
+	$(BIN)/python -m recloop_dev down --repo $(CURDIR) --state-dir $(AIRFLOW_STATE)
 
 clean:
 	rm -rf .recloop build *.egg-info

@@ -2,7 +2,7 @@
 
 Stores
   s3_server        session-wide SeaweedFS (`weed mini`) on free loopback ports: a real S3 endpoint, started
-                   and stopped by `recloop.orchestration.local` (the launcher `make up` uses too).
+                   and stopped by `recloop_dev.local_stack` (the launcher `make up` uses too).
   s3_store_config  a `StoreConfig` for a fresh bucket (created) on that server, per test.
   s3_store         an `S3Store` over `s3_store_config`.
   file_store       a `FileStore` under tmp_path.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from recloop.orchestration import local
+from recloop_dev import local_stack
 
 if TYPE_CHECKING:
     from recloop.config import StoreConfig
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 S3_TEST_ACCESS_KEY = "recloop-test-key"
 S3_TEST_SECRET_KEY = "recloop-test-secret-0123456789"
-S3_TEST_REGION = local.S3_REGION
+S3_TEST_REGION = local_stack.S3_REGION
 _START_ATTEMPTS = 3  # random ports can still race with another process; a fresh set usually works
 _READY_TIMEOUT_S = 30.0
 
@@ -47,9 +47,9 @@ def free_port() -> int:
 
 @dataclass
 class S3Server:
-    """A running SeaweedFS S3 endpoint (started by `recloop.orchestration.local.start_seaweedfs`)."""
+    """A running SeaweedFS S3 endpoint (started by `recloop_dev.local_stack.start_seaweedfs`)."""
 
-    weed: local.SeaweedFS
+    weed: local_stack.SeaweedFS
     access_key: str = S3_TEST_ACCESS_KEY
     secret_key: str = S3_TEST_SECRET_KEY
     region: str = S3_TEST_REGION
@@ -73,7 +73,7 @@ class S3Server:
 
     def client(self) -> Any:
         """A plain boto3 S3 client on this server (to inspect what the store wrote)."""
-        return local.s3_client(self.endpoint_url, self.access_key, self.secret_key, self.region, max_attempts=3)
+        return local_stack.s3_client(self.endpoint_url, self.access_key, self.secret_key, self.region, attempts=4)
 
     def new_bucket(self) -> str:
         name = f"t-{uuid.uuid4().hex[:16]}"
@@ -97,17 +97,17 @@ class S3Server:
 
 def _start_weed(base_dir: Path) -> S3Server:
     try:
-        local.weed_binary()
-    except local.SeaweedFSError as exc:
+        local_stack.weed_binary()
+    except local_stack.SeaweedFSError as exc:
         pytest.fail(str(exc), pytrace=False)
     failures: list[str] = []
     for attempt in range(1, _START_ATTEMPTS + 1):
         try:
-            weed = local.start_seaweedfs(
+            weed = local_stack.start_seaweedfs(
                 base_dir / f"weed-{attempt}", S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY,
                 # Like AWS: writing to a bucket nobody created is an error, not a new bucket.
                 auto_create_bucket=False, ready_timeout_s=_READY_TIMEOUT_S)
-        except local.SeaweedFSError as exc:
+        except local_stack.SeaweedFSError as exc:
             failures.append(f"attempt {attempt}: {exc}")
             continue
         return S3Server(weed)

@@ -583,7 +583,7 @@ def test_make_up_configs_extend_each_pipeline_with_the_local_s3_store(mode_confi
     """`make up` serves every config unchanged but for the store (local SeaweedFS) and run notes; the
     credentials stay `${VAR}` references resolved from Airflow's environment."""
     from recloop.config import load
-    from recloop.orchestration.local import Layout, write_configs
+    from recloop_dev.local_stack import Layout, write_configs
 
     layout = Layout(tmp_path / "state")
     names = write_configs(layout, mode_configs, "http://127.0.0.1:8333", "http://127.0.0.1:8080")

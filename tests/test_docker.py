@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 DOCKERIGNORE = DOCKER / "Dockerfile.dockerignore"
+DEV_ONLY = Path("components/recloop_dev")  # developer tools (`make up`), kept out of the image
 ENTRYPOINT_SCRIPT = DOCKER / "entrypoint.sh"
 HEALTHCHECK_SCRIPT = DOCKER / "healthcheck.py"
 VENV_BIN = Path(sys.executable).parent
@@ -263,12 +264,14 @@ def test_every_copy_source_exists_and_is_in_the_build_context(
             shipped = [p for p in files if not dockerignore.excluded(p.relative_to(REPO).as_posix())]
             assert shipped, f"COPY {source}: no files to copy (an empty folder is absent from a fresh clone)"
             sources_lost = [p for p in files if p.suffix in {".py", ".yaml", ".yml", ".json", ".html", ".typed"}
-                            and "__pycache__" not in p.parts and p not in shipped]
+                            and "__pycache__" not in p.parts and p not in shipped
+                            and DEV_ONLY not in p.relative_to(REPO).parents]
             assert sources_lost == [], f"COPY {source}: the ignore file drops {sources_lost[:5]}"
 
 
 def test_build_context_leaves_out_local_state(dockerignore: DockerIgnore) -> None:
     for path in [".venv/bin/python", ".git/HEAD", ".recloop/store/x", "tests/test_docker.py", "bench/embed.py",
+                 "components/recloop_dev/local_stack.py", "components/recloop_dev/__init__.py",
                  "charts/recloop/values.yaml", "components/recloop/__pycache__/cli.cpython-311.pyc",
                  "components/recloop.egg-info/PKG-INFO", "docker/Dockerfile"]:
         assert dockerignore.excluded(path), f"{path} would be sent to the Docker daemon"

@@ -263,7 +263,7 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
 
     from recloop.artifacts import run_prefix
     from recloop.data import synth
-    from recloop.orchestration import local
+    from recloop_dev import local_stack as local
 
     layout = local.Layout(tmp_path / "state")
     layout.logs.mkdir(parents=True)
@@ -276,7 +276,7 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
                                  "password: '${RECLOOP_AIRFLOW_PASSWORD}'}")
     keys = {"access_key": s3_server.access_key, "secret_key": s3_server.secret_key,
             "admin_password": uuid.uuid4().hex}
-    airflow = local.start_airflow(layout, keys, port, postgres_database)
+    airflow = local.start_airflow(layout, keys, port, REPO / "dags", postgres_database)
     log = layout.logs / "airflow.log"
     try:
         token = local._wait(lambda: local.api_token(url, keys["admin_password"]), "the API server", 300, log,

@@ -8,6 +8,7 @@ import pytest
 from helpers import make_config, make_context, utc, write_ingest_artifact
 
 from recloop.artifacts import Artifact
+from recloop.data.preprocess import filter_min_counts
 from recloop.data.splits import TEST, TRAIN, VALID, leave_last_out, resolve_cutoffs, time_cutoff
 from recloop.errors import DataError
 from recloop.steps import preprocess
@@ -193,10 +194,10 @@ def test_min_count_filter_single_pass_and_kcore_fixed_point(tmp_path):
 def test_filter_min_counts_unit():
     user = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3])
     item = np.array([0, 1, 2, 0, 1, 2, 0, 3, 3, 0, 1])
-    keep, passes = preprocess.filter_min_counts(user, item, 3, 2, kcore=True)
+    keep, passes = filter_min_counts(user, item, 3, 2, kcore=True)
     assert keep.tolist() == [True] * 6 + [False] * 5
     assert passes == 4
-    keep, passes = preprocess.filter_min_counts(user, item, 3, 2, kcore=False)
+    keep, passes = filter_min_counts(user, item, 3, 2, kcore=False)
     assert keep.tolist() == [True] * 6 + [False, False] + [True] * 3
     assert passes == 1
 

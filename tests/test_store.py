@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from conftest import S3Server, free_port
 
-from recloop import store as store_mod
 from recloop.config import RetryConfig
 from recloop.errors import ConflictError, StoreError
-from recloop.store import FileStore, S3Store, local_copy, open_store, with_retries
+from recloop.store import FileStore, S3Store, local_copy, open_store, sha256_file, with_retries
+from recloop.store import base as store_base
+from recloop.store import s3 as store_s3
 
 FAST_RETRY = {"max_attempts": 4, "base_delay_s": 0.01, "max_delay_s": 0.05}
 
@@ -58,9 +59,9 @@ def test_file_roundtrip(any_store: Any, tmp_path: Path) -> None:
     any_store.put_file("x/y/src.bin", src)
     out = any_store.get_file("x/y/src.bin", tmp_path / "deep" / "out.bin")
     assert out == tmp_path / "deep" / "out.bin"
-    assert store_mod.sha256_file(out) == digest
+    assert sha256_file(out) == digest
     with local_copy(any_store, "x/y/src.bin") as p:
-        assert store_mod.sha256_file(p) == digest
+        assert sha256_file(p) == digest
 
 
 def test_missing_objects_raise_file_not_found(any_store: Any, tmp_path: Path) -> None:
@@ -128,6 +129,25 @@ def test_uri_and_open_store(tmp_path: Path, s3_server: S3Server) -> None:
     assert s3.uri("runs/r/x") == "s3://some-bucket/base/dir/runs/r/x"
 
 
+@pytest.mark.s3
+def test_open_store_on_another_root_uses_the_store_sections_credentials(tmp_path: Path, s3_server: S3Server) -> None:
+    cfg = s3_server.store_config(s3_server.new_bucket(), prefix="artifacts")
+    other = s3_server.new_bucket()
+    data = open_store(cfg, root=f"s3://{other}/raw/")
+    assert data.uri("events.csv") == f"s3://{other}/raw/events.csv"
+    data.put_bytes("events.csv", b"user,item\n")
+    assert s3_server.client().get_object(Bucket=other, Key="raw/events.csv")["Body"].read() == b"user,item\n"
+    # The credentials are the section's: a wrong secret there fails on the other root too.
+    wrong = s3_server.store_config(cfg.root[len("s3://"):].split("/")[0], secret_access_key="wrong-secret")
+    with pytest.raises(StoreError, match="access denied"):
+        open_store(wrong, root=f"s3://{other}").get_bytes("raw/events.csv")
+    assert isinstance(open_store(cfg, root=f"file://{tmp_path}/f"), FileStore)
+    with pytest.raises(StoreError, match="names no bucket"):
+        open_store(cfg, root="s3:///raw")
+    with pytest.raises(StoreError, match="unsupported store root 'gs://b'"):
+        open_store(cfg, root="gs://b")
+
+
 # ---------------------------------------------------------------------------------------------- large files
 
 
@@ -143,14 +163,14 @@ def test_large_file_uses_multipart_upload(s3_server: S3Server, tmp_path: Path) -
     assert head["ContentLength"] == size
     assert head["ETag"].strip('"').endswith("-2")  # 8 MiB parts: really went through multipart
     out = store.get_file("runs/r/big.bin", tmp_path / "back.bin")
-    assert store_mod.sha256_file(out) == digest
+    assert sha256_file(out) == digest
 
 
 def test_large_file_roundtrip_file_store(file_store: FileStore, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     digest = _random_file(src, 13 * 1024 * 1024, seed=4)
     file_store.put_file("runs/r/big.bin", src)
-    assert store_mod.sha256_file(file_store.get_file("runs/r/big.bin", tmp_path / "b")) == digest
+    assert sha256_file(file_store.get_file("runs/r/big.bin", tmp_path / "b")) == digest
     assert [p.name for p in (tmp_path / "store/runs/r").iterdir()] == ["big.bin"]  # no temp files left
 
 
@@ -213,7 +233,7 @@ def test_file_store_waits_for_held_lock_and_ignores_dead_ones(file_store: FileSt
     lock.write_text("stale")
     etag = file_store.put_if_match(key, b"2", etag)
     # A live holder blocks until the wait runs out, with a message saying what to do.
-    monkeypatch.setattr(store_mod, "LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(store_base, "LOCK_WAIT_S", 0.3)
     fd = os.open(lock, os.O_CREAT | os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -238,7 +258,7 @@ def test_s3_lock_expired_is_broken_live_one_waited_for(s3_store: S3Store, monkey
     assert s3_store.get_bytes(key) == b"2"
     assert not s3_store.exists(lock)
     # A live lease blocks until the wait runs out.
-    monkeypatch.setattr(store_mod, "LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(store_base, "LOCK_WAIT_S", 0.5)
     s3_store.put_bytes(lock, json.dumps({"owner": "alive", "expires": time.time() + 60}).encode())
     with pytest.raises(StoreError, match="waiting for another writer's lock"):
         s3_store.put_if_match(key, b"3", etag)
@@ -302,18 +322,18 @@ def _client_error(code: str, status: int) -> Exception:
     ("NoSuchKey", 404, False), ("AccessDenied", 403, False), ("PreconditionFailed", 412, False),
 ])
 def test_transient_classification_of_s3_errors(code: str, status: int, transient: bool) -> None:
-    assert store_mod._is_transient(_client_error(code, status)) is transient
+    assert store_s3._is_transient(_client_error(code, status)) is transient
 
 
 def test_transient_classification_of_connection_errors() -> None:
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
-    assert store_mod._is_transient(EndpointConnectionError(endpoint_url="http://x"))
-    assert store_mod._is_transient(ConnectionClosedError(endpoint_url="http://x"))
-    assert store_mod._is_transient(ReadTimeoutError(endpoint_url="http://x"))
-    assert store_mod._is_transient(ConnectionResetError(104, "reset"))
-    assert not store_mod._is_transient(ValueError("bad"))
+    assert store_s3._is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert store_s3._is_transient(ConnectionClosedError(endpoint_url="http://x"))
+    assert store_s3._is_transient(ReadTimeoutError(endpoint_url="http://x"))
+    assert store_s3._is_transient(ConnectionResetError(104, "reset"))
+    assert not store_s3._is_transient(ValueError("bad"))
     # boto3's upload_file hides the ClientError behind S3UploadFailedError: look through it.
     for inner, expected in ((_client_error("SlowDown", 503), True), (_client_error("AccessDenied", 403), False)):
         try:
@@ -322,7 +342,7 @@ def test_transient_classification_of_connection_errors() -> None:
             except Exception:
                 raise S3UploadFailedError("Failed to upload")  # noqa: B904 (as boto3 does)
         except S3UploadFailedError as wrapped:
-            assert store_mod._is_transient(wrapped) is expected
+            assert store_s3._is_transient(wrapped) is expected
 
 
 class FlakyProxy:
@@ -457,7 +477,7 @@ def test_s3_retries_throttling_on_upload(s3_server: S3Server, tmp_path: Path) ->
         digest = _random_file(src, 100_000)
         store.put_file("f.bin", src)  # upload_file wraps the 503 in S3UploadFailedError
         assert proxy.throttled == 2
-        assert store_mod.sha256_file(store.get_file("f.bin", tmp_path / "back")) == digest
+        assert sha256_file(store.get_file("f.bin", tmp_path / "back")) == digest
     finally:
         proxy.close()
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from recloop.config import StoreConfig
-    from recloop.store import S3Store
+    from recloop.store import ArtifactStore
 
 # Recognised file name endings, longest first so '.csv.gz' wins over '.gz'.
 _EXTENSIONS: dict[str, str] = {
@@ -62,7 +62,7 @@ class SourceFile:
     format: str  # csv | tsv | parquet | jsonl
     gzip: bool
     size: int
-    s3_store: S3Store | None = field(default=None, compare=False, repr=False)
+    s3_store: ArtifactStore | None = field(default=None, compare=False, repr=False)
     s3_key: str | None = None
 
     @contextlib.contextmanager
@@ -96,18 +96,17 @@ class Chunk:
 # ---------------------------------------------------------------------------------------------- locating
 
 
-def s3_data_store(uri: str, store_cfg: StoreConfig) -> tuple[S3Store, str]:
-    """An S3Store on the bucket of a data URI, with the store section's endpoint, region and credentials.
+def s3_data_store(uri: str, store_cfg: StoreConfig) -> tuple[ArtifactStore, str]:
+    """A store on the bucket of a data URI, with the store section's endpoint, region and credentials.
 
     Returns the store and the key (or key pattern) inside the bucket.
     """
-    from recloop.store import S3Store
+    from recloop.store import open_store
 
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise DataError(f"{uri}: an s3:// data path must name a bucket, like s3://bucket/events/*.csv")
-    # model_copy(update=...) skips validation; the root is rebuilt from a parsed URI, so it is well formed.
-    return S3Store(store_cfg.model_copy(update={"root": f"s3://{bucket}"})), key
+    return open_store(store_cfg, root=f"s3://{bucket}"), key
 
 
 def infer_format(name: str, fmt: str, config_key: str) -> tuple[str, bool]:
@@ -178,7 +177,7 @@ def _resolve_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> 
 
 def _list_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> list[SourceFile]:
     store, pattern = s3_data_store(uri, store_cfg)
-    bucket = store.bucket
+    bucket = uri[len("s3://"):].partition("/")[0]
     if not any(c in pattern for c in _GLOB_CHARS) and pattern and not pattern.endswith("/"):
         info = store.stat(pattern)
         if info is not None:

@@ -1,20 +1,8 @@
 """preprocess: turn validated interactions into contiguous-id train / valid / test splits.
 
 Input: validate's `interactions.parquet` when validate quarantined rows (it then lists that file), else
-ingest's. Stages, each counted in `stats.json`:
-
-1. drop rows without user, item or timestamp (only possible when validation warned instead of failing);
-2. implicit feedback: keep ratings >= `implicit.min_rating`; with `implicit.event_weights`, keep only the
-   listed event types. weight = source weight (1 if absent) x event-type weight (1 without the map);
-3. dedupe: among events with the same (user, item, timestamp) keep the heaviest, the first in source
-   order on ties;
-4. min-count filters: drop users with fewer than `min_user_interactions` events and items with fewer than
-   `min_item_interactions` (both counted on the same data); with `kcore`, repeat until both hold;
-5. split by time (`recloop.data.splits`): leave-last-out per user, or a global cut-off;
-6. contiguous ids: users with a training event; items with a training event (`catalog_items: interacted`)
-   or, with `all`, every item in the data or the catalog. Ids follow the sorted original ids (numeric
-   order when every id is an integer). Held-out events whose user or item got no id are dropped: they
-   could not be scored.
+ingest's; the catalog is ingest's `items.parquet` when it wrote one. The work itself is the pure
+`recloop.data.preprocess.preprocess` (its docstring lists the stages); this step reads, calls and writes.
 
 Output: `train.parquet`, `valid.parquet`, `test.parquet` (user_idx int32, item_idx int32, timestamp int64
 epoch seconds, weight float32, rating float64; sorted by user, time, source order), `id_maps/users.parquet`,
@@ -25,104 +13,16 @@ entirely, whose test events measure how well a model recommends items it never s
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from recloop.errors import ArtifactError, DataError
 from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from recloop.artifacts import Artifact, ArtifactWriter, Manifest
-    from recloop.config import ImplicitConfig, PreprocessConfig
+    from recloop.data.preprocess import PreprocessResult
 
-_INT_ID = re.compile(r"^-?\d+$")
-
-
-# ---------------------------------------------------------------------------------------------- stages
-
-
-def drop_unusable(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Rows without user, item or timestamp cannot be placed anywhere."""
-    usable = df["user_id"].notna() & df["item_id"].notna() & df["timestamp"].notna()
-    return df.loc[usable], int((~usable).sum())
-
-
-def apply_implicit(df: pd.DataFrame, cfg: ImplicitConfig) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Keep positives and compute `weight`; returns the frame and per-reason drop counts."""
-    import pandas as pd
-
-    dropped: dict[str, int] = {}
-    weight = df["weight"].astype("float64").fillna(1.0) if "weight" in df else pd.Series(1.0, index=df.index)
-    keep = pd.Series(True, index=df.index)
-    if cfg.min_rating is not None:
-        rating = df["rating"] if "rating" in df else pd.Series(np.nan, index=df.index)
-        if len(df) and rating.isna().all():
-            raise DataError("preprocess.implicit.min_rating is set but no interaction has a rating; map "
-                            "data.interactions.columns.rating or remove preprocess.implicit.min_rating")
-        dropped["no_rating"] = int(rating.isna().sum())
-        dropped["below_min_rating"] = int((rating < cfg.min_rating).sum())
-        keep &= rating >= cfg.min_rating
-    if cfg.event_weights is not None:
-        events = df["event_type"] if "event_type" in df else pd.Series(None, index=df.index, dtype=object)
-        if len(df) and events.isna().all():
-            raise DataError("preprocess.implicit.event_weights is set but no interaction has an event type; map "
-                            "data.interactions.columns.event_type or remove preprocess.implicit.event_weights")
-        event_weight = events.map(cfg.event_weights).astype("float64")
-        dropped["event_type_not_weighted"] = int((keep & event_weight.isna()).sum())
-        keep &= event_weight.notna()
-        weight = weight * event_weight.fillna(0.0)
-    out = df.loc[keep].copy()
-    out["weight"] = weight.loc[keep].astype("float64")
-    return out, dropped
-
-
-def dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Keep one event per (user, item, timestamp): the heaviest, the first in source order on ties."""
-    ranked = df.sort_values(["weight", "_order"], ascending=[False, True], kind="stable")
-    keep = ~ranked.duplicated(["user_id", "item_id", "timestamp"], keep="first")
-    out = ranked.loc[keep].sort_values("_order", kind="stable")
-    return out, int(len(df) - len(out))
-
-
-def filter_min_counts(user: np.ndarray, item: np.ndarray, min_user: int, min_item: int,
-                      kcore: bool) -> tuple[np.ndarray, int]:
-    """Mask of events kept by the min-count filters and the number of passes made.
-
-    Both counts come from the same events each pass; with `kcore` passes repeat until nothing changes,
-    so every kept user has >= min_user and every kept item >= min_item kept events.
-    """
-    keep = np.ones(len(user), dtype=bool)
-    passes = 0
-    while True:
-        passes += 1
-        user_counts = np.bincount(user[keep], minlength=user.max() + 1 if len(user) else 0)
-        item_counts = np.bincount(item[keep], minlength=item.max() + 1 if len(item) else 0)
-        new = keep & (user_counts[user] >= min_user) & (item_counts[item] >= min_item)
-        changed = int(new.sum()) != int(keep.sum())
-        keep = new
-        if not kcore or not changed:
-            return keep, passes
-
-
-def sorted_ids(values: Any) -> list[str]:
-    """Distinct ids in a stable, human order: numeric when all are integers, else lexicographic."""
-    distinct = sorted(set(values))
-    if distinct and all(_INT_ID.match(v) for v in distinct):
-        return sorted(distinct, key=lambda v: (int(v), v))
-    return distinct
-
-
-def _epoch_ns(ts: pd.Series) -> np.ndarray:
-    import pandas as pd
-
-    if not isinstance(ts.dtype, pd.DatetimeTZDtype):
-        raise DataError(f"interactions.timestamp must be a timezone-aware timestamp (got {ts.dtype}); "
-                        "re-run ingest, which writes timestamp[ms, UTC]")
-    return ts.dt.as_unit("ns").astype("int64").to_numpy()
 
 
 # ---------------------------------------------------------------------------------------------- I/O
@@ -130,8 +30,6 @@ def _epoch_ns(ts: pd.Series) -> np.ndarray:
 
 def _choose_source(ctx: StepContext, inputs: dict[str, str]) -> tuple[Artifact, Artifact, list[str]]:
     """(interactions artifact, ingest artifact, parents): validate's valid rows when it wrote them."""
-    if "ingest" not in inputs:
-        raise ArtifactError("preprocess needs the ingest artifact as input 'ingest'; run `recloop step ingest` first")
     ingest = ctx.open(inputs["ingest"])
     parents = [inputs["ingest"]]
     if "validate" in inputs:
@@ -160,214 +58,51 @@ def _put_parquet(writer: ArtifactWriter, name: str, df: pd.DataFrame, schema: An
     writer.add_file(name, path, rows=table.num_rows, schema={f.name: str(f.type) for f in table.schema})
 
 
-def _split_stats(df: pd.DataFrame) -> dict[str, Any]:
-    from datetime import datetime, timezone
-
-    def iso(s: int) -> str:
-        return datetime.fromtimestamp(int(s), tz=timezone.utc).isoformat()
-
-    return {
-        "rows": int(len(df)), "users": int(df["user_idx"].nunique()), "items": int(df["item_idx"].nunique()),
-        "min_timestamp": iso(df["timestamp"].min()) if len(df) else None,
-        "max_timestamp": iso(df["timestamp"].max()) if len(df) else None,
-    }
-
-
 # ---------------------------------------------------------------------------------------------- step
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
-    import pandas as pd
-    import pyarrow as pa
+    from recloop.data.preprocess import preprocess
 
-    from recloop.data.splits import (
-        SPLIT_NAMES,
-        TEST,
-        TRAIN,
-        VALID,
-        leave_last_out,
-        resolve_cutoffs,
-        time_cutoff,
-    )
-
-    cfg: PreprocessConfig = ctx.config.preprocess
     source, ingest, parents = _choose_source(ctx, inputs)
     advance = ctx.progress("preprocess", total=5)
-    df = source.read_parquet("interactions.parquet")
-    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in df.columns]
-    if missing:
-        raise DataError(f"{source.uri}/interactions.parquet lacks column(s) {', '.join(missing)}; re-run ingest")
-    n_input = len(df)
-    df = df.reset_index(drop=True)
-    df["_order"] = np.arange(len(df), dtype=np.int64)  # source order, the tie-break everywhere
-    stats: dict[str, Any] = {"source": source.uri, "input_rows": n_input, "dropped": {}}
-    dropped = stats["dropped"]
-
-    df, dropped["missing_user_item_or_timestamp"] = drop_unusable(df)
-    df, implicit_drops = apply_implicit(df, cfg.implicit)
-    dropped.update(implicit_drops)
-    if cfg.dedupe:
-        df, dropped["duplicates"] = dedupe(df)
-    advance(1)
-
-    # Min-count filters on dense codes of the original ids.
-    user_codes, user_uniques = pd.factorize(df["user_id"])
-    item_codes, item_uniques = pd.factorize(df["item_id"])
-    keep, passes = filter_min_counts(user_codes, item_codes, cfg.min_user_interactions,
-                                     cfg.min_item_interactions, cfg.kcore)
-    dropped["min_count_filter"] = int((~keep).sum())
-    stats["filter"] = {"min_user_interactions": cfg.min_user_interactions,
-                       "min_item_interactions": cfg.min_item_interactions, "kcore": cfg.kcore, "passes": passes}
-    df = df.loc[keep]
-    if df.empty:
-        raise DataError(
-            f"no interactions are left after preprocessing {n_input} rows (dropped: {dropped}); lower "
-            "preprocess.min_user_interactions / min_item_interactions, or check preprocess.implicit")
-    advance(1)
-
-    # Split by time.
-    ts_ns = _epoch_ns(df["timestamp"])
-    split_info: dict[str, Any] = {"method": cfg.split.method}
-    if cfg.split.method == "leave_last_out":
-        users_dense = pd.factorize(df["user_id"])[0]
-        labels = leave_last_out(users_dense, ts_ns, df["_order"].to_numpy())
-    else:
-        cutoffs = resolve_cutoffs(ts_ns, cfg.split.cutoff, cfg.split.valid_cutoff,
-                                  cfg.split.test_share, cfg.split.valid_share)
-        labels = time_cutoff(ts_ns, cutoffs)
-        split_info.update(cutoffs.iso())
-    df = df.assign(_split=labels, _ts=ts_ns)
-    advance(1)
-
-    # Cold-start evaluation: a random share of items loses every train/valid event (new items).
-    cold_ids: list[str] = []
-    cold_cfg = ctx.config.evaluation.cold_start
-    if cold_cfg.item_share > 0:
-        df, cold_ids, dropped["cold_start_train_valid_events"] = hold_out_items(
-            df, cold_cfg.item_share, cold_cfg.seed, TEST)
-        split_info["cold_start_items"] = len(cold_ids)
-
-    # Contiguous ids.
-    catalog = _catalog(ingest)
-    train_mask = df["_split"].to_numpy() == TRAIN
-    user_ids = sorted_ids(df.loc[train_mask, "user_id"])
-    if cfg.catalog_items == "interacted":
-        # Cold-start items get ids although no training event has them: that is the point.
-        item_ids = sorted_ids(set(df.loc[train_mask, "item_id"]) | set(cold_ids))
-    else:
-        pool = set(df["item_id"])
-        if catalog is not None:
-            pool |= set(catalog["item_id"].dropna().astype(str))
-        item_ids = sorted_ids(pool)
-    user_index = pd.Index(user_ids)
-    item_index = pd.Index(item_ids)
-    df["user_idx"] = user_index.get_indexer(df["user_id"])
-    df["item_idx"] = item_index.get_indexer(df["item_id"])
-    unknown_user = (df["user_idx"] < 0).to_numpy()
-    unknown_item = (df["item_idx"] < 0).to_numpy() & ~unknown_user
-    dropped["heldout_user_without_training_events"] = int(unknown_user.sum())
-    dropped["heldout_item_without_id"] = int(unknown_item.sum())
-    df = df.loc[~(unknown_user | unknown_item)]
-    advance(1)
-
-    frames: dict[str, pd.DataFrame] = {}
-    for code, name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
-        part = df.loc[df["_split"] == code].sort_values(["user_idx", "_ts", "_order"], kind="stable")
-        frames[name] = pd.DataFrame({
-            "user_idx": part["user_idx"].to_numpy(np.int32),
-            "item_idx": part["item_idx"].to_numpy(np.int32),
-            "timestamp": np.floor_divide(part["_ts"].to_numpy(np.int64), 1_000_000_000),
-            "weight": part["weight"].to_numpy(np.float32),
-            "rating": part["rating"].to_numpy(np.float64) if "rating" in part else np.full(len(part), np.nan),
-        })
-    if frames["train"].empty or frames["test"].empty:
-        empty = "train" if frames["train"].empty else "test"
-        hint = ("a user needs at least 2 events to contribute a test event; check preprocess.implicit and "
-                "the min-count filters" if cfg.split.method == "leave_last_out"
-                else "move preprocess.split.cutoff / valid_cutoff inside the data's time range "
-                     f"({df['timestamp'].min()} .. {df['timestamp'].max()})")
-        raise DataError(f"the {empty} split is empty after preprocessing {n_input} rows ({hint}; dropped: {dropped})")
-
-    items_out = _aligned_items(item_index, catalog)
-    n_users, n_items = len(user_index), len(item_index)
-    n_events = sum(len(f) for f in frames.values())
-    density = n_events / (n_users * n_items) if n_users and n_items else 0.0
-    stats.update({
-        "n_users": n_users, "n_items": n_items,
-        "n_items_with_training_events": int(frames["train"]["item_idx"].nunique()),
-        "catalog_items": cfg.catalog_items, "density": density, "split": split_info,
-        "splits": {name: _split_stats(frames[name]) for name in SPLIT_NAMES},
-        "implicit": cfg.implicit.model_dump(mode="json"), "dedupe": cfg.dedupe,
-    })
-
-    split_schema = pa.schema([("user_idx", pa.int32()), ("item_idx", pa.int32()), ("timestamp", pa.int64()),
-                              ("weight", pa.float32()), ("rating", pa.float64())])
+    result = preprocess(source.read_parquet("interactions.parquet"), _catalog(ingest), ctx.config.preprocess,
+                        ctx.config.evaluation.cold_start, source=source.uri, progress=advance)
     with ctx.writer(output, parents=parents) as writer:
-        for name in SPLIT_NAMES:
-            _put_parquet(writer, f"{name}.parquet", frames[name], split_schema)
-        _put_parquet(writer, "id_maps/users.parquet",
-                     pd.DataFrame({"user_idx": np.arange(n_users, dtype=np.int32), "user_id": user_ids}),
-                     pa.schema([("user_idx", pa.int32()), ("user_id", pa.string())]))
-        _put_parquet(writer, "id_maps/items.parquet",
-                     pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": item_ids}),
-                     pa.schema([("item_idx", pa.int32()), ("item_id", pa.string())]))
-        _put_parquet(writer, "items.parquet", items_out,
-                     pa.schema([("item_idx", pa.int32()), ("item_id", pa.string()), ("text", pa.string()),
-                                ("categories", pa.list_(pa.string()))]))
-        if cold_cfg.item_share > 0:
-            cold_idx = np.sort(item_index.get_indexer(cold_ids)).astype(np.int32)
-            _put_parquet(writer, "cold_items.parquet",
-                         pd.DataFrame({"item_idx": cold_idx, "item_id": [item_ids[i] for i in cold_idx]}),
-                         pa.schema([("item_idx", pa.int32()), ("item_id", pa.string())]))
-            cold_set = set(cold_idx.tolist())
-            stats["cold_start"] = {"items": len(cold_idx), "item_share": cold_cfg.item_share,
-                                   "test_events": int(frames["test"]["item_idx"].isin(cold_set).sum())}
-            writer.summary["n_cold_items"] = len(cold_idx)
-        writer.put_json("stats.json", stats)
-        writer.summary.update({
-            "n_users": n_users, "n_items": n_items,
-            "n_train": len(frames["train"]), "n_valid": len(frames["valid"]), "n_test": len(frames["test"]),
-            "density": density, "split": cfg.split.method,
-            **{k: v for k, v in split_info.items() if k != "method"},
-        })
+        _write(writer, result)
     advance(1)
-    ctx.log(f"preprocess: {n_users} users, {n_items} items, train/valid/test = "
-            f"{len(frames['train'])}/{len(frames['valid'])}/{len(frames['test'])} -> {output}")
+    train, valid, test = (len(result.splits[name]) for name in ("train", "valid", "test"))
+    ctx.log(f"preprocess: {len(result.user_ids)} users, {len(result.item_ids)} items, train/valid/test = "
+            f"{train}/{valid}/{test} -> {output}")
     return writer.manifest
 
 
-def hold_out_items(df: pd.DataFrame, share: float, seed: int, test_code: int) -> tuple[pd.DataFrame, list[str], int]:
-    """Pick `share` of the items (seeded) and drop their non-test events, so no model trains on them.
-
-    Returns the remaining frame, the held-out item ids, and how many events were dropped.
-    """
-    items = np.array(sorted_ids(df["item_id"]), dtype=object)
-    n_cold = int(round(share * len(items)))
-    if n_cold == 0:
-        return df, [], 0
-    rng = np.random.default_rng(seed)
-    cold = sorted_ids(items[rng.choice(len(items), size=n_cold, replace=False)])
-    is_cold = df["item_id"].isin(set(cold)).to_numpy()
-    drop = is_cold & (df["_split"].to_numpy() != test_code)
-    return df.loc[~drop], cold, int(drop.sum())
-
-
-def _aligned_items(item_index: pd.Index, catalog: pd.DataFrame | None) -> pd.DataFrame:
-    """item_idx, item_id, text, categories for every id; text falls back to the item id."""
+def _write(writer: ArtifactWriter, result: PreprocessResult) -> None:
+    """The splits, id maps, item frame, cold items and stats as the artifact's files and summary."""
+    import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
-    out = pd.DataFrame({"item_idx": np.arange(len(item_index), dtype=np.int32), "item_id": list(item_index)})
-    if catalog is None or "item_id" not in catalog.columns:
-        out["text"] = out["item_id"]
-        out["categories"] = [[] for _ in range(len(out))]
-        return out
-    cat = catalog.dropna(subset=["item_id"]).drop_duplicates("item_id", keep="first")
-    cat = cat.set_index(cat["item_id"].astype(str).to_numpy())
-    text = cat["text"].reindex(out["item_id"]) if "text" in cat else pd.Series(np.nan, index=out["item_id"])
-    out["text"] = [t if isinstance(t, str) and t else i for t, i in zip(text.tolist(), out["item_id"])]
-    if "categories" in cat:
-        cats = cat["categories"].reindex(out["item_id"]).tolist()
-        out["categories"] = [[str(c) for c in v] if v is not None and not isinstance(v, float) else [] for v in cats]
-    else:
-        out["categories"] = [[] for _ in range(len(out))]
-    return out
+    id_schema = {kind: pa.schema([(f"{kind}_idx", pa.int32()), (f"{kind}_id", pa.string())])
+                 for kind in ("user", "item")}
+    split_schema = pa.schema([("user_idx", pa.int32()), ("item_idx", pa.int32()), ("timestamp", pa.int64()),
+                              ("weight", pa.float32()), ("rating", pa.float64())])
+    for name, frame in result.splits.items():
+        _put_parquet(writer, f"{name}.parquet", frame, split_schema)
+    for kind, ids in (("user", result.user_ids), ("item", result.item_ids)):
+        _put_parquet(writer, f"id_maps/{kind}s.parquet",
+                     pd.DataFrame({f"{kind}_idx": np.arange(len(ids), dtype=np.int32), f"{kind}_id": ids}),
+                     id_schema[kind])
+    _put_parquet(writer, "items.parquet", result.items,
+                 pa.schema([("item_idx", pa.int32()), ("item_id", pa.string()), ("text", pa.string()),
+                            ("categories", pa.list_(pa.string()))]))
+    if result.cold_items is not None:
+        _put_parquet(writer, "cold_items.parquet", result.cold_items, id_schema["item"])
+        writer.summary["n_cold_items"] = len(result.cold_items)
+    writer.put_json("stats.json", result.stats)
+    writer.summary.update({
+        "n_users": len(result.user_ids), "n_items": len(result.item_ids),
+        **{f"n_{name}": len(frame) for name, frame in result.splits.items()},
+        "density": result.stats["density"], "split": result.split_info["method"],
+        **{k: v for k, v in result.split_info.items() if k != "method"},
+    })

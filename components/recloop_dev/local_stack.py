@@ -1,11 +1,14 @@
 """`make up` / `make down`: a local Airflow 3 (`airflow standalone`) running the recloop DAGs against a
-local SeaweedFS S3 server, for trying pipelines from the UI.
+local SeaweedFS S3 server, for trying pipelines from the UI. A developer tool: not part of the runtime
+package, not shipped in the image.
 
-    python -m recloop.orchestration.local up      # start both, print URL and credentials
-    python -m recloop.orchestration.local status  # what runs, where
-    python -m recloop.orchestration.local down    # stop both (data is kept)
+    python -m recloop_dev up      # start both, print URL and credentials
+    python -m recloop_dev status  # what runs, where
+    python -m recloop_dev down    # stop both (data is kept)
 
-Everything lives under the state folder (default `.recloop/airflow/`): `home/` (AIRFLOW_HOME, SQLite),
+It runs from a recloop checkout: the repository root is `--repo`, else the nearest folder at or above
+the current directory holding `pyproject.toml` and `dags/`. Everything lives under the state folder
+(default `<repo>/.recloop/airflow/`): `home/` (AIRFLOW_HOME, SQLite),
 `s3/` (SeaweedFS data), `configs/` (one config per `configs/*.yaml`, extending it with the S3 store),
 `logs/`, and `state.json` (process groups, ports). Each server starts in its own session (`setsid`), so
 `down` stops its whole process group. S3 keys and the Airflow admin password are generated once and kept
@@ -29,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-REPO = Path(__file__).resolve().parents[3]
 BUCKET = "recloop"
 ADMIN_USER = "admin"
 S3_REGION = "us-east-1"
@@ -176,17 +178,15 @@ def _free_pair(taken: set[int], start: int | None) -> int:
 
 
 def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str = S3_REGION,
-              max_attempts: int = 1) -> Any:
-    """A boto3 S3 client for a SeaweedFS endpoint (path-style addressing, checksums only when required)."""
-    import boto3
-    from botocore.config import Config
+              attempts: int = 2) -> Any:
+    """A plain boto3 S3 client on a SeaweedFS endpoint, built the store's way (`recloop.store.s3_client`);
+    `attempts` bounds the calls per request."""
+    from recloop.config import StoreConfig
+    from recloop.store import s3_client as store_s3_client
 
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-        region_name=region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": max_attempts, "mode": "standard"},
-                      request_checksum_calculation="when_required", response_checksum_validation="when_required"),
-    )
+    cfg = StoreConfig(endpoint_url=endpoint_url, region=region, access_key_id=access_key,
+                      secret_access_key=secret_key)
+    return store_s3_client(cfg, attempts=attempts)
 
 
 def start_seaweedfs(data_dir: Path, access_key: str, secret_key: str, *, s3_port: int | None = None,
@@ -317,7 +317,8 @@ def _ensure_demo_data(cfg: Any, path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ Airflow
 
 
-def airflow_env(layout: Layout, keys: dict[str, str], port: int, database_url: str | None = None) -> dict[str, str]:
+def airflow_env(layout: Layout, keys: dict[str, str], port: int, dags_dir: Path,
+                database_url: str | None = None) -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)
     database = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}
     return {
@@ -326,7 +327,7 @@ def airflow_env(layout: Layout, keys: dict[str, str], port: int, database_url: s
         # standalone starts `airflow scheduler`, `airflow api-server`, ... by name: the venv must come first.
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_HOME": str(layout.home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_dir),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -343,9 +344,10 @@ def airflow_env(layout: Layout, keys: dict[str, str], port: int, database_url: s
     }
 
 
-def start_airflow(layout: Layout, keys: dict[str, str], port: int, database_url: str | None = None,
+def start_airflow(layout: Layout, keys: dict[str, str], port: int, dags_dir: Path, database_url: str | None = None,
                   extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`airflow standalone` in its own session (SQLite in the home folder unless `database_url`)."""
+    """`airflow standalone` in its own session serving the DAGs in `dags_dir` (SQLite in the home folder
+    unless `database_url`)."""
     if not _port_free(port):
         raise SystemExit(f"port {port} is taken; stop what listens there or pass --port")
     layout.home.mkdir(parents=True, exist_ok=True)
@@ -356,7 +358,7 @@ def start_airflow(layout: Layout, keys: dict[str, str], port: int, database_url:
     with open(log, "ab") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**airflow_env(layout, keys, port, database_url), **(extra_env or {})},
+                                env={**airflow_env(layout, keys, port, dags_dir, database_url), **(extra_env or {})},
                                 cwd=layout.root, start_new_session=True)
     return {"pgid": proc.pid, "url": f"http://127.0.0.1:{port}", "process": proc}
 
@@ -397,7 +399,7 @@ def _dags_or_errors(url: str, token: str, expected: set[str]) -> list[str] | Non
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def up(layout: Layout, source_dir: Path, port: int, s3_port: int, database_url: str | None = None) -> int:
+def up(layout: Layout, repo: Path, source_dir: Path, port: int, s3_port: int, database_url: str | None = None) -> int:
     if layout.state.exists():
         state = json.loads(layout.state.read_text())
         if any(_alive(p["pgid"]) for p in state["processes"].values()):
@@ -412,7 +414,7 @@ def up(layout: Layout, source_dir: Path, port: int, s3_port: int, database_url: 
     try:
         url = f"http://127.0.0.1:{port}"
         names = write_configs(layout, source_dir, s3["endpoint"], url)
-        airflow = start_airflow(layout, keys, port, database_url)
+        airflow = start_airflow(layout, keys, port, repo / "dags", database_url)
         state["processes"]["airflow"] = {"pgid": airflow["pgid"]}
         state["airflow_url"] = url
         layout.state.write_text(json.dumps(state, indent=2))
@@ -491,24 +493,37 @@ def down(layout: Layout, grace_s: float = 30.0) -> int:
     return 0
 
 
+def find_repo(start: Path) -> Path:
+    """The recloop checkout at or above `start`: the nearest folder holding `pyproject.toml` and `dags/`."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "dags").is_dir():
+            return folder
+    raise SystemExit(f"no recloop checkout at or above {start} (a folder with pyproject.toml and dags/): "
+                     "run this from inside the repository, or pass --repo PATH")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recloop.orchestration.local", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recloop_dev", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--state-dir", type=Path, default=REPO / ".recloop" / "airflow")
-    parser.add_argument("--configs", type=Path, default=REPO / "configs", help="Pipeline configs to serve.")
+    parser.add_argument("--repo", type=Path, default=None,
+                        help="The recloop checkout (default: found from the current directory upwards).")
+    parser.add_argument("--state-dir", type=Path, default=None, help="Default: <repo>/.recloop/airflow.")
+    parser.add_argument("--configs", type=Path, default=None,
+                        help="Pipeline configs to serve (default: <repo>/configs).")
     parser.add_argument("--port", type=int, default=8080, help="Airflow UI / API port.")
     parser.add_argument("--s3-port", type=int, default=8333, help="SeaweedFS S3 port.")
     parser.add_argument("--database-url", default=None,
                         help="Airflow metadata DB, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow "
                              "(default: SQLite in the state folder).")
     args = parser.parse_args(argv)
-    layout = Layout(args.state_dir.resolve())
+    repo = args.repo.resolve() if args.repo is not None else find_repo(Path.cwd())
+    if not (repo / "dags").is_dir():
+        raise SystemExit(f"--repo {repo} has no dags/ folder: point it at the recloop checkout")
+    layout = Layout((args.state_dir or repo / ".recloop" / "airflow").resolve())
     if args.command == "up":
-        return up(layout, args.configs.resolve(), args.port, args.s3_port, args.database_url)
+        return up(layout, repo, (args.configs or repo / "configs").resolve(), args.port, args.s3_port,
+                  args.database_url)
     if args.command == "down":
         return down(layout)
     return status(layout)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,242 +1,38 @@
-"""Artifact store: one interface over `file://` and `s3://` roots.
+"""`s3://` store: a bucket and prefix on any S3-compatible server, via boto3.
 
-Keys are '/'-separated paths relative to the store root (`runs/r1/ingest/items.parquet`). Writes are
-whole-object: a local write goes to a temporary file that is renamed into place; an S3 PUT is atomic by
-the protocol. That, plus manifests written last (see `artifacts.py`), means readers never see half a file.
+An S3 PUT is atomic by the protocol. For `put_if_match` it cannot rely on `If-Match` alone: SeaweedFS
+(4.x) evaluates `If-Match` before writing without a lock, so two writers racing from the same ETag can both
+succeed (measured: about one round in 20 with 16 writers), while create-only `If-None-Match: *` is checked
+under its per-object write lock and is atomic (as on AWS). So S3Store takes a lease lock object
+`.lock-<name>` created with `If-None-Match: *`, checks the version, then writes with
+`If-Match`/`If-None-Match` as a second fence. A crashed holder's lease expires after `LOCK_LEASE_S`;
+exactly one contender may break an expired lock (by creating a `.broken-<etag>` marker, create-only again).
 
-`put_if_match` is a compare-and-swap on one small object (the production alias). Locally it holds an
-flock(2) on a lock file (released by the kernel if the writer dies) while it checks the version and
-replaces the file. On S3 it cannot rely on `If-Match` alone: SeaweedFS (4.x) evaluates `If-Match` before
-writing without a lock, so two writers racing from the same ETag can both succeed (measured: about one
-round in 20 with 16 writers), while create-only `If-None-Match: *` is checked under its per-object write
-lock and is atomic (as on AWS). So S3Store takes a lease lock object `.lock-<name>` created with
-`If-None-Match: *`, checks the version, then writes with `If-Match`/`If-None-Match` as a second fence.
-A crashed holder's lease expires after `LOCK_LEASE_S`; exactly one contender may break an expired lock
-(by creating a `.broken-<etag>` marker, create-only again). Hidden `.lock-*` keys never appear in `list`.
+`s3_client` is the one place a boto3 client is built from a store config (endpoint, region, credentials,
+addressing style); `with_retries` owns back-off for every call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import hashlib
 import json
 import os
 import random
-import shutil
 import socket
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from recloop.errors import ConflictError, StoreError
+from recloop.store import base as store_base  # read at call time: tests shorten the waits
+from recloop.store.base import LOCK_PREFIX, ObjectInfo, clean_key
 
 if TYPE_CHECKING:
     from recloop.config import RetryConfig, StoreConfig
 
 T = TypeVar("T")
-CHUNK = 8 * 1024 * 1024
-LOCK_PREFIX = ".lock-"  # hidden lock objects next to a compare-and-swap key
-LOCK_WAIT_S = 30.0  # how long put_if_match waits for another writer's lock
-LOCK_LEASE_S = 60.0  # an S3 lock older than this belongs to a crashed writer and may be broken
 
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    etag: str  # a version token for compare-and-swap
-
-
-class ArtifactStore(Protocol):
-    root: str
-
-    def uri(self, key: str) -> str: ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-    def get_bytes(self, key: str) -> bytes: ...
-    def put_file(self, key: str, path: str | Path) -> None: ...
-    def get_file(self, key: str, path: str | Path) -> Path: ...
-    def exists(self, key: str) -> bool: ...
-    def stat(self, key: str) -> ObjectInfo | None: ...
-    def list(self, prefix: str = "") -> list[str]: ...
-    def delete(self, key: str) -> None: ...
-    def delete_prefix(self, prefix: str) -> int: ...
-    def put_if_match(self, key: str, data: bytes, etag: str | None) -> str: ...
-    def local_path(self, key: str) -> Path | None: ...
-
-
-def _clean_key(key: str) -> str:
-    key = key.strip("/")
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid store key {key!r}: use non-empty '/'-separated names without '.' or '..'")
-    return key
-
-
-def _clean_prefix(prefix: str) -> str:
-    prefix = prefix.strip("/")
-    return _clean_key(prefix) + "/" if prefix else ""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- file://
-
-
-class FileStore:
-    """A directory on a local or mounted filesystem."""
-
-    def __init__(self, root: str):
-        self.root = root.rstrip("/")
-        self.base = Path(root[len("file://"):] if root.startswith("file://") else root)
-
-    def uri(self, key: str) -> str:
-        return f"{self.root}/{_clean_key(key)}"
-
-    def _path(self, key: str) -> Path:
-        return self.base / _clean_key(key)
-
-    def local_path(self, key: str) -> Path | None:
-        return self._path(key)
-
-    def _atomic_write(self, key: str, writer: Callable[[IO[bytes]], None]) -> None:
-        dest = self._path(key)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                writer(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._atomic_write(key, lambda f: f.write(data))
-
-    def put_file(self, key: str, path: str | Path) -> None:
-        def copy(f: IO[bytes]) -> None:
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, f, CHUNK)
-
-        self._atomic_write(key, copy)
-
-    def get_bytes(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.uri(key)} does not exist") from None
-
-    def get_file(self, key: str, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copyfile(self._path(key), path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.uri(key)} does not exist") from None
-        return path
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        p = self._path(key)
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            return None
-        return ObjectInfo(_clean_key(key), st.st_size, f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}")
-
-    def list(self, prefix: str = "") -> list[str]:
-        prefix = _clean_prefix(prefix)
-        start = self.base / prefix if prefix else self.base
-        if not start.is_dir():
-            return []
-        out = []
-        for dirpath, _, files in os.walk(start):
-            for name in files:
-                if name.startswith(".tmp-") or name.startswith(LOCK_PREFIX):
-                    continue
-                out.append(Path(dirpath, name).relative_to(self.base).as_posix())
-        return sorted(out)
-
-    def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
-
-    def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
-        for key in keys:
-            self.delete(key)
-        if prefix.strip("/"):
-            shutil.rmtree(self.base / _clean_prefix(prefix), ignore_errors=True)
-        return len(keys)
-
-    def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
-        """Write only if the object's current etag equals `etag` (None: only if it does not exist)."""
-        dest = self._path(key)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from None
-        fd = self._lock(dest.parent / f"{LOCK_PREFIX}{dest.name}", key)
-        try:
-            current = self.stat(key)
-            if (current.etag if current else None) != etag:
-                raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag}, "
-                                    f"found {current.etag if current else 'none'}); read it again and retry")
-            self.put_bytes(key, data)
-            new = self.stat(key)
-            assert new is not None
-            return new.etag
-        finally:
-            # Unlink while still holding the lock: a waiter that opened the old file sees the inode change.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(dest.parent / f"{LOCK_PREFIX}{dest.name}")
-            os.close(fd)
-
-    def _lock(self, lock: Path, key: str) -> int:
-        """An exclusive flock on `lock` (the kernel drops it if this process dies: no stale locks)."""
-        deadline = time.monotonic() + LOCK_WAIT_S
-        delay = 0.005
-        while True:
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if time.monotonic() > deadline:
-                    raise StoreError(f"timed out after {LOCK_WAIT_S:g} s waiting for another writer's lock on "
-                                     f"{self.uri(key)}; retry when it has finished") from None
-                time.sleep(random.uniform(0, delay))
-                delay = min(delay * 2, 0.1)
-                continue
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return fd
-            os.close(fd)  # the previous holder unlinked it after we opened it: lock the new one
-
-
-# ---------------------------------------------------------------------------------------------- s3://
 
 _TRANSIENT_CODES = {
     "Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
@@ -309,13 +105,41 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def s3_client(cfg: StoreConfig, attempts: int = 1) -> Any:
+    """A boto3 S3 client on `cfg`'s endpoint, region, credentials and addressing style.
+
+    `attempts` bounds the calls botocore makes per request. The store keeps it at 1 because
+    `with_retries` owns back-off there; plain clients (tests, the local stack) may ask botocore for more.
+    """
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(
+        aws_access_key_id=cfg.access_key_id.get_secret_value() if cfg.access_key_id else None,
+        aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,
+        region_name=cfg.region or None,
+    )
+    return session.client(
+        "s3",
+        endpoint_url=cfg.endpoint_url,
+        config=Config(
+            s3={"addressing_style": cfg.addressing_style},
+            # botocore's `max_attempts` counts retries, `total_max_attempts` calls.
+            retries={"total_max_attempts": attempts, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            signature_version="s3v4",
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
 class S3Store:
     """A bucket and prefix on any S3-compatible server, via boto3."""
 
     def __init__(self, cfg: StoreConfig):
-        import boto3
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
 
         rest = cfg.root[len("s3://"):]
         self.bucket, _, prefix = rest.partition("/")
@@ -323,32 +147,14 @@ class S3Store:
         self.root = cfg.root
         self.retry = cfg.retry
         self.sse = cfg.server_side_encryption
-        session = boto3.session.Session(
-            aws_access_key_id=cfg.access_key_id.get_secret_value() if cfg.access_key_id else None,
-            aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,
-            region_name=cfg.region or None,
-        )
-        self.client = session.client(
-            "s3",
-            endpoint_url=cfg.endpoint_url,
-            config=Config(
-                s3={"addressing_style": cfg.addressing_style},
-                # No botocore retries (its `max_attempts` counts retries, `total_max_attempts` calls):
-                # `with_retries` owns back-off, so store.retry.max_attempts bounds the requests made.
-                retries={"total_max_attempts": 1, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-                signature_version="s3v4",
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-        )
+        # One call per request: store.retry.max_attempts then bounds the requests made.
+        self.client = s3_client(cfg, attempts=1)
         threshold = cfg.multipart_threshold_mb * 1024 * 1024
         self.transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold // 4, 8 << 20),
                                        max_concurrency=4, use_threads=True)
 
     def _k(self, key: str) -> str:
-        key = _clean_key(key)
+        key = clean_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def uri(self, key: str) -> str:
@@ -426,7 +232,7 @@ class S3Store:
                               lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key)))
         except FileNotFoundError:
             return None
-        return ObjectInfo(_clean_key(key), int(head["ContentLength"]), head["ETag"])
+        return ObjectInfo(clean_key(key), int(head["ContentLength"]), head["ETag"])
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
@@ -511,17 +317,17 @@ class S3Store:
                                                  self.retry.base_delay_s * 2 ** (attempt - 1))))
 
     def _lock_key(self, key: str) -> str:
-        head, _, name = _clean_key(key).rpartition("/")
+        head, _, name = clean_key(key).rpartition("/")
         return f"{head}/{LOCK_PREFIX}{name}" if head else f"{LOCK_PREFIX}{name}"
 
     def _acquire(self, lock: str, key: str) -> str:
         """Create the lock object (create-only); wait for a live holder, break an expired lease."""
         token = uuid.uuid4().hex
-        deadline = time.monotonic() + LOCK_WAIT_S
+        deadline = time.monotonic() + store_base.LOCK_WAIT_S
         delay = 0.01
         while True:
             body = json.dumps({"owner": token, "host": socket.gethostname(), "pid": os.getpid(),
-                               "expires": time.time() + LOCK_LEASE_S}).encode()
+                               "expires": time.time() + store_base.LOCK_LEASE_S}).encode()
             if self._create_only(lock, body, token, f"lock {self.uri(key)}"):
                 return token
             holder = self._read_lock(lock)
@@ -529,9 +335,9 @@ class S3Store:
                 self._break(lock, holder)
                 continue
             if time.monotonic() > deadline:
-                raise StoreError(f"timed out after {LOCK_WAIT_S:g} s waiting for another writer's lock on "
+                raise StoreError(f"timed out after {store_base.LOCK_WAIT_S:g} s waiting for another writer's lock on "
                                  f"{self.uri(key)}; retry when it has finished (a crashed writer's lock expires "
-                                 f"after {LOCK_LEASE_S:g} s)")
+                                 f"after {store_base.LOCK_LEASE_S:g} s)")
             time.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 0.2)
 
@@ -580,7 +386,7 @@ class S3Store:
         """Remove an expired lock. A create-only marker per lease period past expiry lets exactly one
         contender break it, and another one a lease later if that breaker died too."""
         etag, expires, _ = holder
-        round_no = int(max(0.0, time.time() - expires) // LOCK_LEASE_S)
+        round_no = int(max(0.0, time.time() - expires) // store_base.LOCK_LEASE_S)
         marker = f"{lock}.broken-{etag.strip(chr(34))}-{round_no}"
         token = uuid.uuid4().hex
         if not self._create_only(marker, token.encode(), token, f"break lock {self.uri(lock)}"):
@@ -602,28 +408,3 @@ def _is_precondition_failure(exc: Any) -> bool:
     code = exc.response.get("Error", {}).get("Code", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def open_store(cfg: StoreConfig) -> ArtifactStore:
-    """The store for a config's `store` section."""
-    if cfg.root.startswith("file://"):
-        return FileStore(cfg.root)
-    if cfg.root.startswith("s3://"):
-        return S3Store(cfg)
-    raise StoreError(f"unsupported store root {cfg.root!r}: use file:// or s3://")
-
-
-@contextlib.contextmanager
-def local_copy(store: ArtifactStore, key: str, workdir: str | Path | None = None) -> Iterator[Path]:
-    """A local path to read `key` from: the file itself for file://, a temporary download for s3://."""
-    direct = store.local_path(key)
-    if direct is not None:
-        if not direct.is_file():
-            raise FileNotFoundError(f"{store.uri(key)} does not exist")
-        yield direct
-        return
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="recloop-get-") as tmp:
-        yield store.get_file(key, Path(tmp) / Path(key).name)
