@@ -29,7 +29,8 @@ from recloop.data.interactions import Interactions
 from recloop.models.base import Recommender
 from recloop.registry import ModelRegistry, ModelVersion, VersionSource
 from recloop.serving.app import ServeRuntime, create_app
-from recloop.serving.security import ApiKeys, Pseudonymizer
+from recloop.eventlog.pseudonym import Pseudonymizer
+from recloop.serving.security import ApiKeys
 from recloop.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 
 from recloop.config import ServingLogsConfig, StoreConfig
-from recloop.serving.eventlog import EventLog, feedback_schema, impression_schema
+from recloop.eventlog.records import feedback_schema, impression_schema
+from recloop.feedback.sink import appended_name
+from recloop.feedback.window import claim_window
+from recloop.serving.eventlog import EventLog
 from recloop.steps import feedback as feedback_step
 from recloop.steps.base import RunParams, StepContext, run_step
-from recloop.steps.feedback import appended_name, claim_window
 from helpers import make_config, make_context
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -264,7 +266,7 @@ def test_each_log_is_processed_once_retries_redo_their_window_and_crashed_claims
 
 
 def test_pseudonyms_map_back_to_known_user_ids_with_the_hmac_key(tmp_path: Path) -> None:
-    from recloop.serving.security import Pseudonymizer
+    from recloop.eventlog.pseudonym import Pseudonymizer
     from policy_helpers import publish_popularity
 
     key = "k" * 32

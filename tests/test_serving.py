@@ -18,8 +18,9 @@ import pytest
 
 from recloop.data.interactions import Histories
 from recloop.serving.catalog import TextIndex
-from recloop.serving.eventlog import feedback_schema, impression_schema
-from recloop.serving.security import Pseudonymizer, sha256_hex
+from recloop.eventlog.pseudonym import Pseudonymizer
+from recloop.eventlog.records import feedback_schema, impression_schema
+from recloop.serving.security import sha256_hex
 from recloop.store import FileStore
 from serving_helpers import (API_KEY, HMAC_KEY, MODEL_NAME, Dataset, fit_mf, fit_popularity, make_dataset,
                              publish, running, serving_config)

@@ -20,7 +20,8 @@ from recloop.models.base import FitContext, ItemSide
 from recloop.serving.catalog import Catalog
 from recloop.serving.index import AnnIndex, build_ann_index, exact_top, recall_at
 from recloop.serving.rules import Policy, fill_slate
-from recloop.serving.security import ApiKeys, Pseudonymizer
+from recloop.eventlog.pseudonym import Pseudonymizer
+from recloop.serving.security import ApiKeys
 from recloop.store import FileStore
 from serving_helpers import clustered_mf, fit_mf, fit_popularity, make_dataset, publish, running, serving_config
 

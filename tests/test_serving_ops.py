@@ -24,7 +24,8 @@ from recloop.config.models import ModelConfig
 from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 from recloop.registry import ModelRegistry
-from recloop.serving.eventlog import EventLog, feedback_schema
+from recloop.eventlog.records import feedback_schema
+from recloop.serving.eventlog import EventLog
 from recloop.store import FileStore
 from serving_helpers import (API_KEY, HMAC_KEY, MODEL_NAME, ServeProcess, clustered_mf, fit_mf, fit_popularity, make_dataset,
                              publish, running, serving_config, write_config)

@@ -244,8 +244,8 @@ def log_round(store: ArtifactStore, cfg: PipelineConfig, served: ServedModel, sl
               organic: pd.DataFrame | None) -> tuple[int, int, int]:
     """Write the round's impressions, clicks and (optionally) organic events with serving's log writer;
     returns (shown, clicks, organic events)."""
+    from recloop.eventlog.pseudonym import Pseudonymizer
     from recloop.serving.eventlog import EventLogs
-    from recloop.serving.security import Pseudonymizer
 
     assert cfg.serving.privacy.hmac_key is not None
     pseudonym = Pseudonymizer(cfg.serving.privacy.hmac_key.get_secret_value(), "serving.privacy.hmac_key")

@@ -48,7 +48,8 @@ def serve(
     from recloop import config as config_mod
     from recloop.errors import ConfigError
     from recloop.serving.app import ServeRuntime, create_app
-    from recloop.serving.security import ApiKeys, Pseudonymizer
+    from recloop.eventlog.pseudonym import Pseudonymizer
+    from recloop.serving.security import ApiKeys
     from recloop.store import open_store
 
     level = log_level.upper()

@@ -1,11 +1,6 @@
-"""Impression and feedback logs: buffered in memory, written to the store as Parquet files.
+"""Serving's impression and feedback log writers: records buffered in memory, written to the store as
+Parquet files (record schemas and file layout: `recloop.eventlog.records`).
 
-Layout (one file per flush and day; keys never collide across replicas or restarts):
-
-    {logs.prefix}/impressions/{YYYY-MM-DD}/{YYYYMMDDTHHMMSS.fffZ}-{instance}-{seq:06d}.parquet
-    {logs.prefix}/feedback/{YYYY-MM-DD}/{YYYYMMDDTHHMMSS.fffZ}-{instance}-{seq:06d}.parquet
-
-The day is the UTC date of each record's `served_at` (impressions) or `received_at` (feedback).
 A log is flushed when it holds `logs.flush_rows` records, every `logs.flush_interval`, and on graceful
 shutdown (SIGTERM). A failed write keeps the records for the next attempt. Delivery is at-least-once:
 after a crash between a write and its bookkeeping a record may be written twice, so readers de-duplicate
@@ -14,38 +9,6 @@ on `request_id` (impressions) and `feedback_id` (feedback).
 With `logs.spool_dir`, every feedback record is appended to a local JSON Lines spool and fsync'ed
 before the request is acknowledged; spool files are deleted only once their records are in the store,
 and any left over (a crash, or a store that stayed down through shutdown) are replayed at start-up.
-
-No raw user id ever reaches a log: `user_key` / `session_key` are keyed HMAC pseudonyms.
-
-IMPRESSION_SCHEMA (one row per served slate):
-  request_id string         the id returned to the client (X-Request-ID); joins feedback
-  served_at timestamp[ms, UTC]
-  endpoint string           recommendations | similar
-  user_key string?          pseudonym of user_id (null: anonymous request)
-  session_key string?       pseudonym of session_id
-  user_known bool           the model was trained on this user
-  model_name string, model_version int64, model_type string
-  policy string             greedy | epsilon_greedy (how slots were filled)
-  fallback_reason string?   unknown_user | no_history | cold_history | model_error (null: personalized)
-  search string             exact | ann | ann_exhausted | fallback:<popular|trending|text> | similar
-  k int64, category string?, exclude_seen bool
-  anchor_item_id string?    the item of a similar-items request
-  history_length int64      history items the slate was computed from
-  item_ids list<string>     shown items, slot order (position 1 first)
-  scores list<float64>      model (or fallback) score of each shown item
-  propensities list<float64> probability the policy put each item in its slot given the slots above
-  latency_ms float64
-
-FEEDBACK_SCHEMA (one row per event):
-  feedback_id string        unique per event (assigned by the server)
-  received_at timestamp[ms, UTC]
-  event_time timestamp[ms, UTC]   client's time of the event (received_at when not given)
-  request_id string?        the slate the event responds to (null: organic event)
-  user_key string?, session_key string?
-  item_id string            raw item id
-  event_type string         e.g. click, view, add_to_cart, purchase, rating, dismiss
-  value float64?            e.g. the rating, a purchase amount
-  position int64?           1-based slot of the item in that slate, when the client knows it
 """
 
 from __future__ import annotations
@@ -64,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recloop.config import ServingLogsConfig
+from recloop.eventlog.records import FEEDBACK, IMPRESSIONS, feedback_schema, impression_schema, log_file_key
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -73,36 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recloop.serving")
 
-IMPRESSIONS = "impressions"
-FEEDBACK = "feedback"
 _FINAL_FLUSH_ATTEMPTS = 3
-
-
-def impression_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    ts = pa.timestamp("ms", tz="UTC")
-    return pa.schema([
-        ("request_id", pa.string()), ("served_at", ts), ("endpoint", pa.string()),
-        ("user_key", pa.string()), ("session_key", pa.string()), ("user_known", pa.bool_()),
-        ("model_name", pa.string()), ("model_version", pa.int64()), ("model_type", pa.string()),
-        ("policy", pa.string()), ("fallback_reason", pa.string()), ("search", pa.string()),
-        ("k", pa.int64()), ("category", pa.string()), ("exclude_seen", pa.bool_()),
-        ("anchor_item_id", pa.string()), ("history_length", pa.int64()),
-        ("item_ids", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())),
-        ("propensities", pa.list_(pa.float64())), ("latency_ms", pa.float64()),
-    ])
-
-
-def feedback_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    ts = pa.timestamp("ms", tz="UTC")
-    return pa.schema([
-        ("feedback_id", pa.string()), ("received_at", ts), ("event_time", ts), ("request_id", pa.string()),
-        ("user_key", pa.string()), ("session_key", pa.string()), ("item_id", pa.string()),
-        ("event_type", pa.string()), ("value", pa.float64()), ("position", pa.int64()),
-    ])
 
 
 def instance_id() -> str:
@@ -302,8 +237,7 @@ class EventLog:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         self._seq += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
-        key = f"{self.settings.prefix}/{self.name}/{day.isoformat()}/{stamp}-{self.instance}-{self._seq:06d}.parquet"
+        key = log_file_key(self.settings.prefix, self.name, day, self.instance, self._seq, datetime.now(timezone.utc))
         self.store.put_bytes(key, sink.getvalue().to_pybytes())
 
     def close(self) -> None:

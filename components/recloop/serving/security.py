@@ -1,8 +1,7 @@
-"""API keys (kept only as sha256 digests) and user-id pseudonymization (keyed HMAC-SHA256).
+"""API keys, kept only as sha256 digests (user-id pseudonyms: `recloop.eventlog.pseudonym`).
 
-Both secrets reach this module as typed values from `recloop serve` (config secret fields or the
-RECLOOP_API_KEYS / RECLOOP_USER_HMAC_KEY environment variables, read only by the CLI). Raw keys are hashed
-on arrival and dropped; raw user ids are turned into pseudonyms before anything is logged or stored.
+The keys reach this module as a typed value from `recloop serve` (a config secret field or the
+RECLOOP_API_KEYS environment variable, read only by the CLI). Raw keys are hashed on arrival and dropped.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ import re
 from dataclasses import dataclass
 
 from recloop.errors import ConfigError
-
-MIN_SECRET_CHARS = 16
+from recloop.eventlog.pseudonym import GENERATE_SECRET_HINT, MIN_SECRET_CHARS
 _HASHED_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 
 
@@ -46,8 +44,7 @@ class ApiKeys:
             elif len(entry) < MIN_SECRET_CHARS:
                 # Never echo the key itself: the message may end up in logs.
                 problems.append(f"entry {position + 1}: API keys must have at least {MIN_SECRET_CHARS} "
-                                f"characters (this one has {len(entry)}); generate one with "
-                                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+                                f"characters (this one has {len(entry)}); generate one with {GENERATE_SECRET_HINT}")
             else:
                 digests.add(sha256_hex(entry))
         if problems:
@@ -67,28 +64,6 @@ class ApiKeys:
         for known in self.digests:  # compare against all, so timing does not tell which one matched
             found |= hmac.compare_digest(digest, known)
         return found
-
-
-class Pseudonymizer:
-    """user id -> `u_<32 hex>` (HMAC-SHA256 of the id under a secret key), session id -> `s_<32 hex>`
-    (of `session:` + the id). Stable across restarts and replicas that share the key, so the feedback step
-    can join logs with the same key; irreversible without it."""
-
-    def __init__(self, key: str, source: str):
-        if len(key) < MIN_SECRET_CHARS:
-            raise ConfigError(source, [f"serving.privacy.hmac_key: must have at least {MIN_SECRET_CHARS} "
-                                       f"characters (got {len(key)}); generate one with "
-                                       "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"])
-        self._key = key.encode("utf-8")
-
-    def __call__(self, value: str | None, kind: str = "user") -> str | None:
-        if value is None:
-            return None
-        if kind == "user":
-            return "u_" + hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
-        if kind == "session":
-            return "s_" + hmac.new(self._key, f"session:{value}".encode(), hashlib.sha256).hexdigest()[:32]
-        raise ValueError(f"unknown pseudonym kind {kind!r}")
 
 
 def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:

@@ -1,0 +1,118 @@
+"""The serving API's request and response models (pydantic; they make the OpenAPI schema).
+
+Response models are fixed; the request bodies carry bounds from the config (`serving.limits`), so they are
+built per app by `request_models(limits)`.
+"""
+
+# No `from __future__ import annotations`: pydantic reads the field annotations at runtime, and the request
+# bodies refer to bounds built inside request_models from the config.
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from recloop.config import ServingLimitsConfig
+from recloop.serving.middleware import REQUEST_ID_RE
+
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class Contribution(BaseModel):
+    item_id: str = Field(description="A history item (or the anchor item) that made this recommendation likelier.")
+    weight: float = Field(description="How much it contributed (model item-item weight or vector similarity).")
+
+
+class ExplanationOut(BaseModel):
+    method: str = Field(description="item_weights | item_vectors | co_occurrence, or the fallback policy name.")
+    because: list[Contribution] = Field(description="History items that contributed most, strongest first.")
+    shared_categories: list[str] = Field(description="The item's categories also found in the history.")
+    shared_terms: list[str] = Field(description="Words of the item's text weighing most in the history's texts.")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    rank: int = Field(description="1-based slot.")
+    score: float = Field(description="Model score (fallback score for fallback slates); higher is better.")
+    propensity: float = Field(description="Probability the serving policy put this item in this slot.")
+    categories: list[str]
+    explanation: ExplanationOut
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+    type: str
+
+
+class SlateResponse(BaseModel):
+    request_id: str = Field(description="Echo it in feedback (request_id) to link the event to this slate.")
+    model: ModelRef
+    policy: str = Field(description="greedy | epsilon_greedy")
+    fallback: str | None = Field(description="Why the fallback served (unknown_user, no_history, cold_history, "
+                                             "model_error); null for personalized slates.")
+    search: str = Field(description="exact | ann | ann_exhausted | fallback:<policy> | similar")
+    user_known: bool
+    items: list[RecommendedItem]
+    ignored_history_items: list[str] = Field(default_factory=list,
+                                             description="Posted history items the model does not know.")
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int
+    feedback_ids: list[str]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready | loading | no_model")
+    model: str
+    version: int | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies of one app, bounded by its `serving.limits`."""
+
+    recommendations: type[BaseModel]
+    feedback: type[BaseModel]
+
+
+def request_models(limits: ServingLimitsConfig) -> RequestModels:
+    IdStr = Annotated[str, StringConstraints(pattern=limits.id_pattern, max_length=256)]
+    CategoryStr = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    RequestIdStr = Annotated[str, StringConstraints(pattern=REQUEST_ID_RE.pattern)]
+
+    class RecommendationsBody(BaseModel):
+        """An ad-hoc history (anonymous or session user), optionally on top of a known user's history."""
+
+        model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+        user_id: IdStr | None = Field(None, description="A known user's events come first in the history.")
+        session_id: IdStr | None = Field(None, description="Logged (pseudonymized) to link a session's slates.")
+        history: list[IdStr] = Field(default_factory=list, max_length=limits.max_history,
+                                     description="Raw item ids, oldest first.")
+        k: int = Field(limits.default_k, ge=1, le=limits.max_k)
+        exclude_seen: bool = True
+        category: CategoryStr | None = None
+
+    class FeedbackEvent(BaseModel):
+        model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+        item_id: IdStr
+        event_type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)] = Field(
+            description="click, view, add_to_cart, purchase, rating, dismiss, ... (lower-case, <= 32 chars)")
+        request_id: RequestIdStr | None = Field(None, description="The slate's request_id, if the event responds to one.")
+        user_id: IdStr | None = None
+        session_id: IdStr | None = None
+        value: float | None = Field(None, allow_inf_nan=False, description="e.g. a rating or an amount.")
+        position: int | None = Field(None, ge=1, le=limits.max_k, description="1-based slot in that slate.")
+        timestamp: datetime | None = Field(None, description="When it happened (ISO 8601); default: received time.")
+
+    class FeedbackBody(BaseModel):
+        model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+        events: list[FeedbackEvent] = Field(min_length=1, max_length=limits.max_feedback_events)
+
+    return RequestModels(RecommendationsBody, FeedbackBody)
