@@ -335,12 +335,14 @@ def _commit_run_for_publish(store: FileStore, model: Recommender, data: Any, tmp
         w.put_parquet("id_maps/items.parquet", pd.DataFrame({"item_idx": np.arange(len(data.item_ids), dtype=np.int32),
                                                              "item_id": data.item_ids}))
         w.put_parquet("items.parquet", data.items)
-    with ArtifactWriter(store, run_prefix(run_id, "train"), "train", run_id, cfg.config_hash(),
+    from recloop.artifacts.kinds import TrainedModel
+
+    with ArtifactWriter(store, f"{run_prefix(run_id, 'train')}/mf", "train", run_id, cfg.config_hash(),
                         parents=[uri["preprocess"]]) as w:
-        w.add_dir("mf", model.save(tmp / f"{run_id}-bundle"))
-        w.summary["candidates"] = {"mf": {"type": "mf", "train_seconds": 0.1, "epochs": 1, "best_valid_metric": None}}
+        TrainedModel.write(w, model.save(tmp / f"{run_id}-bundle"),
+                           {"type": "mf", "train_seconds": 0.1, "epochs": 1, "best_valid_metric": None})
     with ArtifactWriter(store, run_prefix(run_id, "evaluate"), "evaluate", run_id, cfg.config_hash(),
-                        parents=[uri["preprocess"], uri["train"]]) as w:
+                        parents=[uri["preprocess"], f"{uri['train']}/mf"]) as w:
         w.put_json("metrics.json", {"split_fingerprint": "fp", "candidates": {"mf": {"metrics": {}}},
                                     "preprocess_uri": uri["preprocess"], "train_uri": uri["train"]})
     with ArtifactWriter(store, run_prefix(run_id, "gate"), "gate", run_id, cfg.config_hash(),
