@@ -49,8 +49,12 @@ def timed(fn):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=None,
-                        help="number of item texts (default: the whole MovieLens catalog, else 2000 synthetic)")
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=None,
+        help="number of item texts (default: the whole MovieLens catalog, else 2000 synthetic)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each encoder (median kept)")
     args = parser.parse_args(argv)
@@ -79,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         ours, t = timed(lambda: encoder.encode(texts))
         ours_times.append(t)
-        ref, t = timed(lambda: reference.encode(texts, batch_size=args.batch_size, convert_to_numpy=True,
-                                                normalize_embeddings=False))
+        ref, t = timed(
+            lambda: reference.encode(
+                texts, batch_size=args.batch_size, convert_to_numpy=True, normalize_embeddings=False
+            )
+        )
         ref_times.append(t)
     t_ours, t_ref = float(np.median(ours_times)), float(np.median(ref_times))
     max_diff = float(np.abs(ours - ref).max())
@@ -105,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         ("recloop cache, first run", t_first, len(texts) / t_first, t_ref / t_first),
         (f"recloop cache, 1% changed ({n_new} new)", t_incr, len(texts) / t_incr, t_first / t_incr),
     ]
-    print(f"\n{len(texts)} item texts, batch {args.batch_size}, max_length {encoder.max_length}, "
-          f"torch threads {torch.get_num_threads()}, median of {args.rounds} interleaved rounds; "
-          f"max |ours - reference| = {max_diff:.2e}\n")
+    print(
+        f"\n{len(texts)} item texts, batch {args.batch_size}, max_length {encoder.max_length}, "
+        f"torch threads {torch.get_num_threads()}, median of {args.rounds} interleaved rounds; "
+        f"max |ours - reference| = {max_diff:.2e}\n"
+    )
     print(f"{'what':44s} {'seconds':>9s} {'items/s':>10s} {'speed-up':>9s}")
     for name, secs, rate, ratio in rows:
         print(f"{name:44s} {secs:9.2f} {rate:10.0f} {ratio:8.1f}x")

@@ -32,20 +32,21 @@ def generate_csv(path: Path, rows: int, seed: int = 0) -> None:
     import pyarrow.csv as pa_csv
 
     rng = np.random.default_rng(seed)
-    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()),
-                        ("rating", pa.float64())])
+    schema = pa.schema(
+        [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float64())]
+    )
     start = 1_600_000_000
     with pa_csv.CSVWriter(str(path), schema) as writer:
         done = 0
         while done < rows:
             n = min(BLOCK_ROWS, rows - done)
-            users = pc.binary_join_element_wise("u", pc.cast(pa.array(rng.integers(0, rows // 50 + 1, n)),
-                                                             pa.string()), "")
+            users = pc.binary_join_element_wise(
+                "u", pc.cast(pa.array(rng.integers(0, rows // 50 + 1, n)), pa.string()), ""
+            )
             items = pc.binary_join_element_wise("i", pc.cast(pa.array(rng.zipf(1.3, n) % 200_000), pa.string()), "")
             stamps = start + rng.integers(0, 86400 * 365, n)
             ratings = rng.integers(1, 11, n) / 2.0
-            writer.write_table(pa.table([users, items, pa.array(stamps, pa.int64()), pa.array(ratings)],
-                                        schema=schema))
+            writer.write_table(pa.table([users, items, pa.array(stamps, pa.int64()), pa.array(ratings)], schema=schema))
             done += n
 
 
@@ -60,10 +61,17 @@ def child(config_path: str) -> None:
     before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     manifest = run_step("ingest", ctx)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "baseline_mb": before_mb,
-                      "rows": manifest.summary["rows"]["interactions"],
-                      "issue_rows": manifest.summary["issue_rows"],
-                      "parquet_bytes": manifest.files["interactions.parquet"].size}))
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - t0,
+                "baseline_mb": before_mb,
+                "rows": manifest.summary["rows"]["interactions"],
+                "issue_rows": manifest.summary["issue_rows"],
+                "parquet_bytes": manifest.files["interactions.parquet"].size,
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -85,15 +93,25 @@ def main() -> int:
         generate_csv(csv_path, args.rows)
         gen_s = time.perf_counter() - t0
         config_path = work / "bench.yaml"
-        config_path.write_text(json.dumps({  # JSON is YAML
-            "name": "bench",
-            "store": {"root": f"file://{work / 'store'}"},
-            "data": {"chunk_rows": args.chunk_rows,
-                     "interactions": {"path": str(csv_path), "columns": {"rating": "rating"}}},
-        }))
+        config_path.write_text(
+            json.dumps(
+                {  # JSON is YAML
+                    "name": "bench",
+                    "store": {"root": f"file://{work / 'store'}"},
+                    "data": {
+                        "chunk_rows": args.chunk_rows,
+                        "interactions": {"path": str(csv_path), "columns": {"rating": "rating"}},
+                    },
+                }
+            )
+        )
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--child", str(config_path)],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(config_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         ingest_s = time.perf_counter() - t0
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
@@ -112,8 +130,7 @@ def main() -> int:
         ("generate", f"{gen_s:,.1f} s"),
         ("ingest step", f"{result['seconds']:,.1f} s (process incl. start-up {ingest_s:,.1f} s)"),
         ("throughput", f"{args.rows / result['seconds']:,.0f} rows/s ({csv_mb / result['seconds']:,.0f} MB/s)"),
-        ("peak RSS of ingest", f"{peak_mb:,.0f} MB (before the step: "
-                               f"{result['baseline_mb']:,.0f} MB)"),
+        ("peak RSS of ingest", f"{peak_mb:,.0f} MB (before the step: {result['baseline_mb']:,.0f} MB)"),
         ("RSS limit", f"{args.limit_mb:,.0f} MB -> {'OK' if peak_mb < args.limit_mb else 'EXCEEDED'}"),
     ]
     width = max(len(k) for k, _ in table)

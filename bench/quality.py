@@ -46,9 +46,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -63,17 +64,30 @@ EASE_REFERENCE_TOLERANCE = 0.02
 # Shared by sasrec and text_sasrec so their comparison is about the item representation alone. Cosine
 # decay over a fixed 20 epochs: validation NDCG@10 (651 users) swings by ~0.01 between epochs at a
 # constant rate, which made patience-based stopping arbitrary.
-SEQUENTIAL_PARAMS: dict[str, Any] = {"max_len": 200, "dim": 64, "layers": 2, "heads": 2, "dropout": 0.2,
-                                     "batch_size": 32, "lr": 0.005, "warmup_epochs": 1, "lr_schedule": "cosine",
-                                     "epochs": 20, "patience": 6, "mixed_precision": True}
+SEQUENTIAL_PARAMS: dict[str, Any] = {
+    "max_len": 200,
+    "dim": 64,
+    "layers": 2,
+    "heads": 2,
+    "dropout": 0.2,
+    "batch_size": 32,
+    "lr": 0.005,
+    "warmup_epochs": 1,
+    "lr_schedule": "cosine",
+    "epochs": 20,
+    "patience": 6,
+    "mixed_precision": True,
+}
 
 # Small grids, chosen on validation NDCG@10. Keys are model config fields as written in YAML.
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "popularity": [{}, {"half_life": "365d"}, {"window": "730d"}],
     "itemknn": [{"neighbours": n, "shrinkage": 10.0, "weighting": w} for n in (50, 200) for w in ("none", "bm25")],
     "ease": [{"lambda": lam} for lam in (100.0, 300.0, 1000.0)],
-    "mf": [{"factors": f, "regularization": reg, "alpha": a, "epochs": 20, "patience": 3}
-           for f, reg, a in ((64, 0.05, 10.0), (64, 1.0, 10.0), (128, 1.0, 10.0), (128, 5.0, 20.0))],
+    "mf": [
+        {"factors": f, "regularization": reg, "alpha": a, "epochs": 20, "patience": 3}
+        for f, reg, a in ((64, 0.05, 10.0), (64, 1.0, 10.0), (128, 1.0, 10.0), (128, 5.0, 20.0))
+    ],
     # Language-model and sequential models (see docs/models.md for how these points were narrowed).
     "text_knn": [{"half_life": h, "popularity_blend": b} for h in (1.0, 3.0) for b in (0.0, 0.3)],
     "sasrec": [SEQUENTIAL_PARAMS],
@@ -113,8 +127,14 @@ class Result:
     tried: list[tuple[dict[str, Any], float]] = field(default_factory=list)
 
 
-def prepare(config_path: Path, store_root: Path, run_id: str = "bench-quality", cold_share: float = 0.0,
-            embed_texts: bool = False, log: Callable[[str], None] = lambda _m: None):
+def prepare(
+    config_path: Path,
+    store_root: Path,
+    run_id: str = "bench-quality",
+    cold_share: float = 0.0,
+    embed_texts: bool = False,
+    log: Callable[[str], None] = lambda _m: None,
+):
     """Run the real ingest and preprocess steps; returns (training data, preprocess artifact).
 
     `cold_share` > 0 holds that share of items out of training (`evaluation.cold_start.item_share`);
@@ -152,8 +172,10 @@ def item_embeddings(store, texts: list[str] | None, log: Callable[[str], None]) 
     start = time.perf_counter()
     encoder = TextEncoder(EncoderConfig())
     vectors, n_new = EmbeddingCache(store, encoder.model_id).embed(texts, encoder)
-    log(f"item texts: {len(texts)} embedded with {encoder.model_id} ({n_new} encoded, {len(texts) - n_new} "
-        f"from the cache) in {time.perf_counter() - start:.0f}s")
+    log(
+        f"item texts: {len(texts)} embedded with {encoder.model_id} ({n_new} encoded, {len(texts) - n_new} "
+        f"from the cache) in {time.perf_counter() - start:.0f}s"
+    )
     return vectors
 
 
@@ -219,14 +241,17 @@ def check(results: dict[str, Result], ease_reference: float | None) -> list[str]
             if family in results:
                 mine, base = results[family].test[f"ndcg@{K}"], pop.test[f"ndcg@{K}"]
                 if mine < CLEAR_MARGIN * base:
-                    failures.append(f"{family} test ndcg@{K} {mine:.4f} is not >= {CLEAR_MARGIN} x popularity "
-                                    f"({base:.4f})")
+                    failures.append(
+                        f"{family} test ndcg@{K} {mine:.4f} is not >= {CLEAR_MARGIN} x popularity ({base:.4f})"
+                    )
     if ease_reference is not None and "ease" in results:
         mine = results["ease"].test[f"ndcg@{K}"]
         gap = abs(mine - ease_reference) / ease_reference
         if gap > EASE_REFERENCE_TOLERANCE:
-            failures.append(f"recloop EASE ndcg@{K} {mine:.4f} differs from the numpy reference {ease_reference:.4f} "
-                            f"by {gap:.1%} (> {EASE_REFERENCE_TOLERANCE:.0%})")
+            failures.append(
+                f"recloop EASE ndcg@{K} {mine:.4f} differs from the numpy reference {ease_reference:.4f} "
+                f"by {gap:.1%} (> {EASE_REFERENCE_TOLERANCE:.0%})"
+            )
     return failures
 
 
@@ -239,20 +264,26 @@ def check_language_models(results: dict[str, Result], cold: dict[str, ColdResult
             if family in results:
                 other = results[family].test[f"ndcg@{K}"]
                 if mine < other:
-                    failures.append(f"text_sasrec test ndcg@{K} {mine:.4f} is below {family}'s {other:.4f} by "
-                                    f"{other - mine:.4f} ({(other - mine) / other:.1%})")
+                    failures.append(
+                        f"text_sasrec test ndcg@{K} {mine:.4f} is below {family}'s {other:.4f} by "
+                        f"{other - mine:.4f} ({(other - mine) / other:.1%})"
+                    )
     for label in [c for c in cold if c.startswith("text_knn")] if "text_sasrec" in cold else []:
         for metric in (COLD_METRIC, f"ndcg@{K}"):
             mine, other = cold["text_sasrec"].cold[metric], cold[label].cold[metric]
             if not mine > other:
-                failures.append(f"cold-start items: text_sasrec {metric} {mine:.4f} does not beat {label}'s "
-                                f"{other:.4f} (short by {other - mine:.4f}"
-                                f"{f', {(other - mine) / other:.1%}' if other else ''})")
+                failures.append(
+                    f"cold-start items: text_sasrec {metric} {mine:.4f} does not beat {label}'s "
+                    f"{other:.4f} (short by {other - mine:.4f}"
+                    f"{f', {(other - mine) / other:.1%}' if other else ''})"
+                )
         diff = cold_difference(cold["text_sasrec"], cold[label], COLD_METRIC)
         if not diff.ci_low > 0:
-            failures.append(f"cold-start items: text_sasrec's {COLD_METRIC} lead over {label} "
-                            f"({diff.diff:+.4f}, 95% CI {diff.ci_low:+.4f}..{diff.ci_high:+.4f}) is not "
-                            "significant")
+            failures.append(
+                f"cold-start items: text_sasrec's {COLD_METRIC} lead over {label} "
+                f"({diff.diff:+.4f}, 95% CI {diff.ci_low:+.4f}..{diff.ci_high:+.4f}) is not "
+                "significant"
+            )
     return failures
 
 
@@ -296,8 +327,13 @@ def cold_proxy(data, share: float, seed: int) -> ColdProxy:
     train = data.train.subset(~is_proxy[data.train.item])
     cold_valid = is_proxy[data.valid.item]
     users = data.valid.user[cold_valid].astype(np.int64)
-    return ColdProxy(train, data.valid.subset(~cold_valid), train.histories().select(users), users,
-                     data.valid.item[cold_valid].astype(np.int64))
+    return ColdProxy(
+        train,
+        data.valid.subset(~cold_valid),
+        train.histories().select(users),
+        users,
+        data.valid.item[cold_valid].astype(np.int64),
+    )
 
 
 def choose_cold_settings(families: list[str], data, log: Callable[[str], None]):
@@ -307,8 +343,10 @@ def choose_cold_settings(families: list[str], data, log: Callable[[str], None]):
     from recloop.models import registry
 
     proxy = cold_proxy(data, COLD_PROXY_SHARE, COLD_PROXY_SEED)
-    log(f"cold-start settings chosen on a validation proxy: {COLD_PROXY_SHARE:.0%} more items dropped from "
-        f"train; {len(proxy.users)} validation events on them")
+    log(
+        f"cold-start settings chosen on a validation proxy: {COLD_PROXY_SHARE:.0%} more items dropped from "
+        f"train; {len(proxy.users)} validation events on them"
+    )
     context = fit_context(data)
     chosen: dict[str, tuple[str, dict[str, Any], float]] = {}
     for family in families:
@@ -325,8 +363,10 @@ def choose_cold_settings(families: list[str], data, log: Callable[[str], None]):
             ranks = _ranks(model.score_histories(proxy.histories, proxy.users), proxy.histories, proxy.targets)
             score = float(np.where(ranks < COLD_DEPTH, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
             tried.append((params, score))
-            log(f"  proxy {family:<11} {_params(params):<48} cold {COLD_METRIC}={score:.4f} "
-                f"median rank {np.median(ranks):.0f}  fit {time.perf_counter() - start:6.1f}s")
+            log(
+                f"  proxy {family:<11} {_params(params):<48} cold {COLD_METRIC}={score:.4f} "
+                f"median rank {np.median(ranks):.0f}  fit {time.perf_counter() - start:6.1f}s"
+            )
             del model
         best = max(tried, key=lambda ps: ps[1])
         chosen[family] = (family, best[0], best[1])
@@ -344,8 +384,14 @@ def _ranks(scores: np.ndarray, histories, targets: np.ndarray) -> np.ndarray:
     return (scores > own[:, None]).sum(axis=1)
 
 
-def cold_start(config_path: Path, store_root: Path, share: float, families: list[str],
-               log: Callable[[str], None], tune_encoder: str | None = None) -> dict[str, ColdResult]:
+def cold_start(
+    config_path: Path,
+    store_root: Path,
+    share: float,
+    families: list[str],
+    log: Callable[[str], None],
+    tune_encoder: str | None = None,
+) -> dict[str, ColdResult]:
     """Hold `share` of the items out of training; choose each family's cold-start settings on a validation
     proxy, refit on the whole cold-start split and measure the evaluate step's cold-start segment (same full
     ranking, only targets on held-out items count)."""
@@ -353,16 +399,24 @@ def cold_start(config_path: Path, store_root: Path, share: float, families: list
     from recloop.evaluation.protocols import COLD_SEGMENT, HEAD_SHARE, build_queries, item_segments, load_split, rank
     from recloop.models import registry
 
-    data, preprocess = prepare(config_path, store_root, run_id="bench-quality-cold", cold_share=share,
-                               embed_texts=any(f in TEXT_FAMILIES for f in families), log=log)
+    data, preprocess = prepare(
+        config_path,
+        store_root,
+        run_id="bench-quality-cold",
+        cold_share=share,
+        embed_texts=any(f in TEXT_FAMILIES for f in families),
+        log=log,
+    )
     split = load_split(preprocess)
     queries = build_queries(split, "test", exclude_seen=True)
     cold_mask = np.zeros(split.n_items, dtype=bool)
     cold_mask[preprocess.read_parquet("cold_items.parquet")["item_idx"].to_numpy(np.int64)] = True
     counts = np.bincount(data.train.item, minlength=data.n_items)
     rows, cold_targets = item_segments(queries, head_items(counts, HEAD_SHARE), cold_mask)[COLD_SEGMENT]
-    log(f"cold start: {int(cold_mask.sum())} of {split.n_items} items ({share:.0%}) held out of training; "
-        f"{len(rows)} of {len(queries)} test users have a cold-start test item")
+    log(
+        f"cold start: {int(cold_mask.sum())} of {split.n_items} items ({share:.0%}) held out of training; "
+        f"{len(rows)} of {len(queries)} test users have a cold-start test item"
+    )
     chosen = choose_cold_settings(families, data, log)
     if tune_encoder and "text_sasrec" in chosen:
         family, params, _ = chosen["text_sasrec"]
@@ -376,19 +430,36 @@ def cold_start(config_path: Path, store_root: Path, share: float, families: list
         model.fit(data.train, data.valid, context if family in TEXT_FAMILIES else None)
         seconds = time.perf_counter() - start
         recs = rank(queries, model.score_histories, COLD_DEPTH)
-        test = {n: float(v.mean()) for n, v in ranking_metrics(recs[:, :K], queries.targets, [K],
-                                                               metrics=("ndcg", "hr", "mrr")).items()}
-        per_user = ranking_metrics(recs[rows], cold_targets, [K, COLD_DEPTH], metrics=("ndcg", "hr", "mrr")) \
-            if len(rows) else {}
+        test = {
+            n: float(v.mean())
+            for n, v in ranking_metrics(recs[:, :K], queries.targets, [K], metrics=("ndcg", "hr", "mrr")).items()
+        }
+        per_user = (
+            ranking_metrics(recs[rows], cold_targets, [K, COLD_DEPTH], metrics=("ndcg", "hr", "mrr"))
+            if len(rows)
+            else {}
+        )
         cold = {n: float(v.mean()) for n, v in per_user.items()}
         cold_queries = queries.select(rows)
-        median = float(np.median(_ranks(model.score_histories(cold_queries.histories, cold_queries.users),
-                                        cold_queries.histories, cold_targets.items[cold_targets.indptr[:-1]]))) \
-            if len(rows) else float("nan")
+        median = (
+            float(
+                np.median(
+                    _ranks(
+                        model.score_histories(cold_queries.histories, cold_queries.users),
+                        cold_queries.histories,
+                        cold_targets.items[cold_targets.indptr[:-1]],
+                    )
+                )
+            )
+            if len(rows)
+            else float("nan")
+        )
         out[label] = ColdResult(label, params, test, cold, len(rows), seconds, median, proxy_score, per_user)
-        log(f"  {label:<16} cold-start items ndcg@{K}={cold.get(f'ndcg@{K}', 0):.4f} "
+        log(
+            f"  {label:<16} cold-start items ndcg@{K}={cold.get(f'ndcg@{K}', 0):.4f} "
             f"{COLD_METRIC}={cold.get(COLD_METRIC, 0):.4f} median rank {median:.0f}  "
-            f"all test users ndcg@{K}={test[f'ndcg@{K}']:.4f}  fit {seconds:6.1f}s")
+            f"all test users ndcg@{K}={test[f'ndcg@{K}']:.4f}  fit {seconds:6.1f}s"
+        )
         del model
     return out
 
@@ -396,22 +467,30 @@ def cold_start(config_path: Path, store_root: Path, share: float, families: list
 def cold_table(cold: dict[str, ColdResult], share: float) -> str:
     n = next(iter(cold.values())).cold_users if cold else 0
     d = COLD_DEPTH
-    head = (f"{'model':<16} {f'cold-start items ({n} users)':^47} {'all test users':>15} {'train s':>8}\n"
-            f"{'':<16} {f'NDCG@{K}':>8} {f'HR@{K}':>7} {f'NDCG@{d}':>9} {f'HR@{d}':>7} {'median rank':>12} "
-            f"{f'NDCG@{K}':>15} {'':>8} {'proxy':>7}")
-    lines = [f"cold start: {share:.0%} of items held out of training (settings chosen on the validation proxy, "
-             "refitted)", head,
-             "-" * 106]
+    head = (
+        f"{'model':<16} {f'cold-start items ({n} users)':^47} {'all test users':>15} {'train s':>8}\n"
+        f"{'':<16} {f'NDCG@{K}':>8} {f'HR@{K}':>7} {f'NDCG@{d}':>9} {f'HR@{d}':>7} {'median rank':>12} "
+        f"{f'NDCG@{K}':>15} {'':>8} {'proxy':>7}"
+    )
+    lines = [
+        f"cold start: {share:.0%} of items held out of training (settings chosen on the validation proxy, refitted)",
+        head,
+        "-" * 106,
+    ]
     for r in cold.values():
         c = r.cold
-        lines.append(f"{r.family:<16} {c.get(f'ndcg@{K}', 0):8.4f} {c.get(f'hr@{K}', 0):7.4f} "
-                     f"{c.get(f'ndcg@{d}', 0):9.4f} {c.get(f'hr@{d}', 0):7.4f} {r.median_rank:12.0f} "
-                     f"{r.test[f'ndcg@{K}']:15.4f} {r.train_seconds:8.1f} "
-                     f"{'' if np.isnan(r.proxy) else f'{r.proxy:.4f}':>7}  {_params(r.params)}")
+        lines.append(
+            f"{r.family:<16} {c.get(f'ndcg@{K}', 0):8.4f} {c.get(f'hr@{K}', 0):7.4f} "
+            f"{c.get(f'ndcg@{d}', 0):9.4f} {c.get(f'hr@{d}', 0):7.4f} {r.median_rank:12.0f} "
+            f"{r.test[f'ndcg@{K}']:15.4f} {r.train_seconds:8.1f} "
+            f"{'' if np.isnan(r.proxy) else f'{r.proxy:.4f}':>7}  {_params(r.params)}"
+        )
     lines.append(f"proxy: {COLD_METRIC} on the validation proxy that chose the row's settings")
     if "text_sasrec" in cold:
-        lines.append(f"text_sasrec minus each row, per cold-start user (paired bootstrap, {BOOTSTRAP_RESAMPLES} "
-                     "resamples, 95% CI):")
+        lines.append(
+            f"text_sasrec minus each row, per cold-start user (paired bootstrap, {BOOTSTRAP_RESAMPLES} "
+            "resamples, 95% CI):"
+        )
         for label, r in cold.items():
             if label == "text_sasrec":
                 continue
@@ -436,13 +515,17 @@ def _format_params(params: dict[str, Any]) -> str:
 
 def table(results: dict[str, Result], ease_reference: float | None) -> str:
     w = max([11] + [len(r.family) for r in results.values()])
-    head = (f"{'model':<{w}} {'chosen on valid':<58} {'valid':>7} {'NDCG@10':>8} {'HR@10':>7} {'MRR@10':>7} "
-            f"{'train s':>8} {'score s':>8}")
+    head = (
+        f"{'model':<{w}} {'chosen on valid':<58} {'valid':>7} {'NDCG@10':>8} {'HR@10':>7} {'MRR@10':>7} "
+        f"{'train s':>8} {'score s':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in results.values():
-        lines.append(f"{r.family:<{w}} {_params(r.params):<58} {r.valid_ndcg:7.4f} {r.test[f'ndcg@{K}']:8.4f} "
-                     f"{r.test[f'hr@{K}']:7.4f} {r.test[f'mrr@{K}']:7.4f} {r.train_seconds:8.1f} "
-                     f"{r.score_seconds:8.2f}")
+        lines.append(
+            f"{r.family:<{w}} {_params(r.params):<58} {r.valid_ndcg:7.4f} {r.test[f'ndcg@{K}']:8.4f} "
+            f"{r.test[f'hr@{K}']:7.4f} {r.test[f'mrr@{K}']:7.4f} {r.train_seconds:8.1f} "
+            f"{r.score_seconds:8.2f}"
+        )
     if ease_reference is not None:
         lines.append(f"{'ease-numpy':<{w}} {'reference closed form, same lambda':<58} {'':>7} {ease_reference:8.4f}")
     if any(_params(r.params).startswith("SEQ") for r in results.values()):
@@ -456,13 +539,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(GRIDS), help="comma-separated model families to run")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--no-reference", action="store_true", help="skip the numpy EASE reference")
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
-                        help="bench store (artifacts and the item-text embedding cache are reused across runs)")
-    parser.add_argument("--cold-share", type=float, default=DEFAULT_COLD_SHARE,
-                        help="share of items held out of training for the cold-start comparison (0 = skip)")
-    parser.add_argument("--tune-encoder", choices=("top_layers", "lora"),
-                        help="also run text_sasrec with its text encoder fine-tuned (lm_finetune; about 10x the "
-                             "training time on a CPU), as an extra row of both tables")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=DEFAULT_STORE,
+        help="bench store (artifacts and the item-text embedding cache are reused across runs)",
+    )
+    parser.add_argument(
+        "--cold-share",
+        type=float,
+        default=DEFAULT_COLD_SHARE,
+        help="share of items held out of training for the cold-start comparison (0 = skip)",
+    )
+    parser.add_argument(
+        "--tune-encoder",
+        choices=("top_layers", "lora"),
+        help="also run text_sasrec with its text encoder fine-tuned (lm_finetune; about 10x the "
+        "training time on a CPU), as an extra row of both tables",
+    )
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.models.split(",") if f.strip()]
     unknown = [f for f in families if f not in GRIDS]
@@ -477,12 +571,13 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     started = time.perf_counter()
-    data, preprocess = prepare(args.config, args.store, embed_texts=any(f in TEXT_FAMILIES for f in families),
-                               log=log)
+    data, preprocess = prepare(args.config, args.store, embed_texts=any(f in TEXT_FAMILIES for f in families), log=log)
     split = load_split(preprocess)
     queries = build_queries(split, "test", exclude_seen=True)
-    log(f"data: {data.n_users} users, {data.n_items} items, {len(data.train)} train / {len(data.valid)} valid "
-        f"events; {len(queries)} test users (history = train + valid, seen items excluded, full ranking)")
+    log(
+        f"data: {data.n_users} users, {data.n_items} items, {len(data.train)} train / {len(data.valid)} valid "
+        f"events; {len(queries)} test users (history = train + valid, seen items excluded, full ranking)"
+    )
     results: dict[str, Result] = {}
     ease_reference = None
     for family in families:
@@ -515,11 +610,22 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         log(f"  - {failure}")
     if args.out:
-        args.out.write_text(json.dumps({
-            "k": K, "results": {f: vars(r) for f, r in results.items()}, "ease_reference_ndcg": ease_reference,
-            "cold_start": {"item_share": args.cold_share, "results": {f: {k: v for k, v in vars(r).items() if k != "per_user"}
-                                                                     for f, r in cold.items()}},
-            "failures": failures}, indent=2, default=str))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "k": K,
+                    "results": {f: vars(r) for f, r in results.items()},
+                    "ease_reference_ndcg": ease_reference,
+                    "cold_start": {
+                        "item_share": args.cold_share,
+                        "results": {f: {k: v for k, v in vars(r).items() if k != "per_user"} for f, r in cold.items()},
+                    },
+                    "failures": failures,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 1 if failures else 0
 
 

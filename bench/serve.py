@@ -52,8 +52,8 @@ CLIENT_LIMIT = "not_sent_client_limit"
 
 
 def build_model(n_items: int, seed: int = 0):
-    from recloop.data.interactions import Interactions
     from recloop.config.models import MFConfig
+    from recloop.data.interactions import Interactions
     from recloop.models.mf import MatrixFactorization
 
     rng = np.random.default_rng(seed)
@@ -65,10 +65,16 @@ def build_model(n_items: int, seed: int = 0):
     user_cluster = rng.integers(0, n_clusters, N_USERS)
     users = centers[user_cluster] + 0.7 * rng.standard_normal((N_USERS, DIM)).astype(np.float32)
     by_cluster = [np.flatnonzero(item_cluster == c) for c in range(n_clusters)]
-    hist_items = np.concatenate([rng.choice(by_cluster[c], size=HISTORY, replace=len(by_cluster[c]) < HISTORY)
-                                 for c in user_cluster])
-    train = Interactions.from_arrays(np.repeat(np.arange(N_USERS), HISTORY), hist_items,
-                                     np.tile(np.arange(HISTORY), N_USERS), n_users=N_USERS, n_items=n_items)
+    hist_items = np.concatenate(
+        [rng.choice(by_cluster[c], size=HISTORY, replace=len(by_cluster[c]) < HISTORY) for c in user_cluster]
+    )
+    train = Interactions.from_arrays(
+        np.repeat(np.arange(N_USERS), HISTORY),
+        hist_items,
+        np.tile(np.arange(HISTORY), N_USERS),
+        n_users=N_USERS,
+        n_items=n_items,
+    )
     model = MatrixFactorization(MFConfig(factors=DIM))
     model._remember(train)  # factors are set directly instead of fitted
     model.user_factors, model.item_factors = users.astype(np.float32), items.astype(np.float32)
@@ -89,19 +95,33 @@ def publish(store_dir: Path, model, n_items: int) -> dict:
     id_maps = work / "id_maps"
     id_maps.mkdir(parents=True, exist_ok=True)
     item_ids = [f"i{i}" for i in range(n_items)]
-    pd.DataFrame({"user_idx": np.arange(N_USERS, dtype=np.int32), "user_id": [f"u{u}" for u in range(N_USERS)]}
-                 ).to_parquet(id_maps / "users.parquet", index=False)
-    pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": item_ids}
-                 ).to_parquet(id_maps / "items.parquet", index=False)
+    pd.DataFrame(
+        {"user_idx": np.arange(N_USERS, dtype=np.int32), "user_id": [f"u{u}" for u in range(N_USERS)]}
+    ).to_parquet(id_maps / "users.parquet", index=False)
+    pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": item_ids}).to_parquet(
+        id_maps / "items.parquet", index=False
+    )
     genres = [f"genre{g}" for g in range(20)]
-    pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": item_ids,
-                  "text": [f"Title {i} about {genres[i % 20]} and topic{i % 97}" for i in range(n_items)],
-                  "categories": [[genres[i % 20]] for i in range(n_items)]}).to_parquet(work / "items.parquet",
-                                                                                      index=False)
+    pd.DataFrame(
+        {
+            "item_idx": np.arange(n_items, dtype=np.int32),
+            "item_id": item_ids,
+            "text": [f"Title {i} about {genres[i % 20]} and topic{i % 97}" for i in range(n_items)],
+            "categories": [[genres[i % 20]] for i in range(n_items)],
+        }
+    ).to_parquet(work / "items.parquet", index=False)
     store = FileStore(f"file://{store_dir}")
     registry = ModelRegistry(store, "bench")
-    version = registry.register(VersionSource(bundle_dir=bundle, candidate="mf", model_type="mf", run_id="bench",
-                                              id_maps_dir=id_maps, items_file=work / "items.parquet"))
+    version = registry.register(
+        VersionSource(
+            bundle_dir=bundle,
+            candidate="mf",
+            model_type="mf",
+            run_id="bench",
+            id_maps_dir=id_maps,
+            items_file=work / "items.parquet",
+        )
+    )
     registry.promote(version.version)
     shutil.rmtree(work)
     return ann
@@ -122,16 +142,31 @@ class Server:
         config = workdir / f"serve-{'ann' if approximate else 'exact'}.yaml"
         config.write_text(
             "name: bench\n"
-            f"store: {{root: \"file://{store_dir}\"}}\n"
+            f'store: {{root: "file://{store_dir}"}}\n'
             "data: {interactions: {path: /nonexistent.csv}}\n"
             "serving:\n"
-            f"  ann: {{enabled: {str(approximate).lower()}, min_items: 1}}\n")
+            f"  ann: {{enabled: {str(approximate).lower()}, min_items: 1}}\n"
+        )
         self.log = open(workdir / f"serve-{self.port}.log", "wb")  # noqa: SIM115
         env = dict(os.environ, RECLOOP_API_KEYS=API_KEY, RECLOOP_USER_HMAC_KEY=HMAC_KEY)
         recloop = Path(sys.executable).parent / "recloop"
-        self.proc = subprocess.Popen([str(recloop), "serve", "--config", str(config), "--port", str(self.port),
-                                      "--no-access-log", "--log-level", "warning"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                str(recloop),
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
@@ -337,9 +372,12 @@ def main() -> None:
         model = build_model(n_items)
         started = time.perf_counter()
         ann = publish(store_dir, model, n_items)
-        print(f"{n_items} items: published (index build {ann.get('build_seconds', 0):.1f}s, "
-              f"recall@10 {ann.get('recall@10')}, ef_search {ann.get('ef_search')}) in "
-              f"{time.perf_counter() - started:.1f}s", flush=True)
+        print(
+            f"{n_items} items: published (index build {ann.get('build_seconds', 0):.1f}s, "
+            f"recall@10 {ann.get('recall@10')}, ef_search {ann.get('ef_search')}) in "
+            f"{time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
         for mode in args.modes.split(","):
             server = Server(workdir, store_dir, approximate=mode == "approximate")
             try:
@@ -357,29 +395,51 @@ def main() -> None:
                     recall = asyncio.run(served_recall(server.port, model, users))
             finally:
                 server.stop()
-            rows.append({"items": n_items, "mode": mode, "p50": latency.pct(50), "p99": latency.pct(99), "cpu": cpu_ms,
-                         "rps": throughput.rps, "tp50": throughput.pct(50), "tp99": throughput.pct(99),
-                         "offered": 2 * throughput.rps, "ok": overload.statuses.get(200, 0),
-                         "shed": overload.statuses.get(429, 0), "failed": overload.failed,
-                         "not_sent": overload.error_kinds.get(CLIENT_LIMIT, 0),
-                         "recall": recall, "index_recall": ann.get("recall@10") if mode == "approximate" else None})
+            rows.append(
+                {
+                    "items": n_items,
+                    "mode": mode,
+                    "p50": latency.pct(50),
+                    "p99": latency.pct(99),
+                    "cpu": cpu_ms,
+                    "rps": throughput.rps,
+                    "tp50": throughput.pct(50),
+                    "tp99": throughput.pct(99),
+                    "offered": 2 * throughput.rps,
+                    "ok": overload.statuses.get(200, 0),
+                    "shed": overload.statuses.get(429, 0),
+                    "failed": overload.failed,
+                    "not_sent": overload.error_kinds.get(CLIENT_LIMIT, 0),
+                    "recall": recall,
+                    "index_recall": ann.get("recall@10") if mode == "approximate" else None,
+                }
+            )
             r = rows[-1]
-            print(f"  {mode:<11} p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  server CPU {r['cpu']:.2f} ms/req  "
-                  f"{r['rps']:.0f} req/s  "
-                  f"2x load: {r['ok']} ok / {r['shed']} shed / {r['failed']} failed "
-                  f"{overload.error_kinds or ''} {dict(sorted(overload.statuses.items()))}", flush=True)
+            print(
+                f"  {mode:<11} p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  server CPU {r['cpu']:.2f} ms/req  "
+                f"{r['rps']:.0f} req/s  "
+                f"2x load: {r['ok']} ok / {r['shed']} shed / {r['failed']} failed "
+                f"{overload.error_kinds or ''} {dict(sorted(overload.statuses.items()))}",
+                flush=True,
+            )
     print()
-    print("| items | search | p50 ms | p99 ms | server CPU ms/req | req/s (c={c}) | p99 ms at c={c} | 2x load: ok / "
-          "429 / failed (not sent) | recall@10 served (index) |".format(c=args.concurrency))
+    print(
+        f"| items | search | p50 ms | p99 ms | server CPU ms/req | req/s (c={args.concurrency}) | p99 ms at c={args.concurrency} | 2x load: ok / "
+        "429 / failed (not sent) | recall@10 served (index) |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         recall = "-" if r["recall"] is None else f"{r['recall']:.3f} ({r['index_recall']:.3f})"
-        print(f"| {r['items']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} | {r['rps']:.0f} "
-              f"| {r['tp99']:.2f} "
-              f"| {r['ok']} / {r['shed']} / {r['failed']} ({r['not_sent']}) | {recall} |")
+        print(
+            f"| {r['items']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} | {r['rps']:.0f} "
+            f"| {r['tp99']:.2f} "
+            f"| {r['ok']} / {r['shed']} / {r['failed']} ({r['not_sent']}) | {recall} |"
+        )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{os.cpu_count()} CPUs visible, shared by server and load generator; load average now {load} "
-          f"(anything above ~2 means other processes competed for the CPUs). Scratch: {workdir}")
+    print(
+        f"\n{os.cpu_count()} CPUs visible, shared by server and load generator; load average now {load} "
+        f"(anything above ~2 means other processes competed for the CPUs). Scratch: {workdir}"
+    )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -68,8 +69,12 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """AWS variables for subprocesses that use the default credential chain."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": self.region, "AWS_ENDPOINT_URL_S3": self.endpoint_url}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+        }
 
     def client(self) -> Any:
         """A plain boto3 S3 client on this server (to inspect what the store wrote)."""
@@ -85,8 +90,11 @@ class S3Server:
 
         root = f"s3://{bucket}/{prefix.strip('/')}" if prefix.strip("/") else f"s3://{bucket}"
         values: dict[str, Any] = {
-            "root": root, "endpoint_url": self.endpoint_url, "region": self.region,
-            "access_key_id": self.access_key, "secret_access_key": self.secret_key,
+            "root": root,
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
         }
         values.update(overrides)
         return StoreConfig(**values)
@@ -104,9 +112,13 @@ def _start_weed(base_dir: Path) -> S3Server:
     for attempt in range(1, _START_ATTEMPTS + 1):
         try:
             weed = local_stack.start_seaweedfs(
-                base_dir / f"weed-{attempt}", S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY,
+                base_dir / f"weed-{attempt}",
+                S3_TEST_ACCESS_KEY,
+                S3_TEST_SECRET_KEY,
                 # Like AWS: writing to a bucket nobody created is an error, not a new bucket.
-                auto_create_bucket=False, ready_timeout_s=_READY_TIMEOUT_S)
+                auto_create_bucket=False,
+                ready_timeout_s=_READY_TIMEOUT_S,
+            )
         except local_stack.SeaweedFSError as exc:
             failures.append(f"attempt {attempt}: {exc}")
             continue
@@ -171,7 +183,13 @@ def tiny_encoder(tmp_path_factory) -> str:
         shutil.copy(source / name, folder / name)
     shutil.copytree(source / "1_Pooling", folder / "1_Pooling")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=TINY_ENCODER_LAYERS,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=TINY_ENCODER_LAYERS,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(folder)
     return str(folder)

@@ -12,16 +12,17 @@ Two test-only models are registered by `registered_test_models()` (and removed a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from recloop.artifacts import ArtifactWriter, run_prefix
 from recloop.artifacts.kinds import TrainedModel
-from recloop.data.interactions import Histories, Interactions
 from recloop.config.models import ModelConfig
+from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, Recommender
 from recloop.store import ArtifactStore
 
@@ -41,8 +42,9 @@ class TableScores(Recommender):
         super().__init__(config)
         self.table = np.zeros((0, 0), np.float32)
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> TableScores:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> TableScores:
         self._remember(train)
         return self
 
@@ -59,8 +61,9 @@ class TableScores(Recommender):
 
 
 class RandomScores(Recommender):
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> RandomScores:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> RandomScores:
         self._remember(train)
         return self
 
@@ -95,34 +98,64 @@ def registered_test_models() -> Iterator[None]:
 
 def split_frame(rows: Sequence[tuple[int, int, int]]) -> pd.DataFrame:
     """(user_idx, item_idx, timestamp) rows -> a split frame with the contract's dtypes."""
-    users, items, ts = (zip(*rows) if rows else ((), (), ()))
+    users, items, ts = zip(*rows) if rows else ((), (), ())
     n = len(users)
-    return pd.DataFrame({
-        "user_idx": np.asarray(users, dtype=np.int32),
-        "item_idx": np.asarray(items, dtype=np.int32),
-        "timestamp": np.asarray(ts, dtype=np.int64),
-        "weight": np.ones(n, dtype=np.float32),
-        "rating": np.full(n, 4.0),
-    })
+    return pd.DataFrame(
+        {
+            "user_idx": np.asarray(users, dtype=np.int32),
+            "item_idx": np.asarray(items, dtype=np.int32),
+            "timestamp": np.asarray(ts, dtype=np.int64),
+            "weight": np.ones(n, dtype=np.float32),
+            "rating": np.full(n, 4.0),
+        }
+    )
 
 
-def write_preprocess(store: ArtifactStore, run_id: str, train: pd.DataFrame, valid: pd.DataFrame,
-                     test: pd.DataFrame, user_ids: Sequence[str], item_ids: Sequence[str],
-                     categories: Sequence[Sequence[str]] | None = None, config_hash: str | None = None) -> str:
+def write_preprocess(
+    store: ArtifactStore,
+    run_id: str,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    test: pd.DataFrame,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    categories: Sequence[Sequence[str]] | None = None,
+    config_hash: str | None = None,
+) -> str:
     prefix = run_prefix(run_id, "preprocess")
     with ArtifactWriter(store, prefix, "preprocess", run_id, config_hash=config_hash) as w:
         for name, df in (("train", train), ("valid", valid), ("test", test)):
             w.put_parquet(f"{name}.parquet", df)
-        w.put_parquet("id_maps/users.parquet", pd.DataFrame({
-            "user_idx": np.arange(len(user_ids), dtype=np.int32), "user_id": list(user_ids)}))
-        w.put_parquet("id_maps/items.parquet", pd.DataFrame({
-            "item_idx": np.arange(len(item_ids), dtype=np.int32), "item_id": list(item_ids)}))
+        w.put_parquet(
+            "id_maps/users.parquet",
+            pd.DataFrame({"user_idx": np.arange(len(user_ids), dtype=np.int32), "user_id": list(user_ids)}),
+        )
+        w.put_parquet(
+            "id_maps/items.parquet",
+            pd.DataFrame({"item_idx": np.arange(len(item_ids), dtype=np.int32), "item_id": list(item_ids)}),
+        )
         cats = [list(c) for c in categories] if categories is not None else [[] for _ in item_ids]
-        w.put_parquet("items.parquet", pd.DataFrame({
-            "item_idx": np.arange(len(item_ids), dtype=np.int32), "item_id": list(item_ids),
-            "text": list(item_ids), "categories": cats}))
-        w.summary.update({"n_users": len(user_ids), "n_items": len(item_ids), "n_train": len(train),
-                          "n_valid": len(valid), "n_test": len(test), "split": "leave_last_out"})
+        w.put_parquet(
+            "items.parquet",
+            pd.DataFrame(
+                {
+                    "item_idx": np.arange(len(item_ids), dtype=np.int32),
+                    "item_id": list(item_ids),
+                    "text": list(item_ids),
+                    "categories": cats,
+                }
+            ),
+        )
+        w.summary.update(
+            {
+                "n_users": len(user_ids),
+                "n_items": len(item_ids),
+                "n_train": len(train),
+                "n_valid": len(valid),
+                "n_test": len(test),
+                "split": "leave_last_out",
+            }
+        )
     return store.uri(prefix)
 
 
@@ -141,17 +174,33 @@ def random_model(train: Interactions, name: str | None = None, seed: int = 0) ->
     return RandomScores(RandomConfig(name=name, seed=seed)).fit(train)
 
 
-def write_train(store: ArtifactStore, run_id: str, models: dict[str, Recommender], preprocess_uri: str,
-                tmp: Path, config_hash: str | None = None) -> str:
+def write_train(
+    store: ArtifactStore,
+    run_id: str,
+    models: dict[str, Recommender],
+    preprocess_uri: str,
+    tmp: Path,
+    config_hash: str | None = None,
+) -> str:
     """One committed TrainedModel artifact per candidate under runs/{run}/train/; returns that folder's URI."""
     prefix = run_prefix(run_id, "train")
     for name, model in models.items():
         model.id_map_ref = f"{preprocess_uri}/id_maps"
         bundle = model.save(tmp / f"bundle-{run_id}-{name}")
-        with ArtifactWriter(store, f"{prefix}/{name}", "train", run_id, config_hash=config_hash,
-                            parents=[preprocess_uri]) as w:
-            TrainedModel.write(w, bundle, {"type": model.type_name, "train_seconds": 0.01, "epochs": 1,
-                                           "best_valid_metric": None, "valid_metric": "ndcg@10"})
+        with ArtifactWriter(
+            store, f"{prefix}/{name}", "train", run_id, config_hash=config_hash, parents=[preprocess_uri]
+        ) as w:
+            TrainedModel.write(
+                w,
+                bundle,
+                {
+                    "type": model.type_name,
+                    "train_seconds": 0.01,
+                    "epochs": 1,
+                    "best_valid_metric": None,
+                    "valid_metric": "ndcg@10",
+                },
+            )
     return store.uri(prefix)
 
 
@@ -198,8 +247,9 @@ def oracle_table(rank_of_target: int = 1) -> np.ndarray:
     return table
 
 
-def write_small_world(store: ArtifactStore, run_id: str, tmp: Path, candidates: dict[str, str],
-                      config_hash: str | None = None) -> tuple[str, str]:
+def write_small_world(
+    store: ArtifactStore, run_id: str, tmp: Path, candidates: dict[str, str], config_hash: str | None = None
+) -> tuple[str, str]:
     """Commit preprocess + train artifacts of the small world; candidates: name -> 'oracle' | 'second' |
     'random'. Returns (preprocess uri, train uri)."""
     train, valid, test = small_world_frames()

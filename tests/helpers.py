@@ -8,7 +8,7 @@ tiny registered model.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,26 +19,29 @@ import pyarrow.parquet as pq
 
 from recloop.artifacts import ArtifactWriter, run_prefix
 from recloop.config import PipelineConfig, StoreConfig, apply_overrides
-from recloop.data.interactions import Histories, Interactions
 from recloop.config.models import ModelConfig
+from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 from recloop.steps.base import StepContext
 from recloop.store import ArtifactStore, open_store
 
-INTERACTION_SCHEMA = pa.schema([
-    ("user_id", pa.string()),
-    ("item_id", pa.string()),
-    ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("rating", pa.float64()),
-    ("event_type", pa.string()),
-    ("weight", pa.float64()),
-])
+INTERACTION_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("rating", pa.float64()),
+        ("event_type", pa.string()),
+        ("weight", pa.float64()),
+    ]
+)
 TRAILER_SCHEMA = pa.schema([("source_file", pa.string()), ("source_row", pa.int64()), ("ingest_issue", pa.string())])
 
 
-def make_config(store: str | Path | StoreConfig, overrides: dict[str, Any] | None = None,
-                name: str = "test") -> PipelineConfig:
+def make_config(
+    store: str | Path | StoreConfig, overrides: dict[str, Any] | None = None, name: str = "test"
+) -> PipelineConfig:
     """A validated config on `store` (a directory, a store URI or a StoreConfig, e.g. the S3 fixture's).
 
     `overrides` use dotted keys. Validated with the base `PipelineConfig` so tests of data steps do not
@@ -49,15 +52,19 @@ def make_config(store: str | Path | StoreConfig, overrides: dict[str, Any] | Non
     else:
         root = str(store)
         store_section = {"root": root if "://" in root else f"file://{Path(root).resolve()}"}
-    raw: dict[str, Any] = {"name": name, "store": store_section,
-                           "data": {"interactions": {"path": "/nonexistent/events.csv"}}}
+    raw: dict[str, Any] = {
+        "name": name,
+        "store": store_section,
+        "data": {"interactions": {"path": "/nonexistent/events.csv"}},
+    }
     if overrides:
         raw = apply_overrides(raw, dict(overrides))
     return PipelineConfig.model_validate(raw)
 
 
-def make_context(cfg: PipelineConfig, run_id: str = "r1", store: ArtifactStore | None = None,
-                 log: list[str] | None = None) -> StepContext:
+def make_context(
+    cfg: PipelineConfig, run_id: str = "r1", store: ArtifactStore | None = None, log: list[str] | None = None
+) -> StepContext:
     """A StepContext on cfg's store; with `log`, messages are appended to that list."""
     ctx = StepContext(config=cfg, store=store or open_store(cfg.store), run_id=run_id)
     if log is not None:
@@ -94,11 +101,16 @@ def interactions_table(df: pd.DataFrame, source_file: str = "events.csv") -> pa.
         if str(name).startswith("ctx_"):
             cols[name] = pa.array(df[name].astype(object).where(df[name].notna(), None).tolist())
             fields.append(pa.field(name, cols[name].type))
-    cols["source_file"] = pa.array(df["source_file"].tolist() if "source_file" in df else [source_file] * n, pa.string())
-    cols["source_row"] = pa.array(df["source_row"].tolist() if "source_row" in df else list(range(1, n + 1)), pa.int64())
+    cols["source_file"] = pa.array(
+        df["source_file"].tolist() if "source_file" in df else [source_file] * n, pa.string()
+    )
+    cols["source_row"] = pa.array(
+        df["source_row"].tolist() if "source_row" in df else list(range(1, n + 1)), pa.int64()
+    )
     issues = df["ingest_issue"].tolist() if "ingest_issue" in df else [None] * n
-    cols["ingest_issue"] = pa.array([None if v is None or (isinstance(v, float) and pd.isna(v)) else v for v in issues],
-                                    pa.string())
+    cols["ingest_issue"] = pa.array(
+        [None if v is None or (isinstance(v, float) and pd.isna(v)) else v for v in issues], pa.string()
+    )
     fields.extend(TRAILER_SCHEMA)
     return pa.Table.from_arrays([cols[f.name] for f in fields], schema=pa.schema(fields))
 
@@ -124,9 +136,15 @@ def _put_table(writer: ArtifactWriter, name: str, table: pa.Table) -> None:
     writer.add_file(name, path, rows=table.num_rows, schema={f.name: str(f.type) for f in table.schema})
 
 
-def write_ingest_artifact(store: ArtifactStore, run_id: str, interactions: pd.DataFrame,
-                          items: pd.DataFrame | None = None, users: pd.DataFrame | None = None,
-                          config_hash: str | None = None, source_file: str = "events.csv") -> str:
+def write_ingest_artifact(
+    store: ArtifactStore,
+    run_id: str,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    users: pd.DataFrame | None = None,
+    config_hash: str | None = None,
+    source_file: str = "events.csv",
+) -> str:
     """Commit `runs/{run_id}/ingest/` following the ingest contract; returns the artifact URI."""
     table = interactions_table(interactions, source_file)
     prefix = run_prefix(run_id, "ingest")
@@ -142,18 +160,20 @@ def write_ingest_artifact(store: ArtifactStore, run_id: str, interactions: pd.Da
             _put_table(w, "users.parquet", ut)
             rows["users"] = ut.num_rows
         ts = table.column("timestamp").drop_null()
-        w.summary.update({
-            "rows": rows,
-            "min_timestamp": ts.to_pandas().min().isoformat() if len(ts) else None,
-            "max_timestamp": ts.to_pandas().max().isoformat() if len(ts) else None,
-            "sources": sorted(set(table.column("source_file").drop_null().to_pylist())),
-        })
+        w.summary.update(
+            {
+                "rows": rows,
+                "min_timestamp": ts.to_pandas().min().isoformat() if len(ts) else None,
+                "max_timestamp": ts.to_pandas().max().isoformat() if len(ts) else None,
+                "sources": sorted(set(table.column("source_file").drop_null().to_pylist())),
+            }
+        )
     return store.uri(prefix)
 
 
 def utc(*args: int) -> datetime:
     """datetime(*args) in UTC."""
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------- a tiny model
@@ -167,8 +187,9 @@ class CountsConfig(ModelConfig):
 class CountsModel(Recommender):
     """Test-only recommender: items ranked by their weighted training count plus a seeded tie-breaking jitter."""
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> CountsModel:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> CountsModel:
         self._remember(train)
         rng = np.random.default_rng(self.config.seed)
         counts = np.bincount(train.item, weights=train.weight, minlength=train.n_items)

@@ -56,8 +56,9 @@ def held_out_interactions(train: Interactions) -> Interactions:
         unseen = np.setdiff1d(block, hist.row(user))
         users.append(user)
         items.append(int(unseen[0]))
-    return Interactions.from_arrays(users, items, np.full(len(users), 1_800_000_000), None,
-                                    train.n_users, train.n_items)
+    return Interactions.from_arrays(
+        users, items, np.full(len(users), 1_800_000_000), None, train.n_users, train.n_items
+    )
 
 
 class ModelContract:
@@ -123,8 +124,8 @@ class ModelContract:
             assert not seen[user, got].any(), f"user {user} was recommended an item they have seen"
             # Every unseen item is still ranked (nothing else was dropped).
             assert sorted(got.tolist()) == np.flatnonzero(~seen[user]).tolist()
-            assert (recs.ids[user][len(got):] == -1).all()
-            assert np.isneginf(recs.scores[user][len(got):]).all()
+            assert (recs.ids[user][len(got) :] == -1).all()
+            assert np.isneginf(recs.scores[user][len(got) :]).all()
 
     def test_seen_items_are_included_on_request(self, model: Recommender, train: Interactions) -> None:
         recs = model.recommend(users=[0], k=N_ITEMS, exclude_seen=False)
@@ -172,7 +173,7 @@ class ModelContract:
         # safetensors: an 8-byte little-endian header length, then a JSON header (never a pickle stream).
         raw = (tmp_path / "bundle" / "arrays.safetensors").read_bytes()
         header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8:8 + header_len])
+        header = json.loads(raw[8 : 8 + header_len])
         assert all(entry["dtype"] != "O" for key, entry in header.items() if key != "__metadata__")
 
     def test_same_seed_same_model(self, train: Interactions) -> None:
@@ -196,9 +197,11 @@ class ModelContract:
 
     # ------------------------------------------------------------------ capabilities
     def test_declared_capabilities_are_offered(self, model: Recommender) -> None:
-        offered = {"item_vectors": model.item_vectors() is not None,
-                   "vector_space": model.vector_space() is not None,
-                   "item_weights": model.item_weights() is not None}
+        offered = {
+            "item_vectors": model.item_vectors() is not None,
+            "vector_space": model.vector_space() is not None,
+            "item_weights": model.item_weights() is not None,
+        }
         assert {name for name, present in offered.items() if present} == set(self.capabilities)
 
     def test_item_vectors_are_one_finite_row_per_item(self, model: Recommender) -> None:
@@ -226,12 +229,14 @@ class ModelContract:
         known = train.histories().select(users)
         queries = space.encode(known, users)
         assert queries.shape == (3, space.item_vectors.shape[1])
-        np.testing.assert_allclose(queries @ space.item_vectors.T, model.score_histories(known, users),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            queries @ space.item_vectors.T, model.score_histories(known, users), rtol=1e-4, atol=1e-4
+        )
         # ... and ad-hoc histories, an empty one included.
         adhoc = Histories.from_lists([BLOCK_A[:-1], [9], []], N_ITEMS)
-        np.testing.assert_allclose(space.encode(adhoc, None) @ space.item_vectors.T, model.score_histories(adhoc),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            space.encode(adhoc, None) @ space.item_vectors.T, model.score_histories(adhoc), rtol=1e-4, atol=1e-4
+        )
 
     def test_item_weights_sum_to_the_scores(self, model: Recommender) -> None:
         weights = model.item_weights()

@@ -16,9 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -26,10 +27,10 @@ import pandas as pd
 
 from recloop.config import ServingConfig
 from recloop.data.interactions import Interactions
+from recloop.eventlog.pseudonym import Pseudonymizer
 from recloop.models.base import Recommender
 from recloop.registry import ModelRegistry, ModelVersion, VersionSource
 from recloop.serving.app import ServeRuntime, create_app
-from recloop.eventlog.pseudonym import Pseudonymizer
 from recloop.serving.security import ApiKeys
 from recloop.store import ArtifactStore
 
@@ -47,8 +48,9 @@ class Dataset:
     items: pd.DataFrame  # item_idx, item_id, text, categories
 
 
-def make_dataset(n_users: int = 40, n_items: int = 30, seed: int = 0, per_user: int = 8,
-                 cold_items: int = 0) -> Dataset:
+def make_dataset(
+    n_users: int = 40, n_items: int = 30, seed: int = 0, per_user: int = 8, cold_items: int = 0
+) -> Dataset:
     """`cold_items` extra items (ids after the others, cooking texts) that nobody interacted with."""
     rng = np.random.default_rng(seed)
     half_items = n_items // 2
@@ -109,8 +111,16 @@ def fit_popularity(data: Dataset) -> Recommender:
     return Popularity(PopularityConfig()).fit(data.train)
 
 
-def publish(store: ArtifactStore, model: Recommender, data: Dataset, tmp: Path, run_id: str,
-            promote: bool = True, name: str = MODEL_NAME, bundle_hook: Any = None) -> ModelVersion:
+def publish(
+    store: ArtifactStore,
+    model: Recommender,
+    data: Dataset,
+    tmp: Path,
+    run_id: str,
+    promote: bool = True,
+    name: str = MODEL_NAME,
+    bundle_hook: Any = None,
+) -> ModelVersion:
     """Register a version as the publish step would (bundle, id maps, items) and promote it."""
     folder = tmp / f"publish-{run_id}"
     bundle = model.save(folder / "model")
@@ -118,16 +128,25 @@ def publish(store: ArtifactStore, model: Recommender, data: Dataset, tmp: Path, 
         bundle_hook(model, bundle)
     id_maps = folder / "id_maps"
     id_maps.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"user_idx": np.arange(len(data.user_ids), dtype=np.int32), "user_id": data.user_ids}
-                 ).to_parquet(id_maps / "users.parquet", index=False)
-    pd.DataFrame({"item_idx": np.arange(len(data.item_ids), dtype=np.int32), "item_id": data.item_ids}
-                 ).to_parquet(id_maps / "items.parquet", index=False)
+    pd.DataFrame({"user_idx": np.arange(len(data.user_ids), dtype=np.int32), "user_id": data.user_ids}).to_parquet(
+        id_maps / "users.parquet", index=False
+    )
+    pd.DataFrame({"item_idx": np.arange(len(data.item_ids), dtype=np.int32), "item_id": data.item_ids}).to_parquet(
+        id_maps / "items.parquet", index=False
+    )
     items_file = folder / "items.parquet"
     data.items.to_parquet(items_file, index=False)
     registry = ModelRegistry(store, name)
-    version = registry.register(VersionSource(bundle_dir=bundle, candidate=model.type_name,
-                                              model_type=model.type_name, run_id=run_id, id_maps_dir=id_maps,
-                                              items_file=items_file))
+    version = registry.register(
+        VersionSource(
+            bundle_dir=bundle,
+            candidate=model.type_name,
+            model_type=model.type_name,
+            run_id=run_id,
+            id_maps_dir=id_maps,
+            items_file=items_file,
+        )
+    )
     if promote:
         registry.promote(version.version, reason=f"test {run_id}")
     return version
@@ -145,8 +164,13 @@ def serving_config(**overrides: Any) -> ServingConfig:
 
 
 def runtime(store: ArtifactStore, settings: ServingConfig | None = None, keys: str | None = API_KEY) -> ServeRuntime:
-    return ServeRuntime(settings=settings or serving_config(), model_name=MODEL_NAME, store=store,
-                        api_keys=ApiKeys.parse(keys, "test"), pseudonymize=Pseudonymizer(HMAC_KEY, "test"))
+    return ServeRuntime(
+        settings=settings or serving_config(),
+        model_name=MODEL_NAME,
+        store=store,
+        api_keys=ApiKeys.parse(keys, "test"),
+        pseudonymize=Pseudonymizer(HMAC_KEY, "test"),
+    )
 
 
 def free_port() -> int:
@@ -196,8 +220,9 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def running(store: ArtifactStore, settings: ServingConfig | None = None, keys: str | None = API_KEY,
-            ready: bool = True) -> Iterator[ServerThread]:
+def running(
+    store: ArtifactStore, settings: ServingConfig | None = None, keys: str | None = API_KEY, ready: bool = True
+) -> Iterator[ServerThread]:
     app = create_app(runtime(store, settings, keys))
     with ServerThread(app) as server:
         if ready:
@@ -207,14 +232,15 @@ def running(store: ArtifactStore, settings: ServingConfig | None = None, keys: s
 
 def write_config(path: Path, store_root: str, spool_dir: Path | None = None) -> Path:
     """A pipeline config for `recloop serve`; logs flush only at shutdown (or via the admin route)."""
-    spool = f", spool_dir: \"{spool_dir}\"" if spool_dir else ""
+    spool = f', spool_dir: "{spool_dir}"' if spool_dir else ""
     path.write_text(
         f"name: {MODEL_NAME}\n"
-        f"store: {{root: \"{store_root}\"}}\n"
+        f'store: {{root: "{store_root}"}}\n'
         "data: {interactions: {path: /nonexistent/events.csv}}\n"
         "serving:\n"
         "  poll_interval: 200ms\n"
-        f"  logs: {{flush_interval: 60s, flush_rows: 100000{spool}}}\n")
+        f"  logs: {{flush_interval: 60s, flush_rows: 100000{spool}}}\n"
+    )
     return path
 
 
@@ -229,9 +255,21 @@ class ServeProcess:
         full_env.update(env or {})
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "recloop"), "serve", "--config", str(config), "--port",
-             str(self.port), "--graceful-timeout", "5"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+            [
+                str(Path(sys.executable).parent / "recloop"),
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+                "--graceful-timeout",
+                "5",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 
 from recloop import config as config_mod
 from recloop.artifacts import MANIFEST, Artifact, ArtifactWriter, Manifest, run_prefix, safe_run_id
-from recloop.errors import ArtifactError
 from recloop.artifacts.kinds import ArtifactKind
+from recloop.errors import ArtifactError
 from recloop.steps.base import RunParams, StepContext, run_step
 from recloop.steps.graph import Input, Step, find_step
 from recloop.store import FileStore, S3Store
@@ -62,8 +63,9 @@ def recording_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 def _write_sample(store: Any, prefix: str = "runs/r1/probe") -> Manifest:
     df = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "score": [0.5, 1.5, 2.5]})
-    with ArtifactWriter(store, prefix, step="probe", run_id="r1", config_hash="c0ffee",
-                        parents=["file:///up/stream"]) as w:
+    with ArtifactWriter(
+        store, prefix, step="probe", run_id="r1", config_hash="c0ffee", parents=["file:///up/stream"]
+    ) as w:
         w.put_parquet("table.parquet", df)
         w.put_json("stats.json", {"rows": 3})
         w.put_bytes("nested/dir/blob.bin", b"\x00\x01")
@@ -79,8 +81,11 @@ def test_manifest_is_written_last(recording_store: Any) -> None:
     assert ops[0] == ("delete", f"{prefix}/{MANIFEST}")
     assert ops[1] == ("delete_prefix", prefix)
     assert ops[-1] == ("put", f"{prefix}/{MANIFEST}")
-    assert sorted(k for op, k in ops[2:-1]) == [f"{prefix}/nested/dir/blob.bin", f"{prefix}/stats.json",
-                                                f"{prefix}/table.parquet"]
+    assert sorted(k for op, k in ops[2:-1]) == [
+        f"{prefix}/nested/dir/blob.bin",
+        f"{prefix}/stats.json",
+        f"{prefix}/table.parquet",
+    ]
 
 
 def test_committed_artifact_reads_back_verified(any_store: Any, tmp_path: Path) -> None:
@@ -110,8 +115,11 @@ def test_reader_refuses_missing_manifest(any_store: Any) -> None:
             raise RuntimeError("boom")
     assert any_store.exists("runs/r1/half/part-0")  # the files are there ...
     assert not Artifact.exists(any_store, "runs/r1/half")  # ... but the artifact does not exist
-    with pytest.raises(ArtifactError, match=r"runs/r1/half has no _MANIFEST.json: the step that writes it has not "
-                                            r"completed; run it first"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"runs/r1/half has no _MANIFEST.json: the step that writes it has not "
+        r"completed; run it first",
+    ):
         Artifact.open(any_store, "runs/r1/half")
 
 
@@ -119,14 +127,20 @@ def test_reader_refuses_tampered_and_missing_files(any_store: Any) -> None:
     _write_sample(any_store)
     art = Artifact.open(any_store, "runs/r1/probe")
     any_store.put_bytes("runs/r1/probe/stats.json", b'{"rows": 4}')
-    with pytest.raises(ArtifactError, match=r"runs/r1/probe/stats.json does not match its manifest \(sha256 "
-                                            r".*re-run the step that wrote it"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"runs/r1/probe/stats.json does not match its manifest \(sha256 "
+        r".*re-run the step that wrote it",
+    ):
         art.read_json("stats.json")
     any_store.delete("runs/r1/probe/table.parquet")
     with pytest.raises(ArtifactError, match="lists 'table.parquet' but the file is missing"):
         art.read_parquet("table.parquet")
-    with pytest.raises(ArtifactError, match=r"has no file 'other.csv' \(it has: nested/dir/blob.bin, stats.json, "
-                                            r"table.parquet\)"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"has no file 'other.csv' \(it has: nested/dir/blob.bin, stats.json, "
+        r"table.parquet\)",
+    ):
         art.read_bytes("other.csv")
     with pytest.raises(ArtifactError, match="has no folder 'missing'"):
         art.download_dir("missing", "/tmp/never")
@@ -183,8 +197,13 @@ def test_run_ids_become_safe_path_segments() -> None:
 
 CALLS: list[str] = []
 SOURCE = Step("probe_source", "recloop_test_probe_source", "test step: writes one file", output=ArtifactKind)
-SINK = Step("probe_sink", "recloop_test_probe_sink", "test step: copies its input", output=ArtifactKind,
-            inputs={"probe_source": Input(ArtifactKind)})
+SINK = Step(
+    "probe_sink",
+    "recloop_test_probe_sink",
+    "test step: copies its input",
+    output=ArtifactKind,
+    inputs={"probe_source": Input(ArtifactKind)},
+)
 
 
 def _run_source(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
@@ -218,11 +237,21 @@ def probe_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return CALLS
 
 
-def _ctx(store: Any, name: str = "probe", params: RunParams | None = None, logs: list[str] | None = None,
-         run_id: str = "run-1") -> StepContext:
+def _ctx(
+    store: Any,
+    name: str = "probe",
+    params: RunParams | None = None,
+    logs: list[str] | None = None,
+    run_id: str = "run-1",
+) -> StepContext:
     cfg = config_mod.from_dict({"name": name, "data": {"interactions": {"path": "/nonexistent/x.csv"}}})
-    return StepContext(config=cfg, store=store, run_id=run_id, params=params or RunParams(),
-                       log=(logs.append if logs is not None else lambda m: None))
+    return StepContext(
+        config=cfg,
+        store=store,
+        run_id=run_id,
+        params=params or RunParams(),
+        log=(logs.append if logs is not None else lambda m: None),
+    )
 
 
 def test_run_step_reuses_a_committed_artifact(any_store: Any, probe_steps: list[str]) -> None:
@@ -238,21 +267,23 @@ def test_run_step_reuses_a_committed_artifact(any_store: Any, probe_steps: list[
 
 def test_run_step_force_recomputes(any_store: Any, probe_steps: list[str]) -> None:
     run_step(SOURCE, _ctx(any_store))
-    forced = run_step(SOURCE, _ctx(any_store, params=RunParams(force=True)))
+    run_step(SOURCE, _ctx(any_store, params=RunParams(force=True)))
     assert probe_steps == ["probe_source", "probe_source"]
     assert Artifact.open(any_store, "runs/run-1/probe_source").read_json("data.json")["n"] == 2
 
 
 def test_run_step_recomputes_when_config_or_params_change(any_store: Any, probe_steps: list[str]) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     run_step(SOURCE, _ctx(any_store, name="probe"))
     logs: list[str] = []
     run_step(SOURCE, _ctx(any_store, name="probe-renamed", logs=logs))
-    assert logs == [f"probe_source: committed artifact {any_store.uri('runs/run-1/probe_source')} was made "
-                    "with another config; recomputing"]
+    assert logs == [
+        f"probe_source: committed artifact {any_store.uri('runs/run-1/probe_source')} was made "
+        "with another config; recomputing"
+    ]
     logs.clear()
-    since = RunParams(since=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    since = RunParams(since=datetime(2024, 1, 1, tzinfo=UTC))
     run_step(SOURCE, _ctx(any_store, name="probe-renamed", params=since, logs=logs))
     assert "was made from other inputs or run parameters; recomputing" in logs[0]
     assert probe_steps == ["probe_source"] * 3
@@ -281,13 +312,16 @@ def test_explicit_inputs_and_output(any_store: Any, probe_steps: list[str]) -> N
 
 
 def test_missing_input_is_a_clear_error(any_store: Any, probe_steps: list[str]) -> None:
-    with pytest.raises(ArtifactError, match="runs/run-1/probe_source has no _MANIFEST.json: the step that writes "
-                                            "it has not completed; run it first"):
+    with pytest.raises(
+        ArtifactError,
+        match="runs/run-1/probe_source has no _MANIFEST.json: the step that writes it has not completed; run it first",
+    ):
         run_step(SINK, _ctx(any_store))
 
 
-def test_failed_step_leaves_nothing_committed_and_rerun_completes(any_store: Any, probe_steps: list[str],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_step_leaves_nothing_committed_and_rerun_completes(
+    any_store: Any, probe_steps: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def crashing(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         with ctx.writer(output) as w:
             w.put_json("data.json", {"partial": True})

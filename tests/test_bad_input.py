@@ -31,55 +31,150 @@ class Case:
 
 
 CASES = [
-    Case("missing_column", "ingest", 3, (
-        "{dir}/ratings.csv: column 'timestamp' (set by data.interactions.columns.timestamp) not found",
-        "Columns found: 'userId', 'movieId', 'rating'",
-        "Set data.interactions.columns.timestamp to one of the columns found, or fix the file")),
-    Case("wrong_column_mapping", "ingest", 3, (
-        "{dir}/ratings.csv: column 'user_id' (set by data.interactions.columns.user) not found",
-        "Columns found: 'userId', 'movieId', 'rating', 'timestamp'")),
-    Case("empty_file", "ingest", 3, (
-        "{dir}/ratings.csv: file is empty", "point data.interactions.path at the right file")),
-    Case("header_only", "ingest", 3, (
-        "{dir}/ratings.csv: no rows (the file has a header but no data)", "data.interactions.path")),
-    Case("non_utf8", "ingest", 3, (
-        "{dir}/ratings.csv: bytes that are not valid utf-8 text",
-        "set data.interactions.encoding to the file's encoding")),
-    Case("truncated_gzip", "ingest", 3, (
-        "{dir}/ratings.csv.gz: gzip data is truncated or corrupt", "re-compress the file")),
-    Case("corrupt_parquet", "ingest", 3, (
-        "{dir}/ratings.parquet: not a readable Parquet file", "set data.interactions.format")),
-    Case("missing_file", "ingest", 3, (
-        "data.interactions.path: '{dir}/no_such_ratings.csv' does not exist; fix the path",)),
-    Case("unknown_config_key", "ingest", 2, (
-        "invalid configuration in {dir}/config.yaml",
-        "data.interactions.colums: unknown key; remove it or check its spelling")),
-    Case("bad_config_value", "ingest", 2, (
-        "invalid configuration in {dir}/config.yaml (2 error(s))",
-        "validation.on_failure: Input should be 'fail', 'quarantine' or 'warn' (got 'sometimes')",
-        "validation.max_duplicate_rate: Input should be less than or equal to 1 (got 1.5)")),
-    Case("wrong_type", "validate", 3, (
-        "{dir}/ratings.csv row 3:", "ingest_issue=timestamp 'abc' is not a number",
-        "{dir}/ratings.csv row 7:", "ingest_issue=rating 'five' is not a number", VALIDATION_FIX),
-        failed_checks=("rows_parsed_cleanly", "timestamp_not_null")),
-    Case("nan_negative_ids", "validate", 3, (
-        "{dir}/ratings.csv row 2:", "ingest_issue=user id is missing",
-        "{dir}/ratings.csv row 8:", "ingest_issue=item id is missing", VALIDATION_FIX),
-        failed_checks=("rows_parsed_cleanly", "user_id_not_null", "item_id_not_null")),
-    Case("future_timestamps", "validate", 3, (
-        "timestamp_not_in_future", "2 rows", "{dir}/ratings.csv row 4:", "{dir}/ratings.csv row 9:",
-        "timestamp=2100-01-01T00:00:00+00:00", VALIDATION_FIX),
-        failed_checks=("timestamp_not_in_future",)),
-    Case("duplicate_events", "validate", 3, (
-        "duplicate_rate", "6 rows (50.00%)", "{dir}/ratings.csv row 7:", "duplicate_of={dir}/ratings.csv:1",
-        VALIDATION_FIX),
-        failed_checks=("duplicate_rate",)),
-    Case("items_missing_from_catalog", "validate", 3, (
-        "catalog_coverage", "6 rows (50.00%)", "{dir}/ratings.csv row 7: user_id=2, item_id=106", VALIDATION_FIX),
-        failed_checks=("catalog_coverage",)),
-    Case("brackets_in_values", "validate", 3, (
-        "{dir}/ratings.csv row 2: user_id=[/admin]", "timestamp 'yesterday' is not a number", VALIDATION_FIX),
-        failed_checks=("rows_parsed_cleanly", "timestamp_not_null")),
+    Case(
+        "missing_column",
+        "ingest",
+        3,
+        (
+            "{dir}/ratings.csv: column 'timestamp' (set by data.interactions.columns.timestamp) not found",
+            "Columns found: 'userId', 'movieId', 'rating'",
+            "Set data.interactions.columns.timestamp to one of the columns found, or fix the file",
+        ),
+    ),
+    Case(
+        "wrong_column_mapping",
+        "ingest",
+        3,
+        (
+            "{dir}/ratings.csv: column 'user_id' (set by data.interactions.columns.user) not found",
+            "Columns found: 'userId', 'movieId', 'rating', 'timestamp'",
+        ),
+    ),
+    Case(
+        "empty_file",
+        "ingest",
+        3,
+        ("{dir}/ratings.csv: file is empty", "point data.interactions.path at the right file"),
+    ),
+    Case(
+        "header_only",
+        "ingest",
+        3,
+        ("{dir}/ratings.csv: no rows (the file has a header but no data)", "data.interactions.path"),
+    ),
+    Case(
+        "non_utf8",
+        "ingest",
+        3,
+        (
+            "{dir}/ratings.csv: bytes that are not valid utf-8 text",
+            "set data.interactions.encoding to the file's encoding",
+        ),
+    ),
+    Case(
+        "truncated_gzip",
+        "ingest",
+        3,
+        ("{dir}/ratings.csv.gz: gzip data is truncated or corrupt", "re-compress the file"),
+    ),
+    Case(
+        "corrupt_parquet",
+        "ingest",
+        3,
+        ("{dir}/ratings.parquet: not a readable Parquet file", "set data.interactions.format"),
+    ),
+    Case(
+        "missing_file",
+        "ingest",
+        3,
+        ("data.interactions.path: '{dir}/no_such_ratings.csv' does not exist; fix the path",),
+    ),
+    Case(
+        "unknown_config_key",
+        "ingest",
+        2,
+        (
+            "invalid configuration in {dir}/config.yaml",
+            "data.interactions.colums: unknown key; remove it or check its spelling",
+        ),
+    ),
+    Case(
+        "bad_config_value",
+        "ingest",
+        2,
+        (
+            "invalid configuration in {dir}/config.yaml (2 error(s))",
+            "validation.on_failure: Input should be 'fail', 'quarantine' or 'warn' (got 'sometimes')",
+            "validation.max_duplicate_rate: Input should be less than or equal to 1 (got 1.5)",
+        ),
+    ),
+    Case(
+        "wrong_type",
+        "validate",
+        3,
+        (
+            "{dir}/ratings.csv row 3:",
+            "ingest_issue=timestamp 'abc' is not a number",
+            "{dir}/ratings.csv row 7:",
+            "ingest_issue=rating 'five' is not a number",
+            VALIDATION_FIX,
+        ),
+        failed_checks=("rows_parsed_cleanly", "timestamp_not_null"),
+    ),
+    Case(
+        "nan_negative_ids",
+        "validate",
+        3,
+        (
+            "{dir}/ratings.csv row 2:",
+            "ingest_issue=user id is missing",
+            "{dir}/ratings.csv row 8:",
+            "ingest_issue=item id is missing",
+            VALIDATION_FIX,
+        ),
+        failed_checks=("rows_parsed_cleanly", "user_id_not_null", "item_id_not_null"),
+    ),
+    Case(
+        "future_timestamps",
+        "validate",
+        3,
+        (
+            "timestamp_not_in_future",
+            "2 rows",
+            "{dir}/ratings.csv row 4:",
+            "{dir}/ratings.csv row 9:",
+            "timestamp=2100-01-01T00:00:00+00:00",
+            VALIDATION_FIX,
+        ),
+        failed_checks=("timestamp_not_in_future",),
+    ),
+    Case(
+        "duplicate_events",
+        "validate",
+        3,
+        (
+            "duplicate_rate",
+            "6 rows (50.00%)",
+            "{dir}/ratings.csv row 7:",
+            "duplicate_of={dir}/ratings.csv:1",
+            VALIDATION_FIX,
+        ),
+        failed_checks=("duplicate_rate",),
+    ),
+    Case(
+        "items_missing_from_catalog",
+        "validate",
+        3,
+        ("catalog_coverage", "6 rows (50.00%)", "{dir}/ratings.csv row 7: user_id=2, item_id=106", VALIDATION_FIX),
+        failed_checks=("catalog_coverage",),
+    ),
+    Case(
+        "brackets_in_values",
+        "validate",
+        3,
+        ("{dir}/ratings.csv row 2: user_id=[/admin]", "timestamp 'yesterday' is not a number", VALIDATION_FIX),
+        failed_checks=("rows_parsed_cleanly", "timestamp_not_null"),
+    ),
 ]
 
 
@@ -105,8 +200,7 @@ def test_corpus_has_a_test_for_every_case() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_bad_input_fails_with_a_helpful_message(case: Case, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_fails_with_a_helpful_message(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case_dir = CORPUS / case.name
     root = f"file://{tmp_path / 'store'}"
     store = FileStore(root)

@@ -69,8 +69,17 @@ def test_ranks_count_better_unseen_items_only(quality) -> None:
 
 def _cold(quality, label: str, ndcg10: list[float], ndcg100: list[float]):
     per_user = {"ndcg@10": np.array(ndcg10), f"ndcg@{quality.COLD_DEPTH}": np.array(ndcg100)}
-    return quality.ColdResult(label, {}, {"ndcg@10": 0.0}, {k: float(v.mean()) for k, v in per_user.items()},
-                              len(ndcg10), 0.0, 0.0, float("nan"), per_user)
+    return quality.ColdResult(
+        label,
+        {},
+        {"ndcg@10": 0.0},
+        {k: float(v.mean()) for k, v in per_user.items()},
+        len(ndcg10),
+        0.0,
+        0.0,
+        float("nan"),
+        per_user,
+    )
 
 
 def test_cold_check_needs_a_significant_deep_lead(quality) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_contract import two_block_interactions
 
+from model_contract import two_block_interactions
 from recloop.bundle import BundleFormat
 from recloop.config import PolicyConfig
 from recloop.errors import ArtifactError
@@ -38,12 +38,17 @@ def test_broken_bundles_name_the_file_and_the_step_to_re_run(tmp_path: Path) -> 
     with pytest.raises(ArtifactError, match=re.escape(f"{tmp_path} is not a widget bundle: widget.json is missing")):
         FORMAT.read_manifest(tmp_path)
     (tmp_path / "widget.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match=re.escape(f"{tmp_path / 'widget.json'} is corrupt (") + r".*\); "
-                       "re-run the widget step$"):
+    with pytest.raises(
+        ArtifactError,
+        match=re.escape(f"{tmp_path / 'widget.json'} is corrupt (") + r".*\); "
+        "re-run the widget step$",
+    ):
         FORMAT.read_manifest(tmp_path)
     (tmp_path / "arrays.safetensors").write_bytes(b"truncated")
-    with pytest.raises(ArtifactError, match=re.escape(f"{tmp_path / 'arrays.safetensors'} cannot be read (")
-                       + r".*\); re-run the widget step$"):
+    with pytest.raises(
+        ArtifactError,
+        match=re.escape(f"{tmp_path / 'arrays.safetensors'} cannot be read (") + r".*\); re-run the widget step$",
+    ):
         FORMAT.read_arrays(tmp_path)
 
 
@@ -56,10 +61,13 @@ def _saved_policy(path: Path) -> Path:
     return LinUCBPolicy(PolicyConfig(), space).save(path)
 
 
-@pytest.mark.parametrize(("save", "load", "manifest", "kind", "remedy"), [
-    (_saved_model, Recommender.load, "model.json", "model", "re-run the train step"),
-    (_saved_policy, LinUCBPolicy.load, "policy.json", "policy", "re-run the feedback step"),
-])
+@pytest.mark.parametrize(
+    ("save", "load", "manifest", "kind", "remedy"),
+    [
+        (_saved_model, Recommender.load, "model.json", "model", "re-run the train step"),
+        (_saved_policy, LinUCBPolicy.load, "policy.json", "policy", "re-run the feedback step"),
+    ],
+)
 def test_models_and_policies_share_the_bundle_errors(tmp_path: Path, save, load, manifest, kind, remedy) -> None:
     path = save(tmp_path / "bundle")
     (path / "arrays.safetensors").write_bytes(b"truncated")

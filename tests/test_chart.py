@@ -21,8 +21,11 @@ AIRFLOW_VALUES = REPO / "charts" / "airflow-values.yaml"
 KUBE_VERSION = "1.33.0"
 RELEASE, NAMESPACE = "rl", "ml"
 FULLNAME = "rl-recloop"
-SELECTOR = {"app.kubernetes.io/name": "recloop", "app.kubernetes.io/instance": RELEASE,
-            "app.kubernetes.io/component": "serve"}
+SELECTOR = {
+    "app.kubernetes.io/name": "recloop",
+    "app.kubernetes.io/instance": RELEASE,
+    "app.kubernetes.io/component": "serve",
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +92,16 @@ def test_helm_lint_strict_is_clean() -> None:
 
 def test_default_render_objects(chart: Any) -> None:
     objects = render(chart)
-    assert sorted(objects) == sorted([
-        ("ConfigMap", f"{FULLNAME}-config"), ("Deployment", FULLNAME), ("HorizontalPodAutoscaler", FULLNAME),
-        ("PodDisruptionBudget", FULLNAME), ("Service", FULLNAME), ("ServiceAccount", FULLNAME),
-    ])
+    assert sorted(objects) == sorted(
+        [
+            ("ConfigMap", f"{FULLNAME}-config"),
+            ("Deployment", FULLNAME),
+            ("HorizontalPodAutoscaler", FULLNAME),
+            ("PodDisruptionBudget", FULLNAME),
+            ("Service", FULLNAME),
+            ("ServiceAccount", FULLNAME),
+        ]
+    )
     for obj in objects.values():
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
@@ -110,10 +119,20 @@ def test_default_deployment_serves_with_probes_and_config(chart: Any) -> None:
     assert serve["image"] == "recloop:0.1.0"
     assert serve["args"] == ["serve", "--config", "/etc/recloop/config.yaml", "--host", "0.0.0.0", "--port", "8000"]
     assert serve["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    assert serve["livenessProbe"] == {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 0,
-                                      "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3}
-    assert serve["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": "http"}, "initialDelaySeconds": 0,
-                                       "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3}
+    assert serve["livenessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "initialDelaySeconds": 0,
+        "periodSeconds": 10,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+    assert serve["readinessProbe"] == {
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "initialDelaySeconds": 0,
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
     assert serve["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert serve["startupProbe"]["failureThreshold"] * serve["startupProbe"]["periodSeconds"] == 300
     assert serve["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
@@ -122,8 +141,10 @@ def test_default_deployment_serves_with_probes_and_config(chart: Any) -> None:
     # Config: the ConfigMap is mounted read-only where --config points.
     assert {"name": "config", "mountPath": "/etc/recloop", "readOnly": True} in serve["volumeMounts"]
     volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
-    assert volumes["config"]["configMap"] == {"name": f"{FULLNAME}-config",
-                                              "items": [{"key": "config.yaml", "path": "config.yaml"}]}
+    assert volumes["config"]["configMap"] == {
+        "name": f"{FULLNAME}-config",
+        "items": [{"key": "config.yaml", "path": "config.yaml"}],
+    }
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert len(annotations["checksum/config"]) == 64
 
@@ -131,10 +152,17 @@ def test_default_deployment_serves_with_probes_and_config(chart: Any) -> None:
 def test_default_pod_is_locked_down(chart: Any) -> None:
     objects = render(chart)
     spec = pod_spec(objects)
-    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                                       "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert container(objects)["securityContext"] == {
-        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
     # The only writable path on the read-only root filesystem: an emptyDir at /tmp.
@@ -154,10 +182,13 @@ def test_default_service_hpa_and_pdb(chart: Any) -> None:
     hpa = objects[("HorizontalPodAutoscaler", FULLNAME)]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
-    assert hpa["metrics"] == [{"type": "Resource", "resource": {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
-    assert objects[("PodDisruptionBudget", FULLNAME)]["spec"] == {"minAvailable": 1,
-                                                                  "selector": {"matchLabels": SELECTOR}}
+    assert hpa["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+    ]
+    assert objects[("PodDisruptionBudget", FULLNAME)]["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": SELECTOR},
+    }
 
 
 def test_configmap_holds_a_pipeline_config_recloop_accepts(chart: Any, tmp_path: Path) -> None:
@@ -184,7 +215,10 @@ def test_configmap_holds_a_pipeline_config_recloop_accepts(chart: Any, tmp_path:
     path.write_text(text)
     loaded = config.load(path, env={"RECLOOP_S3_SECRET": "from-a-secret"})
     assert (loaded.name, loaded.store.root, loaded.store.endpoint_url) == (
-        "movielens", "s3://recloop/movielens", "http://seaweedfs.storage:8333")
+        "movielens",
+        "s3://recloop/movielens",
+        "http://seaweedfs.storage:8333",
+    )
     assert loaded.store.secret_access_key.get_secret_value() == "from-a-secret"
     assert loaded.data.interactions.columns.user == "userId"
     assert loaded.data.interactions.format == "auto"
@@ -214,12 +248,15 @@ def test_autoscaling_off_uses_replica_count(chart: Any) -> None:
 
 
 def test_autoscaling_on_memory_too(chart: Any) -> None:
-    objects = render(chart, {"autoscaling": {"minReplicas": 3, "maxReplicas": 6,
-                                             "targetMemoryUtilizationPercentage": 80}})
+    objects = render(
+        chart, {"autoscaling": {"minReplicas": 3, "maxReplicas": 6, "targetMemoryUtilizationPercentage": 80}}
+    )
     hpa = objects[("HorizontalPodAutoscaler", FULLNAME)]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 6)
     assert [(m["resource"]["name"], m["resource"]["target"]["averageUtilization"]) for m in hpa["metrics"]] == [
-        ("cpu", 70), ("memory", 80)]
+        ("cpu", 70),
+        ("memory", 80),
+    ]
 
 
 def test_autoscaling_bounds_are_checked(chart: Any) -> None:
@@ -235,8 +272,10 @@ def test_pdb_options(chart: Any) -> None:
     objects = render(chart, {"podDisruptionBudget": {"enabled": False}})
     assert not any(kind == "PodDisruptionBudget" for kind, _ in objects)
     objects = render(chart, {"podDisruptionBudget": {"minAvailable": None, "maxUnavailable": "25%"}})
-    assert objects[("PodDisruptionBudget", FULLNAME)]["spec"] == {"maxUnavailable": "25%",
-                                                                  "selector": {"matchLabels": SELECTOR}}
+    assert objects[("PodDisruptionBudget", FULLNAME)]["spec"] == {
+        "maxUnavailable": "25%",
+        "selector": {"matchLabels": SELECTOR},
+    }
     with pytest.raises(helm.HelmError, match="set either minAvailable or maxUnavailable, not both"):
         chart.render({"podDisruptionBudget": {"maxUnavailable": 1}}, name=RELEASE, namespace=NAMESPACE)
 
@@ -252,10 +291,12 @@ def test_rbac_for_pod_based_steps(chart: Any) -> None:
         exec_rule,
     ]
     binding = objects[("RoleBinding", f"{FULLNAME}-pipeline")]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": f"{FULLNAME}-pipeline"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE},
-                                   airflow_worker]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": f"{FULLNAME}-pipeline",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}, airflow_worker]
     assert not any(kind in ("Role", "RoleBinding") for kind, _ in render(chart))  # off by default
 
 
@@ -264,25 +305,37 @@ def test_existing_service_account(chart: Any) -> None:
     assert not any(kind == "ServiceAccount" for kind, _ in objects)
     assert pod_spec(objects)["serviceAccountName"] == "ml-runner"
     assert objects[("RoleBinding", f"{FULLNAME}-pipeline")]["subjects"] == [
-        {"kind": "ServiceAccount", "name": "ml-runner", "namespace": NAMESPACE}]
-    objects = render(chart, {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"}}})
+        {"kind": "ServiceAccount", "name": "ml-runner", "namespace": NAMESPACE}
+    ]
+    objects = render(
+        chart, {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"}}}
+    )
     assert objects[("ServiceAccount", FULLNAME)]["metadata"]["annotations"] == {
-        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"}
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"
+    }
 
 
 def test_existing_secrets_for_s3_api_keys_and_hmac_key(chart: Any) -> None:
-    objects = render(chart, {"s3": {"existingSecret": "recloop-s3"},
-                             "apiKeys": {"existingSecret": "recloop-api", "secretKey": "keys"},
-                             "userHmacKey": {"existingSecret": "recloop-hmac"}})
+    objects = render(
+        chart,
+        {
+            "s3": {"existingSecret": "recloop-s3"},
+            "apiKeys": {"existingSecret": "recloop-api", "secretKey": "keys"},
+            "userHmacKey": {"existingSecret": "recloop-hmac"},
+        },
+    )
     assert container(objects)["env"] == [
-        {"name": "AWS_ACCESS_KEY_ID",
-         "valueFrom": {"secretKeyRef": {"name": "recloop-s3", "key": "AWS_ACCESS_KEY_ID"}}},
-        {"name": "AWS_SECRET_ACCESS_KEY",
-         "valueFrom": {"secretKeyRef": {"name": "recloop-s3", "key": "AWS_SECRET_ACCESS_KEY"}}},
+        {
+            "name": "AWS_ACCESS_KEY_ID",
+            "valueFrom": {"secretKeyRef": {"name": "recloop-s3", "key": "AWS_ACCESS_KEY_ID"}},
+        },
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "recloop-s3", "key": "AWS_SECRET_ACCESS_KEY"}},
+        },
         {"name": "RECLOOP_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "recloop-api", "key": "keys"}}},
         # recloop serve refuses to start without the pseudonymization key: the chart must be able to pass it.
-        {"name": "RECLOOP_USER_HMAC_KEY",
-         "valueFrom": {"secretKeyRef": {"name": "recloop-hmac", "key": "hmac-key"}}},
+        {"name": "RECLOOP_USER_HMAC_KEY", "valueFrom": {"secretKeyRef": {"name": "recloop-hmac", "key": "hmac-key"}}},
     ]
     # Secret values never end up in rendered objects: the chart only references the Secrets.
     assert not any(kind == "Secret" for kind, _ in objects)
@@ -290,39 +343,75 @@ def test_existing_secrets_for_s3_api_keys_and_hmac_key(chart: Any) -> None:
 
 def test_resources_and_extra_env(chart: Any) -> None:
     resources = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi", "nvidia.com/gpu": 1}}
-    extra_env = [{"name": "RECLOOP_LOG_LEVEL", "value": "debug"},
-                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    extra_env = [
+        {"name": "RECLOOP_LOG_LEVEL", "value": "debug"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
     extra_env_from = [{"configMapRef": {"name": "recloop-tuning"}}]
-    objects = render(chart, {"resources": resources, "extraEnv": extra_env, "extraEnvFrom": extra_env_from,
-                             "s3": {"existingSecret": "recloop-s3"}, "serve": {"extraArgs": ["--workers", "2"]}})
+    objects = render(
+        chart,
+        {
+            "resources": resources,
+            "extraEnv": extra_env,
+            "extraEnvFrom": extra_env_from,
+            "s3": {"existingSecret": "recloop-s3"},
+            "serve": {"extraArgs": ["--workers", "2"]},
+        },
+    )
     serve = container(objects)
     assert serve["resources"] == resources
-    assert [e["name"] for e in serve["env"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RECLOOP_LOG_LEVEL",
-                                                 "POD_NAME"]
+    assert [e["name"] for e in serve["env"]] == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "RECLOOP_LOG_LEVEL",
+        "POD_NAME",
+    ]
     assert serve["env"][2:] == extra_env
     assert serve["envFrom"] == extra_env_from
     assert serve["args"][-2:] == ["--workers", "2"]
 
 
 def test_ingress(chart: Any) -> None:
-    objects = render(chart, {"ingress": {"enabled": True, "className": "nginx", "host": "reco.example.org",
-                                         "tlsSecretName": "reco-tls",
-                                         "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}}})
+    objects = render(
+        chart,
+        {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "host": "reco.example.org",
+                "tlsSecretName": "reco-tls",
+                "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+            }
+        },
+    )
     ingress = objects[("Ingress", FULLNAME)]
     assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
     assert ingress["spec"] == {
         "ingressClassName": "nginx",
         "tls": [{"hosts": ["reco.example.org"], "secretName": "reco-tls"}],
-        "rules": [{"host": "reco.example.org", "http": {"paths": [{
-            "path": "/", "pathType": "Prefix",
-            "backend": {"service": {"name": FULLNAME, "port": {"name": "http"}}}}]}}],
+        "rules": [
+            {
+                "host": "reco.example.org",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": FULLNAME, "port": {"name": "http"}}},
+                        }
+                    ]
+                },
+            }
+        ],
     }
     assert not any(kind == "Ingress" for kind, _ in render(chart))
 
 
 def test_existing_configmap_and_custom_mount(chart: Any) -> None:
-    objects = render(chart, {"config": {"existingConfigMap": "movielens-pipeline", "fileName": "movielens.yaml",
-                                        "mountPath": "/config"}})
+    objects = render(
+        chart,
+        {"config": {"existingConfigMap": "movielens-pipeline", "fileName": "movielens.yaml", "mountPath": "/config"}},
+    )
     assert not any(kind == "ConfigMap" for kind, _ in objects)
     serve = container(objects)
     assert serve["args"][:3] == ["serve", "--config", "/config/movielens.yaml"]
@@ -333,24 +422,45 @@ def test_existing_configmap_and_custom_mount(chart: Any) -> None:
 
 
 def test_image_tag_and_digest(chart: Any) -> None:
-    assert container(render(chart, {"image": {"repository": "registry.example.org/ml/recloop",
-                                              "tag": "0.2.0"}}))["image"] == "registry.example.org/ml/recloop:0.2.0"
+    assert (
+        container(render(chart, {"image": {"repository": "registry.example.org/ml/recloop", "tag": "0.2.0"}}))["image"]
+        == "registry.example.org/ml/recloop:0.2.0"
+    )
     digest = "sha256:" + "ab" * 32
-    objects = render(chart, {"image": {"tag": "0.2.0", "digest": digest, "pullPolicy": "Always"},
-                             "imagePullSecrets": [{"name": "regcred"}]})
+    objects = render(
+        chart,
+        {
+            "image": {"tag": "0.2.0", "digest": digest, "pullPolicy": "Always"},
+            "imagePullSecrets": [{"name": "regcred"}],
+        },
+    )
     assert (container(objects)["image"], container(objects)["imagePullPolicy"]) == (f"recloop@{digest}", "Always")
     assert pod_spec(objects)["imagePullSecrets"] == [{"name": "regcred"}]
 
 
 def test_scheduling_options(chart: Any) -> None:
     toleration = {"key": "ml", "operator": "Equal", "value": "serve", "effect": "NoSchedule"}
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cpu"]}]}]}}}
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cpu"]}]}]
+            }
+        }
+    }
     spread = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
-    objects = render(chart, {"nodeSelector": {"pool": "cpu"}, "tolerations": [toleration], "affinity": affinity,
-                             "topologySpreadConstraints": [spread], "priorityClassName": "serving",
-                             "podAnnotations": {"prometheus.io/scrape": "true"}, "podLabels": {"team": "reco"},
-                             "tmpDir": {"medium": "Memory", "sizeLimit": "512Mi"}})
+    objects = render(
+        chart,
+        {
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [toleration],
+            "affinity": affinity,
+            "topologySpreadConstraints": [spread],
+            "priorityClassName": "serving",
+            "podAnnotations": {"prometheus.io/scrape": "true"},
+            "podLabels": {"team": "reco"},
+            "tmpDir": {"medium": "Memory", "sizeLimit": "512Mi"},
+        },
+    )
     spec = pod_spec(objects)
     assert spec["nodeSelector"] == {"pool": "cpu"}
     assert spec["tolerations"] == [toleration]
@@ -376,8 +486,10 @@ def test_scheduling_options(chart: Any) -> None:
         ("autoscaling:\n  targetCPU: 50\n", "additional properties 'targetCPU' not allowed"),
         ("extraEnv:\n  - name: A\n    vaule: b\n", "additional properties 'vaule' not allowed"),
         ("securityContext:\n  privileged: true\n", "additional properties 'privileged' not allowed"),
-        ("rbac:\n  extraSubjects:\n    - {kind: ServiceAccount, name: w, namspace: airflow}\n",
-         "additional properties 'namspace' not allowed"),
+        (
+            "rbac:\n  extraSubjects:\n    - {kind: ServiceAccount, name: w, namspace: airflow}\n",
+            "additional properties 'namspace' not allowed",
+        ),
     ],
 )
 def test_values_file_with_unknown_key_fails_rendering(chart: Any, text: str, message: str) -> None:
@@ -411,7 +523,9 @@ def test_values_with_wrong_types_fail_rendering(chart: Any, values: dict[str, An
 # Kubernetes structures passed through verbatim (their keys are checked by the API server, and by the
 # Kubernetes schema validation of every render here).
 FREE_FORM = {
-    "affinity.nodeAffinity", "affinity.podAffinity", "affinity.podAntiAffinity",
+    "affinity.nodeAffinity",
+    "affinity.podAffinity",
+    "affinity.podAntiAffinity",
     "$defs.topologySpreadConstraint.labelSelector",
 }
 

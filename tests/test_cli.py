@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import pytest
-from conftest import S3Server
 
+from conftest import S3Server
 from recloop.artifacts import Artifact
 from recloop.cli import main
 from recloop.commands import step as step_cmd
@@ -112,9 +113,22 @@ def test_ingest_prints_uri_and_summary_then_reuses(tmp_path: Path, capsys: pytes
 def test_set_since_and_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _write_config(tmp_path)
     other_root = f"file://{tmp_path / 'elsewhere'}"
-    code, out, err = _run(capsys, "step", "ingest", "-c", str(cfg), "--run-id", "r2",
-                          "--set", f"store.root={other_root}", "--since", "2023-11-14T22:15:00",
-                          "--output", f"{other_root}/custom/ingest", "--json")
+    code, out, err = _run(
+        capsys,
+        "step",
+        "ingest",
+        "-c",
+        str(cfg),
+        "--run-id",
+        "r2",
+        "--set",
+        f"store.root={other_root}",
+        "--since",
+        "2023-11-14T22:15:00",
+        "--output",
+        f"{other_root}/custom/ingest",
+        "--json",
+    )
     assert code == 0, err
     brief = json.loads(out)
     assert brief["uri"] == f"{other_root}/custom/ingest"
@@ -127,8 +141,17 @@ def test_input_override_reads_another_runs_artifact(tmp_path: Path, capsys: pyte
     cfg = _write_config(tmp_path)
     store_uri = f"file://{tmp_path / 'store'}"
     assert _run(capsys, "step", "ingest", "-c", str(cfg), "--run-id", "source-run")[0] == 0
-    code, out, err = _run(capsys, "step", "validate", "-c", str(cfg), "--run-id", "other-run",
-                          "--input", f"ingest={store_uri}/runs/source-run/ingest/")
+    code, out, err = _run(
+        capsys,
+        "step",
+        "validate",
+        "-c",
+        str(cfg),
+        "--run-id",
+        "other-run",
+        "--input",
+        f"ingest={store_uri}/runs/source-run/ingest/",
+    )
     assert code == 0, err
     assert out.splitlines()[0] == f"{store_uri}/runs/other-run/validate"
     store = FileStore(store_uri)
@@ -147,15 +170,19 @@ def test_missing_upstream_artifact_is_explained(tmp_path: Path, capsys: pytest.C
 # ---------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--since", "yesterday"], "'yesterday' is not an ISO-8601 time"),
-    (["--input", "train=file:///x"], "'train' is not an input of validate; its inputs: ingest"),
-    (["--input", "ingest"], "expected ROLE=URI"),
-    (["--set", "validation.on_failure=explode"], "validation.on_failure"),
-    (["--set", "validation.bogus_key=1"], "validation.bogus_key: unknown key; remove it or check its spelling"),
-])
-def test_bad_arguments_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
-                                            expected: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--since", "yesterday"], "'yesterday' is not an ISO-8601 time"),
+        (["--input", "train=file:///x"], "'train' is not an input of validate; its inputs: ingest"),
+        (["--input", "ingest"], "expected ROLE=URI"),
+        (["--set", "validation.on_failure=explode"], "validation.on_failure"),
+        (["--set", "validation.bogus_key=1"], "validation.bogus_key: unknown key; remove it or check its spelling"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
     cfg = _write_config(tmp_path)
     code, _, err = _run(capsys, "step", "validate", "-c", str(cfg), "--run-id", "r1", *args)
     assert code == 2
@@ -177,8 +204,13 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     """The installed `recloop` entry point: exit status and a one-message error, no traceback."""
     cfg = _write_config(tmp_path, extra="validation:\n  on_failure: sometimes\n")
     recloop = Path(sys.executable).parent / "recloop"
-    proc = subprocess.run([str(recloop), "step", "ingest", "-c", str(cfg), "--run-id", "r1"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [str(recloop), "step", "ingest", "-c", str(cfg), "--run-id", "r1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 2
     assert "validation.on_failure" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
@@ -190,17 +222,36 @@ def test_step_on_s3_store(tmp_path: Path, capsys: pytest.CaptureFixture[str], s3
 
     cfg = _write_config(tmp_path)
     bucket = s3_server.new_bucket()
-    overrides = ["--set", f"store.root=s3://{bucket}/pipelines", "--set", f"store.endpoint_url={s3_server.endpoint_url}",
-                 "--set", f"store.access_key_id={s3_server.access_key}",
-                 "--set", f"store.secret_access_key={s3_server.secret_key}", "--set", "store.region=us-east-1"]
+    overrides = [
+        "--set",
+        f"store.root=s3://{bucket}/pipelines",
+        "--set",
+        f"store.endpoint_url={s3_server.endpoint_url}",
+        "--set",
+        f"store.access_key_id={s3_server.access_key}",
+        "--set",
+        f"store.secret_access_key={s3_server.secret_key}",
+        "--set",
+        "store.region=us-east-1",
+    ]
     code, out, err = _run(capsys, "step", "ingest", "-c", str(cfg), "--run-id", "s3run", *overrides)
     assert code == 0, err
     assert out.splitlines()[0] == f"s3://{bucket}/pipelines/runs/s3run/ingest"
     store = S3Store(s3_server.store_config(bucket, prefix="pipelines"))
     art = Artifact.open(store, "runs/s3run/ingest")
     assert len(art.read_parquet("interactions.parquet")) == 6
-    code, _, err = _run(capsys, "step", "ingest", "-c", str(cfg), "--run-id", "s3run", *overrides,
-                        "--set", "store.secret_access_key=wrong")
+    code, _, err = _run(
+        capsys,
+        "step",
+        "ingest",
+        "-c",
+        str(cfg),
+        "--run-id",
+        "s3run",
+        *overrides,
+        "--set",
+        "store.secret_access_key=wrong",
+    )
     assert code == 1
     assert re.search(r"access denied \(\w+\); check store credentials", err)
 
@@ -255,11 +306,12 @@ def test_progress_is_quiet_off_a_terminal() -> None:
 
 
 def test_parse_helpers() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    assert step_cmd.parse_since("2024-05-01") == datetime(2024, 5, 1, tzinfo=timezone.utc)
+    assert step_cmd.parse_since("2024-05-01") == datetime(2024, 5, 1, tzinfo=UTC)
     assert step_cmd.parse_since("2024-05-01T12:00:00+02:00").utcoffset().total_seconds() == 7200  # type: ignore[union-attr]
     assert step_cmd.parse_since(None) is None
     assert step_cmd.parse_inputs(["ingest=s3://b/runs/r/ingest/"], ("ingest",), "validate") == {
-        "ingest": "s3://b/runs/r/ingest"}
+        "ingest": "s3://b/runs/r/ingest"
+    }
     assert step_cmd.parse_inputs(None, ("ingest",), "validate") == {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_config, make_context, write_ingest_artifact
 
+from helpers import make_config, make_context, write_ingest_artifact
 from recloop.artifacts import Artifact
 from recloop.steps import preprocess
 
@@ -18,9 +18,14 @@ def _events() -> pd.DataFrame:
 
 
 def test_cold_items_have_ids_but_no_train_or_valid_events(tmp_path):
-    cfg = make_config(tmp_path / "store", {"preprocess.min_user_interactions": 1,
-                                           "evaluation.cold_start.item_share": 0.2,
-                                           "evaluation.cold_start.seed": 3})
+    cfg = make_config(
+        tmp_path / "store",
+        {
+            "preprocess.min_user_interactions": 1,
+            "evaluation.cold_start.item_share": 0.2,
+            "evaluation.cold_start.seed": 3,
+        },
+    )
     ctx = make_context(cfg)
     ingest_uri = write_ingest_artifact(ctx.store, "r1", _events())
     manifest = preprocess.run(ctx, {"ingest": ingest_uri}, ctx.store.uri("runs/r1/preprocess"))
@@ -44,12 +49,16 @@ def test_cold_items_have_ids_but_no_train_or_valid_events(tmp_path):
 def test_same_seed_same_cold_items(tmp_path):
     picks = []
     for i in range(2):
-        cfg = make_config(tmp_path / f"s{i}", {"preprocess.min_user_interactions": 1,
-                                               "evaluation.cold_start.item_share": 0.3})
+        cfg = make_config(
+            tmp_path / f"s{i}", {"preprocess.min_user_interactions": 1, "evaluation.cold_start.item_share": 0.3}
+        )
         ctx = make_context(cfg)
-        preprocess.run(ctx, {"ingest": write_ingest_artifact(ctx.store, "r1", _events())},
-                       ctx.store.uri("runs/r1/preprocess"))
-        picks.append(Artifact.open(ctx.store, "runs/r1/preprocess").read_parquet("cold_items.parquet")["item_id"].tolist())
+        preprocess.run(
+            ctx, {"ingest": write_ingest_artifact(ctx.store, "r1", _events())}, ctx.store.uri("runs/r1/preprocess")
+        )
+        picks.append(
+            Artifact.open(ctx.store, "runs/r1/preprocess").read_parquet("cold_items.parquet")["item_id"].tolist()
+        )
     assert picks[0] == picks[1] and len(picks[0]) == 3
     assert np.all([p.startswith("i") for p in picks[0]])
 
@@ -67,28 +76,46 @@ def cold_start_metrics(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("cold")
     synth.generate(n_users=300, n_items=200, seed=1, events_per_user=30).write(root / "data")
-    cfg = config.from_dict({
-        "name": "cold",
-        "store": {"root": f"file://{root / 'store'}"},
-        "data": {
-            "interactions": {"path": str(root / "data" / "interactions.csv"),
-                             "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp",
-                                         "rating": "rating"}},
-            "items": {"path": str(root / "data" / "items.csv"), "id": "item_id", "category": "category",
-                      "text": "{title}. {category}. {description}"},
-        },
-        "preprocess": {"min_user_interactions": 3},
-        "evaluation": {"k": [10], "primary": "ndcg@10", "bootstrap": 20,
-                       "cold_start": {"item_share": 0.15, "seed": 0}},
-        "models": [
-            {"type": "popularity"},
-            {"type": "ease", "lambda": 50},
-            {"type": "sasrec", "dim": 32, "heads": 2, "layers": 1, "max_len": 20, "epochs": 4},
-            {"type": "text_knn"},
-            {"type": "text_sasrec", "dim": 32, "heads": 2, "layers": 1, "max_len": 20, "epochs": 15,
-             "batch_size": 32},
-        ],
-    })
+    cfg = config.from_dict(
+        {
+            "name": "cold",
+            "store": {"root": f"file://{root / 'store'}"},
+            "data": {
+                "interactions": {
+                    "path": str(root / "data" / "interactions.csv"),
+                    "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"},
+                },
+                "items": {
+                    "path": str(root / "data" / "items.csv"),
+                    "id": "item_id",
+                    "category": "category",
+                    "text": "{title}. {category}. {description}",
+                },
+            },
+            "preprocess": {"min_user_interactions": 3},
+            "evaluation": {
+                "k": [10],
+                "primary": "ndcg@10",
+                "bootstrap": 20,
+                "cold_start": {"item_share": 0.15, "seed": 0},
+            },
+            "models": [
+                {"type": "popularity"},
+                {"type": "ease", "lambda": 50},
+                {"type": "sasrec", "dim": 32, "heads": 2, "layers": 1, "max_len": 20, "epochs": 4},
+                {"type": "text_knn"},
+                {
+                    "type": "text_sasrec",
+                    "dim": 32,
+                    "heads": 2,
+                    "layers": 1,
+                    "max_len": 20,
+                    "epochs": 15,
+                    "batch_size": 32,
+                },
+            ],
+        }
+    )
     ctx = StepContext.from_config(cfg, "cold-1")
     run_pipeline(ctx, steps=("ingest", "validate", "preprocess", "train", "evaluate"))
     return Artifact.open(ctx.store, "runs/cold-1/evaluate").read_json("metrics.json")

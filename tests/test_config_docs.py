@@ -23,7 +23,8 @@ def test_every_config_field_has_a_description() -> None:
     missing = docs.missing_descriptions()
     assert not missing, (
         f"{len(missing)} config field(s) have no description; add `description=` to their Field (it feeds "
-        f"docs/config.md, docs/models.md and the JSON schema): {', '.join(missing)}")
+        f"docs/config.md, docs/models.md and the JSON schema): {', '.join(missing)}"
+    )
 
 
 def test_the_description_check_walks_nested_lists_maps_and_unions() -> None:
@@ -38,11 +39,15 @@ def test_the_description_check_walks_nested_lists_maps_and_unions() -> None:
         leaves: list[Leaf] = Field(default_factory=list, description="A list of leaves.")
         by_name: dict[str, Other] | None = Field(None, description="A map of others.")
         either: Annotated[Union[Leaf, Other], Field(union_mode="left_to_right")] = Field(  # noqa: UP007
-            Leaf(), description="One or the other.")
+            Leaf(), description="One or the other."
+        )
         plain: bool = True
 
     assert [m.rsplit("<locals>.", 1)[-1] for m in docs.missing_descriptions(Root)] == [
-        "Root.plain", "Leaf.bare", "Other.hidden"]
+        "Root.plain",
+        "Leaf.bare",
+        "Other.hidden",
+    ]
     assert [path for path, _ in docs.sections(Root)] == ["", "leaves[]", "by_name.*", "either", "either"]
 
 
@@ -51,21 +56,29 @@ def test_the_walk_reaches_every_model_config_and_nested_section() -> None:
     for cls in (*MODEL_CONFIG_TYPES, EncoderConfig, ChatEndpoint):
         assert cls in found, cls
     paths = [path for path, _ in docs.sections()]
-    assert {"models[type=ease]", "models[type=text_sasrec].encoder", "execution.kubernetes.tolerations[]",
-            "execution.steps.*.tolerations[]", "serving.logs", "policy.gate"} <= set(paths)
+    assert {
+        "models[type=ease]",
+        "models[type=text_sasrec].encoder",
+        "execution.kubernetes.tolerations[]",
+        "execution.steps.*.tolerations[]",
+        "serving.logs",
+        "policy.gate",
+    } <= set(paths)
 
 
 def test_committed_docs_equal_the_generated_ones() -> None:
     stale = docs.stale_docs(REPO)
-    assert not stale, (f"{', '.join(str(p.relative_to(REPO)) for p in stale)} differ from what the config classes "
-                       f"give; run `{docs.REGENERATE}` (or `make docs`) and commit the result")
+    assert not stale, (
+        f"{', '.join(str(p.relative_to(REPO)) for p in stale)} differ from what the config classes "
+        f"give; run `{docs.REGENERATE}` (or `make docs`) and commit the result"
+    )
 
 
 def test_config_reference_lists_every_section_field_with_type_default_and_description() -> None:
     text = docs.render_config_reference()
     assert "| `max_attempts` | int | `5` | Attempts per operation, the first included. |" in text
     assert "| `future_tolerance` | duration | `86400s` | Allowed clock skew into the future. |" in text
-    assert "| `on_failure` | \"fail\" \\| \"quarantine\" \\| \"warn\" | `\"fail\"` |" in text
+    assert '| `on_failure` | "fail" \\| "quarantine" \\| "warn" | `"fail"` |' in text
     assert "## `execution.kubernetes.tolerations[]`" in text and "`execution.steps.*.tolerations[]`" in text
     # A class met at several paths is documented once, naming the other places.
     assert text.count("## `execution.resources`") == 1 and "## `execution.steps.*.resources`" not in text
@@ -82,7 +95,8 @@ def test_models_doc_tables_use_yaml_keys_and_keep_the_prose(tmp_path: Path) -> N
     assert "`max_len`" in tables["sasrec"] and "`seed`" not in tables["sasrec"]
     text = "Intro prose.\n" + "".join(
         f"\n## {name}\nHand-written.\n<!-- BEGIN GENERATED: {name} -->\nold table\n<!-- END GENERATED -->\nAfter.\n"
-        for name in tables)
+        for name in tables
+    )
     rendered = docs.render_models_doc(text)
     assert "old table" not in rendered and rendered.count("Hand-written.") == len(tables)
     assert rendered.startswith("Intro prose.\n") and rendered.count("After.") == len(tables)

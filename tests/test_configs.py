@@ -72,15 +72,19 @@ def test_movielens_config_points_at_the_shared_dataset() -> None:
 def test_unknown_key_names_the_exact_path(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", {**MINIMAL, "validation": {"max_dupe_rate": 0.1}})
     assert errors_of(path) == [
-        "validation.max_dupe_rate: unknown key; remove it or check its spelling (see `recloop config schema`) "
-        "(got 0.1)"
+        "validation.max_dupe_rate: unknown key; remove it or check its spelling (see `recloop config schema`) (got 0.1)"
     ]
 
 
 def test_wrong_type_shows_what_was_given(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", {**MINIMAL, "validation": {"min_rows": "lots"},
-                                       "data": {"interactions": {"path": "e.csv", "timestamp_unit": "days"},
-                                                "chunk_rows": 10}})
+    path = write(
+        tmp_path / "c.yaml",
+        {
+            **MINIMAL,
+            "validation": {"min_rows": "lots"},
+            "data": {"interactions": {"path": "e.csv", "timestamp_unit": "days"}, "chunk_rows": 10},
+        },
+    )
     assert errors_of(path) == [
         "data.interactions.timestamp_unit: Input should be 's', 'ms', 'us', 'ns' or 'iso' (got 'days')",
         "data.chunk_rows: Input should be greater than or equal to 1000 (got 10)",
@@ -118,9 +122,13 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
 
 
 def test_env_vars_expand_in_secret_fields(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.yaml", {**MINIMAL, "store": {"root": "s3://bucket/p",
-                                                            "access_key_id": "${KEY_ID}",
-                                                            "secret_access_key": "pre-${SECRET}-post"}})
+    path = write(
+        tmp_path / "c.yaml",
+        {
+            **MINIMAL,
+            "store": {"root": "s3://bucket/p", "access_key_id": "${KEY_ID}", "secret_access_key": "pre-${SECRET}-post"},
+        },
+    )
     cfg = config.load(path, env={"KEY_ID": "AKIA1", "SECRET": "s3cr3t"})
     assert cfg.store.access_key_id is not None and cfg.store.access_key_id.get_secret_value() == "AKIA1"
     assert cfg.store.secret_access_key is not None
@@ -150,18 +158,24 @@ def test_unset_env_var_in_a_secret_is_an_error(tmp_path: Path) -> None:
 
 
 def test_extends_deep_merges_and_resolves_paths_per_file(tmp_path: Path) -> None:
-    write(tmp_path / "base" / "base.yaml", {
-        "name": "base",
-        "store": {"root": "file://store"},
-        "data": {"interactions": {"path": "data/events.csv", "columns": {"user": "uid", "item": "iid"}}},
-        "validation": {"on_failure": "quarantine", "min_rows": 10},
-    })
-    child = write(tmp_path / "team" / "child.yaml", {
-        "extends": "../base/base.yaml",
-        "name": "child",
-        "data": {"interactions": {"columns": {"item": "movie"}}},
-        "validation": {"min_rows": 50},
-    })
+    write(
+        tmp_path / "base" / "base.yaml",
+        {
+            "name": "base",
+            "store": {"root": "file://store"},
+            "data": {"interactions": {"path": "data/events.csv", "columns": {"user": "uid", "item": "iid"}}},
+            "validation": {"on_failure": "quarantine", "min_rows": 10},
+        },
+    )
+    child = write(
+        tmp_path / "team" / "child.yaml",
+        {
+            "extends": "../base/base.yaml",
+            "name": "child",
+            "data": {"interactions": {"columns": {"item": "movie"}}},
+            "validation": {"min_rows": 50},
+        },
+    )
     cfg = config.load(child, env={})
     assert cfg.name == "child"
     assert (cfg.data.interactions.columns.user, cfg.data.interactions.columns.item) == ("uid", "movie")
@@ -179,8 +193,7 @@ def test_extends_cycle_is_reported(tmp_path: Path) -> None:
 
 def test_set_overrides_win_over_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", {**MINIMAL, "evaluation": {"k": [10]}})
-    cfg = config.load(path, ["evaluation.k=[20, 5, 10]", "validation.on_failure=warn", "data.chunk_rows=5000"],
-                      env={})
+    cfg = config.load(path, ["evaluation.k=[20, 5, 10]", "validation.on_failure=warn", "data.chunk_rows=5000"], env={})
     assert cfg.evaluation.k == [5, 10, 20]
     assert cfg.validation.on_failure == "warn"
     assert cfg.data.chunk_rows == 5000
@@ -189,8 +202,7 @@ def test_set_overrides_win_over_the_file(tmp_path: Path) -> None:
 def test_set_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", MINIMAL)
     assert errors_of(path, ["validation.max_dupe_rate=0.1"]) == [
-        "validation.max_dupe_rate: unknown key; remove it or check its spelling (see `recloop config schema`) "
-        "(got 0.1)"
+        "validation.max_dupe_rate: unknown key; remove it or check its spelling (see `recloop config schema`) (got 0.1)"
     ]
     with pytest.raises(ConfigError) as exc:
         config.load(path, ["evaluation.k"], env={})
@@ -207,15 +219,18 @@ def test_cli_set_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path / "conf" / "c.yaml", {
-        "name": "t",
-        "store": {"root": "file://../store"},
-        "data": {
-            "interactions": {"path": "../raw/events-*.csv.gz"},
-            "items": {"path": "catalog.parquet", "tags": {"path": "s3://bucket/tags.csv"}},
-            "users": {"path": "/abs/users.csv"},
+    path = write(
+        tmp_path / "conf" / "c.yaml",
+        {
+            "name": "t",
+            "store": {"root": "file://../store"},
+            "data": {
+                "interactions": {"path": "../raw/events-*.csv.gz"},
+                "items": {"path": "catalog.parquet", "tags": {"path": "s3://bucket/tags.csv"}},
+                "users": {"path": "/abs/users.csv"},
+            },
         },
-    })
+    )
     monkeypatch.chdir("/")  # the working directory must not matter
     cfg = config.load(path, env={})
     assert cfg.store.root == f"file://{tmp_path / 'store'}"

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import S3Server
 
+from conftest import S3Server
 from recloop.artifacts import MANIFEST, Artifact
 from recloop.errors import ArtifactError
 from recloop.store import S3Store
@@ -128,8 +128,11 @@ def test_killed_writer_never_exposes_a_half_artifact(s3_server: S3Server, tmp_pa
     store = S3Store(store_cfg)
     config: dict[str, Any] = {
         "name": "crash-test",
-        "store": {**store_cfg.model_dump(mode="json"), "access_key_id": s3_server.access_key,
-                  "secret_access_key": s3_server.secret_key},
+        "store": {
+            **store_cfg.model_dump(mode="json"),
+            "access_key_id": s3_server.access_key,
+            "secret_access_key": s3_server.secret_key,
+        },
         "data": {"interactions": {"path": "/nonexistent/events.csv"}},
     }
     params = tmp_path / "params.json"
@@ -143,8 +146,9 @@ def test_killed_writer_never_exposes_a_half_artifact(s3_server: S3Server, tmp_pa
     reader.start()
     try:
         # 1. Kill the writer while file KILL_DURING_FILE is being uploaded (a multipart upload in flight).
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         assert child.stdout is not None
         _read_until(child.stdout, f"uploading {KILL_DURING_FILE}", timeout_s=120)
         time.sleep(0.05)

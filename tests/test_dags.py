@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -47,8 +47,12 @@ BASE = """
 
 
 def config_text(name: str, execution: str = "", extra: str = "") -> str:
-    return f"name: {name}\n" + textwrap.dedent(BASE) + textwrap.dedent(extra) + (
-        "execution:\n" + textwrap.indent(textwrap.dedent(execution), "  ") if execution else "")
+    return (
+        f"name: {name}\n"
+        + textwrap.dedent(BASE)
+        + textwrap.dedent(extra)
+        + ("execution:\n" + textwrap.indent(textwrap.dedent(execution), "  ") if execution else "")
+    )
 
 
 KUBERNETES = """
@@ -135,8 +139,14 @@ def test_dagbag_parses_every_execution_mode_in_under_2s(mode_configs, monkeypatc
     provider_loaded_before = kubernetes_provider in sys.modules
     bag = dagbag(mode_configs, monkeypatch)
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["boxed_feedback", "boxed_train", "cluster_feedback", "cluster_train",
-                                   "local_feedback", "local_train"]
+    assert sorted(bag.dag_ids) == [
+        "boxed_feedback",
+        "boxed_train",
+        "cluster_feedback",
+        "cluster_train",
+        "local_feedback",
+        "local_train",
+    ]
     assert parse_seconds(bag) < PARSE_BUDGET_S
     assert type(bag.dags["cluster_train"].get_task("data.ingest")).__name__ == "RecloopPodOperator"
     assert type(bag.dags["boxed_train"].get_task("data.ingest")).__name__ == "RecloopDockerOperator"
@@ -147,13 +157,19 @@ def test_dagbag_parses_every_execution_mode_in_under_2s(mode_configs, monkeypatc
 def test_parsing_needs_no_secrets_and_touches_no_store(tmp_path, monkeypatch):
     monkeypatch.delenv("RECLOOP_TEST_UNSET_KEY", raising=False)
     folder = tmp_path / "configs"
-    write(folder / "s3.yaml", config_text("s3pipe", extra="""
+    write(
+        folder / "s3.yaml",
+        config_text(
+            "s3pipe",
+            extra="""
         store:
           root: s3://no-such-bucket/prefix
           endpoint_url: http://127.0.0.1:9
           access_key_id: ${RECLOOP_TEST_UNSET_KEY}
           secret_access_key: ${RECLOOP_TEST_UNSET_KEY}
-    """))
+    """,
+        ),
+    )
     bag = dagbag(folder, monkeypatch)
     assert bag.import_errors == {}
     assert sorted(bag.dag_ids) == ["s3pipe_feedback", "s3pipe_train"]
@@ -174,7 +190,8 @@ def test_config_folder_errors_say_what_to_fix(tmp_path):
     with pytest.raises(ConfigError) as missing:
         build_dags(tmp_path / "nowhere")
     assert missing.value.errors == [
-        "RECLOOP_CONFIG_DIR: this folder does not exist; point it at the folder holding the pipeline configs"]
+        "RECLOOP_CONFIG_DIR: this folder does not exist; point it at the folder holding the pipeline configs"
+    ]
 
     write(tmp_path / "a.yaml", config_text("same"))
     write(tmp_path / "b.yaml", config_text("same"))
@@ -183,16 +200,23 @@ def test_config_folder_errors_say_what_to_fix(tmp_path):
     assert duplicate.value.source == str(tmp_path / "b.yaml")
     assert duplicate.value.errors == [
         f"name: 'same' is also the name of {tmp_path / 'a.yaml'}; each pipeline needs its own name "
-        "(it names the DAGs, the store paths and the model)"]
+        "(it names the DAGs, the store paths and the model)"
+    ]
 
 
 def test_unknown_steps_in_execution_settings_are_config_errors(tmp_path):
     from recloop.orchestration.factory import build_dags
 
-    write(tmp_path / "p.yaml", config_text("p", """
+    write(
+        tmp_path / "p.yaml",
+        config_text(
+            "p",
+            """
         steps: {trian: {retries: 1}}
         fault_injection: {step: publsh}
-    """))
+    """,
+        ),
+    )
     with pytest.raises(ConfigError) as err:
         build_dags(tmp_path)
     steps = "evaluate, feedback, gate, ingest, preprocess, publish, train, validate"
@@ -202,14 +226,23 @@ def test_unknown_steps_in_execution_settings_are_config_errors(tmp_path):
     ]
 
 
-@pytest.mark.parametrize(("schedule", "message"), [
-    ("daily", "execution.schedule: 'daily' is not a schedule: use a 5-field cron expression ('0 3 * * *'), "
-              "a preset (@hourly, @daily, @weekly, @monthly, @quarterly, @yearly), 'feedback', or an Asset "
-              "URI like 'recloop://name/feedback' (got 'daily')"),
-    (["@daily", "0 3 * * *"], "execution.schedule: at most one cron expression or preset per schedule "
-                              "(assets may be added to it) (got ['@daily', '0 3 * * *'])"),
-    ([], "execution.schedule: an empty list never triggers; use null for manual runs only (got [])"),
-])
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        (
+            "daily",
+            "execution.schedule: 'daily' is not a schedule: use a 5-field cron expression ('0 3 * * *'), "
+            "a preset (@hourly, @daily, @weekly, @monthly, @quarterly, @yearly), 'feedback', or an Asset "
+            "URI like 'recloop://name/feedback' (got 'daily')",
+        ),
+        (
+            ["@daily", "0 3 * * *"],
+            "execution.schedule: at most one cron expression or preset per schedule "
+            "(assets may be added to it) (got ['@daily', '0 3 * * *'])",
+        ),
+        ([], "execution.schedule: an empty list never triggers; use null for manual runs only (got [])"),
+    ],
+)
 def test_bad_schedules_are_rejected_at_load(tmp_path, schedule, message):
     from recloop.config import load
 
@@ -227,8 +260,16 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
 
     dag = build(mode_configs)["local_train"]
     assert [t.task_id for t in dag.tasks] == [
-        "prepare", "data.ingest", "data.validate", "data.preprocess", "model.train", "model.evaluate",
-        "release.gate", "release.decide", "release.publish"]
+        "prepare",
+        "data.ingest",
+        "data.validate",
+        "data.preprocess",
+        "model.train",
+        "model.evaluate",
+        "release.gate",
+        "release.decide",
+        "release.publish",
+    ]
     upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
     # The graph draws the loop itself: one edge per link of the chain (8 for 9 tasks); inputs that skip a
     # link (publish reads train, preprocess and evaluate) and prepare's run-wide values travel otherwise.
@@ -249,7 +290,8 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
 
     train = dag.get_task("model.train")
     assert train.op_kwargs_expand_input.value == {
-        "candidate": [m.candidate_name for m in load(mode_configs / "local.yaml").models]}
+        "candidate": [m.candidate_name for m in load(mode_configs / "local.yaml").models]
+    }
     assert train.partial_kwargs["map_index_template"] == "{{ recloop_candidate }}"
     assert dag.get_task("model.evaluate").trigger_rule == "none_failed_min_one_success"
     assert sorted(dag.task_group.children) == ["data", "model", "prepare", "release"]
@@ -270,7 +312,11 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
 
 
 def test_retries_back_off_and_timeouts_come_from_config(tmp_path):
-    write(tmp_path / "p.yaml", config_text("p", """
+    write(
+        tmp_path / "p.yaml",
+        config_text(
+            "p",
+            """
         retries: 3
         retry_delay: 10s
         retry_backoff: 3
@@ -279,13 +325,21 @@ def test_retries_back_off_and_timeouts_come_from_config(tmp_path):
         owner: ml-platform
         tags: [team-recs]
         steps: {train: {retries: 1, retry_delay: 2m, timeout_minutes: 240}}
-    """))
+    """,
+        ),
+    )
     dag = build(tmp_path)["p_train"]
     ingest, train = dag.get_task("data.ingest"), dag.get_task("model.train")
-    assert (ingest.retries, ingest.retry_delay, ingest.execution_timeout) == (3, timedelta(seconds=10),
-                                                                             timedelta(minutes=30))
-    assert (train.retries, train.retry_delay, train.execution_timeout) == (1, timedelta(minutes=2),
-                                                                          timedelta(minutes=240))
+    assert (ingest.retries, ingest.retry_delay, ingest.execution_timeout) == (
+        3,
+        timedelta(seconds=10),
+        timedelta(minutes=30),
+    )
+    assert (train.retries, train.retry_delay, train.execution_timeout) == (
+        1,
+        timedelta(minutes=2),
+        timedelta(minutes=240),
+    )
     for task in (ingest, train):
         assert task.retry_exponential_backoff == 3.0
         assert task.max_retry_delay == timedelta(minutes=5)
@@ -329,25 +383,49 @@ def test_run_request_turns_params_into_typed_values_and_cli_flags():
     from recloop.orchestration.params import RunRequest
 
     request = RunRequest.from_params(
-        {"models": ["ease"], "since": "2024-05-01T00:00:00Z", "dry_run": True, "force": True,
-         "overrides": ["evaluation.k=[5,10]", "gate.absolute={ndcg@10: 0.5}"]},
-        candidates=["popularity", "ease"])
-    assert request.since == datetime(2024, 5, 1, tzinfo=timezone.utc)
+        {
+            "models": ["ease"],
+            "since": "2024-05-01T00:00:00Z",
+            "dry_run": True,
+            "force": True,
+            "overrides": ["evaluation.k=[5,10]", "gate.absolute={ndcg@10: 0.5}"],
+        },
+        candidates=["popularity", "ease"],
+    )
+    assert request.since == datetime(2024, 5, 1, tzinfo=UTC)
     assert request.run_params().models == ("ease",) and request.run_params().dry_run is True
-    assert request.cli_flags("train") == ["--since", "2024-05-01T00:00:00+00:00", "--models", "ease", "--force",
-                                          "--set", "evaluation.k=[5,10]", "--set", "gate.absolute={ndcg@10: 0.5}"]
+    assert request.cli_flags("train") == [
+        "--since",
+        "2024-05-01T00:00:00+00:00",
+        "--models",
+        "ease",
+        "--force",
+        "--set",
+        "evaluation.k=[5,10]",
+        "--set",
+        "gate.absolute={ndcg@10: 0.5}",
+    ]
     # Only `recloop step train` takes --models.
-    assert request.cli_flags("ingest") == ["--since", "2024-05-01T00:00:00+00:00", "--force",
-                                           "--set", "evaluation.k=[5,10]", "--set", "gate.absolute={ndcg@10: 0.5}"]
+    assert request.cli_flags("ingest") == [
+        "--since",
+        "2024-05-01T00:00:00+00:00",
+        "--force",
+        "--set",
+        "evaluation.k=[5,10]",
+        "--set",
+        "gate.absolute={ndcg@10: 0.5}",
+    ]
     assert RunRequest.from_xcom(request.to_xcom()) == request
     # Conf from the CLI or an Asset-triggered run may hold a plain string; a naive time means UTC.
     loose = RunRequest.from_params({"models": "popularity, ease", "since": "2024-05-01 06:00"})
-    assert loose.models == ("popularity", "ease") and loose.since == datetime(2024, 5, 1, 6, tzinfo=timezone.utc)
+    assert loose.models == ("popularity", "ease") and loose.since == datetime(2024, 5, 1, 6, tzinfo=UTC)
     assert RunRequest.from_params({}) == RunRequest()
 
     with pytest.raises(ConfigError) as err:
-        RunRequest.from_params({"models": ["bpr"], "since": "last tuesday", "dry_run": "yes",
-                                "overrides": ["evaluation.k"]}, candidates=["popularity", "ease"])
+        RunRequest.from_params(
+            {"models": ["bpr"], "since": "last tuesday", "dry_run": "yes", "overrides": ["evaluation.k"]},
+            candidates=["popularity", "ease"],
+        )
     assert err.value.errors == [
         "overrides: 'evaluation.k' is not KEY.PATH=VALUE (e.g. evaluation.k=[5,10])",
         "models: unknown candidate(s) bpr; this config has popularity, ease",
@@ -359,14 +437,17 @@ def test_run_request_turns_params_into_typed_values_and_cli_flags():
 # ------------------------------------------------------------------------------------------------ schedules
 
 
-@pytest.mark.parametrize(("schedule", "expected"), [
-    (None, "none"),
-    ("@daily", "cron:0 0 * * *"),
-    ("30 2 * * 1", "cron:30 2 * * 1"),
-    ("feedback", "asset:recloop://sched/feedback"),
-    (["feedback", "s3://landing/events"], "any:recloop://sched/feedback,s3://landing/events"),
-    (["@weekly", "feedback"], "cron-or:0 0 * * 0|recloop://sched/feedback"),
-])
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        (None, "none"),
+        ("@daily", "cron:0 0 * * *"),
+        ("30 2 * * 1", "cron:30 2 * * 1"),
+        ("feedback", "asset:recloop://sched/feedback"),
+        (["feedback", "s3://landing/events"], "any:recloop://sched/feedback,s3://landing/events"),
+        (["@weekly", "feedback"], "cron-or:0 0 * * 0|recloop://sched/feedback"),
+    ],
+)
 def test_training_schedule_is_cron_asset_or_both(tmp_path, schedule, expected):
     from airflow.sdk import Asset, AssetAny
     from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
@@ -439,9 +520,19 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
         pod = task.build_operator().build_pod_request_obj(dry_run=True)
         (container,) = pod.spec.containers
         assert container.command == ["recloop"]
-        assert container.args == ["step", step, "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID,
-                                  "--since", "2024-06-01T00:00:00+00:00",
-                                  *(["--model", "popularity"] if step == "train" else []), "--set", "evaluation.k=[5]"]
+        assert container.args == [
+            "step",
+            step,
+            "--config",
+            "/etc/recloop/cluster.yaml",
+            "--run-id",
+            RUN_ID,
+            "--since",
+            "2024-06-01T00:00:00+00:00",
+            *(["--model", "popularity"] if step == "train" else []),
+            "--set",
+            "evaluation.k=[5]",
+        ]
         assert container.image == "registry.example.com/recloop:1.2.3"
         assert pod.metadata.namespace == "ml"
         assert pod.metadata.labels["recloop.io/step"] == step
@@ -449,8 +540,10 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
         assert [s.name for s in pod.spec.image_pull_secrets] == ["regcred"]
         env = {e.name: e for e in container.env}
         assert env["RECLOOP_LOG_LEVEL"].value == "info"
-        assert (env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name,
-                env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.key) == ("s3-credentials", "access_key_id")
+        assert (
+            env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name,
+            env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.key,
+        ) == ("s3-credentials", "access_key_id")
         assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.key == "secret_access_key"
         assert container.env_from[0].secret_ref.name == "llm-api-keys"
         (mount,) = container.volume_mounts
@@ -462,7 +555,8 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
             assert container.resources.limits == {"memory": "16Gi", "nvidia.com/gpu": "1"}
             assert pod.spec.node_selector == {"pool": "gpu"}
             assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [
-                ("nvidia.com/gpu", "Exists", "NoSchedule")]
+                ("nvidia.com/gpu", "Exists", "NoSchedule")
+            ]
             assert task.execution_timeout == timedelta(minutes=240)
         else:
             assert container.resources.requests == {"cpu": "1", "memory": "2Gi"}
@@ -474,10 +568,27 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
     assert dag.get_task("model.train").expand_input.value == {"recloop_candidate": ["popularity", "ease"]}
     train = render(dag, "model.train", candidate="ease", models=["popularity", "ease"], force=True, dry_run=True)
     assert train.build_operator().arguments == train.arguments
-    assert train.arguments == ["step", "train", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID,
-                               "--model", "ease", "--force"]
+    assert train.arguments == [
+        "step",
+        "train",
+        "--config",
+        "/etc/recloop/cluster.yaml",
+        "--run-id",
+        RUN_ID,
+        "--model",
+        "ease",
+        "--force",
+    ]
     assert render(dag, "model.evaluate", models=["ease"]).arguments == [
-        "step", "evaluate", "--config", "/etc/recloop/cluster.yaml", "--run-id", RUN_ID, "--models", "ease"]
+        "step",
+        "evaluate",
+        "--config",
+        "/etc/recloop/cluster.yaml",
+        "--run-id",
+        RUN_ID,
+        "--models",
+        "ease",
+    ]
     # The serving chart's ConfigMap holds the config under its own key (`config.yaml`).
     from recloop.config import load
     from recloop.orchestration.factory import build_training_dag
@@ -500,22 +611,32 @@ def test_docker_mode_containers_run_recloop_step_with_local_paths_mounted(mode_c
         task = render(dag, task_id)
         container = task.build_operator()
         assert container.entrypoint == ["recloop"]
-        assert container.command == ["step", step, "--config", str(mode_configs / "boxed.yaml"), "--run-id", RUN_ID,
-                                     *(["--model", "popularity"] if step == "train" else [])]
+        assert container.command == [
+            "step",
+            step,
+            "--config",
+            str(mode_configs / "boxed.yaml"),
+            "--run-id",
+            RUN_ID,
+            *(["--model", "popularity"] if step == "train" else []),
+        ]
         assert container.image == "recloop:dev"
         assert container.environment == {"RECLOOP_LOG_LEVEL": "debug"}
         assert container.network_mode == "host"
         assert (container.cpus, container.mem_limit) == (1.5, "3g")
         mounts = {(m["Source"], m["Target"], m["ReadOnly"]) for m in container.mounts}
-        store_dir = cfg.store.root[len("file://"):]
+        store_dir = cfg.store.root[len("file://") :]
         assert mounts == {
             ("/srv/models", "/models", True),
             (str(mode_configs), str(mode_configs), True),  # the config, at the worker's path
             (str(mode_configs / "data"), str(mode_configs / "data"), True),  # its local data
             (store_dir, store_dir, False),  # a file:// store, writable
         }
-        assert task.container_settings["pass_env"] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                       "AWS_SESSION_TOKEN"]
+        assert task.container_settings["pass_env"] == [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ]
 
 
 def test_docker_quantities_translate_from_kubernetes_style():
@@ -541,7 +662,8 @@ def test_fault_injection_fails_only_the_planned_attempts():
         assert str(err.value) == (
             f"train: injected failure before running, attempt {attempt} of 2 planned failure(s) "
             "(execution.fault_injection); Airflow retries the task. Remove execution.fault_injection from "
-            "the config to stop these failures.")
+            "the config to stop these failures."
+        )
     check_fault(fault, "train", 3, "start")  # the third attempt runs
     check_fault(fault, "ingest", 1, "start")  # other steps are untouched
     check_fault(fault, "train", 1, "end")  # and so is the other injection point
@@ -557,9 +679,13 @@ def test_log_progress_reports_quarters_not_every_step():
     advance = LogProgress(lines.append, min_interval_s=3600)("training ease", total=100)
     for _ in range(100):
         advance(1)
-    assert lines == ["training ease: started (100 to do)", "training ease: 25 of 100 done (25%)",
-                     "training ease: 50 of 100 done (50%)", "training ease: 75 of 100 done (75%)",
-                     "training ease: 100 of 100 done (100%)"]
+    assert lines == [
+        "training ease: started (100 to do)",
+        "training ease: 25 of 100 done (25%)",
+        "training ease: 50 of 100 done (50%)",
+        "training ease: 75 of 100 done (75%)",
+        "training ease: 100 of 100 done (100%)",
+    ]
 
 
 def test_module_import_is_cheap():
@@ -567,12 +693,19 @@ def test_module_import_is_cheap():
     import subprocess
     import sys
 
-    code = ("import sys, recloop.orchestration.factory, recloop.orchestration.tasks, "
-            "recloop.orchestration.params, recloop.orchestration.callbacks; "
-            "print(sorted(m for m in ('torch', 'pandas', 'great_expectations', 'transformers', 'boto3', "
-            "'airflow', 'kubernetes') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "AIRFLOW_HOME": os.environ["AIRFLOW_HOME"]})
+    code = (
+        "import sys, recloop.orchestration.factory, recloop.orchestration.tasks, "
+        "recloop.orchestration.params, recloop.orchestration.callbacks; "
+        "print(sorted(m for m in ('torch', 'pandas', 'great_expectations', 'transformers', 'boto3', "
+        "'airflow', 'kubernetes') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "AIRFLOW_HOME": os.environ["AIRFLOW_HOME"]},
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -610,15 +743,16 @@ def test_container_commands_are_accepted_by_the_real_recloop_cli(mode_configs, c
     from recloop.store import open_store
 
     dag = build(mode_configs)["boxed_train"]
-    params = {"since": "2024-01-01T00:00:00Z", "models": ["ease"], "force": True,
-              "overrides": ["evaluation.k=[5,10]"]}
+    params = {"since": "2024-01-01T00:00:00Z", "models": ["ease"], "force": True, "overrides": ["evaluation.k=[5,10]"]}
     for step in STEPS:
         task_id = next(t.task_id for t in dag.tasks if t.task_id.endswith("." + step))
         arguments = render(dag, task_id, **params).arguments
         assert main([*arguments, "--help"]) == 0, (step, capsys.readouterr().err)
 
-    write(mode_configs / "data" / "interactions.csv",
-          "user_id,item_id,timestamp\nu1,i1,1717200000\nu1,i2,1717200060\nu2,i1,1717200120\n")
+    write(
+        mode_configs / "data" / "interactions.csv",
+        "user_id,item_id,timestamp\nu1,i1,1717200000\nu1,i2,1717200060\nu2,i1,1717200120\n",
+    )
     arguments = render(dag, "data.ingest", since="2024-06-01T00:00:00Z").arguments
     assert main(arguments) == 0, capsys.readouterr().err
     store = open_store(load(mode_configs / "boxed.yaml").store)

@@ -54,8 +54,12 @@ def test_leave_last_out_gives_exact_splits_ids_and_stats():
     assert result.cold_items is None
     assert calls == [1, 1, 1, 1]
     # Without a catalog, an item's text is its id.
-    assert result.items.to_dict("list") == {"item_idx": [0, 1, 2], "item_id": ["a", "b", "c"],
-                                            "text": ["a", "b", "c"], "categories": [[], [], []]}
+    assert result.items.to_dict("list") == {
+        "item_idx": [0, 1, 2],
+        "item_id": ["a", "b", "c"],
+        "text": ["a", "b", "c"],
+        "categories": [[], [], []],
+    }
 
 
 def test_input_frame_is_not_modified():
@@ -65,9 +69,13 @@ def test_input_frame_is_not_modified():
 
 
 def _time_cutoff(catalog_items: str) -> PreprocessConfig:
-    split = KEEP_ALL.split.model_copy(update={
-        "method": "time_cutoff", "cutoff": pd.Timestamp(300, unit="s", tz="UTC").to_pydatetime(),
-        "valid_cutoff": pd.Timestamp(200, unit="s", tz="UTC").to_pydatetime()})
+    split = KEEP_ALL.split.model_copy(
+        update={
+            "method": "time_cutoff",
+            "cutoff": pd.Timestamp(300, unit="s", tz="UTC").to_pydatetime(),
+            "valid_cutoff": pd.Timestamp(200, unit="s", tz="UTC").to_pydatetime(),
+        }
+    )
     return KEEP_ALL.model_copy(update={"split": split, "catalog_items": catalog_items})
 
 
@@ -94,15 +102,23 @@ def test_empty_test_split_is_a_data_error_with_a_hint():
 
 
 def test_catalog_all_gives_ids_and_text_to_items_nobody_interacted_with():
-    catalog = pd.DataFrame({"item_id": ["a", "z", "a"], "text": ["Apple", "Zebra", "ignored duplicate"],
-                            "categories": [["fruit"], ["animal", "stripes"], ["x"]]})
+    catalog = pd.DataFrame(
+        {
+            "item_id": ["a", "z", "a"],
+            "text": ["Apple", "Zebra", "ignored duplicate"],
+            "categories": [["fruit"], ["animal", "stripes"], ["x"]],
+        }
+    )
     cfg = KEEP_ALL.model_copy(update={"catalog_items": "all"})
     result = preprocess(EVENTS, catalog, cfg, NO_COLD)
 
     assert result.item_ids == ["a", "b", "c", "z"]
     assert result.items.to_dict("list") == {
-        "item_idx": [0, 1, 2, 3], "item_id": ["a", "b", "c", "z"], "text": ["Apple", "b", "c", "Zebra"],
-        "categories": [["fruit"], [], [], ["animal", "stripes"]]}
+        "item_idx": [0, 1, 2, 3],
+        "item_id": ["a", "b", "c", "z"],
+        "text": ["Apple", "b", "c", "Zebra"],
+        "categories": [["fruit"], [], [], ["animal", "stripes"]],
+    }
     assert result.stats["n_items_with_training_events"] == 3
 
 

@@ -191,7 +191,10 @@ def test_hadolint_reports_nothing() -> None:
     labels = [arg for name, kind in REQUIRED_LABELS.items() for arg in ("--require-label", f"{name}:{kind}")]
     result = subprocess.run(
         [hadolint, "--no-color", "--format", "json", *labels, str(DOCKERFILE)],
-        capture_output=True, text=True, timeout=60, cwd=DOCKER,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=DOCKER,
     )
     findings = json.loads(result.stdout or "[]")
     assert findings == [], "\n".join(f"line {f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings)
@@ -204,8 +207,9 @@ def test_hadolint_catches_a_violation(tmp_path: Path) -> None:
     assert hadolint, "hadolint is missing: run `make install`"
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM debian\nRUN pip install flask\n")
-    result = subprocess.run([hadolint, "--no-color", "--format", "json", str(bad)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", "--format", "json", str(bad)], capture_output=True, text=True, timeout=60
+    )
     codes = {f["code"] for f in json.loads(result.stdout)}
     assert {"DL3006", "DL3013", "DL3042"} <= codes
     assert result.returncode == 1
@@ -253,8 +257,15 @@ def test_every_copy_source_exists_and_is_in_the_build_context(
     copies = [i for i in instructions if i.keyword in ("COPY", "ADD") and "from" not in copy_parts(i.args)[0]]
     sources = [src for i in copies for src in copy_parts(i.args)[1]]
     lines = {src: i.line for i in copies for src in copy_parts(i.args)[1]}
-    assert set(sources) == {"pyproject.toml", "README.md", "components/", "configs/", "dags/",
-                            "docker/entrypoint.sh", "docker/healthcheck.py"}
+    assert set(sources) == {
+        "pyproject.toml",
+        "README.md",
+        "components/",
+        "configs/",
+        "dags/",
+        "docker/entrypoint.sh",
+        "docker/healthcheck.py",
+    }
     for source in sources:
         path = REPO / source
         assert path.exists(), f"Dockerfile line {lines[source]}: COPY {source} is not in the repository"
@@ -263,20 +274,40 @@ def test_every_copy_source_exists_and_is_in_the_build_context(
             files = [p for p in path.rglob("*") if p.is_file()]
             shipped = [p for p in files if not dockerignore.excluded(p.relative_to(REPO).as_posix())]
             assert shipped, f"COPY {source}: no files to copy (an empty folder is absent from a fresh clone)"
-            sources_lost = [p for p in files if p.suffix in {".py", ".yaml", ".yml", ".json", ".html", ".typed"}
-                            and "__pycache__" not in p.parts and p not in shipped
-                            and DEV_ONLY not in p.relative_to(REPO).parents]
+            sources_lost = [
+                p
+                for p in files
+                if p.suffix in {".py", ".yaml", ".yml", ".json", ".html", ".typed"}
+                and "__pycache__" not in p.parts
+                and p not in shipped
+                and DEV_ONLY not in p.relative_to(REPO).parents
+            ]
             assert sources_lost == [], f"COPY {source}: the ignore file drops {sources_lost[:5]}"
 
 
 def test_build_context_leaves_out_local_state(dockerignore: DockerIgnore) -> None:
-    for path in [".venv/bin/python", ".git/HEAD", ".recloop/store/x", "tests/test_docker.py", "bench/embed.py",
-                 "components/recloop_dev/local_stack.py", "components/recloop_dev/__init__.py",
-                 "charts/recloop/values.yaml", "components/recloop/__pycache__/cli.cpython-311.pyc",
-                 "components/recloop.egg-info/PKG-INFO", "docker/Dockerfile"]:
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".recloop/store/x",
+        "tests/test_docker.py",
+        "bench/embed.py",
+        "components/recloop_dev/local_stack.py",
+        "components/recloop_dev/__init__.py",
+        "charts/recloop/values.yaml",
+        "components/recloop/__pycache__/cli.cpython-311.pyc",
+        "components/recloop.egg-info/PKG-INFO",
+        "docker/Dockerfile",
+    ]:
         assert dockerignore.excluded(path), f"{path} would be sent to the Docker daemon"
-    for path in ["components/recloop/cli.py", "components/recloop/py.typed", "pyproject.toml", "README.md",
-                 "docker/entrypoint.sh", "docker/healthcheck.py"]:
+    for path in [
+        "components/recloop/cli.py",
+        "components/recloop/py.typed",
+        "pyproject.toml",
+        "README.md",
+        "docker/entrypoint.sh",
+        "docker/healthcheck.py",
+    ]:
         assert not dockerignore.excluded(path), f"{path} is needed by the build"
 
 
@@ -332,8 +363,11 @@ def test_image_paths_match_what_the_charts_expect(instructions: list[Instruction
                 env[name] = value
     assert env["AIRFLOW_HOME"] == "/opt/airflow"
     assert env["HOME"].startswith("/tmp") and env["HF_HOME"].startswith("/tmp")  # writable on a read-only root
-    copied_dirs = {copy_parts(i.args)[1][0]: copy_parts(i.args)[2] for i in instructions
-                   if i.keyword == "COPY" and copy_parts(i.args)[1][0] in ("configs/", "dags/")}
+    copied_dirs = {
+        copy_parts(i.args)[1][0]: copy_parts(i.args)[2]
+        for i in instructions
+        if i.keyword == "COPY" and copy_parts(i.args)[1][0] in ("configs/", "dags/")
+    }
     assert copied_dirs == {"configs/": env["RECLOOP_CONFIG_DIR"] + "/", "dags/": "/opt/airflow/dags/"}
 
     airflow_values = yaml.safe_load((REPO / "charts" / "airflow-values.yaml").read_text())
@@ -349,8 +383,9 @@ def test_image_paths_match_what_the_charts_expect(instructions: list[Instruction
 
 def run_entrypoint(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(["sh", str(ENTRYPOINT_SCRIPT), *args], capture_output=True, text=True,
-                          env=env, timeout=120, cwd=REPO)
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT_SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+    )
 
 
 def test_entrypoint_runs_recloop_by_default() -> None:
@@ -432,8 +467,12 @@ def health_server() -> Iterator[ThreadingHTTPServer]:
 
 
 def run_healthcheck(cmdline: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT), "--cmdline", str(cmdline), "--timeout", "2"],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK_SCRIPT), "--cmdline", str(cmdline), "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def write_cmdline(path: Path, *words: str) -> Path:
@@ -443,8 +482,17 @@ def write_cmdline(path: Path, *words: str) -> Path:
 
 def test_healthcheck_probes_healthz_of_a_serving_container(tmp_path: Path, health_server: ThreadingHTTPServer) -> None:
     port = str(health_server.server_address[1])
-    cmdline = write_cmdline(tmp_path / "cmdline", "tini", "--", "/entrypoint", "serve", "--config",
-                            "/etc/recloop/config.yaml", "--port", port)
+    cmdline = write_cmdline(
+        tmp_path / "cmdline",
+        "tini",
+        "--",
+        "/entrypoint",
+        "serve",
+        "--config",
+        "/etc/recloop/config.yaml",
+        "--port",
+        port,
+    )
     result = run_healthcheck(cmdline)
     assert (result.returncode, result.stdout.strip()) == (0, f"http://127.0.0.1:{port}/healthz answered 200")
 

@@ -37,14 +37,24 @@ DAG_ID = f"{PIPELINE}_train"
 STEPS = ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
 # The committed artifacts of a run: one per step, and one per candidate for train.
 ARTIFACTS = ("ingest", "validate", "preprocess", "train/popularity", "train/ease", "evaluate", "gate", "publish")
-TASKS = ("prepare", "data.ingest", "data.validate", "data.preprocess", "model.train", "model.evaluate",
-         "release.gate", "release.decide", "release.publish")
+TASKS = (
+    "prepare",
+    "data.ingest",
+    "data.validate",
+    "data.preprocess",
+    "model.train",
+    "model.evaluate",
+    "release.gate",
+    "release.decide",
+    "release.publish",
+)
 
 
 def write_config(folder: Path, data_dir: Path, store_root: str, endpoint: str, execution_extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{PIPELINE}.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: {PIPELINE}
         store:
           root: {store_root}
@@ -66,7 +76,8 @@ def write_config(folder: Path, data_dir: Path, store_root: str, endpoint: str, e
         evaluation: {{k: [10], primary: ndcg@10, bootstrap: 20}}
         gate: {{absolute: {{ndcg@10: 0.01}}}}
         execution: {{retries: 2, retry_delay: 1s, retry_backoff: 2, timeout_minutes: 10, schedule: null{execution_extra}}}
-    """))
+    """)
+    )
     return path
 
 
@@ -82,7 +93,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> dict[st
     bucket = s3_server.new_bucket()
     config = write_config(base / "configs", data_dir, f"s3://{bucket}/recloop", s3_server.endpoint_url)
     env = {
-        **os.environ, **s3_server.env(),
+        **os.environ,
+        **s3_server.env(),
         "AIRFLOW_HOME": str(base / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -100,8 +112,9 @@ def dags_test(airflow: dict[str, Any], conf: dict[str, Any] | None = None) -> tu
     output = done.stdout + done.stderr
     assert "DagRun Finished" in output, output[-6000:]
     with sqlite3.connect(airflow["db"]) as db:
-        (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-                               (DAG_ID,)).fetchone()
+        (run_id,) = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DAG_ID,)
+        ).fetchone()
     return run_id, output
 
 
@@ -110,10 +123,12 @@ def run_state(airflow: dict[str, Any], run_id: str) -> tuple[str, dict[str, tupl
     instances are merged into one entry (one state if they agree, the highest try number), and listed
     as `task[rendered map index]` in `mapped_instances`."""
     with sqlite3.connect(airflow["db"]) as db:
-        (state,) = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?",
-                              (DAG_ID, run_id)).fetchone()
-        rows = db.execute("SELECT task_id, map_index, rendered_map_index, state, try_number FROM task_instance "
-                          "WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id)).fetchall()
+        (state,) = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id)).fetchone()
+        rows = db.execute(
+            "SELECT task_id, map_index, rendered_map_index, state, try_number FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ?",
+            (DAG_ID, run_id),
+        ).fetchall()
     tasks: dict[str, tuple[str, int]] = {}
     for task_id, map_index, rendered, task_state, tries in rows:
         if map_index >= 0:
@@ -150,7 +165,7 @@ def verified_hashes(store: Any, run_id: str, step: str) -> dict[str, str]:
 
 
 def airflow_bucket(store: Any) -> str:
-    return store.root[len("s3://"):].split("/", 1)[0]
+    return store.root[len("s3://") :].split("/", 1)[0]
 
 
 def test_training_dag_on_airflow_and_s3(airflow):
@@ -179,8 +194,7 @@ def test_training_dag_on_airflow_and_s3(airflow):
     run2, output2 = dags_test(airflow, {"overrides": ["gate.absolute={ndcg@10: 0.999}"]})
     state, tasks = run_state(airflow, run2)
     assert state == "success"
-    assert {t: s for t, (s, _) in tasks.items()} == {
-        **{t: "success" for t in TASKS}, "release.publish": "skipped"}
+    assert {t: s for t, (s, _) in tasks.items()} == {**{t: "success" for t in TASKS}, "release.publish": "skipped"}
     blessing = json.loads(store.get_bytes(f"{run_prefix(run2, 'gate')}/blessing.json"))
     assert blessing["decision"] == "rejected"
     assert "Not published: the gate rejected" in output2
@@ -197,8 +211,14 @@ def test_training_dag_on_airflow_and_s3(airflow):
     assert MAPPED_INSTANCES[run3] == {"model.train[popularity]": ("success", 2), "model.train[ease]": ("success", 2)}
     for map_index in (0, 1):
         record = json.loads(store.get_bytes(f"{run_prefix(run3, '_failures')}/model.train[{map_index}].try-1.json"))
-        assert (record["task_id"], record["map_index"], record["run_id"], record["try_number"], record["error_type"],
-                record["final"]) == ("model.train", map_index, run3, 1, "InjectedFault", False)
+        assert (
+            record["task_id"],
+            record["map_index"],
+            record["run_id"],
+            record["try_number"],
+            record["error_type"],
+            record["final"],
+        ) == ("model.train", map_index, run3, 1, "InjectedFault", False)
     hashes3 = {step: verified_hashes(store, run3, step) for step in ARTIFACTS}
     # Data and model files must match run 1 byte for byte (reports carry timings and run ids; skip those).
     compared = 0
@@ -215,11 +235,14 @@ def test_training_dag_on_airflow_and_s3(airflow):
     run4, _ = dags_test(airflow, {"overrides": ["validation.max_dupe_rate=0.1"]})
     state, tasks = run_state(airflow, run4)
     assert state == "failed"
-    assert {t: s for t, (s, _) in tasks.items()} == {
-        **{t: "upstream_failed" for t in TASKS}, "prepare": "failed"}
+    assert {t: s for t, (s, _) in tasks.items()} == {**{t: "upstream_failed" for t in TASKS}, "prepare": "failed"}
     record = json.loads(store.get_bytes(f"{run_prefix(run4, '_failures')}/prepare.json"))
     assert (record["task_id"], record["run_id"], record["final"], record["error_type"]) == (
-        "prepare", run4, True, "ConfigError")
+        "prepare",
+        run4,
+        True,
+        "ConfigError",
+    )
     assert "validation.max_dupe_rate: unknown key; remove it or check its spelling" in record["error"]
     assert store.list(run_prefix(run4, "ingest")) == []
 
@@ -256,8 +279,9 @@ def postgres_database() -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _postgres_listening(),
-                    reason="needs PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres")
+@pytest.mark.skipif(
+    not _postgres_listening(), reason="needs PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres"
+)
 def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path, s3_server, postgres_database):
     import httpx
 
@@ -271,21 +295,27 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     bucket = s3_server.new_bucket()
-    write_config(layout.configs, tmp_path / "data", f"s3://{bucket}/recloop", s3_server.endpoint_url,
-                 execution_extra=f", airflow_api: {{url: '{url}', username: admin, "
-                                 "password: '${RECLOOP_AIRFLOW_PASSWORD}'}")
-    keys = {"access_key": s3_server.access_key, "secret_key": s3_server.secret_key,
-            "admin_password": uuid.uuid4().hex}
+    write_config(
+        layout.configs,
+        tmp_path / "data",
+        f"s3://{bucket}/recloop",
+        s3_server.endpoint_url,
+        execution_extra=f", airflow_api: {{url: '{url}', username: admin, password: '${{RECLOOP_AIRFLOW_PASSWORD}}'}}",
+    )
+    keys = {"access_key": s3_server.access_key, "secret_key": s3_server.secret_key, "admin_password": uuid.uuid4().hex}
     airflow = local.start_airflow(layout, keys, port, REPO / "dags", postgres_database)
     log = layout.logs / "airflow.log"
     try:
-        token = local._wait(lambda: local.api_token(url, keys["admin_password"]), "the API server", 300, log,
-                            airflow["process"])
+        token = local._wait(
+            lambda: local.api_token(url, keys["admin_password"]), "the API server", 300, log, airflow["process"]
+        )
         api = httpx.Client(base_url=f"{url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         local._wait(lambda: local._dags_or_errors(url, token, {DAG_ID}), "the DAG", 300, log, airflow["process"])
         assert api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
-        triggered = api.post(f"/dags/{DAG_ID}/dagRuns", json={
-            "logical_date": None, "conf": {"overrides": ["gate.absolute={ndcg@10: 0.999}"]}})
+        triggered = api.post(
+            f"/dags/{DAG_ID}/dagRuns",
+            json={"logical_date": None, "conf": {"overrides": ["gate.absolute={ndcg@10: 0.999}"]}},
+        )
         assert triggered.status_code == 200, triggered.text
         run_id = triggered.json()["dag_run_id"]
         run_path = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
@@ -298,15 +328,23 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
         tasks = {t["task_id"]: t for t in api.get(f"{run_path}/taskInstances").json()["task_instances"]}
         assert run["state"] == "success", {t: ti["state"] for t, ti in tasks.items()}
         assert {t: ti["state"] for t, ti in tasks.items()} == {
-            **{t: "success" for t in TASKS}, "release.publish": "skipped"}
+            **{t: "success" for t in TASKS},
+            "release.publish": "skipped",
+        }
         assert all(tasks[t].get("executor") in (None, "LocalExecutor") for t in TASKS)
         # The reason the model was not published is the run's note, written by `decide` through the API.
         assert run["note"].startswith("Not published: the gate rejected ease."), run["note"]
         assert "< required 0.999" in run["note"]
-        store = open_store({"config": layout.configs / f"{PIPELINE}.yaml",
-                            "env": {"AWS_ACCESS_KEY_ID": keys["access_key"],
-                                    "AWS_SECRET_ACCESS_KEY": keys["secret_key"],
-                                    "RECLOOP_AIRFLOW_PASSWORD": keys["admin_password"]}})
+        store = open_store(
+            {
+                "config": layout.configs / f"{PIPELINE}.yaml",
+                "env": {
+                    "AWS_ACCESS_KEY_ID": keys["access_key"],
+                    "AWS_SECRET_ACCESS_KEY": keys["secret_key"],
+                    "RECLOOP_AIRFLOW_PASSWORD": keys["admin_password"],
+                },
+            }
+        )
         for step in ARTIFACTS[:-1]:
             verified_hashes(store, run_id, step)
         assert json.loads(store.get_bytes(f"{run_prefix(run_id, 'gate')}/blessing.json"))["decision"] == "rejected"

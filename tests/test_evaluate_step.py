@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from eval_helpers import (
     ITEM_IDS,
     N_ITEMS,
@@ -25,7 +26,6 @@ from eval_helpers import (
     write_small_world,
 )
 from helpers import make_config, make_context
-
 from recloop.artifacts import Artifact
 from recloop.config import StoreConfig
 from recloop.data.interactions import Histories, Interactions
@@ -44,10 +44,17 @@ def _test_models():
         yield
 
 
-def setup_run(tmp_path: Path, candidates: dict[str, str], overrides: dict | None = None, run_id: str = "r1",
-              store: StoreConfig | None = None):
-    cfg = make_config(store or tmp_path / "store", {"evaluation.k": K, "evaluation.primary": "ndcg@5",
-                                           "evaluation.bootstrap": 200, **(overrides or {})})
+def setup_run(
+    tmp_path: Path,
+    candidates: dict[str, str],
+    overrides: dict | None = None,
+    run_id: str = "r1",
+    store: StoreConfig | None = None,
+):
+    cfg = make_config(
+        store or tmp_path / "store",
+        {"evaluation.k": K, "evaluation.primary": "ndcg@5", "evaluation.bootstrap": 200, **(overrides or {})},
+    )
     log: list[str] = []
     ctx = make_context(cfg, run_id, log=log)
     write_small_world(ctx.store, run_id, tmp_path / "bundles", candidates, cfg.config_hash())
@@ -76,8 +83,9 @@ def test_candidates_are_measured_with_exact_values(tmp_path: Path) -> None:
     decoys = {decoy_of(u) for u in range(N_USERS)}
     assert second["metrics"]["coverage@1"]["value"] == pytest.approx(len(decoys) / N_ITEMS)
     # Diversity over categories g{i % 3}; every metric has a value.
-    assert set(oracle["metrics"]) >= {f"{m}@{k}" for k in K for m in ("ndcg", "novelty", "diversity", "arp",
-                                                                      "head_share", "coverage", "map", "f1")}
+    assert set(oracle["metrics"]) >= {
+        f"{m}@{k}" for k in K for m in ("ndcg", "novelty", "diversity", "arp", "head_share", "coverage", "map", "f1")
+    }
     assert doc["ranking"] == ["oracle", "second"] and doc["best_candidate"] == "oracle"
     assert doc["champion"] is None and oracle["vs_champion"] is None
     assert doc["k"] == K and doc["primary"] == "ndcg@5" and doc["split"] == "test"
@@ -125,8 +133,9 @@ def test_sampled_negatives_protocol(tmp_path: Path) -> None:
     assert doc["protocol"]["ranking"] == "sampled" and doc["protocol"]["sampled_negatives"] == 2
     # Ranking is among target + 2 sampled unseen items: `second` ranks its target 2nd where its decoy was
     # sampled and 1st elsewhere. The seeded sample is reproducible, so the expected value is exact.
-    queries = with_sampled_negatives(build_queries(load_split(Artifact.open(ctx.store, "runs/r1/preprocess"))),
-                                     2, seed=0)
+    queries = with_sampled_negatives(
+        build_queries(load_split(Artifact.open(ctx.store, "runs/r1/preprocess"))), 2, seed=0
+    )
     decoy_sampled = [decoy_of(int(u)) in queries.candidates.row(r) for r, u in enumerate(queries.users)]
     assert queries.candidates.counts().tolist() == [3] * N_USERS
     expected = np.mean([0.5 if d else 1.0 for d in decoy_sampled])
@@ -144,8 +153,7 @@ def test_valid_split_is_evaluated_on_train_history(tmp_path: Path) -> None:
     assert doc["candidates"]["oracle"]["metrics"]["hr@1"]["value"] == 0.0
 
 
-def register_champion(store: ArtifactStore, workdir: Path, drop_user: str = "u5",
-                      drop_item: str = "i3") -> int:
+def register_champion(store: ArtifactStore, workdir: Path, drop_user: str = "u5", drop_item: str = "i3") -> int:
     """A production version trained on other id maps: ids in reverse order, one user and one item fewer."""
     from recloop.registry import ModelRegistry, VersionSource
 
@@ -164,12 +172,15 @@ def register_champion(store: ArtifactStore, workdir: Path, drop_user: str = "u5"
     maps = root / "id_maps"
     maps.mkdir(parents=True)
     pd.DataFrame({"user_idx": np.arange(len(c_users), dtype=np.int32), "user_id": c_users}).to_parquet(
-        maps / "users.parquet")
+        maps / "users.parquet"
+    )
     pd.DataFrame({"item_idx": np.arange(len(c_items), dtype=np.int32), "item_id": c_items}).to_parquet(
-        maps / "items.parquet")
+        maps / "items.parquet"
+    )
     registry = ModelRegistry(store, "test")
-    version = registry.register(VersionSource(bundle_dir=bundle, candidate="champ", model_type="evaltest_table",
-                                              run_id="r0", id_maps_dir=maps))
+    version = registry.register(
+        VersionSource(bundle_dir=bundle, candidate="champ", model_type="evaltest_table", run_id="r0", id_maps_dir=maps)
+    )
     registry.promote(version.version, expected=None)
     return version.version
 
@@ -201,14 +212,20 @@ def test_remapped_scorer_translates_histories_users_and_items() -> None:
         calls: list = []
 
         def score_histories(self, histories, users=None):
-            Echo.calls.append(([histories.row(r).tolist() for r in range(len(histories))],
-                               None if users is None else users.tolist()))
+            Echo.calls.append(
+                ([histories.row(r).tolist() for r in range(len(histories))], None if users is None else users.tolist())
+            )
             return np.array([[5.0, 7.0]] * len(histories), np.float32)
 
     model = Echo(TableConfig())
     model.fit(Interactions.from_arrays([], [], n_users=1, n_items=2))
-    scorer = RemappedScorer.build(model, np.array(["b"], object), np.array(["i2", "i0"], object),
-                                  np.array(["a", "b"], object), np.array(["i0", "i1", "i2"], object))
+    scorer = RemappedScorer.build(
+        model,
+        np.array(["b"], object),
+        np.array(["i2", "i0"], object),
+        np.array(["a", "b"], object),
+        np.array(["i0", "i1", "i2"], object),
+    )
     hist = Histories.from_lists([[0, 1], [2]], n_items=3)
     scores = scorer(hist, np.array([0, 1]))
     # Current item i0 <- champion 1 (7.0), i1 unknown (-inf), i2 <- champion 0 (5.0).
@@ -217,8 +234,9 @@ def test_remapped_scorer_translates_histories_users_and_items() -> None:
     # [i0 -> 1] (i1 dropped, the champion never saw it).
     assert sorted(Echo.calls, key=lambda c: c[1] is None) == [([[0]], [0]), ([[1]], None)]
     with pytest.raises(ArtifactError, match="inconsistent"):
-        RemappedScorer.build(model, np.array(["b"], object), np.array(["i2"], object),
-                             np.array(["a"], object), np.array(["i0"], object))
+        RemappedScorer.build(
+            model, np.array(["b"], object), np.array(["i2"], object), np.array(["a"], object), np.array(["i0"], object)
+        )
 
 
 def test_a_corrupt_champion_is_recorded_not_fatal(tmp_path: Path) -> None:
@@ -247,15 +265,21 @@ def test_a_candidate_from_another_preprocess_run_is_refused(tmp_path: Path) -> N
 
 def test_missing_inputs_and_empty_train_artifacts(tmp_path: Path) -> None:
     ctx, _ = setup_run(tmp_path, {"oracle": "oracle"})
-    with pytest.raises(ArtifactError, match=r"evaluate cannot run: input 'train' \(trained model\): .*runs/elsewhere/train "
-                                            r"holds no committed trained model"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"evaluate cannot run: input 'train' \(trained model\): .*runs/elsewhere/train "
+        r"holds no committed trained model",
+    ):
         run_step("evaluate", ctx, inputs={"train": ctx.store.uri("runs/elsewhere/train")})
     ctx.store.delete("runs/r1/train/oracle/_MANIFEST.json")  # an interrupted train: nothing committed
     with pytest.raises(ArtifactError, match=r"runs/r1/train holds no committed trained model"):
         run_step("evaluate", ctx)
     with pytest.raises(ArtifactError, match="has no _MANIFEST.json"):
-        run_step("evaluate", ctx, inputs={"preprocess": ctx.store.uri("runs/nope/preprocess"),
-                                          "train": ctx.store.uri("runs/r1/train")})
+        run_step(
+            "evaluate",
+            ctx,
+            inputs={"preprocess": ctx.store.uri("runs/nope/preprocess"), "train": ctx.store.uri("runs/r1/train")},
+        )
 
 
 def test_cold_start_needs_a_preprocess_with_held_out_items(tmp_path: Path) -> None:

@@ -3,13 +3,14 @@ abuse quarantine, and files the next ingest reads."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from helpers import make_config, make_context
 from recloop.config import ServingLogsConfig, StoreConfig
 from recloop.eventlog.records import feedback_schema, impression_schema
 from recloop.feedback.sink import appended_name
@@ -17,42 +18,80 @@ from recloop.feedback.window import claim_window
 from recloop.serving.eventlog import EventLog
 from recloop.steps import feedback as feedback_step
 from recloop.steps.base import RunParams, StepContext, run_step
-from helpers import make_config, make_context
 
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def slate(request_id: str, user: str | None, items: list[str], served_at: datetime, *, version: int = 1,
-          propensities: list[float] | None = None, policy: str = "epsilon_greedy",
-          endpoint: str = "recommendations") -> dict[str, Any]:
-    return {"request_id": request_id, "served_at": served_at, "endpoint": endpoint, "user_key": user,
-            "user_known": True, "model_name": "test", "model_version": version, "model_type": "popularity",
-            "policy": policy, "search": "exact", "k": len(items), "exclude_seen": True, "history_length": 3,
-            "item_ids": items, "scores": [float(10 - i) for i in range(len(items))],
-            "propensities": propensities or [1.0] * len(items), "latency_ms": 1.0}
+def slate(
+    request_id: str,
+    user: str | None,
+    items: list[str],
+    served_at: datetime,
+    *,
+    version: int = 1,
+    propensities: list[float] | None = None,
+    policy: str = "epsilon_greedy",
+    endpoint: str = "recommendations",
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "served_at": served_at,
+        "endpoint": endpoint,
+        "user_key": user,
+        "user_known": True,
+        "model_name": "test",
+        "model_version": version,
+        "model_type": "popularity",
+        "policy": policy,
+        "search": "exact",
+        "k": len(items),
+        "exclude_seen": True,
+        "history_length": 3,
+        "item_ids": items,
+        "scores": [float(10 - i) for i in range(len(items))],
+        "propensities": propensities or [1.0] * len(items),
+        "latency_ms": 1.0,
+    }
 
 
-def event(feedback_id: str, request_id: str | None, user: str | None, item: str, when: datetime,
-          event_type: str = "click", value: float | None = None) -> dict[str, Any]:
-    return {"feedback_id": feedback_id, "received_at": when, "event_time": when, "request_id": request_id,
-            "user_key": user, "item_id": item, "event_type": event_type, "value": value}
+def event(
+    feedback_id: str,
+    request_id: str | None,
+    user: str | None,
+    item: str,
+    when: datetime,
+    event_type: str = "click",
+    value: float | None = None,
+) -> dict[str, Any]:
+    return {
+        "feedback_id": feedback_id,
+        "received_at": when,
+        "event_time": when,
+        "request_id": request_id,
+        "user_key": user,
+        "item_id": item,
+        "event_type": event_type,
+        "value": value,
+    }
 
 
 def write_logs(store: Any, impressions: list[dict], feedback: list[dict], prefix: str = "logs") -> None:
     """Through serving's own writer, so the step reads exactly what the server writes."""
     settings = ServingLogsConfig(prefix=prefix)
     if impressions:
-        log = EventLog(store, "impressions", impression_schema(), "served_at", settings, "test-1", None,
-                       refuse_when_full=False)
+        log = EventLog(
+            store, "impressions", impression_schema(), "served_at", settings, "test-1", None, refuse_when_full=False
+        )
         log.append(impressions)
         assert log.flush() == len(impressions)
     if feedback:
-        log = EventLog(store, "feedback", feedback_schema(), "received_at", settings, "test-1", None,
-                       refuse_when_full=True)
+        log = EventLog(
+            store, "feedback", feedback_schema(), "received_at", settings, "test-1", None, refuse_when_full=True
+        )
         log.append(feedback)
         assert log.flush() == len(feedback)
 
@@ -78,14 +117,20 @@ def basic_logs() -> tuple[list[dict], list[dict]]:
 def test_joins_slates_and_events_into_interactions_bandit_log_and_ingestible_files(tmp_path: Path) -> None:
     events_dir = tmp_path / "events"
     events_dir.mkdir()
-    (events_dir / "ratings.csv").write_text("userId,movieId,rating,timestamp\nu1,a,4.0,1700000000\n"
-                                            "u2,c,3.5,1700000100\n")
-    cfg = make_config(tmp_path / "store", {
-        "data.interactions": {"path": str(events_dir), "columns": {"user": "userId", "item": "movieId",
-                                                                   "timestamp": "timestamp", "rating": "rating"}},
-        "feedback.output": str(events_dir / "feedback"),
-        "feedback.event_ratings": {"click": 4.0},
-    })
+    (events_dir / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\nu1,a,4.0,1700000000\nu2,c,3.5,1700000100\n"
+    )
+    cfg = make_config(
+        tmp_path / "store",
+        {
+            "data.interactions": {
+                "path": str(events_dir),
+                "columns": {"user": "userId", "item": "movieId", "timestamp": "timestamp", "rating": "rating"},
+            },
+            "feedback.output": str(events_dir / "feedback"),
+            "feedback.event_ratings": {"click": 4.0},
+        },
+    )
     ctx = make_context(cfg, run_id="fb1")
     write_logs(ctx.store, *basic_logs())
 
@@ -93,14 +138,28 @@ def test_joins_slates_and_events_into_interactions_bandit_log_and_ingestible_fil
     art = ctx.open(manifest.uri)
 
     inter = art.read_parquet("interactions.parquet")
-    got = sorted(zip(inter["user_id"], inter["item_id"], inter["event_type"], inter["reward"],
-                     inter["position"].astype("float").fillna(0).astype(int)))
-    assert got == [("u1", "b", "click", 1.0, 2), ("u2", "d", "click", 1.0, 3), ("u2", "d", "purchase", 1.0, 3),
-                   ("u3", "g", "rating", 1.0, 0)]
+    got = sorted(
+        zip(
+            inter["user_id"],
+            inter["item_id"],
+            inter["event_type"],
+            inter["reward"],
+            inter["position"].astype("float").fillna(0).astype(int),
+        )
+    )
+    assert got == [
+        ("u1", "b", "click", 1.0, 2),
+        ("u2", "d", "click", 1.0, 3),
+        ("u2", "d", "purchase", 1.0, 3),
+        ("u3", "g", "rating", 1.0, 0),
+    ]
     slots = art.read_parquet("bandit_log.parquet")
     assert len(slots) == 9  # three distinct slates of three items
     clicked = slots[slots["clicked"]]
-    assert sorted(zip(clicked["request_id"], clicked["item_id"], clicked["position"])) == [("r1", "b", 2), ("r2", "d", 3)]
+    assert sorted(zip(clicked["request_id"], clicked["item_id"], clicked["position"])) == [
+        ("r1", "b", 2),
+        ("r2", "d", 3),
+    ]
     assert slots.loc[slots["request_id"] == "r3", "propensity"].tolist() == [0.9, 0.05, 0.05]
 
     s = manifest.summary
@@ -119,8 +178,11 @@ def test_joins_slates_and_events_into_interactions_bandit_log_and_ingestible_fil
     rows = pd.read_csv(appended).sort_values(["timestamp", "movieId"]).fillna(-1.0)
     assert list(rows.columns) == ["userId", "movieId", "timestamp", "rating"]
     assert rows.values.tolist() == [  # purchases have no configured rating (-1 stands for empty)
-        ["u1", "b", int(at(10).timestamp()), 4.0], ["u2", "d", int(at(65).timestamp()), 4.0],
-        ["u2", "d", int(at(80).timestamp()), -1.0], ["u3", "g", int(at(300).timestamp()), 4.0]]
+        ["u1", "b", int(at(10).timestamp()), 4.0],
+        ["u2", "d", int(at(65).timestamp()), 4.0],
+        ["u2", "d", int(at(80).timestamp()), -1.0],
+        ["u3", "g", int(at(300).timestamp()), 4.0],
+    ]
 
     # The next ingest reads the original events and the appended feedback together.
     ingest = run_step("ingest", make_context(cfg, run_id="next"))
@@ -193,9 +255,20 @@ def abuse_logs() -> tuple[list[dict], list[dict]]:
 
 
 def test_abuse_rules_quarantine_exactly_the_offending_events(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path / "store", {"feedback.abuse": {
-        "burst_events": 5, "burst_window": "10s", "max_user_events_per_day": 8, "max_repeat_events": 1,
-        "spike_min_events": 4, "spike_ratio": 1.0, "max_item_events_per_day": 3}})
+    cfg = make_config(
+        tmp_path / "store",
+        {
+            "feedback.abuse": {
+                "burst_events": 5,
+                "burst_window": "10s",
+                "max_user_events_per_day": 8,
+                "max_repeat_events": 1,
+                "spike_min_events": 4,
+                "spike_ratio": 1.0,
+                "max_item_events_per_day": 3,
+            }
+        },
+    )
     ctx = make_context(cfg, run_id="fb1")
     write_logs(ctx.store, *abuse_logs())
 
@@ -203,9 +276,15 @@ def test_abuse_rules_quarantine_exactly_the_offending_events(tmp_path: Path) -> 
 
     art = ctx.open(manifest.uri)
     report = art.read_json("report.json")
-    assert report["quarantine"]["by_reason"] == {"not_shown": 1, "user_mismatch": 1, "bot_burst": 5,
-                                                 "user_rate_cap": 9, "repeated_event": 2,
-                                                 "unattributed_spike": 4, "item_rate_cap": 2}
+    assert report["quarantine"]["by_reason"] == {
+        "not_shown": 1,
+        "user_mismatch": 1,
+        "bot_burst": 5,
+        "user_rate_cap": 9,
+        "repeated_event": 2,
+        "unattributed_spike": 4,
+        "item_rate_cap": 2,
+    }
     assert report["events"]["late"] == 1 and report["events"]["no_user"] == 1
     q = art.read_parquet("quarantine/feedback.parquet")
     assert len(q) == 24 and set(q.loc[q["user_key"] == "bot", "quarantine_reason"]) == {"bot_burst"}
@@ -218,7 +297,8 @@ def test_abuse_rules_quarantine_exactly_the_offending_events(tmp_path: Path) -> 
 
 
 def test_each_log_is_processed_once_retries_redo_their_window_and_crashed_claims_are_taken_over(
-        tmp_path: Path, clock: list[datetime]) -> None:
+    tmp_path: Path, clock: list[datetime]
+) -> None:
     events_dir = tmp_path / "events"
     cfg = make_config(tmp_path / "store", {"feedback.output": str(events_dir)})
     store = make_context(cfg).store
@@ -245,7 +325,9 @@ def test_each_log_is_processed_once_retries_redo_their_window_and_crashed_claims
     clock[0] = T0 + timedelta(hours=5)
     retry = run_step("feedback", StepContext(config=cfg, store=store, run_id="fb3", params=RunParams(force=True)))
     assert (retry.summary["window_since"], retry.summary["window_until"]) == (
-        third.summary["window_since"], third.summary["window_until"])
+        third.summary["window_since"],
+        third.summary["window_until"],
+    )
     assert retry.summary["new_interactions"] == 1
     assert sorted(p.name for p in events_dir.iterdir()) == ["feedback-fb1.csv", "feedback-fb3.csv"]
 
@@ -266,17 +348,19 @@ def test_each_log_is_processed_once_retries_redo_their_window_and_crashed_claims
 
 
 def test_pseudonyms_map_back_to_known_user_ids_with_the_hmac_key(tmp_path: Path) -> None:
-    from recloop.eventlog.pseudonym import Pseudonymizer
     from policy_helpers import publish_popularity
+    from recloop.eventlog.pseudonym import Pseudonymizer
 
     key = "k" * 32
     cfg = make_config(tmp_path / "store", {"serving.privacy.hmac_key": key})
     ctx = make_context(cfg, run_id="fb1")
     publish_popularity(ctx.store, cfg.model_name, users=["alice", "bob"], items=["a", "b", "c"])
     pseudo = Pseudonymizer(key, "test")
-    write_logs(ctx.store, [slate("r1", pseudo("alice"), ["a", "b"], at(0)),
-                           slate("r2", pseudo("carol"), ["a", "b"], at(5))],
-               [event("f1", "r1", pseudo("alice"), "b", at(3)), event("f2", "r2", pseudo("carol"), "a", at(7))])
+    write_logs(
+        ctx.store,
+        [slate("r1", pseudo("alice"), ["a", "b"], at(0)), slate("r2", pseudo("carol"), ["a", "b"], at(5))],
+        [event("f1", "r1", pseudo("alice"), "b", at(3)), event("f2", "r2", pseudo("carol"), "a", at(7))],
+    )
 
     manifest = run_step("feedback", ctx)
 
@@ -312,13 +396,19 @@ def test_appends_to_an_s3_folder_that_the_next_ingest_reads(s3_server: Any) -> N
     bucket = s3_server.new_bucket()
     store_cfg = s3_server.store_config(bucket, prefix="recloop")
     client = s3_server.client()
-    client.put_object(Bucket=bucket, Key="events/ratings.csv",
-                      Body=b"userId,movieId,rating,timestamp\nu1,a,4.0,1700000000\n")
-    cfg = make_config(store_cfg, {
-        "data.interactions": {"path": f"s3://{bucket}/events/", "columns": {
-            "user": "userId", "item": "movieId", "timestamp": "timestamp", "rating": "rating"}},
-        "feedback.output": f"s3://{bucket}/events/feedback",
-    })
+    client.put_object(
+        Bucket=bucket, Key="events/ratings.csv", Body=b"userId,movieId,rating,timestamp\nu1,a,4.0,1700000000\n"
+    )
+    cfg = make_config(
+        store_cfg,
+        {
+            "data.interactions": {
+                "path": f"s3://{bucket}/events/",
+                "columns": {"user": "userId", "item": "movieId", "timestamp": "timestamp", "rating": "rating"},
+            },
+            "feedback.output": f"s3://{bucket}/events/feedback",
+        },
+    )
     ctx = make_context(cfg, run_id="fb1")
     write_logs(ctx.store, *basic_logs())
 

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from recloop.config.models import LLMRerankConfig
 from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, ItemSide, Recommender
-from recloop.config.models import LLMRerankConfig
 from recloop.models.llm_rerank import LLMRerank, build_prompt, parse_answer
 
 N_ITEMS = 8
@@ -34,8 +34,15 @@ def _train() -> Interactions:
 
 def test_parse_keeps_only_candidates_and_appends_missing_in_base_order():
     prompt = build_prompt(["a"], [(3, "x"), (5, "y"), (7, "z")])
-    answer = json.dumps({"ranking": [{"id": 7, "reason": "Fits the history. Second sentence."},
-                                     {"id": 99, "reason": "hallucinated"}, {"id": "5"}]})
+    answer = json.dumps(
+        {
+            "ranking": [
+                {"id": 7, "reason": "Fits the history. Second sentence."},
+                {"id": 99, "reason": "hallucinated"},
+                {"id": "5"},
+            ]
+        }
+    )
     result = parse_answer(answer, [3, 5, 7], prompt)
     assert result.ids == [7, 5, 3]
     assert result.reasons == {7: "Fits the history."}
@@ -47,11 +54,14 @@ def test_parse_bracket_list_without_json():
     assert parse_answer("I suggest [2] then [1] and [42].", [1, 2], prompt).ids == [2, 1]
 
 
-@pytest.mark.parametrize("answer,why", [
-    ("", "empty"),
-    ("no ids here at all", "no candidate ids"),
-    (json.dumps({"ranking": [{"id": 42}]}), "no candidate ids"),
-])
+@pytest.mark.parametrize(
+    "answer,why",
+    [
+        ("", "empty"),
+        ("no ids here at all", "no candidate ids"),
+        (json.dumps({"ranking": [{"id": 42}]}), "no candidate ids"),
+    ],
+)
 def test_parse_invalid_answers_fall_back(answer, why):
     prompt = build_prompt([], [(1, "x"), (2, "y")])
     result = parse_answer(answer, [1, 2], prompt)
@@ -144,8 +154,10 @@ def test_openai_backend_reorders_top_n_and_gives_reasons(chat_server):
     assert model.stats.calls == 1 and model.stats.fallbacks == 0
 
 
-@pytest.mark.parametrize("mode,kind", [("slow", "timeout"), ("malformed", "error"), ("http_error", "error"),
-                                       ("hostile", "invalid"), ("echo", "invalid")])
+@pytest.mark.parametrize(
+    "mode,kind",
+    [("slow", "timeout"), ("malformed", "error"), ("http_error", "error"), ("hostile", "invalid"), ("echo", "invalid")],
+)
 def test_openai_backend_failures_keep_base_order(chat_server, mode, kind):
     chat_server.mode = mode
     model = _reranker(endpoint={"url": chat_server.url, "model": "tiny"})
@@ -162,8 +174,9 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValidationError, match="backend 'openai' needs"):
         LLMRerankConfig.model_validate({"type": "llm_rerank", "base": {"type": "popularity"}})
     with pytest.raises(ValidationError, match="base.type: unknown model type 'nope'"):
-        LLMRerankConfig.model_validate({"type": "llm_rerank", "base": {"type": "nope"},
-                                        "endpoint": {"url": "http://x", "model": "m"}})
+        LLMRerankConfig.model_validate(
+            {"type": "llm_rerank", "base": {"type": "nope"}, "endpoint": {"url": "http://x", "model": "m"}}
+        )
 
 
 def test_save_load_round_trip(tmp_path, chat_server):
@@ -181,10 +194,9 @@ def test_save_load_round_trip(tmp_path, chat_server):
 @pytest.fixture(scope="module")
 def tiny_causal_lm(tmp_path_factory):
     """A random-weight GPT-2-style model with a word-level tokenizer, built here (no hub)."""
+    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    import torch
 
     torch.manual_seed(0)
     vocab = {"[UNK]": 0, "[PAD]": 1, "[EOS]": 2}
@@ -193,8 +205,11 @@ def tiny_causal_lm(tmp_path_factory):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=1024, n_embd=32, n_layer=1, n_head=2,
-                                       eos_token_id=2, pad_token_id=1))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(vocab), n_positions=1024, n_embd=32, n_layer=1, n_head=2, eos_token_id=2, pad_token_id=1
+        )
+    )
     path = tmp_path_factory.mktemp("tiny-lm")
     model.save_pretrained(path)
     fast.save_pretrained(path)
@@ -233,7 +248,11 @@ class TestLLMRerankContract(ModelContract):
     def identity_server(self):
         server = ChatServer()
         server.mode = "identity"
-        type(self).params = {"base": {"type": "ease", "lambda": 1.0}, "top_n": 5, "timeout_s": 5.0,
-                             "endpoint": {"url": server.url, "model": "identity"}}
+        type(self).params = {
+            "base": {"type": "ease", "lambda": 1.0},
+            "top_n": 5,
+            "timeout_s": 5.0,
+            "endpoint": {"url": server.url, "model": "identity"},
+        }
         yield server
         server.close()

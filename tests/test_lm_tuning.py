@@ -12,25 +12,33 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from conftest import TINY_ENCODER_LAYERS
 from model_contract import BLOCK_B, N_ITEMS, ModelContract, held_out_interactions, two_block_interactions
-from test_text_models import ITEM_TEXTS, _cold_split, text_context
-
+from recloop.config.models import EncoderConfig
 from recloop.data.interactions import Histories
 from recloop.errors import ConfigError
 from recloop.models import registry
 from recloop.models.base import FitContext, ItemSide, Recommender
-from recloop.config.models import EncoderConfig
-from recloop.models.text_encoder import TextEncoder, resolve_model_dir
+from recloop.models.text_encoder import TextEncoder
+from test_text_models import ITEM_TEXTS, _cold_split, text_context
 
-SEQ = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 12, "patience": 12, "dropout": 0.0,
-       "lr": 0.01, "lm_lr": 1e-3}
+SEQ = {
+    "dim": 16,
+    "heads": 2,
+    "layers": 1,
+    "max_len": 8,
+    "epochs": 12,
+    "patience": 12,
+    "dropout": 0.0,
+    "lr": 0.01,
+    "lm_lr": 1e-3,
+}
 
 
 def _tuned(encoder: str, **params: Any) -> Recommender:
     cls = registry.get("text_sasrec")
-    return cls(cls.config_cls.model_validate({"type": "text_sasrec", **SEQ, "encoder": {"path": encoder},
-                                              **params}))
+    return cls(cls.config_cls.model_validate({"type": "text_sasrec", **SEQ, "encoder": {"path": encoder}, **params}))
 
 
 class _TunedContract(ModelContract):

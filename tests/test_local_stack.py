@@ -33,8 +33,9 @@ def test_outside_a_checkout_the_error_says_to_pass_repo(tmp_path: Path) -> None:
         find_repo(tmp_path)
 
 
-def test_status_uses_the_state_folder_of_the_given_repo(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_uses_the_state_folder_of_the_given_repo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = _checkout(tmp_path / "repo")
     monkeypatch.chdir(tmp_path)  # outside the checkout: --repo alone decides
     assert main(["status", "--repo", str(repo)]) == 1
@@ -48,8 +49,12 @@ def test_status_uses_the_state_folder_of_the_given_repo(tmp_path: Path, capsys: 
 
 def test_module_entry_point_runs(tmp_path: Path) -> None:
     repo = _checkout(tmp_path / "repo")
-    done = subprocess.run([sys.executable, "-m", "recloop_dev", "status", "--repo", str(repo)],
-                          capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "components")})
+    done = subprocess.run(
+        [sys.executable, "-m", "recloop_dev", "status", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "components")},
+    )
     assert done.returncode == 1, done.stderr
     assert "not running (`make up` starts it)" in done.stdout

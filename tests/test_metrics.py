@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from eval_helpers import split_frame
 
+from eval_helpers import split_frame
 from recloop.evaluation import metrics as M
 from recloop.evaluation.bootstrap import bootstrap_means, paired_bootstrap, percentile_intervals
 from recloop.evaluation.metrics import Targets
@@ -243,9 +243,15 @@ def small_split(user_ids: list[str] | None = None, item_ids: list[str] | None = 
     train = split_frame([(0, 1, 10), (0, 2, 20), (1, 0, 5), (2, 0, 10), (2, 6, 100)])
     valid = split_frame([(0, 3, 30), (1, 1, 6), (2, 7, 40)])
     test = split_frame([(0, 4, 40), (1, 1, 7), (2, 5, 50)])
-    return SplitData(train, valid, test,
-                     np.array(user_ids or ["a", "b", "c"], dtype=object),
-                     np.array(item_ids or [f"i{i}" for i in range(10)], dtype=object), None, "mem://split")
+    return SplitData(
+        train,
+        valid,
+        test,
+        np.array(user_ids or ["a", "b", "c"], dtype=object),
+        np.array(item_ids or [f"i{i}" for i in range(10)], dtype=object),
+        None,
+        "mem://split",
+    )
 
 
 def test_test_queries_use_train_and_valid_history_without_future_events() -> None:
@@ -254,8 +260,13 @@ def test_test_queries_use_train_and_valid_history_without_future_events() -> Non
     assert q.histories.row(0).tolist() == [1, 2, 3]  # train + valid, chronological
     assert q.histories.row(1).tolist() == [0, 7]  # item 6 (t=100 > target t=50) is the future
     assert [q.targets.row(r).tolist() for r in range(len(q))] == [[4], [5]]
-    assert q.stats == {"target_users": 3, "evaluated_users": 2, "target_events": 3,
-                       "future_history_events_dropped": 1, "repeat_targets_dropped": 1}
+    assert q.stats == {
+        "target_users": 3,
+        "evaluated_users": 2,
+        "target_events": 3,
+        "future_history_events_dropped": 1,
+        "repeat_targets_dropped": 1,
+    }
 
 
 def test_valid_queries_use_train_history_only() -> None:
@@ -274,11 +285,16 @@ def test_fingerprint_follows_raw_ids_not_indices() -> None:
     # The same events with a different index assignment (user 'a' at index 2 and 'c' at 0) hash the same.
     s = small_split()
     remap = np.array([2, 1, 0])
-    swapped = SplitData(*(df.assign(user_idx=remap[df.user_idx].astype(np.int32)) for df in (s.train, s.valid, s.test)),
-                        np.array(["c", "b", "a"], dtype=object), s.item_ids, None)
+    swapped = SplitData(
+        *(df.assign(user_idx=remap[df.user_idx].astype(np.int32)) for df in (s.train, s.valid, s.test)),
+        np.array(["c", "b", "a"], dtype=object),
+        s.item_ids,
+        None,
+    )
     assert build_queries(swapped, "test").fingerprint() == base
-    changed = SplitData(s.train, s.valid, s.test.assign(item_idx=np.array([4, 1, 8], np.int32)), s.user_ids,
-                        s.item_ids, None)
+    changed = SplitData(
+        s.train, s.valid, s.test.assign(item_idx=np.array([4, 1, 8], np.int32)), s.user_ids, s.item_ids, None
+    )
     assert build_queries(changed, "test").fingerprint() != base
 
 
@@ -337,12 +353,17 @@ def test_segments() -> None:
     lengths = [0, 5, 6, 20, 21]
     train = split_frame([(u, i % 30, t) for u, n in enumerate(lengths) for t, i in enumerate(range(n))])
     test = split_frame([(u, 40 + u, 1000) for u in range(5)])
-    data = SplitData(train, split_frame([]), test, np.array([str(u) for u in range(5)], dtype=object),
-                     np.array([str(i) for i in range(50)], dtype=object), None)
+    data = SplitData(
+        train,
+        split_frame([]),
+        test,
+        np.array([str(u) for u in range(5)], dtype=object),
+        np.array([str(i) for i in range(50)], dtype=object),
+        None,
+    )
     q = build_queries(data, "test")
     seg = history_segments(q)
-    assert {k: v.tolist() for k, v in seg.items()} == {"history ≤5": [0, 1], "history 6–20": [2, 3],
-                                                      "history >20": [4]}
+    assert {k: v.tolist() for k, v in seg.items()} == {"history ≤5": [0, 1], "history 6–20": [2, 3], "history >20": [4]}
     head = np.zeros(50, bool)
     head[[40, 41]] = True
     items = item_segments(q, head)
@@ -362,7 +383,8 @@ def test_history_order_keeps_source_order_for_equal_timestamps() -> None:
     train = split_frame([(0, 3, 10), (0, 1, 10)])
     valid = split_frame([(0, 2, 10)])
     test = split_frame([(0, 4, 10)])
-    data = SplitData(train, valid, test, np.array(["u"], dtype=object),
-                     np.array([str(i) for i in range(5)], dtype=object), None)
+    data = SplitData(
+        train, valid, test, np.array(["u"], dtype=object), np.array([str(i) for i in range(5)], dtype=object), None
+    )
     q = build_queries(data, "test")
     assert q.histories.row(0).tolist() == [3, 1, 2]  # equal timestamps: train order, then valid

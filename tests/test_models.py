@@ -89,8 +89,10 @@ def test_every_registered_model_has_a_contract() -> None:
     # Built-in models only: test modules may register throw-away model types of their own.
     builtin = {t for t in registry.available() if registry.get(t).__module__.startswith("recloop.")}
     missing = builtin - _contract_types()
-    assert not missing, (f"model types without a ModelContract test class: {sorted(missing)}; add "
-                         "`class TestXContract(ModelContract): model_type = ...` to their test module")
+    assert not missing, (
+        f"model types without a ModelContract test class: {sorted(missing)}; add "
+        "`class TestXContract(ModelContract): model_type = ...` to their test module"
+    )
 
 
 def test_builtin_baselines_are_registered() -> None:
@@ -116,7 +118,8 @@ def test_ndcg_matches_hand_computed_values() -> None:
     assert ndcg_at_k(_fixed_scores(scores), histories, targets, k=1) == 0.0
     # Batching does not change the result.
     assert ndcg_at_k(_fixed_scores(scores), histories, targets, k=10, batch_size=1) == pytest.approx(
-        (user0 + user1) / 2)
+        (user0 + user1) / 2
+    )
 
 
 def test_ndcg_ignores_targets_already_in_the_history() -> None:
@@ -159,7 +162,7 @@ def test_popularity_window_and_decay_are_relative_to_the_latest_event() -> None:
     windowed = _build("popularity", window="7d").fit(train)
     np.testing.assert_array_equal(windowed.item_scores, [0, 2, 1])  # day 0 and 10 fall outside
     decayed = _build("popularity", half_life="10d").fit(train)
-    expected = [2 ** -3 + 2 ** -2, 2 ** -0.5 + 2 ** -0.1, 1.0]
+    expected = [2**-3 + 2**-2, 2**-0.5 + 2**-0.1, 1.0]
     np.testing.assert_allclose(decayed.item_scores, expected, rtol=1e-6)
 
 
@@ -191,8 +194,7 @@ def test_itemknn_shrunk_cosine_and_top_k() -> None:
     np.testing.assert_allclose(model.similarity.toarray(), expected, rtol=1e-6)
     # One neighbour each: item 1's tie between 0 and 2 goes to the lower id.
     single = _build("itemknn", neighbours=1, shrinkage=1.0).fit(_three_item_train())
-    np.testing.assert_allclose(single.similarity.toarray(),
-                               [[0, s01, 0], [s01, 0, 0], [0, s01, 0]], rtol=1e-6)
+    np.testing.assert_allclose(single.similarity.toarray(), [[0, s01, 0], [s01, 0, 0], [0, s01, 0]], rtol=1e-6)
     scores = single.score_histories(Histories.from_lists([[0, 2]], 3))
     np.testing.assert_allclose(scores, [[0, 2 * s01, 0]], rtol=1e-6)
     assert single.similar_items([0], k=2).ids.tolist() == [[1, -1]]
@@ -310,8 +312,9 @@ def test_mf_known_users_with_newer_events_are_folded_in() -> None:
     model = _build("mf", factors=8, epochs=5).fit(train)
     users = np.array([0, 1, 30])
     unchanged = train.histories().select(users)
-    np.testing.assert_allclose(model.score_histories(unchanged, users),
-                               model.user_factors[users] @ model.item_factors.T, rtol=1e-6)
+    np.testing.assert_allclose(
+        model.score_histories(unchanged, users), model.user_factors[users] @ model.item_factors.T, rtol=1e-6
+    )
     # User 1 gained one newer event (as in evaluation on train + valid): only that row is folded in.
     grown = Histories.from_lists([unchanged.row(0), np.append(unchanged.row(1), 7), unchanged.row(2)], train.n_items)
     scores = model.score_histories(grown, users)

@@ -5,27 +5,25 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from helpers import make_config, make_context
+from policy_helpers import publish_popularity
 from recloop.config import PolicyConfig
 from recloop.errors import ArtifactError
 from recloop.policy.bandit import LinUCBPolicy
 from recloop.policy.features import ACTIVITY_CAP, FeatureSpace
 from recloop.steps.base import run_step
-
-from helpers import make_config, make_context
-from policy_helpers import publish_popularity
 from test_feedback import event, slate, write_logs
 
 
 def space(categories: int = 0) -> FeatureSpace:
-    return FeatureSpace.build(["a", "b", "c", "d"], np.array([0, 3, 7, 1]),
-                              [["x"], ["y"], ["x", "z"], []], categories)
+    return FeatureSpace.build(["a", "b", "c", "d"], np.array([0, 3, 7, 1]), [["x"], ["y"], ["x", "z"], []], categories)
 
 
 def policy_with_theta(theta: list[float], **cfg: Any) -> LinUCBPolicy:
@@ -50,15 +48,18 @@ def test_features_are_computed_relative_to_the_candidate_pool() -> None:
     # popularity = log1p(count) / log1p(7): a 0, b log 4 / log 8 = 2/3, c 1, d log 2 / log 8 = 1/3
     assert fs.popularity.tolist() == pytest.approx([0.0, 2 / 3, 1.0, 1 / 3])
     assert fs.categories == ["x", "y"]  # x twice; y and z once each, ties by name
-    x = fs.features(["c", "a", "zz"], np.array([3.0, 1.0, 2.0]), history_length=4,
-                    reference_scores=np.array([3.0, 2.0, 1.0]))
+    x = fs.features(
+        ["c", "a", "zz"], np.array([3.0, 1.0, 2.0]), history_length=4, reference_scores=np.array([3.0, 2.0, 1.0])
+    )
     activity = np.log1p(4) / np.log1p(ACTIVITY_CAP)
-    expected = np.array([
-        # bias score rank          popularity activity  act*score  cat:x cat:y
-        [1.0, 1.0, 1.0,            1.0,       activity, activity,  1.0, 0.0],  # c: top of the pool
-        [1.0, 0.0, 1 / np.log2(4), 0.0,       activity, 0.0,       1.0, 0.0],  # a: two items score higher
-        [1.0, 0.5, 1 / np.log2(3), 0.0,       activity, activity / 2, 0.0, 0.0],  # unknown item
-    ])
+    expected = np.array(
+        [
+            # bias score rank          popularity activity  act*score  cat:x cat:y
+            [1.0, 1.0, 1.0, 1.0, activity, activity, 1.0, 0.0],  # c: top of the pool
+            [1.0, 0.0, 1 / np.log2(4), 0.0, activity, 0.0, 1.0, 0.0],  # a: two items score higher
+            [1.0, 0.5, 1 / np.log2(3), 0.0, activity, activity / 2, 0.0, 0.0],  # unknown item
+        ]
+    )
     assert x == pytest.approx(expected)
     assert fs.names == ["bias", "score", "rank", "popularity", "activity", "activity_x_score", "cat:x", "cat:y"]
 
@@ -141,7 +142,7 @@ def test_save_and_load_round_trip_without_pickle(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- from logs
 
 N_USERS, N_ITEMS, K, EPS = 60, 30, 5, 0.3
-T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 def logged_world(store: Any, model_name: str, click_rate: Any, work: Path, slates: int = 400, seed: int = 0) -> None:
@@ -184,10 +185,22 @@ def logged_world(store: Any, model_name: str, click_rate: Any, work: Path, slate
 
 def policy_config(tmp_path: Path) -> Any:
     # Clicks here are independent draws, so a user clicking an item again in a later slate is not abuse.
-    return make_config(tmp_path / "store", {"feedback.abuse.max_repeat_events": 1000, "policy": {"enabled": True, "candidates": N_ITEMS, "min_slots": 100,
-                                                       "categories": 4, "exploration": "softmax",
-                                                       "temperature": 0.02, "alpha": 0.1,
-                                                       "gate": {"estimator": "snips", "bootstrap": 200}}})
+    return make_config(
+        tmp_path / "store",
+        {
+            "feedback.abuse.max_repeat_events": 1000,
+            "policy": {
+                "enabled": True,
+                "candidates": N_ITEMS,
+                "min_slots": 100,
+                "categories": 4,
+                "exploration": "softmax",
+                "temperature": 0.02,
+                "alpha": 0.1,
+                "gate": {"estimator": "snips", "bootstrap": 200},
+            },
+        },
+    )
 
 
 def test_feedback_trains_a_policy_that_beats_the_logging_policy_and_publishes_it(tmp_path: Path) -> None:
@@ -226,12 +239,22 @@ def test_feedback_trains_a_policy_that_beats_the_logging_policy_and_publishes_it
     assert holder.check_once() and holder.current is not None
     user = served.users.get("u7")
     history = served.model.train_histories.row(user).astype(np.int64)
-    slate = SlateEngine(cfg.serving, holder).recommend(served, SlateQuery(
-        user=user, history=history, history_is_training=True, k=K, exclude_seen=True, category=None,
-        request_id="req-1"))
+    slate = SlateEngine(cfg.serving, holder).recommend(
+        served,
+        SlateQuery(
+            user=user,
+            history=history,
+            history_is_training=True,
+            k=K,
+            exclude_seen=True,
+            category=None,
+            request_id="req-1",
+        ),
+    )
     assert slate.policy == holder.current.name == "linucb+softmax(T=0.02)"
-    pool = training.candidate_pools(training.load_base_version(ctx.store, cfg.model_name, 1, tmp_path / "b"),
-                                    ["u7"], N_ITEMS)["u7"]
+    pool = training.candidate_pools(
+        training.load_base_version(ctx.store, cfg.model_name, 1, tmp_path / "b"), ["u7"], N_ITEMS
+    )["u7"]
     x = holder.current.space.features(list(pool.items), pool.scores, len(history))
     scores = holder.current.scores(x)
     available = np.ones(len(pool.items), bool)
@@ -248,7 +271,9 @@ def test_a_policy_that_cannot_beat_the_logging_policy_is_not_published(tmp_path:
 
     cfg = policy_config(tmp_path)
     ctx = make_context(cfg, run_id="fb1")
-    logged_world(ctx.store, cfg.model_name, lambda i: 0.1, tmp_path / "work")  # clicks ignore everything the policy sees
+    logged_world(
+        ctx.store, cfg.model_name, lambda i: 0.1, tmp_path / "work"
+    )  # clicks ignore everything the policy sees
 
     manifest = run_step("feedback", ctx)
 
@@ -271,11 +296,28 @@ def test_logged_slots_become_decisions_with_the_candidates_exact_probabilities()
         ("q2", "u2", 4, 1, "a", 3.0, 1.0, 0.0, None),  # history posted with the request: pool unknown
         ("q3", "u3", 0, 1, "a", 9.0, 1.0, 0.0, "unknown_user"),
     ]
-    slots = pd.DataFrame([{"request_id": r, "served_at": t, "user_id": u, "history_length": h, "position": p,
-                           "item_id": i, "score": s, "propensity": pr, "reward": rw, "fallback_reason": fb,
-                           "model_version": 1} for r, u, h, p, i, s, pr, rw, fb in rows])
-    pools = {(1, "u1"): Pool(np.array(["a", "b", "c"]), np.array([3.0, 2.0, 1.0]), 2),
-             (1, "u2"): Pool(np.array(["a", "b", "c"]), np.array([3.0, 2.0, 1.0]), 5)}
+    slots = pd.DataFrame(
+        [
+            {
+                "request_id": r,
+                "served_at": t,
+                "user_id": u,
+                "history_length": h,
+                "position": p,
+                "item_id": i,
+                "score": s,
+                "propensity": pr,
+                "reward": rw,
+                "fallback_reason": fb,
+                "model_version": 1,
+            }
+            for r, u, h, p, i, s, pr, rw, fb in rows
+        ]
+    )
+    pools = {
+        (1, "u1"): Pool(np.array(["a", "b", "c"]), np.array([3.0, 2.0, 1.0]), 2),
+        (1, "u2"): Pool(np.array(["a", "b", "c"]), np.array([3.0, 2.0, 1.0]), 5),
+    }
     data = build_bandit_data(slots, pools, policy.space)
     assert data.skipped == {"posted_history": 1, "fallback_slate": 1}
     assert [i.request_id for i in data.impressions] == ["q1"] and data.n_slots == 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_config, make_context, utc, write_ingest_artifact
 
+from helpers import make_config, make_context, utc, write_ingest_artifact
 from recloop.artifacts import Artifact
 from recloop.data.preprocess import filter_min_counts
 from recloop.data.splits import TEST, TRAIN, VALID, leave_last_out, resolve_cutoffs, time_cutoff
@@ -34,8 +34,14 @@ EVENTS = pd.DataFrame(
 ALL_KEPT = {"preprocess.min_user_interactions": 1, "preprocess.min_item_interactions": 1}
 
 
-def _run(tmp_path, events: pd.DataFrame, overrides: dict | None = None, items: pd.DataFrame | None = None,
-         validate: bool = False, store=None):
+def _run(
+    tmp_path,
+    events: pd.DataFrame,
+    overrides: dict | None = None,
+    items: pd.DataFrame | None = None,
+    validate: bool = False,
+    store=None,
+):
     cfg = make_config(store or tmp_path / "store", {**ALL_KEPT, **(overrides or {})})
     ctx = make_context(cfg)
     ingest_uri = write_ingest_artifact(ctx.store, "r1", events, items)
@@ -68,7 +74,12 @@ def test_leave_last_out_exact_ids_splits_and_stats(tmp_path):
 
     train = art.read_parquet("train.parquet")
     assert {c: str(t) for c, t in train.dtypes.items()} == {
-        "user_idx": "int32", "item_idx": "int32", "timestamp": "int64", "weight": "float32", "rating": "float64"}
+        "user_idx": "int32",
+        "item_idx": "int32",
+        "timestamp": "int64",
+        "weight": "float32",
+        "rating": "float64",
+    }
     assert train["rating"].tolist() == [4.0, 5.0, 5.0, 5.0, 4.0]
     assert train["weight"].tolist() == [1.0] * 5
 
@@ -81,12 +92,23 @@ def test_leave_last_out_exact_ids_splits_and_stats(tmp_path):
     assert stats["input_rows"] == 11
     assert stats["dropped"]["duplicates"] == 1
     assert stats["dropped"]["min_count_filter"] == 0
-    assert stats["splits"]["test"] == {"rows": 3, "users": 3, "items": 2,
-                                       "min_timestamp": "1970-01-01T00:03:40+00:00",
-                                       "max_timestamp": "1970-01-01T00:05:50+00:00"}
+    assert stats["splits"]["test"] == {
+        "rows": 3,
+        "users": 3,
+        "items": 2,
+        "min_timestamp": "1970-01-01T00:03:40+00:00",
+        "max_timestamp": "1970-01-01T00:05:50+00:00",
+    }
     assert stats["source"].endswith("runs/r1/ingest")
-    assert set(manifest.files) >= {"train.parquet", "valid.parquet", "test.parquet", "id_maps/users.parquet",
-                                   "id_maps/items.parquet", "items.parquet", "stats.json"}
+    assert set(manifest.files) >= {
+        "train.parquet",
+        "valid.parquet",
+        "test.parquet",
+        "id_maps/users.parquet",
+        "id_maps/items.parquet",
+        "items.parquet",
+        "stats.json",
+    }
 
     items = art.read_parquet("items.parquet")  # no catalog: text is the item id
     assert items["text"].tolist() == ["a", "b", "c", "d"]
@@ -94,9 +116,15 @@ def test_leave_last_out_exact_ids_splits_and_stats(tmp_path):
 
 
 def test_time_cutoff_explicit_drops_heldout_without_ids(tmp_path):
-    art, manifest = _run(tmp_path, EVENTS, {"preprocess.split.method": "time_cutoff",
-                                            "preprocess.split.cutoff": "1970-01-01T00:05:00Z",
-                                            "preprocess.split.valid_cutoff": "1970-01-01T00:03:20Z"})
+    art, manifest = _run(
+        tmp_path,
+        EVENTS,
+        {
+            "preprocess.split.method": "time_cutoff",
+            "preprocess.split.cutoff": "1970-01-01T00:05:00Z",
+            "preprocess.split.valid_cutoff": "1970-01-01T00:03:20Z",
+        },
+    )
     # Train is t <= 200: users 1, 2, 10 and items a, b, d get ids. User "3" (only a test event) and
     # item c (no training event) cannot be scored, so their held-out events are dropped.
     assert art.read_parquet("id_maps/users.parquet")["user_id"].tolist() == ["1", "2", "10"]
@@ -112,13 +140,24 @@ def test_time_cutoff_explicit_drops_heldout_without_ids(tmp_path):
 
 
 def test_catalog_items_all_keeps_cold_items_with_catalog_text(tmp_path):
-    catalog = pd.DataFrame({"item_id": ["a", "b", "c", "d", "e"],
-                            "text": ["Alpha", "Beta", "Gamma", "Delta", "Epsilon"],
-                            "categories": [["x"], ["y", "z"], [], ["x"], ["q"]]})
-    art, manifest = _run(tmp_path, EVENTS, {"preprocess.split.method": "time_cutoff",
-                                            "preprocess.split.cutoff": "1970-01-01T00:05:00Z",
-                                            "preprocess.split.valid_cutoff": "1970-01-01T00:03:20Z",
-                                            "preprocess.catalog_items": "all"}, items=catalog)
+    catalog = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "c", "d", "e"],
+            "text": ["Alpha", "Beta", "Gamma", "Delta", "Epsilon"],
+            "categories": [["x"], ["y", "z"], [], ["x"], ["q"]],
+        }
+    )
+    art, manifest = _run(
+        tmp_path,
+        EVENTS,
+        {
+            "preprocess.split.method": "time_cutoff",
+            "preprocess.split.cutoff": "1970-01-01T00:05:00Z",
+            "preprocess.split.valid_cutoff": "1970-01-01T00:03:20Z",
+            "preprocess.catalog_items": "all",
+        },
+        items=catalog,
+    )
     items = art.read_parquet("items.parquet")
     assert items["item_idx"].tolist() == [0, 1, 2, 3, 4]
     assert items["item_id"].tolist() == ["a", "b", "c", "d", "e"]
@@ -132,9 +171,13 @@ def test_catalog_items_all_keeps_cold_items_with_catalog_text(tmp_path):
 def test_heldout_events_never_precede_training_events(tmp_path):
     rng = np.random.default_rng(7)
     n = 600
-    events = pd.DataFrame({"user_id": rng.integers(0, 40, n).astype(str),
-                           "item_id": rng.integers(0, 25, n).astype(str),
-                           "timestamp": rng.integers(1_000, 1_060, n)})  # many ties on purpose
+    events = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 40, n).astype(str),
+            "item_id": rng.integers(0, 25, n).astype(str),
+            "timestamp": rng.integers(1_000, 1_060, n),
+        }
+    )  # many ties on purpose
     art, _ = _run(tmp_path, events, {"preprocess.dedupe": False, "preprocess.catalog_items": "all"})
     train, valid, test = (art.read_parquet(f"{s}.parquet") for s in ("train", "valid", "test"))
     last_train = train.groupby("user_idx")["timestamp"].max()
@@ -151,12 +194,22 @@ def test_heldout_events_never_precede_training_events(tmp_path):
 def test_global_cutoff_from_shares_separates_splits(tmp_path):
     rng = np.random.default_rng(3)
     n = 400
-    events = pd.DataFrame({"user_id": rng.integers(0, 20, n).astype(str),
-                           "item_id": rng.integers(0, 10, n).astype(str),
-                           "timestamp": rng.integers(10_000, 20_000, n)})
-    art, manifest = _run(tmp_path, events, {"preprocess.split.method": "time_cutoff",
-                                            "preprocess.split.test_share": 0.2,
-                                            "preprocess.split.valid_share": 0.1})
+    events = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 20, n).astype(str),
+            "item_id": rng.integers(0, 10, n).astype(str),
+            "timestamp": rng.integers(10_000, 20_000, n),
+        }
+    )
+    art, manifest = _run(
+        tmp_path,
+        events,
+        {
+            "preprocess.split.method": "time_cutoff",
+            "preprocess.split.test_share": 0.2,
+            "preprocess.split.valid_share": 0.1,
+        },
+    )
     cutoff = int(pd.Timestamp(manifest.summary["cutoff"]).timestamp())
     valid_cutoff = int(pd.Timestamp(manifest.summary["valid_cutoff"]).timestamp())
     train, valid, test = (art.read_parquet(f"{s}.parquet") for s in ("train", "valid", "test"))
@@ -169,11 +222,25 @@ def test_global_cutoff_from_shares_separates_splits(tmp_path):
 
 def test_min_count_filter_single_pass_and_kcore_fixed_point(tmp_path):
     # u2 has 2 events; dropping it leaves i3 with 1, dropping that leaves u3 with 2: a chain only k-core follows.
-    pairs = [("u0", "i0"), ("u0", "i1"), ("u0", "i2"), ("u1", "i0"), ("u1", "i1"), ("u1", "i2"),
-             ("u2", "i0"), ("u2", "i3"), ("u3", "i3"), ("u3", "i0"), ("u3", "i1")]
+    pairs = [
+        ("u0", "i0"),
+        ("u0", "i1"),
+        ("u0", "i2"),
+        ("u1", "i0"),
+        ("u1", "i1"),
+        ("u1", "i2"),
+        ("u2", "i0"),
+        ("u2", "i3"),
+        ("u3", "i3"),
+        ("u3", "i0"),
+        ("u3", "i1"),
+    ]
     events = pd.DataFrame(pairs, columns=["user_id", "item_id"]).assign(timestamp=range(100, 100 + len(pairs)))
-    filters = {"preprocess.min_user_interactions": 3, "preprocess.min_item_interactions": 2,
-               "preprocess.catalog_items": "all"}
+    filters = {
+        "preprocess.min_user_interactions": 3,
+        "preprocess.min_item_interactions": 2,
+        "preprocess.catalog_items": "all",
+    }
 
     art, m = _run(tmp_path / "single", events, filters)
     assert art.read_parquet("id_maps/users.parquet")["user_id"].tolist() == ["u0", "u1", "u3"]
@@ -204,13 +271,22 @@ def test_filter_min_counts_unit():
 
 def test_event_weights_and_dedupe_keep_heaviest(tmp_path):
     events = pd.DataFrame(
-        [("u", "i1", 10, "view", None), ("u", "i1", 10, "buy", None),  # same (user, item, time): buy wins
-         ("u", "i2", 20, "like", None),  # not in event_weights: dropped
-         ("u", "i3", 30, "view", 2.0),  # source weight multiplies the event weight
-         ("u", "i4", 40, "buy", None), ("v", "i1", 5, "view", None), ("v", "i3", 6, "view", None)],
-        columns=["user_id", "item_id", "timestamp", "event_type", "weight"])
-    art, m = _run(tmp_path, events, {"preprocess.implicit.event_weights": {"view": 1.0, "buy": 5.0},
-                                     "preprocess.catalog_items": "all"})
+        [
+            ("u", "i1", 10, "view", None),
+            ("u", "i1", 10, "buy", None),  # same (user, item, time): buy wins
+            ("u", "i2", 20, "like", None),  # not in event_weights: dropped
+            ("u", "i3", 30, "view", 2.0),  # source weight multiplies the event weight
+            ("u", "i4", 40, "buy", None),
+            ("v", "i1", 5, "view", None),
+            ("v", "i3", 6, "view", None),
+        ],
+        columns=["user_id", "item_id", "timestamp", "event_type", "weight"],
+    )
+    art, m = _run(
+        tmp_path,
+        events,
+        {"preprocess.implicit.event_weights": {"view": 1.0, "buy": 5.0}, "preprocess.catalog_items": "all"},
+    )
     train = art.read_parquet("train.parquet")
     valid = art.read_parquet("valid.parquet")
     test = art.read_parquet("test.parquet")
@@ -250,9 +326,17 @@ def test_everything_filtered_out_names_the_filters(tmp_path):
 def test_reads_only_valid_rows_after_quarantine(tmp_path):
     events = EVENTS.iloc[:10].copy()
     events.loc[1, "rating"] = 9.0  # ("1", "b", 200): out of range -> quarantined
-    art, m = _run(tmp_path, events, {"validation.on_failure": "quarantine", "validation.rating_range": [0.5, 5.0],
-                                     "validation.min_valid_share": 0.5, "validation.data_docs": False},
-                  validate=True)
+    art, m = _run(
+        tmp_path,
+        events,
+        {
+            "validation.on_failure": "quarantine",
+            "validation.rating_range": [0.5, 5.0],
+            "validation.min_valid_share": 0.5,
+            "validation.data_docs": False,
+        },
+        validate=True,
+    )
     stats = art.read_json("stats.json")
     assert stats["source"].endswith("runs/r1/validate")
     assert stats["input_rows"] == 9
@@ -268,8 +352,17 @@ def test_reads_only_valid_rows_after_quarantine(tmp_path):
 def test_validate_and_preprocess_on_s3(tmp_path, s3_store_config):
     events = EVENTS.iloc[:10].copy()
     events.loc[1, "rating"] = 9.0
-    art, m = _run(tmp_path, events, {"validation.on_failure": "quarantine", "validation.rating_range": [0.5, 5.0],
-                                     "validation.min_valid_share": 0.5}, validate=True, store=s3_store_config)
+    art, m = _run(
+        tmp_path,
+        events,
+        {
+            "validation.on_failure": "quarantine",
+            "validation.rating_range": [0.5, 5.0],
+            "validation.min_valid_share": 0.5,
+        },
+        validate=True,
+        store=s3_store_config,
+    )
     assert m.uri == f"{s3_store_config.root}/runs/r1/preprocess"
     assert art.read_json("stats.json")["input_rows"] == 9
     assert _rows(art, "test.parquet") == [(0, 3, 300), (1, 0, 350), (3, 0, 220)]

@@ -7,13 +7,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from helpers import fit_counts
 
+from helpers import fit_counts
 from recloop.errors import ArtifactError, ConfigError, RecloopError, StoreError
 from recloop.models.base import Recommender
 from recloop.registry import AliasConflict, ModelRegistry, VersionSource, list_models
@@ -24,17 +25,36 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_source(tmp: Path, seed: int, run_id: str | None = None) -> VersionSource:
     bundle = fit_counts(seed).save(tmp / f"bundle-{seed}")
-    return VersionSource(bundle_dir=bundle, candidate="counts", model_type="test_counts",
-                         run_id=run_id or f"run-{seed}",
-                         metrics={"split_fingerprint": f"fp{seed}", "candidates": {"counts": {"metrics": {
-                             "ndcg@10": {"value": 0.1 * seed, "ci_low": 0.1 * seed - 0.05, "ci_high": 0.1 * seed + 0.05},
-                             "recall@10": {"value": 0.25, "ci_low": None, "ci_high": None}}}}},
-                         blessing={"decision": "blessed", "candidate": "counts", "champion_version": seed - 1 or None,
-                                   "thresholds": [{"metric": "ndcg@10", "kind": "absolute", "required": 0.05,
-                                                   "value": 0.1 * seed, "passed": True}],
-                                   "reasons": ["counts passed every threshold"]},
-                         lineage={"train": f"file:///runs/run-{seed}/train"}, split_fingerprint=f"fp{seed}",
-                         primary_metric="ndcg@10", primary_value=0.1 * seed)
+    return VersionSource(
+        bundle_dir=bundle,
+        candidate="counts",
+        model_type="test_counts",
+        run_id=run_id or f"run-{seed}",
+        metrics={
+            "split_fingerprint": f"fp{seed}",
+            "candidates": {
+                "counts": {
+                    "metrics": {
+                        "ndcg@10": {"value": 0.1 * seed, "ci_low": 0.1 * seed - 0.05, "ci_high": 0.1 * seed + 0.05},
+                        "recall@10": {"value": 0.25, "ci_low": None, "ci_high": None},
+                    }
+                }
+            },
+        },
+        blessing={
+            "decision": "blessed",
+            "candidate": "counts",
+            "champion_version": seed - 1 or None,
+            "thresholds": [
+                {"metric": "ndcg@10", "kind": "absolute", "required": 0.05, "value": 0.1 * seed, "passed": True}
+            ],
+            "reasons": ["counts passed every threshold"],
+        },
+        lineage={"train": f"file:///runs/run-{seed}/train"},
+        split_fingerprint=f"fp{seed}",
+        primary_metric="ndcg@10",
+        primary_value=0.1 * seed,
+    )
 
 
 @pytest.fixture
@@ -80,7 +100,11 @@ def test_register_numbers_versions_and_stores_everything(store, tmp_path: Path) 
     assert [v.version for v in reg.list_versions()] == [1, 2]
     listed = reg.list_versions()[1]
     assert (listed.candidate, listed.model_type, listed.run_id, listed.actor) == (
-        "counts", "test_counts", "run-2", "alice")
+        "counts",
+        "test_counts",
+        "run-2",
+        "alice",
+    )
     assert listed.split_fingerprint == "fp2" and listed.primary_value == pytest.approx(0.2)
     assert listed.uri == store.uri("models/movies/v2")
     full = reg.get(2)
@@ -147,7 +171,13 @@ def test_promote_checks_the_expected_champion(store, tmp_path: Path) -> None:
     alias = reg.production()
     assert alias is not None
     assert (alias.version, alias.previous_version, alias.run_id, alias.actor, alias.reason, alias.generation) == (
-        1, None, "run-1", "bob", "first model", 1)
+        1,
+        None,
+        "run-1",
+        "bob",
+        "first model",
+        1,
+    )
     assert alias.uri == store.uri("models/movies/v1")
     raw = json.loads(store.get_bytes("models/movies/production.json"))
     assert {"version", "uri", "previous_version", "updated_at", "run_id", "actor", "reason"} <= set(raw)
@@ -165,10 +195,14 @@ def test_promote_checks_the_expected_champion(store, tmp_path: Path) -> None:
 
     events = [(e.action, e.outcome, e.version, e.previous_version, e.expected_version) for e in reg.history()]
     assert events == [
-        ("register", "success", 1, None, None), ("register", "success", 2, None, None),
+        ("register", "success", 1, None, None),
+        ("register", "success", 2, None, None),
         ("register", "success", 3, None, None),
-        ("promote", "success", 1, None, None), ("promote", "conflict", 2, 1, None),
-        ("promote", "success", 3, 1, 1), ("promote", "noop", 3, 3, 1)]
+        ("promote", "success", 1, None, None),
+        ("promote", "conflict", 2, 1, None),
+        ("promote", "success", 3, 1, 1),
+        ("promote", "noop", 3, 3, 1),
+    ]
     assert [e.seq for e in reg.history()] == list(range(1, 8))
 
 
@@ -196,11 +230,15 @@ def test_lost_compare_and_swap_is_retried_or_reported(store, tmp_path: Path) -> 
     assert (change.from_version, change.to_version) == (3, 4)
     alias = reg.production()
     assert (alias.version, alias.previous_version, alias.generation, alias.actor) == (4, 3, 4, "racer")
-    chain = [(e.version, e.previous_version, e.generation) for e in reg.history()
-             if e.outcome == "success" and e.action == "promote"]
+    chain = [
+        (e.version, e.previous_version, e.generation)
+        for e in reg.history()
+        if e.outcome == "success" and e.action == "promote"
+    ]
     assert chain == [(1, None, 1), (2, 1, 2), (3, 2, 3), (4, 3, 4)]
-    conflicts = [(e.version, e.previous_version, e.expected_version, e.actor) for e in reg.history()
-                 if e.outcome == "conflict"]
+    conflicts = [
+        (e.version, e.previous_version, e.expected_version, e.actor) for e in reg.history() if e.outcome == "conflict"
+    ]
     assert conflicts == [(3, 2, 1, "racer")]
 
 
@@ -216,7 +254,8 @@ def test_two_racing_publishers_one_wins_both_recorded(store, tmp_path: Path) -> 
         barrier.wait()
         try:
             ModelRegistry(store, "movies", actor=f"pub-{version}").promote(
-                version, expected=1, action="publish", run_id=f"run-{version}")
+                version, expected=1, action="publish", run_id=f"run-{version}"
+            )
             outcome[version] = "success"
         except AliasConflict:
             outcome[version] = "conflict"
@@ -268,15 +307,24 @@ def _store_config_json(store: Any, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.parametrize("mode", ["expect1", "any"])
-def test_racing_processes_keep_the_alias_consistent(store, tmp_path: Path, mode: str,
-                                                     request: pytest.FixtureRequest) -> None:
+def test_racing_processes_keep_the_alias_consistent(
+    store, tmp_path: Path, mode: str, request: pytest.FixtureRequest
+) -> None:
     reg = ModelRegistry(store, "movies")
     for seed in (1, 2, 3, 4):
         reg.register(make_source(tmp_path, seed))
     reg.promote(1, expected=None)
     cfg = _store_config_json(store, request)
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, cfg, str(v), mode], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=REPO) for v in (2, 3, 4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, cfg, str(v), mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for v in (2, 3, 4)
+    ]
     results = {}
     for v, p in zip((2, 3, 4), procs):
         out, err = p.communicate(timeout=120)
@@ -292,8 +340,11 @@ def test_racing_processes_keep_the_alias_consistent(store, tmp_path: Path, mode:
     else:
         assert set(results.values()) == {"success"}
         # No lost update: the successful changes form one unbroken chain of generations.
-        chain = sorted((e.generation, e.previous_version, e.version) for e in reg.history() if e.outcome == "success"
-                       and e.action == "promote")
+        chain = sorted(
+            (e.generation, e.previous_version, e.version)
+            for e in reg.history()
+            if e.outcome == "success" and e.action == "promote"
+        )
         assert [g for g, _, _ in chain] == [1, 2, 3, 4]
         for (_, _, before), (_, prev, _) in zip(chain, chain[1:]):
             assert prev == before
@@ -395,8 +446,10 @@ def test_model_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
     monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables to the terminal width
     store = FileStore(f"file://{tmp_path / 'store'}")
     cfg = tmp_path / "pipeline.yaml"
-    cfg.write_text("name: movielens\npublish: {model_name: movies}\nstore: {root: file://store}\n"
-                   "data: {interactions: {path: ratings.csv}}\n")
+    cfg.write_text(
+        "name: movielens\npublish: {model_name: movies}\nstore: {root: file://store}\n"
+        "data: {interactions: {path: ratings.csv}}\n"
+    )
     code, out, err = _cli(capsys, "list", "--config", str(cfg))
     assert (code, err) == (0, "")
     assert "No models in" in out
@@ -422,8 +475,11 @@ def test_model_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
     assert "movies v2 (production)" in out
     assert "production since" in out and "better ndcg" in out
     table_rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
-    assert table_rows[:3] == [["ndcg@10", "0.2000", "[0.1500, 0.2500]"], ["recall@10", "0.2500", ""],  # metrics
-                              ["ndcg@10", "absolute", "0.0500", "0.2000", "yes"]]  # gate thresholds
+    assert table_rows[:3] == [
+        ["ndcg@10", "0.2000", "[0.1500, 0.2500]"],
+        ["recall@10", "0.2500", ""],  # metrics
+        ["ndcg@10", "absolute", "0.0500", "0.2000", "yes"],
+    ]  # gate thresholds
     assert "Blessing: blessed (champion at evaluation: v1)" in out
     assert "counts passed every threshold" in out
     assert "file:///runs/run-2/train" in out  # lineage
@@ -446,10 +502,14 @@ def test_model_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
     assert code == 0
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
     assert [(r[2], r[3], r[4], r[5]) for r in rows] == [
-        ("register", "success", "v1", "—"), ("register", "success", "v2", "—"),
-        ("promote", "success", "v1", "—"), ("promote", "success", "v2", "v1"),
-        ("rollback", "success", "v1", "v2"), ("promote", "conflict", "v2", "v1"),
-        ("rollback", "noop", "v1", "v1")]
+        ("register", "success", "v1", "—"),
+        ("register", "success", "v2", "—"),
+        ("promote", "success", "v1", "—"),
+        ("promote", "success", "v2", "v1"),
+        ("rollback", "success", "v1", "v2"),
+        ("promote", "conflict", "v2", "v1"),
+        ("rollback", "noop", "v1", "v1"),
+    ]
 
     code, _, err = _cli(capsys, "show", "books", "-c", str(cfg))
     assert code == 1 and "no model named 'books'" in err and "(models: movies)" in err

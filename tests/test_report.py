@@ -6,12 +6,12 @@ import copy
 import re
 
 import pytest
-from eval_helpers import registered_test_models
-from test_evaluate_step import register_champion, setup_run
 
+from eval_helpers import registered_test_models
 from recloop.artifacts import Artifact
 from recloop.evaluation.report import render_report
 from recloop.steps.base import run_step
+from test_evaluate_step import register_champion, setup_run
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,14 @@ def test_report_is_self_contained(evaluated: dict) -> None:
 
 def test_report_has_every_section_and_chart(evaluated: dict) -> None:
     page, doc = evaluated["html"], evaluated["doc"]
-    for heading in ("Summary", "Accuracy", f"Candidates vs production champion v{doc['champion']['version']}",
-                    "By segment", "Beyond accuracy", "Protocol"):
+    for heading in (
+        "Summary",
+        "Accuracy",
+        f"Candidates vs production champion v{doc['champion']['version']}",
+        "By segment",
+        "Beyond accuracy",
+        "Protocol",
+    ):
         assert f"<h2>{heading}</h2>" in page, heading
     # Accuracy bars, forest plot, segment bars, popularity curve, coverage bars.
     assert page.count("<svg") == 5
@@ -48,7 +54,7 @@ def test_report_has_every_section_and_chart(evaluated: dict) -> None:
     for name in ("oracle", "second", "random", "champion v1"):
         assert name in page
     # The metric table shows values with their CI: `second` has mrr@5 = 0.5 for every user.
-    assert "0.5000<span class=\"ci\">[0.5000, 0.5000]</span>" in page
+    assert '0.5000<span class="ci">[0.5000, 0.5000]</span>' in page
 
 
 def test_svg_ids_are_unique_across_charts_and_rendering_is_reproducible(evaluated: dict) -> None:
@@ -79,4 +85,3 @@ def test_report_without_champion_or_bootstrap(evaluated: dict) -> None:
     assert "No production champion yet" in page
     assert page.count("<svg") == 4  # no forest plot
     assert 'class="ci"' not in page
-

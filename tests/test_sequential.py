@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
-from test_text_models import _cold_split, text_context
 
+from model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
 from recloop.data.interactions import Histories
 from recloop.models import registry
 from recloop.models.sasrec import _full_softmax_backward, _left_padded, _lr_schedule
 from recloop.models.sequential_net import SequentialRecommenderNet
+from test_text_models import _cold_split, text_context
 
 
 def _model(model_type: str, **params):
@@ -27,17 +27,18 @@ def test_windows_cover_every_event_after_the_first_once_as_a_target():
     # Lengths 1 (no target), 2, 4 (one window of max_len + 1) and 7 (two windows overlapping by one).
     histories = Histories.from_lists([[5], [1, 2], [3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]], n_items=8)
     windows = model._training_windows(histories)
-    expected = np.array([
-        [0, 0, 2, 3],        # user 1: items 1, 2 (+1), left-padded
-        [4, 5, 6, 7],        # user 2: items 3..6
-        [4, 5, 6, 7],        # user 3, last window: items 3..6
-        [1, 2, 3, 4],        # user 3, first window: items 0..3 (3 is also the next window's first input)
-    ])
+    expected = np.array(
+        [
+            [0, 0, 2, 3],  # user 1: items 1, 2 (+1), left-padded
+            [4, 5, 6, 7],  # user 2: items 3..6
+            [4, 5, 6, 7],  # user 3, last window: items 3..6
+            [1, 2, 3, 4],  # user 3, first window: items 0..3 (3 is also the next window's first input)
+        ]
+    )
     np.testing.assert_array_equal(windows, expected)
     targets = [(row[j], row[j + 1]) for row in windows for j in range(3) if row[j] > 0 and row[j + 1] > 0]
     # Every event except each user's first is predicted exactly once, from the event before it.
-    assert sorted(targets) == sorted([(2, 3), (4, 5), (5, 6), (6, 7), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6),
-                                      (6, 7)])
+    assert sorted(targets) == sorted([(2, 3), (4, 5), (5, 6), (6, 7), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)])
 
 
 def test_batches_are_trimmed_to_their_longest_row_and_cover_all_windows():
@@ -128,8 +129,18 @@ def test_left_padded_keeps_the_most_recent_items():
 class TestTextSASRecTextMatchContract(ModelContract):
     model_type = "text_sasrec"
     capabilities = frozenset({"item_vectors", "vector_space"})
-    params = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 30, "patience": 30, "dropout": 0.0,
-              "lr": 0.01, "text_match_dims": 4, "mixed_precision": True}
+    params = {
+        "dim": 16,
+        "heads": 2,
+        "layers": 1,
+        "max_len": 8,
+        "epochs": 30,
+        "patience": 30,
+        "dropout": 0.0,
+        "lr": 0.01,
+        "text_match_dims": 4,
+        "mixed_precision": True,
+    }
 
     def fit_context(self):
         return text_context()

@@ -17,13 +17,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from recloop.data.interactions import Histories
-from recloop.serving.catalog import TextIndex
 from recloop.eventlog.pseudonym import Pseudonymizer
 from recloop.eventlog.records import feedback_schema, impression_schema
+from recloop.serving.catalog import TextIndex
 from recloop.serving.security import sha256_hex
 from recloop.store import FileStore
-from serving_helpers import (API_KEY, HMAC_KEY, MODEL_NAME, Dataset, fit_mf, fit_popularity, make_dataset,
-                             publish, running, serving_config)
+from serving_helpers import (
+    API_KEY,
+    HMAC_KEY,
+    MODEL_NAME,
+    Dataset,
+    fit_mf,
+    fit_popularity,
+    make_dataset,
+    publish,
+    running,
+    serving_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +68,11 @@ def raw(data: Dataset, idx: np.ndarray) -> list[str]:
 def test_known_user_gets_the_models_top_k_with_scores_version_and_request_id(store, data, mf) -> None:
     expected = mf.recommend(users=[3], k=5)
     with running(store) as server:
-        r = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 5},
-                      headers={"X-Request-ID": "client-chosen-id-1"})
+        r = httpx.get(
+            f"{server.url}/v1/recommendations",
+            params={"user_id": "user-3", "k": 5},
+            headers={"X-Request-ID": "client-chosen-id-1"},
+        )
     assert r.status_code == 200
     body = r.json()
     assert ids(r) == raw(data, expected.ids[0])
@@ -96,8 +109,9 @@ def test_explanations_name_history_items_and_shared_text_attributes(store, data,
         assert explanation["method"] == "item_vectors"
         assert [(c["item_id"], c["weight"]) for c in explanation["because"]] == expected
         history_cats = {c for h in history for c in data.items.loc[h, "categories"]}
-        assert explanation["shared_categories"] == [c for c in explanation["shared_categories"]
-                                                    if c in history_cats and c in item["categories"]]
+        assert explanation["shared_categories"] == [
+            c for c in explanation["shared_categories"] if c in history_cats and c in item["categories"]
+        ]
         assert item["categories"] == list(data.items.loc[idx, "categories"])
     # user-3 is a "Space" user: the Space items shown share words and the category with the history.
     space = [i for i in body["items"] if "Space" in i["categories"]]
@@ -108,8 +122,10 @@ def test_explanations_name_history_items_and_shared_text_attributes(store, data,
 def test_posted_history_of_an_anonymous_user_uses_raw_ids_and_reports_unknown_ones(store, data, mf) -> None:
     expected = mf.recommend(histories=Histories.from_lists([[20, 21]], mf.n_items), k=4)
     with running(store) as server:
-        r = httpx.post(f"{server.url}/v1/recommendations",
-                       json={"history": ["item-20", "not-an-item", "item-21"], "k": 4, "session_id": "sess-1"})
+        r = httpx.post(
+            f"{server.url}/v1/recommendations",
+            json={"history": ["item-20", "not-an-item", "item-21"], "k": 4, "session_id": "sess-1"},
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert ids(r) == raw(data, expected.ids[0])
@@ -171,8 +187,10 @@ def test_text_fallback_for_a_history_the_id_model_never_saw(store, data) -> None
     assert all(i["categories"] == ["Cooking"] for i in body["items"])
     assert all(i["explanation"]["method"] == "text" for i in body["items"])
     cooking_words = {"pasta", "recipe", "cooking", "dinner", "kitchen"}
-    assert all(i["explanation"]["shared_terms"] and set(i["explanation"]["shared_terms"]) <= cooking_words
-               for i in body["items"])
+    assert all(
+        i["explanation"]["shared_terms"] and set(i["explanation"]["shared_terms"]) <= cooking_words
+        for i in body["items"]
+    )
 
 
 def test_similar_items_are_the_models_neighbours(store, data, mf) -> None:
@@ -197,8 +215,9 @@ def test_excluded_items_blocked_categories_and_category_filter(store, data, mf) 
     expected = [i for i in full if i != full[0] and i not in science][:3]
     with running(store, settings) as server:
         r = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 3})
-        cooking = httpx.get(f"{server.url}/v1/recommendations",
-                            params={"user_id": "user-3", "k": 3, "category": "Cooking"})
+        cooking = httpx.get(
+            f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 3, "category": "Cooking"}
+        )
         unknown = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "category": "Nope"})
     assert ids(r) == expected
     assert all(i["categories"] == ["Cooking"] for i in cooking.json()["items"]) and len(cooking.json()["items"]) == 3
@@ -235,9 +254,11 @@ def test_epsilon_greedy_logs_true_propensities_and_is_reproducible_per_request(s
     epsilon, pool = 0.5, 20
     settings = serving_config(exploration={"epsilon": epsilon, "seed": 7}, rules={"candidate_pool": pool})
     with running(store, settings) as server:
+
         def slate(rid: str) -> dict[str, Any]:
-            return httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 5},
-                             headers={"X-Request-ID": rid}).json()
+            return httpx.get(
+                f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 5}, headers={"X-Request-ID": rid}
+            ).json()
 
         first, again = slate("request-0001"), slate("request-0001")
         others = [slate(f"request-{n:04d}") for n in range(2, 12)]
@@ -265,12 +286,18 @@ def test_request_validation_bounds(store) -> None:
         assert httpx.get(url).status_code == 422
         assert httpx.post(url, json={"history": ["item-1"] * 4}).status_code == 422
         assert httpx.post(url, json={"history": [], "surprise": 1}).status_code == 422
-        big = httpx.post(url, content=b'{"history": [' + b'"item-1",' * 400 + b'"item-2"]}',
-                         headers={"content-type": "application/json"})
+        big = httpx.post(
+            url,
+            content=b'{"history": [' + b'"item-1",' * 400 + b'"item-2"]}',
+            headers={"content-type": "application/json"},
+        )
         assert big.status_code == 413 and "2048" in big.json()["detail"]
         assert httpx.get(f"{server.url}/v1/items/%20bad/similar").status_code == 422
-        feedback = httpx.post(f"{server.url}/v1/feedback", headers={"X-API-Key": API_KEY},
-                              json={"events": [{"item_id": "item-1", "event_type": "Click!"}]})
+        feedback = httpx.post(
+            f"{server.url}/v1/feedback",
+            headers={"X-API-Key": API_KEY},
+            json={"events": [{"item_id": "item-1", "event_type": "Click!"}]},
+        )
         assert feedback.status_code == 422
 
 
@@ -280,10 +307,15 @@ def test_feedback_and_admin_need_an_api_key_reads_are_configurable(store) -> Non
         url = server.url
         no_key = httpx.post(f"{url}/v1/feedback", json=event)
         assert no_key.status_code == 401 and "X-API-Key" in no_key.json()["detail"]
-        assert httpx.post(f"{url}/v1/feedback", json=event, headers={"X-API-Key": "wrong-key-wrong-key"}).status_code == 401
+        assert (
+            httpx.post(f"{url}/v1/feedback", json=event, headers={"X-API-Key": "wrong-key-wrong-key"}).status_code
+            == 401
+        )
         assert httpx.post(f"{url}/v1/feedback", json=event, headers={"X-API-Key": API_KEY}).status_code == 202
-        assert httpx.post(f"{url}/v1/feedback", json=event,
-                          headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 202
+        assert (
+            httpx.post(f"{url}/v1/feedback", json=event, headers={"Authorization": f"Bearer {API_KEY}"}).status_code
+            == 202
+        )
         assert httpx.get(f"{url}/v1/admin/status").status_code == 401
         status = httpx.get(f"{url}/v1/admin/status", headers={"X-API-Key": API_KEY})
         assert status.status_code == 200 and status.json()["model"]["version"] == 1
@@ -291,8 +323,11 @@ def test_feedback_and_admin_need_an_api_key_reads_are_configurable(store) -> Non
     hashed = f"sha256:{sha256_hex('another-key-0123456789')}"
     with running(store, serving_config(auth={"protect_reads": True}), keys=hashed) as server:
         assert httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-1"}).status_code == 401
-        ok = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-1"},
-                       headers={"X-API-Key": "another-key-0123456789"})
+        ok = httpx.get(
+            f"{server.url}/v1/recommendations",
+            params={"user_id": "user-1"},
+            headers={"X-API-Key": "another-key-0123456789"},
+        )
         assert ok.status_code == 200
         assert httpx.get(f"{server.url}/healthz").status_code == 200
     with running(store, keys=None) as server:
@@ -330,8 +365,14 @@ def test_probes_metrics_and_openapi(store) -> None:
     assert 'recloop_requests_total{method="GET",route="/v1/recommendations",status="422"} 1.0' in text
     assert 'recloop_request_duration_seconds_count{method="GET",route="/v1/recommendations"} 2.0' in text
     assert "recloop_fallback_total" in text and "recloop_requests_shed_total 0.0" in text
-    assert {"/v1/recommendations", "/v1/items/{item_id}/similar", "/v1/feedback", "/healthz", "/readyz",
-            "/metrics"} <= set(spec["paths"])
+    assert {
+        "/v1/recommendations",
+        "/v1/items/{item_id}/similar",
+        "/v1/feedback",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(spec["paths"])
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
@@ -340,11 +381,28 @@ def test_impressions_and_feedback_reach_the_store_pseudonymized(tmp_path: Path, 
     publish(store, mf, data, tmp_path, "run-1")
     with running(store) as server:
         rec = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 3}).json()
-        fb = httpx.post(f"{server.url}/v1/feedback", headers={"X-API-Key": API_KEY}, json={"events": [
-            {"item_id": rec["items"][0]["item_id"], "event_type": "click", "user_id": "user-3",
-             "request_id": rec["request_id"], "position": 1},
-            {"item_id": "item-9", "event_type": "rating", "value": 4.5, "session_id": "sess-9",
-             "timestamp": "2026-01-02T03:04:05Z"}]}).json()
+        fb = httpx.post(
+            f"{server.url}/v1/feedback",
+            headers={"X-API-Key": API_KEY},
+            json={
+                "events": [
+                    {
+                        "item_id": rec["items"][0]["item_id"],
+                        "event_type": "click",
+                        "user_id": "user-3",
+                        "request_id": rec["request_id"],
+                        "position": 1,
+                    },
+                    {
+                        "item_id": "item-9",
+                        "event_type": "rating",
+                        "value": 4.5,
+                        "session_id": "sess-9",
+                        "timestamp": "2026-01-02T03:04:05Z",
+                    },
+                ]
+            },
+        ).json()
         flushed = httpx.post(f"{server.url}/v1/admin/flush", headers={"X-API-Key": API_KEY}).json()
     assert flushed["written"] == {"feedback": 2, "impressions": 1}
     keys = store.list("logs")
@@ -360,8 +418,13 @@ def test_impressions_and_feedback_reach_the_store_pseudonymized(tmp_path: Path, 
     assert row["item_ids"] == [i["item_id"] for i in rec["items"]]
     assert row["scores"] == pytest.approx([i["score"] for i in rec["items"]])
     assert row["propensities"] == [1.0, 1.0, 1.0]
-    assert (row["model_name"], row["model_version"], row["model_type"], row["policy"], row["search"]) == \
-        (MODEL_NAME, 1, "mf", "greedy", "exact")
+    assert (row["model_name"], row["model_version"], row["model_type"], row["policy"], row["search"]) == (
+        MODEL_NAME,
+        1,
+        "mf",
+        "greedy",
+        "exact",
+    )
     assert row["fallback_reason"] is None and row["user_known"] is True and row["k"] == 3
     assert row["history_length"] == len(mf.train_histories.row(3)) and row["latency_ms"] > 0
     day = row["served_at"].date().isoformat()
@@ -369,11 +432,16 @@ def test_impressions_and_feedback_reach_the_store_pseudonymized(tmp_path: Path, 
     fbt = pq.read_table(io.BytesIO(store.get_bytes(next(k for k in keys if "/feedback/" in k))))
     assert fbt.schema.equals(feedback_schema())
     rows = sorted(fbt.to_pylist(), key=lambda r: r["event_type"])
-    assert [r["feedback_id"] for r in sorted(rows, key=lambda r: fb["feedback_ids"].index(r["feedback_id"]))] \
-        == fb["feedback_ids"]
+    assert [r["feedback_id"] for r in sorted(rows, key=lambda r: fb["feedback_ids"].index(r["feedback_id"]))] == fb[
+        "feedback_ids"
+    ]
     click, rating = rows
-    assert (click["user_key"], click["request_id"], click["position"], click["value"]) == \
-        (pseudo("user-3"), rec["request_id"], 1, None)
+    assert (click["user_key"], click["request_id"], click["position"], click["value"]) == (
+        pseudo("user-3"),
+        rec["request_id"],
+        1,
+        None,
+    )
     assert (rating["session_key"], rating["value"], rating["user_key"]) == (pseudo("sess-9", "session"), 4.5, None)
     assert rating["event_time"].isoformat() == "2026-01-02T03:04:05+00:00"
 
@@ -388,5 +456,7 @@ def test_not_ready_until_a_version_is_promoted_then_picked_up(tmp_path: Path, da
         assert httpx.get(f"{server.url}/healthz").status_code == 200
         publish(store, fit_popularity(data), data, tmp_path, "run-1")
         assert server.wait_ready()["version"] == 1
-        assert httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-1"}).json()["model"]["type"] \
+        assert (
+            httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-1"}).json()["model"]["type"]
             == "popularity"
+        )

@@ -16,15 +16,14 @@ import pytest
 from recloop.config import ServingAnnConfig, ServingConfig
 from recloop.data.interactions import Histories
 from recloop.errors import ConfigError
+from recloop.eventlog.pseudonym import Pseudonymizer
 from recloop.models.base import FitContext, ItemSide
 from recloop.serving.catalog import Catalog
 from recloop.serving.index import AnnIndex, build_ann_index, exact_top, recall_at
 from recloop.serving.rules import Policy, fill_slate
-from recloop.eventlog.pseudonym import Pseudonymizer
 from recloop.serving.security import ApiKeys
 from recloop.store import FileStore
 from serving_helpers import clustered_mf, fit_mf, fit_popularity, make_dataset, publish, running, serving_config
-
 
 # ---------------------------------------------------------------------------------------------- vector spaces
 
@@ -36,11 +35,13 @@ def test_mf_vector_space_reproduces_model_scores() -> None:
     assert space is not None
     users = np.array([0, 5, 30])
     known = model.train_histories.select(users)
-    np.testing.assert_allclose(space.encode(known, users) @ space.item_vectors.T,
-                               model.score_histories(known, users), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        space.encode(known, users) @ space.item_vectors.T, model.score_histories(known, users), rtol=1e-5, atol=1e-6
+    )
     adhoc = Histories.from_lists([[1, 2, 3], [20]], model.n_items)
-    np.testing.assert_allclose(space.encode(adhoc, None) @ space.item_vectors.T, model.score_histories(adhoc),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        space.encode(adhoc, None) @ space.item_vectors.T, model.score_histories(adhoc), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_text_knn_vector_space_folds_the_popularity_blend_into_one_dimension() -> None:
@@ -51,12 +52,14 @@ def test_text_knn_vector_space_folds_the_popularity_blend_into_one_dimension() -
     rng = np.random.default_rng(1)
     embeddings = rng.standard_normal((len(data.item_ids), 12)).astype(np.float32)
     model = TextKNN(TextKNNConfig(popularity_blend=0.3)).fit(
-        data.train, context=FitContext(items=ItemSide(embeddings=embeddings)))
+        data.train, context=FitContext(items=ItemSide(embeddings=embeddings))
+    )
     space = model.vector_space()
     assert space is not None and space.item_vectors.shape == (len(data.item_ids), 13)
     histories = Histories.from_lists([[1, 4, 2], [], [17]], model.n_items)
-    np.testing.assert_allclose(space.encode(histories, None) @ space.item_vectors.T,
-                               model.score_histories(histories), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        space.encode(histories, None) @ space.item_vectors.T, model.score_histories(histories), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_sasrec_vector_space_reproduces_model_scores() -> None:
@@ -68,8 +71,9 @@ def test_sasrec_vector_space_reproduces_model_scores() -> None:
     space = model.vector_space()
     assert space is not None
     histories = Histories.from_lists([[1, 2, 3], [7], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]], model.n_items)
-    np.testing.assert_allclose(space.encode(histories, None) @ space.item_vectors.T,
-                               model.score_histories(histories), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        space.encode(histories, None) @ space.item_vectors.T, model.score_histories(histories), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_models_without_inner_product_scores_have_no_vector_space() -> None:
@@ -91,8 +95,10 @@ def test_ann_index_reaches_target_recall_is_byte_identical_and_records_it(tmp_pa
     assert stored["recall@10"] == info["recall@10"] and stored["ef_search"] == info["ef_search"]
     assert "build_seconds" not in stored  # timings would make re-publishing non-idempotent
     for name in ("ann/index.hnsw", "ann/ann.json"):
-        assert hashlib.sha256((tmp_path / "a" / name).read_bytes()).digest() == \
-            hashlib.sha256((tmp_path / "b" / name).read_bytes()).digest()
+        assert (
+            hashlib.sha256((tmp_path / "a" / name).read_bytes()).digest()
+            == hashlib.sha256((tmp_path / "b" / name).read_bytes()).digest()
+        )
     # Re-measure recall independently of the build's own bookkeeping.
     index = AnnIndex.load(tmp_path / "a")
     assert index is not None
@@ -118,8 +124,14 @@ def test_server_uses_the_bundles_index_or_builds_one_at_load(tmp_path: Path) -> 
     model = clustered_mf(3000, n_users=300)
     data.item_ids = [f"item-{i}" for i in range(3000)]
     data.user_ids = [f"user-{u}" for u in range(300)]
-    data.items = pd.DataFrame({"item_idx": range(3000), "item_id": data.item_ids, "text": data.item_ids,
-                               "categories": [[] for _ in range(3000)]})
+    data.items = pd.DataFrame(
+        {
+            "item_idx": range(3000),
+            "item_id": data.item_ids,
+            "text": data.item_ids,
+            "categories": [[] for _ in range(3000)],
+        }
+    )
     store = FileStore(f"file://{tmp_path / 'store'}")
     ann = ServingAnnConfig(min_items=1000, recall_queries=100)
     publish(store, model, data, tmp_path, "with-index", bundle_hook=lambda m, b: build_ann_index(m, b, ann))
@@ -156,8 +168,15 @@ def _catalog(categories: list[list[str]]) -> Catalog:
         ids += [names.setdefault(c, len(names)) for c in cats]
         indptr.append(len(ids))
     n = len(categories)
-    return Catalog([str(i) for i in range(n)], {str(i): i for i in range(n)}, None, list(names),
-                   np.array(indptr), np.array(ids, np.int32), names)
+    return Catalog(
+        [str(i) for i in range(n)],
+        {str(i): i for i in range(n)},
+        None,
+        list(names),
+        np.array(indptr),
+        np.array(ids, np.int32),
+        names,
+    )
 
 
 def test_fill_slate_category_cap_and_mmr() -> None:
@@ -168,7 +187,7 @@ def test_fill_slate_category_cap_and_mmr() -> None:
     assert greedy.positions.tolist() == [0, 1, 2] and greedy.propensities.tolist() == [1.0, 1.0, 1.0]
     capped = fill_slate(pool, scores, Policy(4, 1, None, 0.0), catalog, None, None)
     assert capped.positions.tolist() == [0, 2, 4]  # 1 and 3 would repeat "a" / "b"
-    sims = np.array([[1, .9, 0, 0, 0], [.9, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1.]])
+    sims = np.array([[1, 0.9, 0, 0, 0], [0.9, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1.0]])
     mmr = fill_slate(pool, scores, Policy(3, None, 0.5, 0.0), catalog, lambda p: sims[np.ix_(p, p)], None)
     # Relevance scales to [1, .75, .5, .25, 0]. After item 0: item 1 scores .5*.75 - .5*.9 = -.075, item 2
     # .25, item 3 .125; after item 2 as well, item 3 (.125) still beats item 4 (0) and item 1.
@@ -221,8 +240,14 @@ def test_serving_config_validation() -> None:
 
     cfg = ServingConfig()
     assert (cfg.limits.max_k, cfg.fallback.policy, cfg.ann.min_items, cfg.cors_origins) == (100, "popular", 50000, [])
-    for bad in ({"limits": {"default_k": 50, "max_k": 10}}, {"limits": {"id_pattern": "("}},
-                {"rules": {"mmr_lambda": 1.5}}, {"fallback": {"policy": "random"}},
-                {"poll_interval": "1ms"}, {"logs": {"prefix": "../x"}}, {"unknown": 1}):
+    for bad in (
+        {"limits": {"default_k": 50, "max_k": 10}},
+        {"limits": {"id_pattern": "("}},
+        {"rules": {"mmr_lambda": 1.5}},
+        {"fallback": {"policy": "random"}},
+        {"poll_interval": "1ms"},
+        {"logs": {"prefix": "../x"}},
+        {"unknown": 1},
+    ):
         with pytest.raises(ValidationError):
             ServingConfig.model_validate(bad)

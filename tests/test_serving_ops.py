@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,16 +19,28 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from recloop.data.interactions import Histories, Interactions
 from recloop.config.models import ModelConfig
+from recloop.data.interactions import Histories, Interactions
+from recloop.eventlog.records import feedback_schema
 from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 from recloop.registry import ModelRegistry
-from recloop.eventlog.records import feedback_schema
 from recloop.serving.eventlog import EventLog
 from recloop.store import FileStore
-from serving_helpers import (API_KEY, HMAC_KEY, MODEL_NAME, ServeProcess, clustered_mf, fit_mf, fit_popularity, make_dataset,
-                             publish, running, serving_config, write_config)
+from serving_helpers import (
+    API_KEY,
+    HMAC_KEY,
+    MODEL_NAME,
+    ServeProcess,
+    clustered_mf,
+    fit_mf,
+    fit_popularity,
+    make_dataset,
+    publish,
+    running,
+    serving_config,
+    write_config,
+)
 
 # ---------------------------------------------------------------------------------------------- hot swap
 
@@ -43,6 +55,7 @@ def test_hot_swap_under_concurrent_requests_never_fails_a_request(tmp_path: Path
     stop = threading.Event()
 
     with running(store, serving_config(poll_interval="50ms")) as server:
+
         def client(n: int) -> None:
             with httpx.Client(base_url=server.url, timeout=10) as http:
                 i = 0
@@ -97,8 +110,9 @@ def test_hot_swap_under_concurrent_requests_never_fails_a_request(tmp_path: Path
         assert all(v in order for v in changes), changes
     assert set(Counter(v for s in seen for v in s)) == {1, 2, 3}
     expected = models[2].recommend(users=[3], k=5).ids[0]
-    assert final["model"]["version"] == 2 and [i["item_id"] for i in final["items"]] == \
-        [data.item_ids[i] for i in expected]
+    assert final["model"]["version"] == 2 and [i["item_id"] for i in final["items"]] == [
+        data.item_ids[i] for i in expected
+    ]
     assert "recloop_model_swaps_total 3.0" in metrics
 
 
@@ -139,8 +153,9 @@ class SlowConfig(ModelConfig):
 class SlowModel(Recommender):
     """Test-only: takes 0.4 s per request, so concurrent requests pile up deterministically."""
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> SlowModel:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> SlowModel:
         self._remember(train)
         self.scores = np.arange(train.n_items, dtype=np.float32)[::-1].copy()
         return self
@@ -162,6 +177,7 @@ def test_overload_is_shed_with_429_never_5xx(tmp_path: Path) -> None:
     publish(store, SlowModel(SlowConfig()).fit(data.train), data, tmp_path, "run-1")
     statuses: list[int] = []
     with running(store, serving_config(limits={"max_concurrency": 2})) as server:
+
         def call() -> None:
             r = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-1"}, timeout=10)
             statuses.append(r.status_code)
@@ -196,9 +212,15 @@ def _post_feedback(url: str, n: int) -> list[str]:
     acknowledged = []
     with httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}) as http:
         for i in range(n):
-            r = http.post("/v1/feedback", json={"events": [
-                {"item_id": f"item-{i % 30}", "event_type": "click", "user_id": f"user-{i % 7}"},
-                {"item_id": f"item-{(i + 1) % 30}", "event_type": "view"}]})
+            r = http.post(
+                "/v1/feedback",
+                json={
+                    "events": [
+                        {"item_id": f"item-{i % 30}", "event_type": "click", "user_id": f"user-{i % 7}"},
+                        {"item_id": f"item-{(i + 1) % 30}", "event_type": "view"},
+                    ]
+                },
+            )
             assert r.status_code == 202, r.text
             acknowledged += r.json()["feedback_ids"]
     return acknowledged
@@ -265,11 +287,29 @@ def test_failed_flush_keeps_feedback_and_a_full_buffer_refuses_more(tmp_path: Pa
             super().put_bytes(key, data)
 
     store = Unreachable(f"file://{tmp_path / 'store'}")
-    log = EventLog(store, "feedback", feedback_schema(), "received_at", ServingLogsConfig(max_buffer_rows=3),
-                   "test", None, refuse_when_full=True)
-    now = datetime.now(timezone.utc)
-    record = {"feedback_id": "f1", "received_at": now, "event_time": now, "request_id": None, "user_key": None,
-              "session_key": None, "item_id": "item-1", "event_type": "click", "value": None, "position": None}
+    log = EventLog(
+        store,
+        "feedback",
+        feedback_schema(),
+        "received_at",
+        ServingLogsConfig(max_buffer_rows=3),
+        "test",
+        None,
+        refuse_when_full=True,
+    )
+    now = datetime.now(UTC)
+    record = {
+        "feedback_id": "f1",
+        "received_at": now,
+        "event_time": now,
+        "request_id": None,
+        "user_key": None,
+        "session_key": None,
+        "item_id": "item-1",
+        "event_type": "click",
+        "value": None,
+        "position": None,
+    }
     log.append([record, {**record, "feedback_id": "f2"}])
     assert log.flush() == 0 and log.buffered == 2
     with pytest.raises(LogFull, match="retry later"):
@@ -293,10 +333,15 @@ def test_serving_from_s3_with_logs_written_back_encrypted(tmp_path: Path, s3_ser
     publish(store, model, data, tmp_path, "run-1")
     with running(store) as server:
         r = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 4})
-        httpx.post(f"{server.url}/v1/feedback", headers={"X-API-Key": API_KEY},
-                   json={"events": [{"item_id": "item-1", "event_type": "click", "user_id": "user-3"}]})
+        httpx.post(
+            f"{server.url}/v1/feedback",
+            headers={"X-API-Key": API_KEY},
+            json={"events": [{"item_id": "item-1", "event_type": "click", "user_id": "user-3"}]},
+        )
         flushed = httpx.post(f"{server.url}/v1/admin/flush", headers={"X-API-Key": API_KEY}).json()
-    assert [i["item_id"] for i in r.json()["items"]] == [data.item_ids[i] for i in model.recommend(users=[3], k=4).ids[0]]
+    assert [i["item_id"] for i in r.json()["items"]] == [
+        data.item_ids[i] for i in model.recommend(users=[3], k=4).ids[0]
+    ]
     assert flushed["written"] == {"feedback": 1, "impressions": 1}
     client = s3_server.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="recloop/logs/")["Contents"]]
@@ -309,20 +354,25 @@ def test_recloop_serve_refuses_to_start_without_a_pseudonymization_key(tmp_path:
     config = write_config(tmp_path / "serve.yaml", f"file://{tmp_path / 'store'}")
     env = {k: v for k, v in os.environ.items() if k not in ("RECLOOP_USER_HMAC_KEY", "RECLOOP_API_KEYS")}
     recloop = str(Path(sys.executable).parent / "recloop")
-    missing = subprocess.run([recloop, "serve", "--config", str(config)], env=env, capture_output=True, text=True,
-                             timeout=60)
+    missing = subprocess.run(
+        [recloop, "serve", "--config", str(config)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 2
     assert "RECLOOP_USER_HMAC_KEY" in missing.stderr and "serving.privacy.hmac_key" in missing.stderr
-    short = subprocess.run([recloop, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60,
-                           env={**env, "RECLOOP_USER_HMAC_KEY": HMAC_KEY, "RECLOOP_API_KEYS": "tooshort"})
+    short = subprocess.run(
+        [recloop, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "RECLOOP_USER_HMAC_KEY": HMAC_KEY, "RECLOOP_API_KEYS": "tooshort"},
+    )
     assert short.returncode == 2 and "at least 16 characters" in short.stderr and "tooshort" not in short.stderr
 
 
 # ---------------------------------------------------------------------------------------------- publish
 
 
-def _commit_run_for_publish(store: FileStore, model: Recommender, data: Any, tmp: Path, run_id: str,
-                            cfg: Any) -> None:
+def _commit_run_for_publish(store: FileStore, model: Recommender, data: Any, tmp: Path, run_id: str, cfg: Any) -> None:
     """preprocess, train, evaluate and gate artifacts of one run, as those steps commit them."""
     import pandas as pd
 
@@ -330,26 +380,59 @@ def _commit_run_for_publish(store: FileStore, model: Recommender, data: Any, tmp
 
     uri = {step: store.uri(run_prefix(run_id, step)) for step in ("preprocess", "train", "evaluate")}
     with ArtifactWriter(store, run_prefix(run_id, "preprocess"), "preprocess", run_id, cfg.config_hash()) as w:
-        w.put_parquet("id_maps/users.parquet", pd.DataFrame({"user_idx": np.arange(len(data.user_ids), dtype=np.int32),
-                                                             "user_id": data.user_ids}))
-        w.put_parquet("id_maps/items.parquet", pd.DataFrame({"item_idx": np.arange(len(data.item_ids), dtype=np.int32),
-                                                             "item_id": data.item_ids}))
+        w.put_parquet(
+            "id_maps/users.parquet",
+            pd.DataFrame({"user_idx": np.arange(len(data.user_ids), dtype=np.int32), "user_id": data.user_ids}),
+        )
+        w.put_parquet(
+            "id_maps/items.parquet",
+            pd.DataFrame({"item_idx": np.arange(len(data.item_ids), dtype=np.int32), "item_id": data.item_ids}),
+        )
         w.put_parquet("items.parquet", data.items)
     from recloop.artifacts.kinds import TrainedModel
 
-    with ArtifactWriter(store, f"{run_prefix(run_id, 'train')}/mf", "train", run_id, cfg.config_hash(),
-                        parents=[uri["preprocess"]]) as w:
-        TrainedModel.write(w, model.save(tmp / f"{run_id}-bundle"),
-                           {"type": "mf", "train_seconds": 0.1, "epochs": 1, "best_valid_metric": None})
-    with ArtifactWriter(store, run_prefix(run_id, "evaluate"), "evaluate", run_id, cfg.config_hash(),
-                        parents=[uri["preprocess"], f"{uri['train']}/mf"]) as w:
-        w.put_json("metrics.json", {"split_fingerprint": "fp", "candidates": {"mf": {"metrics": {}}},
-                                    "preprocess_uri": uri["preprocess"], "train_uri": uri["train"]})
-    with ArtifactWriter(store, run_prefix(run_id, "gate"), "gate", run_id, cfg.config_hash(),
-                        parents=[uri["evaluate"]]) as w:
-        w.put_json("blessing.json", {"decision": "blessed", "candidate": "mf", "model_type": "mf", "run_id": run_id,
-                                     "evaluate_uri": uri["evaluate"], "split_fingerprint": "fp",
-                                     "champion_version": None, "thresholds": [], "reasons": ["test"]})
+    with ArtifactWriter(
+        store, f"{run_prefix(run_id, 'train')}/mf", "train", run_id, cfg.config_hash(), parents=[uri["preprocess"]]
+    ) as w:
+        TrainedModel.write(
+            w,
+            model.save(tmp / f"{run_id}-bundle"),
+            {"type": "mf", "train_seconds": 0.1, "epochs": 1, "best_valid_metric": None},
+        )
+    with ArtifactWriter(
+        store,
+        run_prefix(run_id, "evaluate"),
+        "evaluate",
+        run_id,
+        cfg.config_hash(),
+        parents=[uri["preprocess"], f"{uri['train']}/mf"],
+    ) as w:
+        w.put_json(
+            "metrics.json",
+            {
+                "split_fingerprint": "fp",
+                "candidates": {"mf": {"metrics": {}}},
+                "preprocess_uri": uri["preprocess"],
+                "train_uri": uri["train"],
+            },
+        )
+    with ArtifactWriter(
+        store, run_prefix(run_id, "gate"), "gate", run_id, cfg.config_hash(), parents=[uri["evaluate"]]
+    ) as w:
+        w.put_json(
+            "blessing.json",
+            {
+                "decision": "blessed",
+                "candidate": "mf",
+                "model_type": "mf",
+                "run_id": run_id,
+                "evaluate_uri": uri["evaluate"],
+                "split_fingerprint": "fp",
+                "champion_version": None,
+                "thresholds": [],
+                "reasons": ["test"],
+            },
+        )
 
 
 def test_publish_step_stores_the_ann_index_in_the_bundle_and_serve_uses_it(tmp_path: Path) -> None:
@@ -364,11 +447,22 @@ def test_publish_step_stores_the_ann_index_in_the_bundle_and_serve_uses_it(tmp_p
     data = make_dataset()
     data.item_ids = [f"item-{i}" for i in range(n_items)]
     data.user_ids = [f"user-{u}" for u in range(n_users)]
-    data.items = pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": data.item_ids,
-                               "text": data.item_ids, "categories": [[] for _ in range(n_items)]})
-    cfg = config_mod.from_dict({"name": MODEL_NAME, "store": {"root": store.root},
-                                "data": {"interactions": {"path": "/data/events.csv"}},
-                                "serving": {"ann": {"min_items": 1000, "recall_queries": 100}}})
+    data.items = pd.DataFrame(
+        {
+            "item_idx": np.arange(n_items, dtype=np.int32),
+            "item_id": data.item_ids,
+            "text": data.item_ids,
+            "categories": [[] for _ in range(n_items)],
+        }
+    )
+    cfg = config_mod.from_dict(
+        {
+            "name": MODEL_NAME,
+            "store": {"root": store.root},
+            "data": {"interactions": {"path": "/data/events.csv"}},
+            "serving": {"ann": {"min_items": 1000, "recall_queries": 100}},
+        }
+    )
     _commit_run_for_publish(store, model, data, tmp_path, "run-1", cfg)
     logs: list[str] = []
     ctx = StepContext(cfg, store, "run-1", RunParams(force=True), log=logs.append)

@@ -4,8 +4,8 @@ documented schema. Bounded (few examples per operation) to stay well under a min
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import schemathesis
@@ -25,8 +25,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     data = make_dataset()
     publish(store, fit_mf(data), data, tmp, "run-1")
     # Rules on, so the fuzzing exercises the whole slate path (pool, MMR, caps, exploration).
-    settings_ = serving_config(rules={"mmr_lambda": 0.7, "max_per_category": 3, "excluded_items": ["item-2"]},
-                               exploration={"epsilon": 0.1})
+    settings_ = serving_config(
+        rules={"mmr_lambda": 0.7, "max_per_category": 3, "excluded_items": ["item-2"]}, exploration={"epsilon": 0.1}
+    )
     with running(store, settings_) as srv:
         yield srv
 
@@ -39,13 +40,15 @@ def test_no_server_errors_and_responses_match_the_spec(server: ServerThread) -> 
     for operation in operations:
         # Feedback and admin calls carry a valid key half the time, so both the 401 and the accepted paths
         # are fuzzed.
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
         @given(case=operation.as_strategy(), with_key=st.booleans())
         def check(case, with_key: bool) -> None:
             response = case.call(base_url=server.url, headers={"X-API-Key": API_KEY} if with_key else {})
             assert response.status_code < 500, (
-                f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}")
+                f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
+            )
             case.validate_response(response)
 
         check()

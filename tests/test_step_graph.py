@@ -17,26 +17,45 @@ def test_training_graph_declares_the_loop_in_order() -> None:
     assert TRAINING.names == ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
     assert FEEDBACK.names == ("feedback",)
     assert {s.name: tuple(s.inputs) for s in TRAINING} == {
-        "ingest": (), "validate": ("ingest",), "preprocess": ("ingest", "validate"), "train": ("preprocess",),
-        "evaluate": ("preprocess", "train"), "gate": ("evaluate",),
-        "publish": ("preprocess", "train", "evaluate", "gate")}
+        "ingest": (),
+        "validate": ("ingest",),
+        "preprocess": ("ingest", "validate"),
+        "train": ("preprocess",),
+        "evaluate": ("preprocess", "train"),
+        "gate": ("evaluate",),
+        "publish": ("preprocess", "train", "evaluate", "gate"),
+    }
     assert [s.name for s in TRAINING if s.per_candidate] == ["train"]
     assert TRAINING["evaluate"].inputs["train"] == Input(TrainedModel, many=True)
     assert TRAINING["preprocess"].inputs["validate"].optional is True
     assert {s.name: s.group for s in TRAINING} == {
-        "ingest": "data", "validate": "data", "preprocess": "data", "train": "model", "evaluate": "model",
-        "gate": "release", "publish": "release"}
+        "ingest": "data",
+        "validate": "data",
+        "preprocess": "data",
+        "train": "model",
+        "evaluate": "model",
+        "gate": "release",
+        "publish": "release",
+    }
 
 
 def test_task_edges_are_the_transitive_reduction() -> None:
     assert TRAINING.task_upstreams() == {
-        "ingest": (), "validate": ("ingest",), "preprocess": ("validate",), "train": ("preprocess",),
-        "evaluate": ("train",), "gate": ("evaluate",), "publish": ("gate",)}
+        "ingest": (),
+        "validate": ("ingest",),
+        "preprocess": ("validate",),
+        "train": ("preprocess",),
+        "evaluate": ("train",),
+        "gate": ("evaluate",),
+        "publish": ("gate",),
+    }
     # A diamond keeps both branches; only edges implied through another input are dropped.
     a = Step("a", "m", "a", output=RawEvents)
     b = Step("b", "m", "b", output=Dataset, inputs={"a": Input(RawEvents)})
     c = Step("c", "m", "c", output=Evaluation, inputs={"a": Input(RawEvents)})
-    d = Step("d", "m", "d", output=Blessing, inputs={"a": Input(RawEvents), "b": Input(Dataset), "c": Input(Evaluation)})
+    d = Step(
+        "d", "m", "d", output=Blessing, inputs={"a": Input(RawEvents), "b": Input(Dataset), "c": Input(Evaluation)}
+    )
     assert StepGraph((a, b, c, d)).task_upstreams() == {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
 
 
@@ -52,8 +71,10 @@ def test_graph_refuses_inputs_that_do_not_match_their_upstream() -> None:
 
 def test_find_step_names_every_step_when_unknown() -> None:
     assert find_step("feedback") is FEEDBACK["feedback"]
-    with pytest.raises(KeyError, match="unknown step 'nope'; steps: ingest, validate, preprocess, train, evaluate, "
-                                       "gate, publish, feedback"):
+    with pytest.raises(
+        KeyError,
+        match="unknown step 'nope'; steps: ingest, validate, preprocess, train, evaluate, gate, publish, feedback",
+    ):
         find_step("nope")
 
 
@@ -79,6 +100,7 @@ def _write(name: str) -> Any:
         with ctx.writer(output) as w:
             w.put_json("data.json", {"step": name})
         return w.manifest
+
     return run
 
 
@@ -89,8 +111,13 @@ class _Module:
 
 SOURCE = Step("src", "recloop_test_graph_src", "writes", output=Probe)
 EXTRA = Step("extra", "recloop_test_graph_extra", "writes", output=Probe)
-SINK = Step("sink", "recloop_test_graph_sink", "reads", output=Probe,
-            inputs={"src": Input(Probe), "extra": Input(Probe, optional=True)})
+SINK = Step(
+    "sink",
+    "recloop_test_graph_sink",
+    "reads",
+    output=Probe,
+    inputs={"src": Input(Probe), "extra": Input(Probe, optional=True)},
+)
 
 
 @pytest.fixture
@@ -115,8 +142,10 @@ def test_an_optional_input_is_passed_when_committed_and_left_out_when_not(tmp_pa
     run_step(SOURCE, ctx)
     run_step(SINK, ctx)
     assert probes[-1] == ("sink", {"src": ctx.store.uri("runs/r1/src")})
-    assert log[-1] == f"sink: optional input extra has no committed artifact at {ctx.store.uri('runs/r1/extra')}; " \
-                      "running without it"
+    assert (
+        log[-1] == f"sink: optional input extra has no committed artifact at {ctx.store.uri('runs/r1/extra')}; "
+        "running without it"
+    )
     run_step(EXTRA, ctx)
     run_step(SINK, ctx)  # a new input appeared: recomputed, with it
     assert probes[-1] == ("sink", {"src": ctx.store.uri("runs/r1/src"), "extra": ctx.store.uri("runs/r1/extra")})
@@ -128,7 +157,8 @@ def test_a_missing_required_input_names_the_step_to_run(tmp_path: Any, probes: l
         run_step(SINK, ctx)
     assert str(err.value) == (
         f"sink cannot run: input 'src' (probe): {ctx.store.uri('runs/r1/src')} has no _MANIFEST.json: the step that "
-        "writes it has not completed; run it first (`recloop step src` with this run id), or pass --input src=URI")
+        "writes it has not completed; run it first (`recloop step src` with this run id), or pass --input src=URI"
+    )
     assert probes == []
 
 

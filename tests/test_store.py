@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import S3Server, free_port
 
+from conftest import S3Server, free_port
 from recloop.config import RetryConfig
 from recloop.errors import ConflictError, StoreError
 from recloop.store import FileStore, S3Store, local_copy, open_store, sha256_file, with_retries
@@ -138,7 +138,7 @@ def test_open_store_on_another_root_uses_the_store_sections_credentials(tmp_path
     data.put_bytes("events.csv", b"user,item\n")
     assert s3_server.client().get_object(Bucket=other, Key="raw/events.csv")["Body"].read() == b"user,item\n"
     # The credentials are the section's: a wrong secret there fails on the other root too.
-    wrong = s3_server.store_config(cfg.root[len("s3://"):].split("/")[0], secret_access_key="wrong-secret")
+    wrong = s3_server.store_config(cfg.root[len("s3://") :].split("/")[0], secret_access_key="wrong-secret")
     with pytest.raises(StoreError, match="access denied"):
         open_store(wrong, root=f"s3://{other}").get_bytes("raw/events.csv")
     assert isinstance(open_store(cfg, root=f"file://{tmp_path}/f"), FileStore)
@@ -312,15 +312,25 @@ def test_with_retries_does_not_retry_permanent_errors() -> None:
 def _client_error(code: str, status: int) -> Exception:
     from botocore.exceptions import ClientError
 
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       "PutObject")
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
 
 
-@pytest.mark.parametrize(("code", "status", "transient"), [
-    ("SlowDown", 503, True), ("ServiceUnavailable", 503, True), ("InternalError", 500, True),
-    ("Throttling", 400, True), ("TooManyRequests", 429, True), ("BadGateway", 502, True),
-    ("NoSuchKey", 404, False), ("AccessDenied", 403, False), ("PreconditionFailed", 412, False),
-])
+@pytest.mark.parametrize(
+    ("code", "status", "transient"),
+    [
+        ("SlowDown", 503, True),
+        ("ServiceUnavailable", 503, True),
+        ("InternalError", 500, True),
+        ("Throttling", 400, True),
+        ("TooManyRequests", 429, True),
+        ("BadGateway", 502, True),
+        ("NoSuchKey", 404, False),
+        ("AccessDenied", 403, False),
+        ("PreconditionFailed", 412, False),
+    ],
+)
 def test_transient_classification_of_s3_errors(code: str, status: int, transient: bool) -> None:
     assert store_s3._is_transient(_client_error(code, status)) is transient
 
@@ -415,8 +425,11 @@ class FlakyProxy:
                 return
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        headers = {line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip()
-                   for line in head.split(b"\r\n")[1:] if b":" in line}
+        headers = {
+            line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")[1:]
+            if b":" in line
+        }
         if b"100-continue" not in headers.get(b"expect", b""):
             need = int(headers.get(b"content-length", b"0")) - len(body)
             while need > 0:
@@ -424,10 +437,14 @@ class FlakyProxy:
                 if not chunk:
                     break
                 need -= len(chunk)
-        xml = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-               b"<Message>Please reduce your request rate.</Message></Error>")
-        conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-                     b"Content-Length: " + str(len(xml)).encode() + b"\r\n\r\n" + xml)
+        xml = (
+            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>"
+        )
+        conn.sendall(
+            b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(xml)).encode() + b"\r\n\r\n" + xml
+        )
         conn.close()
 
     @staticmethod
@@ -450,8 +467,9 @@ class FlakyProxy:
 
 def _proxied_store(s3_server: S3Server, proxy: FlakyProxy, bucket: str, **retry: Any) -> S3Store:
     upstream = s3_server.store_config(bucket, prefix="via-proxy")
-    return S3Store(upstream.model_copy(update={"endpoint_url": proxy.endpoint,
-                                               "retry": RetryConfig(**{**FAST_RETRY, **retry})}))
+    return S3Store(
+        upstream.model_copy(update={"endpoint_url": proxy.endpoint, "retry": RetryConfig(**{**FAST_RETRY, **retry})})
+    )
 
 
 @pytest.mark.s3
@@ -516,8 +534,13 @@ def test_server_side_encryption_passes_through(s3_server: S3Server, tmp_path: Pa
 @pytest.mark.s3
 def test_unsupported_encryption_error_is_clear(s3_server: S3Server) -> None:
     # SeaweedFS has no KMS configured: it rejects aws:kms (with a 500, so after the retries).
-    store = S3Store(s3_server.store_config(s3_server.new_bucket(), server_side_encryption="aws:kms",
-                                           retry=RetryConfig(**{**FAST_RETRY, "max_attempts": 2})))
+    store = S3Store(
+        s3_server.store_config(
+            s3_server.new_bucket(),
+            server_side_encryption="aws:kms",
+            retry=RetryConfig(**{**FAST_RETRY, "max_attempts": 2}),
+        )
+    )
     with pytest.raises(StoreError) as info:
         store.put_bytes("a.txt", b"x")
     message = str(info.value)

@@ -3,7 +3,7 @@ sequences, popularity skew, rating signal), the CLI, and ingest of the demo conf
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ def test_demo_size_and_basic_invariants(demo: SynthData) -> None:
     assert inter.groupby("user_id").size().min() >= 5
     assert not inter.duplicated(["user_id", "item_id"]).any()  # no re-consumption
     start, end = period()
-    assert end == DEFAULT_END and end < datetime.now(timezone.utc)
+    assert end == DEFAULT_END and end < datetime.now(UTC)
     assert inter["timestamp"].min() >= start.timestamp() and inter["timestamp"].max() < end.timestamp()
     assert inter["timestamp"].is_monotonic_increasing
     assert set(inter["rating"].unique()) <= {x / 2 for x in range(1, 11)}
@@ -61,13 +61,16 @@ def test_demo_size_and_basic_invariants(demo: SynthData) -> None:
 def test_item_text_identifies_its_topic(demo: SynthData) -> None:
     truth = ground_truth_topics(demo)
     assert len(truth) == 500 and len(set(truth.values())) == 10
-    vocab = {topic: set(w.lower() for w in nouns + adjectives + words)
-             for topic, (_, nouns, adjectives, words) in TOPICS.items()}
+    vocab = {
+        topic: set(w.lower() for w in nouns + adjectives + words)
+        for topic, (_, nouns, adjectives, words) in TOPICS.items()
+    }
     for row in demo.items.itertuples():
         topic = truth[row.item_id]
         assert row.category == TOPICS[topic][0]
-        text_words = set(f"{row.title} {row.description}".lower().replace(",", " ").replace(".", " ")
-                         .replace(":", " ").split())
+        text_words = set(
+            f"{row.title} {row.description}".lower().replace(",", " ").replace(".", " ").replace(":", " ").split()
+        )
         own = len(text_words & vocab[topic])
         others = max(len(text_words & v) for t, v in vocab.items() if t != topic)
         assert own >= 6 and own > others, (row.item_id, topic, row.title, row.description)
@@ -81,7 +84,7 @@ def test_tastes_drive_choices_and_drift_over_time(demo: SynthData) -> None:
     truth = demo.truth
     topic_of = ground_truth_topics(demo)
     early_minus_late = []
-    for index, (user, events) in enumerate(demo.interactions.groupby("user_id", sort=True)):
+    for index, (_user, events) in enumerate(demo.interactions.groupby("user_id", sort=True)):
         start_fav = truth.user_favorite_topic(index, "start")
         end_fav = truth.user_favorite_topic(index, "end")
         if start_fav == end_fav or len(events) < 30:
@@ -137,13 +140,15 @@ def test_cli_synth_writes_and_reports(tmp_path: Path) -> None:
     from recloop.cli import app
 
     out = tmp_path / "data"
-    result = CliRunner().invoke(app, ["data", "synth", "--users", "40", "--items", "30", "--seed", "3",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["data", "synth", "--users", "40", "--items", "30", "--seed", "3", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     expected = generate(40, 30, seed=3)
-    for line, name, frame in zip(lines, ("interactions", "items", "users"),
-                                 (expected.interactions, expected.items, expected.users)):
+    for line, name, frame in zip(
+        lines, ("interactions", "items", "users"), (expected.interactions, expected.items, expected.users)
+    ):
         path = out / f"{name}.csv"
         assert line.startswith(f"wrote {path} ({len(frame)} rows, ")
         assert len(path.read_text().splitlines()) == len(frame) + 1
@@ -154,7 +159,8 @@ def test_demo_config_ingests_the_synthetic_data(tmp_path: Path) -> None:
     data = generate(60, 40, seed=5)
     data.write(tmp_path / "data")
     overrides = [f"store.root=file://{tmp_path / 'store'}"] + [
-        f"data.{name}.path={tmp_path / 'data' / f'{name}.csv'}" for name in ("interactions", "items", "users")]
+        f"data.{name}.path={tmp_path / 'data' / f'{name}.csv'}" for name in ("interactions", "items", "users")
+    ]
     cfg = config.load(REPO / "configs" / "demo.yaml", overrides)
     store = FileStore(cfg.store.root)
     run_step("ingest", StepContext(cfg, store, "r1", params=RunParams(force=True)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recloop.errors import ConfigError
 from recloop.config.models import EncoderConfig
+from recloop.errors import ConfigError
 from recloop.models.text_encoder import EmbeddingCache, TextEncoder, text_hashes
 from recloop.store import FileStore
 
@@ -78,8 +78,7 @@ def test_cuda_without_a_cuda_device_names_the_encoder_key(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError) as err:
         TextEncoder(EncoderConfig(device="cuda"))
-    assert err.value.errors == ["encoder.device: 'cuda' requested but no CUDA device is available; "
-                                "use 'auto' or 'cpu'"]
+    assert err.value.errors == ["encoder.device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'"]
 
 
 def test_batches_follow_token_lengths_with_bounded_padding():
@@ -98,8 +97,12 @@ def test_batches_follow_token_lengths_with_bounded_padding():
 
 
 def test_encoding_does_not_depend_on_batching(encoder):
-    texts = ["A short one.", "A much longer text about space operas, starships and galaxy-spanning wars.",
-             "Baking bread", "x"] * 5
+    texts = [
+        "A short one.",
+        "A much longer text about space operas, starships and galaxy-spanning wars.",
+        "Baking bread",
+        "x",
+    ] * 5
     together = encoder.encode(texts)
     alone = np.stack([encoder.encode([t])[0] for t in texts[:4]])
     np.testing.assert_allclose(together[:4], alone, atol=1e-5)
@@ -107,9 +110,14 @@ def test_encoding_does_not_depend_on_batching(encoder):
 
 # ---------------------------------------------------------------------------------------------- pooling
 
-POOLING_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
-                 "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
-                 "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+POOLING_FLAGS = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
 POOLING_TEXTS = ["A space opera about star pirates and their long war.", "Slow jazz", "x"]
 
 
@@ -126,10 +134,14 @@ def _with_pooling(tiny_encoder: str, folder, flags: dict) -> str:
 def _hand_pooled(hidden: np.ndarray, mode: str) -> np.ndarray:
     """One unpadded text's (tokens, dim) hidden states pooled as sentence-transformers defines each mode."""
     positions = np.arange(1, len(hidden) + 1, dtype=np.float64)[:, None]
-    return {"mean": hidden.mean(axis=0), "cls": hidden[0], "max": hidden.max(axis=0),
-            "mean_sqrt_len": hidden.sum(axis=0) / np.sqrt(len(hidden)),
-            "weightedmean": (hidden * positions).sum(axis=0) / positions.sum(),
-            "lasttoken": hidden[-1]}[mode]
+    return {
+        "mean": hidden.mean(axis=0),
+        "cls": hidden[0],
+        "max": hidden.max(axis=0),
+        "mean_sqrt_len": hidden.sum(axis=0) / np.sqrt(len(hidden)),
+        "weightedmean": (hidden * positions).sum(axis=0) / positions.sum(),
+        "lasttoken": hidden[-1],
+    }[mode]
 
 
 @pytest.mark.parametrize("mode", sorted(POOLING_FLAGS))
@@ -148,22 +160,32 @@ def test_every_pooling_mode_the_folder_asks_for_is_the_one_applied(tiny_encoder,
 
 
 def test_pooling_modes_give_different_embeddings(tiny_encoder, tmp_path):
-    pooled = {mode: TextEncoder(EncoderConfig(path=_with_pooling(tiny_encoder, tmp_path / mode, {flag: True}),
-                                              normalize=False)).encode(POOLING_TEXTS[:1])[0]
-              for mode, flag in POOLING_FLAGS.items()}
+    pooled = {
+        mode: TextEncoder(
+            EncoderConfig(path=_with_pooling(tiny_encoder, tmp_path / mode, {flag: True}), normalize=False)
+        ).encode(POOLING_TEXTS[:1])[0]
+        for mode, flag in POOLING_FLAGS.items()
+    }
     modes = sorted(pooled)
     for i, a in enumerate(modes):
-        for b in modes[i + 1:]:
+        for b in modes[i + 1 :]:
             assert not np.allclose(pooled[a], pooled[b], atol=1e-4), f"{a} and {b} pool alike"
 
 
-@pytest.mark.parametrize(("flags", "problem"), [
-    ({"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
-     "concatenates several pooling modes (pooling_mode_mean_tokens, pooling_mode_max_tokens)"),
-    ({"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": False}, "sets no pooling mode"),
-    ({"pooling_mode_median_tokens": True}, "sets pooling_mode_median_tokens, a pooling mode recloop does not "
-                                           "implement"),
-])
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (
+            {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+            "concatenates several pooling modes (pooling_mode_mean_tokens, pooling_mode_max_tokens)",
+        ),
+        ({"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": False}, "sets no pooling mode"),
+        (
+            {"pooling_mode_median_tokens": True},
+            "sets pooling_mode_median_tokens, a pooling mode recloop does not implement",
+        ),
+    ],
+)
 def test_pooling_configs_the_encoder_cannot_follow_are_refused(tiny_encoder, tmp_path, flags, problem):
     folder = _with_pooling(tiny_encoder, tmp_path / "folder", flags)
     with pytest.raises(ConfigError) as err:
@@ -189,5 +211,6 @@ def test_pooling_matches_sentence_transformers(tiny_encoder, tmp_path, mode):
 
     folder = _with_pooling(tiny_encoder, tmp_path / mode, {POOLING_FLAGS[mode]: True})
     reference = SentenceTransformer(folder, device="cpu")
-    np.testing.assert_allclose(TextEncoder(EncoderConfig(path=folder)).encode(POOLING_TEXTS),
-                               reference.encode(POOLING_TEXTS), atol=1e-5)
+    np.testing.assert_allclose(
+        TextEncoder(EncoderConfig(path=folder)).encode(POOLING_TEXTS), reference.encode(POOLING_TEXTS), atol=1e-5
+    )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
 
+from model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
 from recloop.data.interactions import Histories, Interactions
 from recloop.models import registry
 from recloop.models.base import FitContext, ItemSide
@@ -34,15 +33,31 @@ class TestTextKNNContract(ModelContract):
 class TestSASRecContract(ModelContract):
     model_type = "sasrec"
     capabilities = frozenset({"item_vectors", "vector_space"})
-    params = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 40, "patience": 40, "dropout": 0.0,
-              "lr": 0.01}
+    params = {
+        "dim": 16,
+        "heads": 2,
+        "layers": 1,
+        "max_len": 8,
+        "epochs": 40,
+        "patience": 40,
+        "dropout": 0.0,
+        "lr": 0.01,
+    }
 
 
 class TestTextSASRecContract(ModelContract):
     model_type = "text_sasrec"
     capabilities = frozenset({"item_vectors", "vector_space"})
-    params = {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 30, "patience": 30, "dropout": 0.0,
-              "lr": 0.01}
+    params = {
+        "dim": 16,
+        "heads": 2,
+        "layers": 1,
+        "max_len": 8,
+        "epochs": 30,
+        "patience": 30,
+        "dropout": 0.0,
+        "lr": 0.01,
+    }
 
     def fit_context(self) -> FitContext:
         return text_context()
@@ -57,11 +72,25 @@ def _cold_split() -> tuple[Interactions, int]:
     return train, cold_item
 
 
-@pytest.mark.parametrize("model_type,params", [
-    ("text_knn", {}),
-    ("text_sasrec", {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 30, "patience": 30,
-                     "dropout": 0.0, "lr": 0.01}),
-])
+@pytest.mark.parametrize(
+    "model_type,params",
+    [
+        ("text_knn", {}),
+        (
+            "text_sasrec",
+            {
+                "dim": 16,
+                "heads": 2,
+                "layers": 1,
+                "max_len": 8,
+                "epochs": 30,
+                "patience": 30,
+                "dropout": 0.0,
+                "lr": 0.01,
+            },
+        ),
+    ],
+)
 def test_text_models_recommend_an_item_nobody_has_interacted_with(model_type, params):
     train, cold_item = _cold_split()
     cls = registry.get(model_type)
@@ -71,11 +100,14 @@ def test_text_models_recommend_an_item_nobody_has_interacted_with(model_type, pa
     assert recs.ids[0, 0] == cold_item
 
 
-@pytest.mark.parametrize("model_type,params", [
-    ("sasrec", {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 5}),
-    ("ease", {"lambda": 1.0}),
-    ("popularity", {}),
-])
+@pytest.mark.parametrize(
+    "model_type,params",
+    [
+        ("sasrec", {"dim": 16, "heads": 2, "layers": 1, "max_len": 8, "epochs": 5}),
+        ("ease", {"lambda": 1.0}),
+        ("popularity", {}),
+    ],
+)
 def test_id_only_models_rank_a_cold_item_last(model_type, params):
     train, cold_item = _cold_split()
     cls = registry.get(model_type)

@@ -46,10 +46,18 @@ def _leave_last_out(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
     events = events.sort_values(["user_idx", "timestamp"], kind="stable")
     from_end = events.groupby("user_idx").cumcount(ascending=False)
     parts = {"train": events[from_end >= 2], "valid": events[from_end == 1], "test": events[from_end == 0]}
-    return {name: pd.DataFrame({
-        "user_idx": df["user_idx"].astype(np.int32), "item_idx": df["item_idx"].astype(np.int32),
-        "timestamp": df["timestamp"].astype(np.int64), "weight": np.ones(len(df), np.float32),
-        "rating": np.full(len(df), 4.0)}) for name, df in parts.items()}
+    return {
+        name: pd.DataFrame(
+            {
+                "user_idx": df["user_idx"].astype(np.int32),
+                "item_idx": df["item_idx"].astype(np.int32),
+                "timestamp": df["timestamp"].astype(np.int64),
+                "weight": np.ones(len(df), np.float32),
+                "rating": np.full(len(df), 4.0),
+            }
+        )
+        for name, df in parts.items()
+    }
 
 
 def write_preprocess(store: ArtifactStore, run_id: str = "r1", empty_train: bool = False) -> str:
@@ -59,32 +67,67 @@ def write_preprocess(store: ArtifactStore, run_id: str = "r1", empty_train: bool
     with ArtifactWriter(store, run_prefix(run_id, "preprocess"), step="preprocess", run_id=run_id) as w:
         for name, df in splits.items():
             w.put_parquet(f"{name}.parquet", df)
-        w.put_parquet("id_maps/users.parquet", pd.DataFrame({
-            "user_idx": np.arange(N_USERS, dtype=np.int32), "user_id": [f"u{u}" for u in range(N_USERS)]}))
-        w.put_parquet("id_maps/items.parquet", pd.DataFrame({
-            "item_idx": np.arange(N_ITEMS, dtype=np.int32), "item_id": [f"m{i}" for i in range(N_ITEMS)]}))
-        w.put_parquet("items.parquet", pd.DataFrame({
-            "item_idx": np.arange(N_ITEMS, dtype=np.int32), "item_id": [f"m{i}" for i in range(N_ITEMS)],
-            "text": [f"Movie {i}. Genres: {'Drama' if i < 10 else 'Comedy'}" for i in range(N_ITEMS)],
-            "categories": [["Drama"] if i < 10 else ["Comedy"] for i in range(N_ITEMS)]}))
+        w.put_parquet(
+            "id_maps/users.parquet",
+            pd.DataFrame(
+                {"user_idx": np.arange(N_USERS, dtype=np.int32), "user_id": [f"u{u}" for u in range(N_USERS)]}
+            ),
+        )
+        w.put_parquet(
+            "id_maps/items.parquet",
+            pd.DataFrame(
+                {"item_idx": np.arange(N_ITEMS, dtype=np.int32), "item_id": [f"m{i}" for i in range(N_ITEMS)]}
+            ),
+        )
+        w.put_parquet(
+            "items.parquet",
+            pd.DataFrame(
+                {
+                    "item_idx": np.arange(N_ITEMS, dtype=np.int32),
+                    "item_id": [f"m{i}" for i in range(N_ITEMS)],
+                    "text": [f"Movie {i}. Genres: {'Drama' if i < 10 else 'Comedy'}" for i in range(N_ITEMS)],
+                    "categories": [["Drama"] if i < 10 else ["Comedy"] for i in range(N_ITEMS)],
+                }
+            ),
+        )
         w.put_json("stats.json", {"n_users": N_USERS, "n_items": N_ITEMS})
-        w.summary.update({"n_users": N_USERS, "n_items": N_ITEMS, "n_train": len(splits["train"]),
-                          "n_valid": len(splits["valid"]), "n_test": len(splits["test"]),
-                          "split": "leave_last_out"})
+        w.summary.update(
+            {
+                "n_users": N_USERS,
+                "n_items": N_ITEMS,
+                "n_train": len(splits["train"]),
+                "n_valid": len(splits["valid"]),
+                "n_test": len(splits["test"]),
+                "split": "leave_last_out",
+            }
+        )
     return store.uri(run_prefix(run_id, "preprocess"))
 
 
-def make_ctx(store: ArtifactStore, models: list[dict[str, Any]], log: list[str] | None = None,
-             params: RunParams = RunParams(), run_id: str = "r1",
-             progress_calls: list[tuple[str, float]] | None = None) -> StepContext:
-    cfg = config_mod.from_dict({"name": "movies", "store": {"root": store.root},
-                                "data": {"interactions": {"path": "/data/ratings.csv"}}, "models": models})
+def make_ctx(
+    store: ArtifactStore,
+    models: list[dict[str, Any]],
+    log: list[str] | None = None,
+    params: RunParams = RunParams(),
+    run_id: str = "r1",
+    progress_calls: list[tuple[str, float]] | None = None,
+) -> StepContext:
+    cfg = config_mod.from_dict(
+        {
+            "name": "movies",
+            "store": {"root": store.root},
+            "data": {"interactions": {"path": "/data/ratings.csv"}},
+            "models": models,
+        }
+    )
     ctx = StepContext(config=cfg, store=store, run_id=run_id, params=params)
     if log is not None:
         ctx.log = log.append
     if progress_calls is not None:
+
         def progress(description: str, total: float | None = None):
             return lambda n=1.0: progress_calls.append((description, float(n)))
+
         ctx.progress = progress
     return ctx
 
@@ -153,8 +196,11 @@ def test_trains_every_candidate_into_its_own_bundle(any_store: ArtifactStore, tm
 
 def test_models_param_trains_only_the_named_candidates(store: FileStore) -> None:
     write_preprocess(store)
-    models = [{"type": "popularity"}, {"type": "ease", "name": "ease-strong", "lambda": 500},
-              {"type": "ease", "name": "ease-weak", "lambda": 1}]
+    models = [
+        {"type": "popularity"},
+        {"type": "ease", "name": "ease-strong", "lambda": 500},
+        {"type": "ease", "name": "ease-weak", "lambda": 1},
+    ]
     ctx = make_ctx(store, models, params=RunParams(models=("ease-weak", "popularity")))
     assert list(train_all(ctx)) == ["popularity", "ease-weak"]  # config order
     assert not Artifact.exists(store, "runs/r1/train/ease-strong")
@@ -179,8 +225,9 @@ def test_committed_artifact_is_reused_and_force_retrains(store: FileStore) -> No
     again = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log), candidate="popularity")
     assert again.created_at == first.created_at
     assert any(line.startswith("train popularity: reusing committed artifact") for line in log)
-    forced = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log, params=RunParams(force=True)),
-                      candidate="popularity")
+    forced = run_step(
+        "train", make_ctx(store, FAST_MODELS[:1], log=log, params=RunParams(force=True)), candidate="popularity"
+    )
     assert forced.files["arrays.safetensors"].sha256 == first.files["arrays.safetensors"].sha256
 
 
@@ -213,13 +260,16 @@ def test_no_models_configured_is_a_config_error(store: FileStore) -> None:
 
 def test_duplicate_candidate_names_are_rejected_at_load(tmp_path: Path) -> None:
     path = tmp_path / "pipeline.yaml"
-    path.write_text("name: movies\ndata: {interactions: {path: ratings.csv}}\n"
-                    "models:\n  - {type: ease, lambda: 100}\n  - {type: itemknn}\n  - {type: ease, lambda: 300}\n")
+    path.write_text(
+        "name: movies\ndata: {interactions: {path: ratings.csv}}\n"
+        "models:\n  - {type: ease, lambda: 100}\n  - {type: itemknn}\n  - {type: ease, lambda: 300}\n"
+    )
     with pytest.raises(ConfigError) as err:
         config_mod.load(path)
     assert err.value.errors == [
         "models: candidate names must be unique ('ease' at models[0, 2]); give each entry a distinct `name:` "
-        "(got names ['ease', 'itemknn', 'ease'])"]
+        "(got names ['ease', 'itemknn', 'ease'])"
+    ]
     path.write_text(path.read_text().replace("{type: ease, lambda: 300}", "{type: ease, name: ease-300, lambda: 300}"))
     cfg = config_mod.load(path)
     assert [m.candidate_name for m in cfg.models] == ["ease", "itemknn", "ease-300"]
@@ -228,13 +278,17 @@ def test_duplicate_candidate_names_are_rejected_at_load(tmp_path: Path) -> None:
 
 def test_candidate_name_must_be_a_folder_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"candidate name '\.\./x' must be letters"):
-        config_mod.from_dict({"name": "m", "data": {"interactions": {"path": "/x.csv"}},
-                              "models": [{"type": "ease", "name": "../x"}]})
+        config_mod.from_dict(
+            {"name": "m", "data": {"interactions": {"path": "/x.csv"}}, "models": [{"type": "ease", "name": "../x"}]}
+        )
 
 
 def test_missing_or_incomplete_preprocess_artifact(store: FileStore) -> None:
-    with pytest.raises(ArtifactError, match="train cannot run: input 'preprocess' \\(dataset\\): .*runs/r1/preprocess "
-                                            "has no _MANIFEST.json.*run it first"):
+    with pytest.raises(
+        ArtifactError,
+        match="train cannot run: input 'preprocess' \\(dataset\\): .*runs/r1/preprocess "
+        "has no _MANIFEST.json.*run it first",
+    ):
         train_all(make_ctx(store, FAST_MODELS[:1]))
     with ArtifactWriter(store, "runs/r1/preprocess", step="preprocess", run_id="r1") as w:
         w.put_json("stats.json", {})

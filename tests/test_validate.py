@@ -8,8 +8,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import interactions_table, make_config, make_context, write_ingest_artifact
 
+from helpers import interactions_table, make_config, make_context, write_ingest_artifact
 from recloop.artifacts import Artifact, ArtifactWriter, run_prefix
 from recloop.errors import ValidationFailed
 from recloop.steps import validate
@@ -41,8 +41,11 @@ ROWS = [
 ]
 EVENTS = pd.DataFrame(ROWS, columns=["user_id", "item_id", "timestamp", "rating", "event_type", "ingest_issue"])
 CATALOG = pd.DataFrame({"item_id": ["i1", "i2", "i3", "i4", "i5", "i6"]})
-RULES = {"validation.rating_range": [0.5, 5.0], "validation.allowed_event_types": ["click", "buy"],
-         "validation.data_docs": False}
+RULES = {
+    "validation.rating_range": [0.5, 5.0],
+    "validation.allowed_event_types": ["click", "buy"],
+    "validation.data_docs": False,
+}
 EXPECTED_REASONS = {
     3: "user_id is null",
     5: "rating 9 outside [0.5, 5]",
@@ -53,8 +56,14 @@ EXPECTED_REASONS = {
     15: "ingest: rating 'abc' is not a number",
     17: "rating 0 outside [0.5, 5]; item not in the catalog",
 }
-ROW_FAILURES = ["rows_parsed_cleanly", "user_id_not_null", "rating_in_range", "event_type_allowed",
-                "timestamp_not_in_future", "catalog_coverage"]
+ROW_FAILURES = [
+    "rows_parsed_cleanly",
+    "user_id_not_null",
+    "rating_in_range",
+    "event_type_allowed",
+    "timestamp_not_in_future",
+    "catalog_coverage",
+]
 
 
 def _setup(tmp_path, overrides: dict, events: pd.DataFrame = EVENTS, catalog: pd.DataFrame | None = CATALOG):
@@ -69,24 +78,56 @@ def _run(ctx, ingest_uri):
 
 
 def _clean_events(n: int = 20) -> pd.DataFrame:
-    return pd.DataFrame({"user_id": [f"u{k % 4}" for k in range(n)], "item_id": [f"i{k % 5 + 1}" for k in range(n)],
-                         "timestamp": [1000 + k for k in range(n)], "rating": [3.0] * n})
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{k % 4}" for k in range(n)],
+            "item_id": [f"i{k % 5 + 1}" for k in range(n)],
+            "timestamp": [1000 + k for k in range(n)],
+            "rating": [3.0] * n,
+        }
+    )
 
 
 def test_clean_data_passes_with_every_check_reported_and_data_docs(tmp_path):
     ctx, ingest_uri, _ = _setup(tmp_path, {"validation.data_docs": True}, events=_clean_events())
     manifest = _run(ctx, ingest_uri)
-    assert manifest.summary == {"success": True, "rows": 20, "valid_rows": 20, "quarantined_rows": 0,
-                                "invalid_rows": 0, "failed_expectations": []}
+    assert manifest.summary == {
+        "success": True,
+        "rows": 20,
+        "valid_rows": 20,
+        "quarantined_rows": 0,
+        "invalid_rows": 0,
+        "failed_expectations": [],
+    }
     art = Artifact.open(ctx.store, "runs/r1/validate")
     result = art.read_json("result.json")
     assert [e["name"] for e in result["expectations"]] == [
-        "columns_present", "min_rows", "type:user_id", "type:item_id", "type:timestamp", "type:rating",
-        "type:event_type", "type:weight", "type:source_file", "type:source_row", "type:ingest_issue",
-        "rows_parsed_cleanly", "user_id_not_null", "item_id_not_null", "timestamp_not_null", "rating_in_range",
-        "event_type_allowed", "timestamp_not_in_future", "duplicate_rate", "catalog_coverage",
-        "catalog:item_id_not_null", "catalog:item_id_unique", "users_min_interactions", "items_min_interactions",
-        "cold_start_share"]
+        "columns_present",
+        "min_rows",
+        "type:user_id",
+        "type:item_id",
+        "type:timestamp",
+        "type:rating",
+        "type:event_type",
+        "type:weight",
+        "type:source_file",
+        "type:source_row",
+        "type:ingest_issue",
+        "rows_parsed_cleanly",
+        "user_id_not_null",
+        "item_id_not_null",
+        "timestamp_not_null",
+        "rating_in_range",
+        "event_type_allowed",
+        "timestamp_not_in_future",
+        "duplicate_rate",
+        "catalog_coverage",
+        "catalog:item_id_not_null",
+        "catalog:item_id_unique",
+        "users_min_interactions",
+        "items_min_interactions",
+        "cold_start_share",
+    ]
     assert all(e["success"] for e in result["expectations"])
     by_name = {e["name"]: e for e in result["expectations"]}
     assert by_name["min_rows"]["observed_value"] == 20
@@ -130,7 +171,9 @@ def test_fail_mode_raises_with_one_screen_summary_and_commits_report_aside(tmp_p
     assert failed.manifest.summary["failed_expectations"] == ROW_FAILURES
     by_name = {e["name"]: e for e in result["expectations"]}
     assert [(r["source_file"], r["source_row"]) for r in by_name["rating_in_range"]["sample_rows"]] == [
-        ("events.csv", 5), ("events.csv", 17)]
+        ("events.csv", 5),
+        ("events.csv", 17),
+    ]
     assert by_name["catalog_coverage"]["observed_value"] is None
     assert by_name["catalog_coverage"]["unexpected_count"] == 2
 
@@ -141,17 +184,30 @@ def test_gx_counts_agree_with_quarantined_rows(tmp_path):
     _run(ctx, ingest_uri)
     result = Artifact.open(ctx.store, "runs/r1/validate").read_json("result.json")
     counts = {e["name"]: e["unexpected_count"] for e in result["expectations"] if e["row_level"]}
-    assert counts == {"rows_parsed_cleanly": 1, "user_id_not_null": 1, "item_id_not_null": 0,
-                      "timestamp_not_null": 0, "rating_in_range": 2, "event_type_allowed": 1,
-                      "timestamp_not_in_future": 1, "duplicate_rate": 1, "catalog_coverage": 2}
+    assert counts == {
+        "rows_parsed_cleanly": 1,
+        "user_id_not_null": 1,
+        "item_id_not_null": 0,
+        "timestamp_not_null": 0,
+        "rating_in_range": 2,
+        "event_type_allowed": 1,
+        "timestamp_not_in_future": 1,
+        "duplicate_rate": 1,
+        "catalog_coverage": 2,
+    }
 
 
 def test_quarantine_splits_rows_exactly_with_reasons(tmp_path):
-    ctx, ingest_uri, log = _setup(tmp_path, {"validation.on_failure": "quarantine",
-                                             "validation.min_valid_share": 0.5})
+    ctx, ingest_uri, log = _setup(tmp_path, {"validation.on_failure": "quarantine", "validation.min_valid_share": 0.5})
     manifest = _run(ctx, ingest_uri)
-    assert manifest.summary == {"success": True, "rows": 20, "valid_rows": 12, "quarantined_rows": 8,
-                                "invalid_rows": 8, "failed_expectations": ROW_FAILURES}
+    assert manifest.summary == {
+        "success": True,
+        "rows": 20,
+        "valid_rows": 12,
+        "quarantined_rows": 8,
+        "invalid_rows": 8,
+        "failed_expectations": ROW_FAILURES,
+    }
     art = Artifact.open(ctx.store, "runs/r1/validate")
     valid = art.read_parquet("interactions.parquet")
     bad = art.read_parquet("quarantine/interactions.parquet")
@@ -170,8 +226,7 @@ def test_quarantine_splits_rows_exactly_with_reasons(tmp_path):
 
 
 def test_quarantine_fails_below_min_valid_share(tmp_path):
-    ctx, ingest_uri, _ = _setup(tmp_path, {"validation.on_failure": "quarantine",
-                                           "validation.min_valid_share": 0.7})
+    ctx, ingest_uri, _ = _setup(tmp_path, {"validation.on_failure": "quarantine", "validation.min_valid_share": 0.7})
     with pytest.raises(ValidationFailed) as info:
         _run(ctx, ingest_uri)
     message = str(info.value)
@@ -197,8 +252,9 @@ def test_warn_mode_logs_and_passes(tmp_path):
 @pytest.mark.parametrize(("repeats", "passes"), [(1, True), (2, False)])
 def test_duplicate_rate_threshold_is_inclusive(tmp_path, repeats, passes):
     events = _clean_events(20)
-    events.loc[20 - repeats:, ["user_id", "item_id", "timestamp"]] = events.loc[: repeats - 1,
-                                                                               ["user_id", "item_id", "timestamp"]].to_numpy()
+    events.loc[20 - repeats :, ["user_id", "item_id", "timestamp"]] = events.loc[
+        : repeats - 1, ["user_id", "item_id", "timestamp"]
+    ].to_numpy()
     ctx, ingest_uri, _ = _setup(tmp_path, {"validation.max_duplicate_rate": 0.05}, events=events)
     if passes:
         assert _run(ctx, ingest_uri).summary["invalid_rows"] == 1
@@ -212,8 +268,9 @@ def test_future_tolerance_uses_the_validation_clock(tmp_path):
     events = _clean_events(4)
     events.loc[2, "timestamp"] = now + 12 * 3600  # within the 1d tolerance
     events.loc[3, "timestamp"] = now + 3 * 86400  # beyond it
-    ctx, ingest_uri, _ = _setup(tmp_path, {"validation.on_failure": "quarantine", "validation.min_valid_share": 0.5},
-                                events=events)
+    ctx, ingest_uri, _ = _setup(
+        tmp_path, {"validation.on_failure": "quarantine", "validation.min_valid_share": 0.5}, events=events
+    )
     _run(ctx, ingest_uri)
     bad = Artifact.open(ctx.store, "runs/r1/validate").read_parquet("quarantine/interactions.parquet")
     assert bad["source_row"].tolist() == [4]
@@ -242,14 +299,20 @@ def test_wrong_column_type_is_reported(tmp_path):
     with ArtifactWriter(ctx.store, "runs/r1/ingest", step="ingest", run_id="r1") as w:
         pq.write_table(table, w.local("interactions.parquet"))
         w.add_file("interactions.parquet")
-    with pytest.raises(ValidationFailed, match=r"type:timestamp \(timestamp is a timezone-aware timestamp\): "
-                                               r"observed \"datetime64\""):
+    with pytest.raises(
+        ValidationFailed,
+        match=r"type:timestamp \(timestamp is a timezone-aware timestamp\): "
+        r"observed \"datetime64\"",
+    ):
         _run(ctx, ctx.store.uri("runs/r1/ingest"))
 
 
 def test_recommender_checks_report_and_cold_start_blocks(tmp_path):
-    ctx, ingest_uri, _ = _setup(tmp_path, {"validation.min_interactions_per_user": 6,
-                                           "validation.max_cold_start_share": 0.1}, events=_clean_events(22))
+    ctx, ingest_uri, _ = _setup(
+        tmp_path,
+        {"validation.min_interactions_per_user": 6, "validation.max_cold_start_share": 0.1},
+        events=_clean_events(22),
+    )
     with pytest.raises(ValidationFailed) as info:
         _run(ctx, ingest_uri)
     message = str(info.value)
@@ -285,8 +348,9 @@ def test_outcome_replaces_the_other_outcome_of_the_same_run(tmp_path):
     assert Artifact.exists(ctx.store, "runs/r1/validate-failed")
 
     # The user relaxes the config and re-runs: the stale failure report goes away.
-    ctx.config = make_config(tmp_path / "store", {**RULES, "validation.on_failure": "quarantine",
-                                                  "validation.min_valid_share": 0.5})
+    ctx.config = make_config(
+        tmp_path / "store", {**RULES, "validation.on_failure": "quarantine", "validation.min_valid_share": 0.5}
+    )
     _run(ctx, ingest_uri)
     assert Artifact.exists(ctx.store, "runs/r1/validate")
     assert not Artifact.exists(ctx.store, "runs/r1/validate-failed")

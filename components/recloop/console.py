@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import (
@@ -27,12 +27,18 @@ class ProgressBars:
     the block ends. `time_remaining`: add an estimated-time-left column.
     """
 
-    def __init__(self, console: Console, *, delay_s: float = 0.0, hide_finished: bool = False,
-                 time_remaining: bool = False):
+    def __init__(
+        self, console: Console, *, delay_s: float = 0.0, hide_finished: bool = False, time_remaining: bool = False
+    ):
         self.delay_s = delay_s
         self.hide_finished = hide_finished
-        columns = [SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-                   MofNCompleteColumn(), TimeElapsedColumn()]
+        columns = [
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
         if time_remaining:
             columns.append(TimeRemainingColumn())
         self.bars = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
@@ -100,12 +106,17 @@ def print_pipeline_summary(console: Console, result) -> None:  # result: recloop
         for name, block in candidates.items():
             verdict = per.get(name, {}).get("decision", "")
             if not verdict:
-                verdict = "blessed ✓" if blessing.get("candidate") == name and blessing.get("decision") == "blessed" else ""
+                verdict = (
+                    "blessed ✓" if blessing.get("candidate") == name and blessing.get("decision") == "blessed" else ""
+                )
             table.add_row(name, *[_fmt_metric(block.get("metrics", {}).get(m)) for m in shown], verdict)
         champion = metrics.get("champion")
         if champion and champion.get("metrics"):
-            table.add_row(f"champion v{champion.get('version')}",
-                          *[_fmt_metric(champion["metrics"].get(m)) for m in shown], "(production)")
+            table.add_row(
+                f"champion v{champion.get('version')}",
+                *[_fmt_metric(champion["metrics"].get(m)) for m in shown],
+                "(production)",
+            )
         console.print(table)
     if blessing:
         decision = blessing.get("decision")

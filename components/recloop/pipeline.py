@@ -9,8 +9,8 @@ reasons reported; `dry_run` skips publish too.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from recloop.artifacts import Manifest
 from recloop.artifacts.kinds import Blessing, Evaluation
@@ -42,8 +42,9 @@ class PipelineResult:
         return {s.step: s for s in self.steps}
 
 
-def run_pipeline(ctx: StepContext, steps: tuple[str, ...] = TRAINING_STEPS,
-                 on_step: Callable[[str, str], None] | None = None) -> PipelineResult:
+def run_pipeline(
+    ctx: StepContext, steps: tuple[str, ...] = TRAINING_STEPS, on_step: Callable[[str, str], None] | None = None
+) -> PipelineResult:
     """Run `steps` in order for `ctx.run_id` (per-candidate steps once per candidate); stop (raise) at
     the first failing step."""
     result = PipelineResult(run_id=ctx.run_id)
@@ -61,8 +62,11 @@ def run_pipeline(ctx: StepContext, steps: tuple[str, ...] = TRAINING_STEPS,
             report(label, "running")
             start = time.perf_counter()
             outcome = execute_step(step, ctx, candidate=candidate)
-            result.steps.append(StepOutcome(label, "reused" if outcome.reused else "done",
-                                            time.perf_counter() - start, outcome.manifest))
+            result.steps.append(
+                StepOutcome(
+                    label, "reused" if outcome.reused else "done", time.perf_counter() - start, outcome.manifest
+                )
+            )
             report(label, result.steps[-1].status)
         manifest = result.steps[-1].manifest
         assert manifest is not None

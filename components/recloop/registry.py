@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -76,15 +76,19 @@ class AliasConflict(ConflictError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def check_model_name(name: str) -> str:
     """A registry name must be one safe path segment."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError("model name", [
-            f"{name!r} is not a valid registry model name: use letters, digits, '.', '-' and '_' "
-            "(at most 128 characters, starting with a letter or digit)"])
+        raise ConfigError(
+            "model name",
+            [
+                f"{name!r} is not a valid registry model name: use letters, digits, '.', '-' and '_' "
+                "(at most 128 characters, starting with a letter or digit)"
+            ],
+        )
     return name
 
 
@@ -93,8 +97,11 @@ def list_models(store: ArtifactStore) -> list[str]:
     names: set[str] = set()
     for key in store.list(MODELS_PREFIX):
         parts = key.split("/")
-        if len(parts) >= 3 and parts[0] == MODELS_PREFIX and (
-                parts[2] in ("claims", ALIAS_NAME) or _VERSION_DIR_RE.match(parts[2])):
+        if (
+            len(parts) >= 3
+            and parts[0] == MODELS_PREFIX
+            and (parts[2] in ("claims", ALIAS_NAME) or _VERSION_DIR_RE.match(parts[2]))
+        ):
             names.add(parts[1])
     return sorted(names)
 
@@ -122,14 +129,21 @@ class Alias:
     def from_bytes(cls, data: bytes, where: str) -> Alias:
         try:
             d = json.loads(data)
-            return cls(version=int(d["version"]), uri=str(d["uri"]),
-                       previous_version=None if d.get("previous_version") is None else int(d["previous_version"]),
-                       updated_at=str(d.get("updated_at", "")), run_id=d.get("run_id"),
-                       actor=str(d.get("actor", "")), reason=str(d.get("reason", "")),
-                       generation=int(d.get("generation", 1)))
+            return cls(
+                version=int(d["version"]),
+                uri=str(d["uri"]),
+                previous_version=None if d.get("previous_version") is None else int(d["previous_version"]),
+                updated_at=str(d.get("updated_at", "")),
+                run_id=d.get("run_id"),
+                actor=str(d.get("actor", "")),
+                reason=str(d.get("reason", "")),
+                generation=int(d.get("generation", 1)),
+            )
         except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{where} is corrupt ({exc}); repair it by promoting a known version: "
-                                "`recloop model rollback NAME --to VERSION`") from None
+            raise ArtifactError(
+                f"{where} is corrupt ({exc}); repair it by promoting a known version: "
+                "`recloop model rollback NAME --to VERSION`"
+            ) from None
 
 
 @dataclass
@@ -265,7 +279,7 @@ class ModelRegistry:
     def _committed_numbers(self) -> list[int]:
         numbers = []
         for key in self.store.list(self.prefix):
-            rest = key[len(self.prefix) + 1:]
+            rest = key[len(self.prefix) + 1 :]
             head, _, tail = rest.partition("/")
             m = _VERSION_DIR_RE.match(head)
             if m and tail == MANIFEST:
@@ -280,8 +294,10 @@ class ModelRegistry:
         if not Artifact.exists(self.store, prefix):
             known = self._committed_numbers()
             listing = ", ".join(f"v{n}" for n in known) if known else "none yet"
-            raise ArtifactError(f"model {self.name!r} has no version {version} in {self.uri} "
-                                f"(versions: {listing}); see `recloop model list {self.name}`")
+            raise ArtifactError(
+                f"model {self.name!r} has no version {version} in {self.uri} "
+                f"(versions: {listing}); see `recloop model list {self.name}`"
+            )
         return Artifact.open(self.store, prefix)
 
     def get(self, version: int) -> ModelVersion:
@@ -350,23 +366,30 @@ class ModelRegistry:
     # ------------------------------------------------------------------ registering
     def find_version(self, source: VersionSource) -> ModelVersion | None:
         """An existing version holding exactly this run's candidate bundle (makes re-publishing idempotent)."""
-        local = {p.relative_to(source.bundle_dir).as_posix(): sha256_file(p)
-                 for p in sorted(source.bundle_dir.rglob("*")) if p.is_file()}
+        local = {
+            p.relative_to(source.bundle_dir).as_posix(): sha256_file(p)
+            for p in sorted(source.bundle_dir.rglob("*"))
+            if p.is_file()
+        }
         for number in reversed(self._committed_numbers()):
             art = Artifact.open(self.store, self.version_prefix(number))
             summary = art.manifest.summary
             if summary.get("run_id") != source.run_id or summary.get("candidate") != source.candidate:
                 continue
-            stored = {name[len(BUNDLE_DIR) + 1:]: entry.sha256 for name, entry in art.manifest.files.items()
-                      if name.startswith(BUNDLE_DIR + "/")}
+            stored = {
+                name[len(BUNDLE_DIR) + 1 :]: entry.sha256
+                for name, entry in art.manifest.files.items()
+                if name.startswith(BUNDLE_DIR + "/")
+            }
             if stored == local:
                 return ModelVersion.from_summary(summary, art.uri, art.manifest.created_at)
         return None
 
     def _claim_version(self, run_id: str) -> int:
         claims_prefix = f"{self.prefix}/claims"
-        taken = [int(m.group(1)) for key in self.store.list(claims_prefix)
-                 if (m := _CLAIM_RE.match(key.rsplit("/", 1)[-1]))]
+        taken = [
+            int(m.group(1)) for key in self.store.list(claims_prefix) if (m := _CLAIM_RE.match(key.rsplit("/", 1)[-1]))
+        ]
         # Versions written by hand (or before claims existed) still count as taken.
         number = max(taken + self._committed_numbers() + [0]) + 1
         claim = json.dumps({"run_id": run_id, "actor": self.actor, "claimed_at": _now()}).encode()
@@ -376,8 +399,10 @@ class ModelRegistry:
                 return number
             except ConflictError:
                 number += 1
-        raise StoreError(f"could not claim a version number under {self.store.uri(claims_prefix)} after "
-                         f"{_MAX_CLAIM_ATTEMPTS} attempts; check that the store supports conditional writes")
+        raise StoreError(
+            f"could not claim a version number under {self.store.uri(claims_prefix)} after "
+            f"{_MAX_CLAIM_ATTEMPTS} attempts; check that the store supports conditional writes"
+        )
 
     def register(self, source: VersionSource) -> ModelVersion:
         """Store `source` as a new immutable version `v{N}` (N claimed race-free); does not touch the alias."""
@@ -386,15 +411,30 @@ class ModelRegistry:
         number = self._claim_version(source.run_id)
         prefix = self.version_prefix(number)
         info = ModelVersion(
-            version=number, uri=self.store.uri(prefix), model_name=self.name, candidate=source.candidate,
-            model_type=source.model_type, run_id=source.run_id, created_at=_now(), actor=self.actor,
+            version=number,
+            uri=self.store.uri(prefix),
+            model_name=self.name,
+            candidate=source.candidate,
+            model_type=source.model_type,
+            run_id=source.run_id,
+            created_at=_now(),
+            actor=self.actor,
             config_hash=source.config.config_hash() if source.config is not None else None,
-            split_fingerprint=source.split_fingerprint, primary_metric=source.primary_metric,
-            primary_value=source.primary_value, lineage=dict(source.lineage))
+            split_fingerprint=source.split_fingerprint,
+            primary_metric=source.primary_metric,
+            primary_value=source.primary_value,
+            lineage=dict(source.lineage),
+        )
         parents = sorted(set(source.lineage.values()))
         try:
-            with ArtifactWriter(self.store, prefix, step="model-version", run_id=source.run_id,
-                                config_hash=info.config_hash, parents=parents) as writer:
+            with ArtifactWriter(
+                self.store,
+                prefix,
+                step="model-version",
+                run_id=source.run_id,
+                config_hash=info.config_hash,
+                parents=parents,
+            ) as writer:
                 writer.add_dir(BUNDLE_DIR, source.bundle_dir)
                 if source.id_maps_dir is not None:
                     writer.add_dir(ID_MAPS_DIR, source.id_maps_dir)
@@ -415,13 +455,25 @@ class ModelRegistry:
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
             raise
-        self.record("register", "success", version=number, run_id=source.run_id,
-                    message=f"registered {source.candidate} ({source.model_type}) as v{number}")
+        self.record(
+            "register",
+            "success",
+            version=number,
+            run_id=source.run_id,
+            message=f"registered {source.candidate} ({source.model_type}) as v{number}",
+        )
         return info
 
     # ------------------------------------------------------------------ alias
-    def promote(self, version: int, expected: int | None | _Any = ANY, *, reason: str = "",
-                run_id: str | None = None, action: str = "promote") -> AliasChange:
+    def promote(
+        self,
+        version: int,
+        expected: int | None | _Any = ANY,
+        *,
+        reason: str = "",
+        run_id: str | None = None,
+        action: str = "promote",
+    ) -> AliasChange:
         """Point `production` at `version` with one compare-and-swap PUT.
 
         `expected`: the version production must point at now (None: no production yet). If it points
@@ -441,18 +493,43 @@ class ModelRegistry:
             found = current.version if current else None
             if current is not None and found == version:
                 # Already there (e.g. a publish re-run after it succeeded): the wanted state holds.
-                self.record(action, "noop", version=version, previous_version=found, expected_version=check,
-                            run_id=run_id, reason=reason, message=f"v{version} is already production")
+                self.record(
+                    action,
+                    "noop",
+                    version=version,
+                    previous_version=found,
+                    expected_version=check,
+                    run_id=run_id,
+                    reason=reason,
+                    message=f"v{version} is already production",
+                )
                 return AliasChange(found, version, current, changed=False)
             if not isinstance(expected, _Any) and found != expected:
-                message = (f"production of {self.name!r} points at {format_version(found)}, but this {action} was "
-                           f"decided against {format_version(expected)}; the alias was not changed")
-                self.record(action, "conflict", version=version, previous_version=found,
-                            expected_version=check, run_id=run_id, reason=reason, message=message)
+                message = (
+                    f"production of {self.name!r} points at {format_version(found)}, but this {action} was "
+                    f"decided against {format_version(expected)}; the alias was not changed"
+                )
+                self.record(
+                    action,
+                    "conflict",
+                    version=version,
+                    previous_version=found,
+                    expected_version=check,
+                    run_id=run_id,
+                    reason=reason,
+                    message=message,
+                )
                 raise AliasConflict(message, expected=check, found=found)
-            new = Alias(version=version, uri=target.uri, previous_version=found, updated_at=_now(),
-                        run_id=run_id, actor=self.actor, reason=reason,
-                        generation=(current.generation + 1) if current else 1)
+            new = Alias(
+                version=version,
+                uri=target.uri,
+                previous_version=found,
+                updated_at=_now(),
+                run_id=run_id,
+                actor=self.actor,
+                reason=reason,
+                generation=(current.generation + 1) if current else 1,
+            )
             try:
                 self.store.put_if_match(self.alias_key, new.to_bytes(), etag)
             except ConflictError:
@@ -460,18 +537,37 @@ class ModelRegistry:
             except StoreError as exc:
                 if self._alias_is(new):  # the PUT landed but its answer was lost
                     break
-                self.record_quietly(action, "failed", version=version, previous_version=found,
-                                     expected_version=check, run_id=run_id, reason=reason, message=str(exc))
-                raise StoreError(f"could not move the production alias of {self.name!r} to v{version} ({exc}); "
-                                 f"it still points at {format_version(found)} unless `recloop model show {self.name}` "
-                                 "says otherwise; retry when the store is reachable") from None
+                self.record_quietly(
+                    action,
+                    "failed",
+                    version=version,
+                    previous_version=found,
+                    expected_version=check,
+                    run_id=run_id,
+                    reason=reason,
+                    message=str(exc),
+                )
+                raise StoreError(
+                    f"could not move the production alias of {self.name!r} to v{version} ({exc}); "
+                    f"it still points at {format_version(found)} unless `recloop model show {self.name}` "
+                    "says otherwise; retry when the store is reachable"
+                ) from None
             break
         else:
-            raise ConflictError(f"the production alias of {self.name!r} kept changing during "
-                                f"{_MAX_CAS_ATTEMPTS} attempts; retry later")
-        self.record(action, "success", version=version, previous_version=found, expected_version=check,
-                    run_id=run_id, reason=reason, generation=new.generation,
-                    message=f"production: {format_version(found)} -> {format_version(version)}")
+            raise ConflictError(
+                f"the production alias of {self.name!r} kept changing during {_MAX_CAS_ATTEMPTS} attempts; retry later"
+            )
+        self.record(
+            action,
+            "success",
+            version=version,
+            previous_version=found,
+            expected_version=check,
+            run_id=run_id,
+            reason=reason,
+            generation=new.generation,
+            message=f"production: {format_version(found)} -> {format_version(version)}",
+        )
         return AliasChange(found, version, new, changed=True)
 
     def rollback(self, to: int | None = None, *, reason: str = "") -> AliasChange:
@@ -488,14 +584,22 @@ class ModelRegistry:
             # A corrupt alias: rolling back to a named version is the repair, so overwrite it.
             return self.promote(int(to), action="rollback", reason=reason or f"repair the alias: v{int(to)}")
         if current is None:
-            raise RecloopError(f"model {self.name!r} has no production version to roll back; "
-                               f"promote one first (`recloop model promote {self.name} VERSION`)")
+            raise RecloopError(
+                f"model {self.name!r} has no production version to roll back; "
+                f"promote one first (`recloop model promote {self.name} VERSION`)"
+            )
         target = current.previous_version if to is None else int(to)
         if target is None:
-            raise RecloopError(f"production of {self.name!r} (v{current.version}) replaced no earlier version, "
-                               "so there is nothing to roll back to; pass --to VERSION")
-        return self.promote(target, expected=current.version, action="rollback",
-                            reason=reason or f"rollback from v{current.version} to v{target}")
+            raise RecloopError(
+                f"production of {self.name!r} (v{current.version}) replaced no earlier version, "
+                "so there is nothing to roll back to; pass --to VERSION"
+            )
+        return self.promote(
+            target,
+            expected=current.version,
+            action="rollback",
+            reason=reason or f"rollback from v{current.version} to v{target}",
+        )
 
     def _etag_of_alias(self) -> str | None:
         info = self.store.stat(self.alias_key)
@@ -512,8 +616,11 @@ class ModelRegistry:
         return f"{self.prefix}/history/{seq:010d}.json"
 
     def _history_seqs(self) -> list[int]:
-        return sorted(int(m.group(1)) for key in self.store.list(f"{self.prefix}/history")
-                      if (m := _HISTORY_RE.match(key.rsplit("/", 1)[-1])))
+        return sorted(
+            int(m.group(1))
+            for key in self.store.list(f"{self.prefix}/history")
+            if (m := _HISTORY_RE.match(key.rsplit("/", 1)[-1]))
+        )
 
     def record(self, action: str, outcome: str, **fields: Any) -> HistoryEvent:
         """Append one event to the history (its sequence number is claimed create-only)."""
@@ -523,8 +630,9 @@ class ModelRegistry:
         for _ in range(_MAX_CLAIM_ATTEMPTS):
             event = HistoryEvent(seq=seq, at=_now(), action=action, outcome=outcome, **fields)
             try:
-                self.store.put_if_match(self._history_key(seq), json.dumps(asdict(event), sort_keys=True).encode(),
-                                        None)
+                self.store.put_if_match(
+                    self._history_key(seq), json.dumps(asdict(event), sort_keys=True).encode(), None
+                )
                 return event
             except ConflictError:
                 seq += 1
@@ -541,5 +649,3 @@ class ModelRegistry:
 def format_version(version: int | None, none: str = "nothing") -> str:
     """How a version number reads in messages and tables: 'v3', or `none` when there is no version."""
     return none if version is None else f"v{version}"
-
-

@@ -34,10 +34,11 @@ import math
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -136,11 +137,12 @@ class SimulationResult:
 
 
 def _default_sim_id() -> str:
-    return "sim-" + datetime.now(timezone.utc).strftime("%Y%m%dt%H%M%S")
+    return "sim-" + datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
 
 
-def read_source_events(cfg: PipelineConfig, store: ArtifactStore, sim_id: str,
-                       log: Callable[[str], None]) -> pd.DataFrame:
+def read_source_events(
+    cfg: PipelineConfig, store: ArtifactStore, sim_id: str, log: Callable[[str], None]
+) -> pd.DataFrame:
     """All interactions the config names, through the ingest step (any format, local or S3)."""
     from recloop.steps.base import StepContext, run_step
 
@@ -158,15 +160,25 @@ def split_rounds(events: pd.DataFrame, rounds: int, future_share: float) -> tupl
     n = len(events)
     n_future = int(round(n * future_share))
     if n_future < rounds or n - n_future < 1:
-        raise DataError(f"{n} events cannot be split into a past and {rounds} future rounds with future share "
-                        f"{future_share:g}; lower --rounds or raise --future-share")
+        raise DataError(
+            f"{n} events cannot be split into a past and {rounds} future rounds with future share "
+            f"{future_share:g}; lower --rounds or raise --future-share"
+        )
     start = n - n_future
     bounds = np.linspace(start, n, rounds + 1).round().astype(int)
     return events.iloc[:start], [events.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def sim_config(cfg: PipelineConfig, store: ArtifactStore, sim_id: str, data_key: str, settings: SimulationSettings,
-               has: dict[str, bool], click_rating: float | None, attribution: timedelta) -> PipelineConfig:
+def sim_config(
+    cfg: PipelineConfig,
+    store: ArtifactStore,
+    sim_id: str,
+    data_key: str,
+    settings: SimulationSettings,
+    has: dict[str, bool],
+    click_rating: float | None,
+    attribution: timedelta,
+) -> PipelineConfig:
     """The simulation's own pipeline: its data folder, model name, logs and secrets."""
     from recloop.config import from_dict
 
@@ -215,8 +227,15 @@ class Served:
     user_known: bool
 
 
-def serve_users(served: ServedModel, cfg: PipelineConfig, users: list[str], k: int, request_prefix: str,
-                bandit: PolicyHolder | None, greedy: bool = False) -> list[Served]:
+def serve_users(
+    served: ServedModel,
+    cfg: PipelineConfig,
+    users: list[str],
+    k: int,
+    request_prefix: str,
+    bandit: PolicyHolder | None,
+    greedy: bool = False,
+) -> list[Served]:
     """One slate per user from the serving layer's ranking (with the published bandit policy, if any)."""
     from recloop.serving.ranking import SlateEngine, SlateQuery
 
@@ -230,18 +249,43 @@ def serve_users(served: ServedModel, cfg: PipelineConfig, users: list[str], k: i
         request_id = f"{request_prefix}-{n}"
         user = served.users.get(user_id)
         history = model.train_histories.row(user).astype(np.int64) if user is not None else np.zeros(0, np.int64)
-        query = SlateQuery(user=user, history=history, history_is_training=user is not None, k=k, exclude_seen=True,
-                           category=None, request_id=request_id, unknown_user=user is None)
+        query = SlateQuery(
+            user=user,
+            history=history,
+            history_is_training=user is not None,
+            k=k,
+            exclude_seen=True,
+            category=None,
+            request_id=request_id,
+            unknown_user=user is None,
+        )
         s = engine.recommend(served, query)
-        out.append(Served(request_id, user_id, [served.catalog.item_ids[int(i)] for i in s.items],
-                          [float(v) for v in s.scores], [float(p) for p in s.propensities], s.policy, s.fallback,
-                          s.search, len(history), user is not None))
+        out.append(
+            Served(
+                request_id,
+                user_id,
+                [served.catalog.item_ids[int(i)] for i in s.items],
+                [float(v) for v in s.scores],
+                [float(p) for p in s.propensities],
+                s.policy,
+                s.fallback,
+                s.search,
+                len(history),
+                user is not None,
+            )
+        )
     return out
 
 
-def log_round(store: ArtifactStore, cfg: PipelineConfig, served: ServedModel, slates: list[Served],
-              next_items: dict[str, pd.DataFrame], served_at: dict[str, datetime],
-              organic: pd.DataFrame | None) -> tuple[int, int, int]:
+def log_round(
+    store: ArtifactStore,
+    cfg: PipelineConfig,
+    served: ServedModel,
+    slates: list[Served],
+    next_items: dict[str, pd.DataFrame],
+    served_at: dict[str, datetime],
+    organic: pd.DataFrame | None,
+) -> tuple[int, int, int]:
     """Write the round's impressions, clicks and (optionally) organic events with serving's log writer;
     returns (shown, clicks, organic events)."""
     from recloop.eventlog.pseudonym import Pseudonymizer
@@ -255,13 +299,31 @@ def log_round(store: ArtifactStore, cfg: PipelineConfig, served: ServedModel, sl
     for s in slates:
         when = served_at[s.user_id]
         key = pseudonym(s.user_id)
-        impressions.append({
-            "request_id": s.request_id, "served_at": when, "endpoint": "recommendations", "user_key": key,
-            "session_key": None, "user_known": s.user_known, "model_name": served.model_name,
-            "model_version": served.version, "model_type": served.model_type, "policy": s.policy,
-            "fallback_reason": s.fallback, "search": s.search, "k": len(s.items), "category": None,
-            "exclude_seen": True, "anchor_item_id": None, "history_length": s.history_length,
-            "item_ids": s.items, "scores": s.scores, "propensities": s.propensities, "latency_ms": 0.0})
+        impressions.append(
+            {
+                "request_id": s.request_id,
+                "served_at": when,
+                "endpoint": "recommendations",
+                "user_key": key,
+                "session_key": None,
+                "user_known": s.user_known,
+                "model_name": served.model_name,
+                "model_version": served.version,
+                "model_type": served.model_type,
+                "policy": s.policy,
+                "fallback_reason": s.fallback,
+                "search": s.search,
+                "k": len(s.items),
+                "category": None,
+                "exclude_seen": True,
+                "anchor_item_id": None,
+                "history_length": s.history_length,
+                "item_ids": s.items,
+                "scores": s.scores,
+                "propensities": s.propensities,
+                "latency_ms": 0.0,
+            }
+        )
         shown += len(s.items)
         upcoming = next_items[s.user_id]
         first_time = dict(zip(upcoming["item_id"].astype(str), upcoming["timestamp"]))
@@ -271,9 +333,20 @@ def log_round(store: ArtifactStore, cfg: PipelineConfig, served: ServedModel, sl
                 continue
             clicks += 1
             at = t.to_pydatetime()
-            feedback.append({"feedback_id": f"{s.request_id}-{position}", "received_at": at, "event_time": at,
-                             "request_id": s.request_id, "user_key": key, "session_key": None, "item_id": item,
-                             "event_type": "click", "value": None, "position": position})
+            feedback.append(
+                {
+                    "feedback_id": f"{s.request_id}-{position}",
+                    "received_at": at,
+                    "event_time": at,
+                    "request_id": s.request_id,
+                    "user_key": key,
+                    "session_key": None,
+                    "item_id": item,
+                    "event_type": "click",
+                    "value": None,
+                    "position": position,
+                }
+            )
     n_organic = 0
     if organic is not None and len(organic):
         # Everything else users did this round, reported by the app without a slate: click-throughs of the
@@ -286,10 +359,20 @@ def log_round(store: ArtifactStore, cfg: PipelineConfig, served: ServedModel, sl
                 continue
             at = row.timestamp.to_pydatetime()
             value = float(row.rating) if rated and row.rating == row.rating else None
-            feedback.append({"feedback_id": f"organic-{served.version}-{n}-{int(at.timestamp())}", "received_at": at,
-                             "event_time": at, "request_id": None, "user_key": key, "session_key": None,
-                             "item_id": str(row.item_id), "event_type": "rating" if value is not None else "click",
-                             "value": value, "position": None})
+            feedback.append(
+                {
+                    "feedback_id": f"organic-{served.version}-{n}-{int(at.timestamp())}",
+                    "received_at": at,
+                    "event_time": at,
+                    "request_id": None,
+                    "user_key": key,
+                    "session_key": None,
+                    "item_id": str(row.item_id),
+                    "event_type": "rating" if value is not None else "click",
+                    "value": value,
+                    "position": None,
+                }
+            )
             n_organic += 1
     logs.impressions.append(impressions)
     logs.feedback.append(feedback)
@@ -336,9 +419,13 @@ def _load_served(store: ArtifactStore, cfg: PipelineConfig, work: Path) -> Serve
     return load_version(store, registry, alias.version, cfg.serving, work / f"v{alias.version}")
 
 
-def simulate(cfg: PipelineConfig, store: ArtifactStore, settings: SimulationSettings,
-             log: Callable[[str], None] = print,
-             on_round: Callable[[RoundResult], None] | None = None) -> SimulationResult:
+def simulate(
+    cfg: PipelineConfig,
+    store: ArtifactStore,
+    settings: SimulationSettings,
+    log: Callable[[str], None] = print,
+    on_round: Callable[[RoundResult], None] | None = None,
+) -> SimulationResult:
     """Run the whole replay and write the report; see the module docstring."""
     import pandas as pd
 
@@ -350,16 +437,25 @@ def simulate(cfg: PipelineConfig, store: ArtifactStore, settings: SimulationSett
     try:
         import matplotlib  # noqa: F401 - checked first so a missing plotting library fails in seconds, not rounds
     except ModuleNotFoundError:
-        raise SimulationError("recloop simulate draws its report with matplotlib, which is not installed; "
-                              "install it with `pip install 'recloop[sim]'`") from None
+        raise SimulationError(
+            "recloop simulate draws its report with matplotlib, which is not installed; "
+            "install it with `pip install 'recloop[sim]'`"
+        ) from None
     if not cfg.models:
-        raise ConfigError(cfg.source, ["models: the simulation retrains the configured candidates, but none are "
-                                       "configured; add some (e.g. `--set 'models=[{type: ease, lambda: 200}]'`)"])
+        raise ConfigError(
+            cfg.source,
+            [
+                "models: the simulation retrains the configured candidates, but none are "
+                "configured; add some (e.g. `--set 'models=[{type: ease, lambda: 200}]'`)"
+            ],
+        )
     sim_id = settings.sim_id or _default_sim_id()
     base_key = f"{SIMULATIONS_PREFIX}/{sim_id}"
     if store.list(base_key):
-        raise ConfigError("--sim-id", [f"{store.uri(base_key)} already holds a simulation; choose another --sim-id "
-                                       "or delete that folder"])
+        raise ConfigError(
+            "--sim-id",
+            [f"{store.uri(base_key)} already holds a simulation; choose another --sim-id or delete that folder"],
+        )
     log(f"simulation {sim_id}: reading {cfg.data.interactions.path}")
     events = read_source_events(cfg, store, sim_id, log)
     past, future = split_rounds(events, settings.rounds, settings.future_share)
@@ -368,16 +464,23 @@ def simulate(cfg: PipelineConfig, store: ArtifactStore, settings: SimulationSett
     click_rating = float(events["rating"].max()) if has["rating"] else None
     sim = sim_config(cfg, store, sim_id, f"{base_key}/data", settings, has, click_rating, span + timedelta(days=1))
     data_key = f"{base_key}/data"
-    seed = pd.DataFrame({"user_id": past["user_id"].astype(str), "item_id": past["item_id"].astype(str),
-                         "timestamp": past["timestamp"].astype("datetime64[ms, UTC]").astype("int64") // 1000})
+    seed = pd.DataFrame(
+        {
+            "user_id": past["user_id"].astype(str),
+            "item_id": past["item_id"].astype(str),
+            "timestamp": past["timestamp"].astype("datetime64[ms, UTC]").astype("int64") // 1000,
+        }
+    )
     for c in ("rating", "event_type", "weight"):
         if has[c]:
             seed[c] = past[c].to_numpy()
     buf = io.BytesIO()
     seed.to_parquet(buf, index=False)
     store.put_bytes(f"{data_key}/seed.parquet", buf.getvalue())
-    log(f"simulation {sim_id}: {len(past)} past events, {settings.rounds} rounds of "
-        f"{', '.join(str(len(r)) for r in future)} future events; pipeline {sim.name}")
+    log(
+        f"simulation {sim_id}: {len(past)} past events, {settings.rounds} rounds of "
+        f"{', '.join(str(len(r)) for r in future)} future events; pipeline {sim.name}"
+    )
 
     rng = np.random.default_rng(settings.seed)
     rounds: list[RoundResult] = []
@@ -397,8 +500,10 @@ def simulate(cfg: PipelineConfig, store: ArtifactStore, settings: SimulationSett
         control = _load_served(store, sim, work / "control")
         if control is None:
             reasons = "; ".join((initial.blessing or {}).get("reasons", [])) or "no candidate was blessed"
-            raise SimulationError(f"the initial model was not published ({reasons}); the loop needs a production "
-                                  "model to serve: relax the gate thresholds or add candidates")
+            raise SimulationError(
+                f"the initial model was not published ({reasons}); the loop needs a production "
+                "model to serve: relax the gate thresholds or add candidates"
+            )
         log(f"simulation {sim_id}: initial model v{control.version} ({time.perf_counter() - started:.1f}s)")
         for r, window in enumerate(future, start=1):
             t_round = time.perf_counter()
@@ -417,41 +522,75 @@ def simulate(cfg: PipelineConfig, store: ArtifactStore, settings: SimulationSett
             next_items = {u: active.get_group(u) for u in users}
             served_at = {u: (next_items[u]["timestamp"].min() - pd.Timedelta(seconds=1)).to_pydatetime() for u in users}
             slates = serve_users(served, sim, users, settings.k, f"{sim_id}-r{r}", bandit)
-            shown, clicks, organic = log_round(store, sim, served, slates, next_items, served_at,
-                                               window if settings.organic else None)
-            control_slates = serve_users(control, sim, users, settings.k, f"{sim_id}-r{r}-control", None,
-                                         greedy=True)
+            shown, clicks, organic = log_round(
+                store, sim, served, slates, next_items, served_at, window if settings.organic else None
+            )
+            control_slates = serve_users(control, sim, users, settings.k, f"{sim_id}-r{r}-control", None, greedy=True)
             fb = run_step("feedback", StepContext(config=sim, store=store, run_id=f"{sim_id}-r{r}-feedback", log=log))
             result = pipeline(f"{sim_id}-r{r}")
             metric, cand, champ = _offline(result)
             blessing = result.blessing or {}
             policies = sorted({s.policy for s in slates})
-            rounds.append(RoundResult(
-                round=r, window_start=window["timestamp"].min().isoformat(), window_end=window["timestamp"].max().isoformat(),
-                model_version=served.version, policy=", ".join(policies), users=len(users), shown=shown, clicks=clicks,
-                ctr=clicks / shown if shown else None, control_ctr=replay_ctr(control_slates, next_items),
-                organic_events=organic,
-                new_interactions=int(fb.summary.get("new_interactions", 0)),
-                quarantined=int(fb.summary.get("quarantined", 0)), offline_metric=metric, offline_candidate=cand,
-                offline_champion=champ, gate=blessing.get("decision"), gate_reasons=list(blessing.get("reasons", [])),
-                published_version=result.published_version,
-                policy_decision=(fb.summary.get("policy") or {}).get("decision"),
-                seconds=round(time.perf_counter() - t_round, 1)))
+            rounds.append(
+                RoundResult(
+                    round=r,
+                    window_start=window["timestamp"].min().isoformat(),
+                    window_end=window["timestamp"].max().isoformat(),
+                    model_version=served.version,
+                    policy=", ".join(policies),
+                    users=len(users),
+                    shown=shown,
+                    clicks=clicks,
+                    ctr=clicks / shown if shown else None,
+                    control_ctr=replay_ctr(control_slates, next_items),
+                    organic_events=organic,
+                    new_interactions=int(fb.summary.get("new_interactions", 0)),
+                    quarantined=int(fb.summary.get("quarantined", 0)),
+                    offline_metric=metric,
+                    offline_candidate=cand,
+                    offline_champion=champ,
+                    gate=blessing.get("decision"),
+                    gate_reasons=list(blessing.get("reasons", [])),
+                    published_version=result.published_version,
+                    policy_decision=(fb.summary.get("policy") or {}).get("decision"),
+                    seconds=round(time.perf_counter() - t_round, 1),
+                )
+            )
             if on_round is not None:
                 on_round(rounds[-1])
     improved, verdict = judge(rounds, len(past))
-    report = {"sim_id": sim_id, "pipeline": sim.name, "config": cfg.source, "settings": asdict(settings),
-              "data": {"past_events": len(past), "future_events": [len(w) for w in future],
-
-                       "users": int(events["user_id"].nunique()), "items": int(events["item_id"].nunique())},
-              "initial_version": control.version, "initial_offline": initial_offline,
-              "rounds": [asdict(r) for r in rounds], "improved": improved, "verdict": verdict}
+    report = {
+        "sim_id": sim_id,
+        "pipeline": sim.name,
+        "config": cfg.source,
+        "settings": asdict(settings),
+        "data": {
+            "past_events": len(past),
+            "future_events": [len(w) for w in future],
+            "users": int(events["user_id"].nunique()),
+            "items": int(events["item_id"].nunique()),
+        },
+        "initial_version": control.version,
+        "initial_offline": initial_offline,
+        "rounds": [asdict(r) for r in rounds],
+        "improved": improved,
+        "verdict": verdict,
+    }
     png = plot_png(rounds)
     store.put_bytes(f"{base_key}/report.json", json.dumps(report, indent=2, default=str).encode())
     store.put_bytes(f"{base_key}/ctr.png", png)
     store.put_bytes(f"{base_key}/report.html", render_html(report, png).encode())
-    return SimulationResult(sim_id, sim.name, store.uri(f"{base_key}/report.html"), rounds, control.version,
-                            initial_offline, verdict, improved, report["data"])
+    return SimulationResult(
+        sim_id,
+        sim.name,
+        store.uri(f"{base_key}/report.html"),
+        rounds,
+        control.version,
+        initial_offline,
+        verdict,
+        improved,
+        report["data"],
+    )
 
 
 def _two_proportion_p(c1: int, n1: int, c2: int, n2: int) -> float:
@@ -483,30 +622,41 @@ def judge(rounds: list[RoundResult], past_events: int) -> tuple[bool, str]:
     if (trend is not None and trend > 0 and p < 0.05) or (better_than_control and (trend is None or trend >= 0)):
         parts = []
         if trend is not None:
-            parts.append(f"CTR went from {first.ctr:.2%} in round 1 to {last.ctr:.2%} in round {last.round}"
-                         f" (p = {p:.3g})")
+            parts.append(
+                f"CTR went from {first.ctr:.2%} in round 1 to {last.ctr:.2%} in round {last.round} (p = {p:.3g})"
+            )
         if lift is not None:
             parts.append(f"the served models averaged {lift:+.2%} CTR over the frozen initial model")
         return True, "The loop improved: " + "; ".join(parts) + "."
     reasons = []
     rejected = [r.round for r in rounds if r.gate != "blessed"]
     if rejected:
-        reasons.append(f"the gate rejected the retrained model in round(s) {', '.join(map(str, rejected))}, so "
-                       "production did not change then")
+        reasons.append(
+            f"the gate rejected the retrained model in round(s) {', '.join(map(str, rejected))}, so "
+            "production did not change then"
+        )
     added = sum(r.new_interactions for r in rounds)
     if past_events and added / past_events < 0.02:
-        reasons.append(f"feedback added only {added} interactions next to {past_events} past events "
-                       f"({added / past_events:.1%}): too little new signal to move the model")
+        reasons.append(
+            f"feedback added only {added} interactions next to {past_events} past events "
+            f"({added / past_events:.1%}): too little new signal to move the model"
+        )
     if trend is not None and p >= 0.05:
-        reasons.append(f"the CTR change from round 1 to {last.round} ({first.ctr or 0:.2%} -> {last.ctr or 0:.2%}) is "
-                       f"within noise (p = {p:.2f} on {first.shown + last.shown} shown items); run more rounds or "
-                       "more users per round")
+        reasons.append(
+            f"the CTR change from round 1 to {last.round} ({first.ctr or 0:.2%} -> {last.ctr or 0:.2%}) is "
+            f"within noise (p = {p:.2f} on {first.shown + last.shown} shown items); run more rounds or "
+            "more users per round"
+        )
     if lift is not None and lift <= 0:
-        reasons.append(f"the served models did not beat the frozen initial model ({lift:+.2%} CTR): feedback "
-                       "(only clicks on recommended items) can narrow the model onto what it already shows")
+        reasons.append(
+            f"the served models did not beat the frozen initial model ({lift:+.2%} CTR): feedback "
+            "(only clicks on recommended items) can narrow the model onto what it already shows"
+        )
     if clicks == 0:
-        reasons.append(f"no shown item was clicked in {served} impressions: the replay has no signal (users' next "
-                       "interactions rarely match the slate; try a larger --k)")
+        reasons.append(
+            f"no shown item was clicked in {served} impressions: the replay has no signal (users' next "
+            "interactions rarely match the slate; try a larger --k)"
+        )
     return False, "The loop did not improve: " + ("; ".join(reasons) or "no significant change") + "."
 
 
@@ -526,10 +676,19 @@ def plot_png(rounds: list[RoundResult]) -> bytes:
     ax.set_xticks(xs)
     ax.legend(fontsize=7)
     ax2 = fig.add_subplot(1, 2, 2)
-    ax2.plot(xs, [r.offline_candidate if r.offline_candidate is not None else np.nan for r in rounds], marker="o",
-             label="retrained")
-    ax2.plot(xs, [r.offline_champion if r.offline_champion is not None else np.nan for r in rounds], marker="s",
-             linestyle="--", label="champion")
+    ax2.plot(
+        xs,
+        [r.offline_candidate if r.offline_candidate is not None else np.nan for r in rounds],
+        marker="o",
+        label="retrained",
+    )
+    ax2.plot(
+        xs,
+        [r.offline_champion if r.offline_champion is not None else np.nan for r in rounds],
+        marker="s",
+        linestyle="--",
+        label="champion",
+    )
     ax2.set_xlabel("round")
     ax2.set_ylabel(rounds[0].offline_metric or "offline metric" if rounds else "offline metric")
     ax2.set_xticks(xs)
@@ -550,39 +709,71 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return str(value)
 
 
-TABLE_COLUMNS = ("round", "model", "policy", "users", "shown", "clicks", "CTR", "frozen CTR", "offline (retrained)",
-                 "offline (champion)", "gate", "published", "new interactions", "quarantined", "bandit")
+TABLE_COLUMNS = (
+    "round",
+    "model",
+    "policy",
+    "users",
+    "shown",
+    "clicks",
+    "CTR",
+    "frozen CTR",
+    "offline (retrained)",
+    "offline (champion)",
+    "gate",
+    "published",
+    "new interactions",
+    "quarantined",
+    "bandit",
+)
 
 
 def table_rows(rounds: list[RoundResult]) -> list[list[str]]:
-    return [[str(r.round), _fmt(r.model_version and f"v{r.model_version}"), r.policy, str(r.users), str(r.shown),
-             str(r.clicks), _fmt(r.ctr, True), _fmt(r.control_ctr, True), _fmt(r.offline_candidate),
-             _fmt(r.offline_champion), r.gate or "–", _fmt(r.published_version and f"v{r.published_version}"),
-             str(r.new_interactions), str(r.quarantined), r.policy_decision or "–"] for r in rounds]
+    return [
+        [
+            str(r.round),
+            _fmt(r.model_version and f"v{r.model_version}"),
+            r.policy,
+            str(r.users),
+            str(r.shown),
+            str(r.clicks),
+            _fmt(r.ctr, True),
+            _fmt(r.control_ctr, True),
+            _fmt(r.offline_candidate),
+            _fmt(r.offline_champion),
+            r.gate or "–",
+            _fmt(r.published_version and f"v{r.published_version}"),
+            str(r.new_interactions),
+            str(r.quarantined),
+            r.policy_decision or "–",
+        ]
+        for r in rounds
+    ]
 
 
 def render_html(report: dict[str, Any], png: bytes) -> str:
     rounds = [RoundResult(**r) for r in report["rounds"]]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in table_rows(rounds))
-    reasons = "".join(f"<li>Round {r.round}: {html.escape('; '.join(r.gate_reasons))}</li>" for r in rounds
-                      if r.gate_reasons)
+    reasons = "".join(
+        f"<li>Round {r.round}: {html.escape('; '.join(r.gate_reasons))}</li>" for r in rounds if r.gate_reasons
+    )
     d = report["data"]
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>recloop simulation {html.escape(report['sim_id'])}</title>
+<html><head><meta charset="utf-8"><title>recloop simulation {html.escape(report["sim_id"])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}
-.verdict{{padding:.8em;border-radius:6px;background:{'#e6f4ea' if report['improved'] else '#fdecea'}}}</style></head>
-<body><h1>Simulation {html.escape(report['sim_id'])}</h1>
-<p>Pipeline <code>{html.escape(report['pipeline'])}</code> from <code>{html.escape(str(report['config']))}</code>.
-Replay: {d['past_events']} past events train the initial model (v{report['initial_version']}, offline
-{_fmt(report['initial_offline'])}); {len(d['future_events'])} rounds of {', '.join(map(str, d['future_events']))} future
+.verdict{{padding:.8em;border-radius:6px;background:{"#e6f4ea" if report["improved"] else "#fdecea"}}}</style></head>
+<body><h1>Simulation {html.escape(report["sim_id"])}</h1>
+<p>Pipeline <code>{html.escape(report["pipeline"])}</code> from <code>{html.escape(str(report["config"]))}</code>.
+Replay: {d["past_events"]} past events train the initial model (v{report["initial_version"]}, offline
+{_fmt(report["initial_offline"])}); {len(d["future_events"])} rounds of {", ".join(map(str, d["future_events"]))} future
 events. A shown item counts as clicked when it is among the user's interactions in that round.</p>
-<p class="verdict">{html.escape(report['verdict'])}</p>
+<p class="verdict">{html.escape(report["verdict"])}</p>
 <img alt="CTR and offline metric per round" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <p><em>frozen CTR</em>: the initial model, greedy, on the same users and round (what the loop added is the
-difference). Offline: {html.escape(str(rounds[0].offline_metric if rounds else ''))} of the retrained candidate and of the
+difference). Offline: {html.escape(str(rounds[0].offline_metric if rounds else ""))} of the retrained candidate and of the
 production champion on that round's retraining split; each round's split holds newer events than the one before,
 so compare the two within a round rather than one round with the next.</p>
 <h2>Gate reasons</h2><ul>{reasons}</ul>

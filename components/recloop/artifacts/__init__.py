@@ -11,5 +11,13 @@ from recloop.artifacts.core import (
     safe_run_id,
 )
 
-__all__ = ["MANIFEST", "Artifact", "ArtifactWriter", "FileEntry", "Manifest", "frame_schema", "run_prefix",
-           "safe_run_id"]
+__all__ = [
+    "MANIFEST",
+    "Artifact",
+    "ArtifactWriter",
+    "FileEntry",
+    "Manifest",
+    "frame_schema",
+    "run_prefix",
+    "safe_run_id",
+]

@@ -14,10 +14,11 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from recloop import __version__
 from recloop.errors import ArtifactError
@@ -69,9 +70,15 @@ class Manifest:
 
     def to_json(self) -> str:
         d = {
-            "step": self.step, "run_id": self.run_id, "uri": self.uri, "created_at": self.created_at,
-            "recloop_version": self.recloop_version, "config_hash": self.config_hash,
-            "reuse_key": self.reuse_key, "parents": self.parents, "summary": self.summary,
+            "step": self.step,
+            "run_id": self.run_id,
+            "uri": self.uri,
+            "created_at": self.created_at,
+            "recloop_version": self.recloop_version,
+            "config_hash": self.config_hash,
+            "reuse_key": self.reuse_key,
+            "parents": self.parents,
+            "summary": self.summary,
             "files": {k: {kk: vv for kk, vv in vars(v).items() if vv is not None} for k, v in self.files.items()},
         }
         return json.dumps(d, indent=2, sort_keys=True, default=str)
@@ -99,12 +106,26 @@ def frame_schema(df: pd.DataFrame) -> dict[str, str]:
 class ArtifactWriter:
     """Write one artifact folder; the manifest is committed only when the `with` block succeeds."""
 
-    def __init__(self, store: ArtifactStore, prefix: str, step: str, run_id: str,
-                 config_hash: str | None = None, parents: list[str] | None = None, reuse_key: str | None = None):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        prefix: str,
+        step: str,
+        run_id: str,
+        config_hash: str | None = None,
+        parents: list[str] | None = None,
+        reuse_key: str | None = None,
+    ):
         self.store = store
         self.prefix = prefix.strip("/")
-        self.manifest = Manifest(step=step, run_id=run_id, uri=store.uri(self.prefix),
-                                 parents=list(parents or []), config_hash=config_hash, reuse_key=reuse_key)
+        self.manifest = Manifest(
+            step=step,
+            run_id=run_id,
+            uri=store.uri(self.prefix),
+            parents=list(parents or []),
+            config_hash=config_hash,
+            reuse_key=reuse_key,
+        )
         self._tmp: Path | None = None
 
     @property
@@ -121,7 +142,7 @@ class ArtifactWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self.manifest.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                self.manifest.created_at = datetime.now(UTC).isoformat(timespec="seconds")
                 self.store.put_bytes(f"{self.prefix}/{MANIFEST}", self.manifest.to_json().encode())
         finally:
             if self._tmp is not None:
@@ -134,8 +155,9 @@ class ArtifactWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def add_file(self, name: str, path: str | Path | None = None, rows: int | None = None,
-                 schema: dict[str, str] | None = None) -> FileEntry:
+    def add_file(
+        self, name: str, path: str | Path | None = None, rows: int | None = None, schema: dict[str, str] | None = None
+    ) -> FileEntry:
         path = Path(path) if path is not None else self.local(name)
         entry = FileEntry(sha256=sha256_file(path), size=path.stat().st_size, rows=rows, schema=schema)
         self.store.put_file(f"{self.prefix}/{name}", path)
@@ -201,7 +223,9 @@ class Artifact:
         try:
             return self.manifest.files[name]
         except KeyError:
-            raise ArtifactError(f"{self.uri} has no file {name!r} (it has: {', '.join(sorted(self.manifest.files))})") from None
+            raise ArtifactError(
+                f"{self.uri} has no file {name!r} (it has: {', '.join(sorted(self.manifest.files))})"
+            ) from None
 
     @contextlib.contextmanager
     def path(self, name: str) -> Iterator[Path]:
@@ -212,13 +236,17 @@ class Artifact:
             try:
                 p = stack.enter_context(local_copy(self.store, f"{self.prefix}/{name}"))
             except FileNotFoundError:
-                raise ArtifactError(f"{self.uri} lists {name!r} but the file is missing: it is being rewritten "
-                                    "or was deleted; re-run the step that wrote it") from None
+                raise ArtifactError(
+                    f"{self.uri} lists {name!r} but the file is missing: it is being rewritten "
+                    "or was deleted; re-run the step that wrote it"
+                ) from None
             digest = sha256_file(p)
             if digest != entry.sha256:
-                raise ArtifactError(f"{self.store.uri(self.prefix + '/' + name)} does not match its manifest "
-                                    f"(sha256 {digest[:12]}… != {entry.sha256[:12]}…): it is corrupt or being "
-                                    "rewritten; re-run the step that wrote it")
+                raise ArtifactError(
+                    f"{self.store.uri(self.prefix + '/' + name)} does not match its manifest "
+                    f"(sha256 {digest[:12]}… != {entry.sha256[:12]}…): it is corrupt or being "
+                    "rewritten; re-run the step that wrote it"
+                )
             yield p
 
     def read_bytes(self, name: str) -> bytes:
@@ -239,7 +267,7 @@ class Artifact:
         folder = name.rstrip("/") + "/"
         if not any(f.startswith(folder) for f in self.manifest.files):
             raise ArtifactError(f"{self.uri} has no folder {name!r}")
-        return self._download({f: f[len(folder):] for f in self.manifest.files if f.startswith(folder)}, dest)
+        return self._download({f: f[len(folder) :] for f in self.manifest.files if f.startswith(folder)}, dest)
 
     def download_all(self, dest: str | Path) -> Path:
         """Copy every file of the artifact to `dest`, verified."""

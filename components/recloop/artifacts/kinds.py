@@ -9,8 +9,9 @@ artifact as that kind (a hash-checked `core.Artifact` underneath).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from recloop.artifacts.core import Artifact
 from recloop.errors import ArtifactError
@@ -54,8 +55,10 @@ class ArtifactKind:
         """ArtifactError unless every named file is committed (the artifact is of this kind)."""
         missing = [n for n in names if not self.has(n)]
         if missing:
-            raise ArtifactError(f"{self.uri} is not a {self.title} artifact: it lacks {', '.join(missing)}; point "
-                                "this step at the output of the step that writes it")
+            raise ArtifactError(
+                f"{self.uri} is not a {self.title} artifact: it lacks {', '.join(missing)}; point "
+                "this step at the output of the step that writes it"
+            )
 
     @classmethod
     def describe_files(cls) -> str:
@@ -68,8 +71,11 @@ class RawEvents(ArtifactKind):
     INTERACTIONS = "interactions.parquet"
     ITEMS = "items.parquet"
     USERS = "users.parquet"
-    files = {INTERACTIONS: "every event row, with `ingest_issue` where a value did not parse",
-             ITEMS: "the item catalog with tags (optional)", USERS: "user attributes (optional)"}
+    files = {
+        INTERACTIONS: "every event row, with `ingest_issue` where a value did not parse",
+        ITEMS: "the item catalog with tags (optional)",
+        USERS: "user attributes (optional)",
+    }
 
 
 class ValidationReport(ArtifactKind):
@@ -79,9 +85,12 @@ class ValidationReport(ArtifactKind):
     DATA_DOCS = "data_docs"
     INTERACTIONS = RawEvents.INTERACTIONS
     QUARANTINE = "quarantine/interactions.parquet"
-    files = {RESULT: "checks, counts and the decision", f"{DATA_DOCS}/": "great-expectations Data Docs (optional)",
-             INTERACTIONS: "the valid rows, only when some were quarantined",
-             QUARANTINE: "the quarantined rows with the failed checks (optional)"}
+    files = {
+        RESULT: "checks, counts and the decision",
+        f"{DATA_DOCS}/": "great-expectations Data Docs (optional)",
+        INTERACTIONS: "the valid rows, only when some were quarantined",
+        QUARANTINE: "the quarantined rows with the failed checks (optional)",
+    }
 
 
 class Dataset(ArtifactKind):
@@ -97,11 +106,16 @@ class Dataset(ArtifactKind):
     ITEMS = "items.parquet"
     COLD_ITEMS = "cold_items.parquet"
     STATS = "stats.json"
-    files = {TRAIN: "train events (user_idx, item_idx, timestamp, weight)", VALID: "validation events",
-             TEST: "test events", USER_IDS: "user_idx -> user_id", ITEM_IDS: "item_idx -> item_id",
-             ITEMS: "item side information by item_idx (text, categories)",
-             COLD_ITEMS: "items held out of training (optional, evaluation.cold_start)",
-             STATS: "what each stage kept and dropped"}
+    files = {
+        TRAIN: "train events (user_idx, item_idx, timestamp, weight)",
+        VALID: "validation events",
+        TEST: "test events",
+        USER_IDS: "user_idx -> user_id",
+        ITEM_IDS: "item_idx -> item_id",
+        ITEMS: "item side information by item_idx (text, categories)",
+        COLD_ITEMS: "items held out of training (optional, evaluation.cold_start)",
+        STATS: "what each stage kept and dropped",
+    }
 
     def split(self, name: Literal["train", "valid", "test"], columns: list[str] | None = None) -> pd.DataFrame:
         return self.artifact.read_parquet(f"{name}.parquet", columns=columns)
@@ -136,8 +150,11 @@ class TrainedModel(ArtifactKind):
     MODEL = "model.json"
     ARRAYS = "arrays.safetensors"
     REPORT = "train_report.json"
-    files = {MODEL: "type, config, recloop version, id-map reference", ARRAYS: "the learned arrays",
-             REPORT: "seconds, epochs, validation NDCG@10 and the per-epoch metrics"}
+    files = {
+        MODEL: "type, config, recloop version, id-map reference",
+        ARRAYS: "the learned arrays",
+        REPORT: "seconds, epochs, validation NDCG@10 and the per-epoch metrics",
+    }
     SUMMARY_KEYS = ("type", "train_seconds", "epochs", "best_valid_metric", "valid_metric")
 
     @classmethod
@@ -159,8 +176,11 @@ class Evaluation(ArtifactKind):
     METRICS = "metrics.json"
     PER_USER = "per_user.parquet"
     REPORT = "report.html"
-    files = {METRICS: "metrics with bootstrap CIs, segments, comparisons with the champion",
-             PER_USER: "per-user metric values of every model", REPORT: "a self-contained report for people"}
+    files = {
+        METRICS: "metrics with bootstrap CIs, segments, comparisons with the champion",
+        PER_USER: "per-user metric values of every model",
+        REPORT: "a self-contained report for people",
+    }
 
 
 class Blessing(ArtifactKind):
@@ -186,6 +206,11 @@ class FeedbackBatch(ArtifactKind):
     REPORT = "report.json"
     SUMMARY = "report.md"
     POLICY_REPORT = "policy_report.json"
-    files = {INTERACTIONS: "labelled interactions for the next training run", BANDIT_LOG: "logged bandit slots",
-             QUARANTINE: "events quarantined by the abuse rules (optional)", REPORT: "counts and windows",
-             SUMMARY: "the report for people", POLICY_REPORT: "the bandit policy's training (optional)"}
+    files = {
+        INTERACTIONS: "labelled interactions for the next training run",
+        BANDIT_LOG: "logged bandit slots",
+        QUARANTINE: "events quarantined by the abuse rules (optional)",
+        REPORT: "counts and windows",
+        SUMMARY: "the report for people",
+        POLICY_REPORT: "the bandit policy's training (optional)",
+    }

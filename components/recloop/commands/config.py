@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="Validate and show pipeline configs; export their schema and reference docs.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Validate and show pipeline configs; export their schema and reference docs.", no_args_is_help=True
+)
 
 ConfigOpt = Annotated[Path, typer.Argument(help="Pipeline config YAML file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE (YAML value).")]
@@ -62,6 +63,8 @@ def docs(
         typer.echo(f"rewrote: {', '.join(map(str, stale))}" if stale else "docs already up to date")
         return
     if stale:
-        raise RecloopError(f"out of date: {', '.join(map(str, stale))}; run `{config_docs.REGENERATE}` "
-                           "(or `make docs`) and commit the result")
+        raise RecloopError(
+            f"out of date: {', '.join(map(str, stale))}; run `{config_docs.REGENERATE}` "
+            "(or `make docs`) and commit the result"
+        )
     typer.echo("docs up to date")

@@ -13,12 +13,12 @@ app = typer.Typer(help="Generate synthetic data and preview how sources are read
 @app.command("synth")
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the CSV files to.")] = Path(
-        ".recloop/demo/data"),
+        ".recloop/demo/data"
+    ),
     users: Annotated[int, typer.Option("--users", min=1, help="Number of users.")] = 1000,
     items: Annotated[int, typer.Option("--items", min=2, help="Number of catalog items.")] = 500,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")] = 0,
-    events_per_user: Annotated[float, typer.Option("--events-per-user", min=1.0,
-                                                   help="Mean events per user.")] = 50.0,
+    events_per_user: Annotated[float, typer.Option("--events-per-user", min=1.0, help="Mean events per user.")] = 50.0,
     days: Annotated[int, typer.Option("--days", min=1, help="Length of the period the events span.")] = 365,
 ) -> None:
     """Write interactions.csv, items.csv and users.csv of a synthetic world with known structure."""
@@ -54,22 +54,33 @@ def preview(
     schema = interactions_schema(source.columns.context)
     wanted = interaction_columns(source)
     with src.local() as path:
-        reader = open_table(src, path, chunk_rows=rows, config_key="data.interactions",
-                            delimiter=source.delimiter, encoding=source.encoding)
+        reader = open_table(
+            src,
+            path,
+            chunk_rows=rows,
+            config_key="data.interactions",
+            delimiter=source.delimiter,
+            encoding=source.encoding,
+        )
         try:
             reader.require(wanted)
             chunk = next(reader.chunks(list(dict.fromkeys(wanted.values()))), None)
         finally:
             reader.close()
     console = Console()
-    console.print(f"{len(files)} file(s); first: {src.uri} ({src.format}{', gzip' if src.gzip else ''}); "
-                  f"columns: {', '.join(reader.columns)}")
+    console.print(
+        f"{len(files)} file(s); first: {src.uri} ({src.format}{', gzip' if src.gzip else ''}); "
+        f"columns: {', '.join(reader.columns)}"
+    )
     if chunk is None:
         console.print("no rows")
         return
     table = normalize_interactions(chunk, source, src.uri, schema).slice(0, rows)
-    shown = [c for c in table.column_names if c != "source_file" and table.column(c).null_count < table.num_rows
-             or c == "ingest_issue"]
+    shown = [
+        c
+        for c in table.column_names
+        if c != "source_file" and table.column(c).null_count < table.num_rows or c == "ingest_issue"
+    ]
     view = Table(*shown)
     for record in table.select(shown).to_pylist():
         view.add_row(*("" if v is None else str(v) for v in record.values()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import socket
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -19,11 +20,19 @@ if TYPE_CHECKING:
     from recloop.registry import AliasChange, ModelRegistry
     from recloop.store import ArtifactStore
 
-app = typer.Typer(help="Model registry: list versions, show one, see the history, promote or roll back.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Model registry: list versions, show one, see the history, promote or roll back.", no_args_is_help=True
+)
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="RECLOOP_CONFIG",
-                                         help="Pipeline config YAML; its `store` section locates the registry.")]
+ConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="RECLOOP_CONFIG",
+        help="Pipeline config YAML; its `store` section locates the registry.",
+    ),
+]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE (YAML value).")]
 NameArg = Annotated[Optional[str], typer.Argument(help="Model name; default: the config's model name.")]
 
@@ -61,8 +70,10 @@ def _registry(config: Path, overrides: list[str] | None, name: str | None) -> Mo
         from recloop.registry import list_models
 
         known = ", ".join(list_models(store)) or "none yet"
-        raise ArtifactError(f"no model named {registry.name!r} in {store.root} (models: {known}); "
-                            "publish one with `recloop step publish` or check --config")
+        raise ArtifactError(
+            f"no model named {registry.name!r} in {store.root} (models: {known}); "
+            "publish one with `recloop step publish` or check --config"
+        )
     return registry
 
 
@@ -70,14 +81,14 @@ def _when(iso: str | None) -> str:
     """'2026-01-02T03:04:05.678+00:00' -> '2026-01-02 03:04:05 UTC' (full precision stays in the store)."""
     if not iso:
         return "—"
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         moment = datetime.fromisoformat(iso)
     except ValueError:
         return iso
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if moment.tzinfo is not None else "")
 
 
@@ -110,8 +121,13 @@ def list_(config: ConfigOpt, name: NameArg = None, set_: SetOpt = None) -> None:
             reg = ModelRegistry(store, model)
             versions = reg.list_versions()
             alias = reg.production()
-            table.add_row(model, str(len(versions)), format_version(versions[-1].version) if versions else "—",
-                          format_version(alias.version) if alias else "—", _when(alias.updated_at) if alias else "—")
+            table.add_row(
+                model,
+                str(len(versions)),
+                format_version(versions[-1].version) if versions else "—",
+                format_version(alias.version) if alias else "—",
+                _when(alias.updated_at) if alias else "—",
+            )
         if not names:
             console.print(f"No models in {store.root} yet: a blessed run's publish step registers one.")
             return
@@ -127,8 +143,16 @@ def list_(config: ConfigOpt, name: NameArg = None, set_: SetOpt = None) -> None:
     for v in reg.list_versions():
         mark = "production" if alias and alias.version == v.version else ""
         primary = f"{v.primary_metric}={_num(v.primary_value)}" if v.primary_metric else "—"
-        table.add_row(format_version(v.version), mark, v.candidate, v.model_type, primary, v.run_id,
-                      _when(v.created_at), style="bold green" if mark else None)
+        table.add_row(
+            format_version(v.version),
+            mark,
+            v.candidate,
+            v.model_type,
+            primary,
+            v.run_id,
+            _when(v.created_at),
+            style="bold green" if mark else None,
+        )
     console.print(table)
     if alias is None:
         console.print("No version is in production yet.")
@@ -158,9 +182,12 @@ def _metric_rows(block: Any, prefix: str = "", depth: int = 0) -> list[tuple[str
 
 
 @app.command("show")
-def show(config: ConfigOpt, name: NameArg = None,
-         version: Annotated[Optional[int], typer.Option("--version", "-v", help="Default: production.")] = None,
-         set_: SetOpt = None) -> None:
+def show(
+    config: ConfigOpt,
+    name: NameArg = None,
+    version: Annotated[Optional[int], typer.Option("--version", "-v", help="Default: production.")] = None,
+    set_: SetOpt = None,
+) -> None:
     """A version's facts, metrics, blessing and lineage (default: the production version)."""
     from rich.table import Table
 
@@ -185,11 +212,17 @@ def show(config: ConfigOpt, name: NameArg = None,
     facts = Table(show_header=False, box=None, padding=(0, 2))
     facts.add_column(style="dim")
     facts.add_column(overflow="fold")
-    for label, value in (("uri", info.uri), ("candidate", info.candidate), ("model type", info.model_type),
-                         ("run id", info.run_id), ("created", _when(info.created_at)), ("registered by", info.actor),
-                         ("config hash", info.config_hash or "—"), ("split fingerprint", info.split_fingerprint or "—"),
-                         ("primary metric", f"{info.primary_metric} = {_num(info.primary_value)}"
-                          if info.primary_metric else "—")):
+    for label, value in (
+        ("uri", info.uri),
+        ("candidate", info.candidate),
+        ("model type", info.model_type),
+        ("run id", info.run_id),
+        ("created", _when(info.created_at)),
+        ("registered by", info.actor),
+        ("config hash", info.config_hash or "—"),
+        ("split fingerprint", info.split_fingerprint or "—"),
+        ("primary metric", f"{info.primary_metric} = {_num(info.primary_value)}" if info.primary_metric else "—"),
+    ):
         facts.add_row(label, value)
     if alias and alias.version == version:
         facts.add_row("production since", f"{_when(alias.updated_at)} by {alias.actor} ({alias.reason or 'no reason'})")
@@ -199,8 +232,9 @@ def show(config: ConfigOpt, name: NameArg = None,
     block = (metrics.get("candidates") or {}).get(info.candidate, metrics) if isinstance(metrics, dict) else {}
     rows = _metric_rows(block.get("metrics", block) if isinstance(block, dict) else {})
     if rows:
-        table = Table(title=f"Metrics of {info.candidate} (split {str(info.split_fingerprint or '')[:12]})",
-                      title_justify="left")
+        table = Table(
+            title=f"Metrics of {info.candidate} (split {str(info.split_fingerprint or '')[:12]})", title_justify="left"
+        )
         table.add_column("metric")
         table.add_column("value", justify="right")
         table.add_column("95% CI", justify="right")
@@ -214,16 +248,23 @@ def show(config: ConfigOpt, name: NameArg = None,
     if blessing:
         decision = blessing.get("decision", "?")
         color = "green" if decision == "blessed" else "red"
-        console.print(f"Blessing: [{color}]{decision}[/] (champion at evaluation: "
-                      f"{format_version(blessing.get('champion_version'), '—')})")
+        console.print(
+            f"Blessing: [{color}]{decision}[/] (champion at evaluation: "
+            f"{format_version(blessing.get('champion_version'), '—')})"
+        )
         thresholds = [t for t in blessing.get("thresholds") or [] if isinstance(t, dict)]
         if thresholds:
             table = Table(title="Gate thresholds", title_justify="left")
             for col in ("metric", "kind", "required", "value", "passed"):
                 table.add_column(col)
             for t in thresholds:
-                table.add_row(str(t.get("metric", "")), str(t.get("kind", "")), _num(t.get("required")),
-                              _num(t.get("value")), "yes" if t.get("passed") else "[red]no[/]")
+                table.add_row(
+                    str(t.get("metric", "")),
+                    str(t.get("kind", "")),
+                    _num(t.get("required")),
+                    _num(t.get("value")),
+                    "yes" if t.get("passed") else "[red]no[/]",
+                )
             console.print(table)
         for reason in blessing.get("reasons") or []:
             console.print(f"  • {reason}", markup=False)
@@ -243,9 +284,12 @@ def show(config: ConfigOpt, name: NameArg = None,
 
 
 @app.command("history")
-def history(config: ConfigOpt, name: NameArg = None,
-            limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the latest N events.")] = 50,
-            set_: SetOpt = None) -> None:
+def history(
+    config: ConfigOpt,
+    name: NameArg = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the latest N events.")] = 50,
+    set_: SetOpt = None,
+) -> None:
     """Every alias change and attempt (success, conflict, refused, failed, dry run), oldest first."""
     from rich.table import Table
 
@@ -254,18 +298,38 @@ def history(config: ConfigOpt, name: NameArg = None,
     console = _console()
     reg = _registry(config, set_, name)
     events = reg.history()
-    table = Table(title=f"History of {reg.name!r} (latest {min(limit, len(events))} of {len(events)})",
-                  title_justify="left")
-    for col in ("#", "at", "action", "outcome", "version", "production before", "expected", "run id", "actor",
-                "details"):
+    table = Table(
+        title=f"History of {reg.name!r} (latest {min(limit, len(events))} of {len(events)})", title_justify="left"
+    )
+    for col in (
+        "#",
+        "at",
+        "action",
+        "outcome",
+        "version",
+        "production before",
+        "expected",
+        "run id",
+        "actor",
+        "details",
+    ):
         table.add_column(col, overflow="fold")
     colors = {"success": "green", "conflict": "yellow", "refused": "red", "failed": "red"}
     for e in events[-limit:]:
         outcome = f"[{colors[e.outcome]}]{e.outcome}[/]" if e.outcome in colors else e.outcome
         details = e.message if not e.reason or e.reason in e.message else f"{e.message} ({e.reason})"
-        table.add_row(str(e.seq), _when(e.at), e.action, outcome, format_version(e.version, "—"),
-                      format_version(e.previous_version, "—"), format_version(e.expected_version, "—"),
-                      e.run_id or "—", e.actor, details)
+        table.add_row(
+            str(e.seq),
+            _when(e.at),
+            e.action,
+            outcome,
+            format_version(e.version, "—"),
+            format_version(e.previous_version, "—"),
+            format_version(e.expected_version, "—"),
+            e.run_id or "—",
+            e.actor,
+            details,
+        )
     console.print(table)
 
 
@@ -276,18 +340,24 @@ def _print_change(console: Console, name: str, change: AliasChange) -> None:
     from recloop.registry import format_version
 
     if change.changed:
-        console.print(f"production of {name!r}: {format_version(change.from_version, '—')} -> "
-                      f"{format_version(change.to_version)} ({change.alias.uri})")
+        console.print(
+            f"production of {name!r}: {format_version(change.from_version, '—')} -> "
+            f"{format_version(change.to_version)} ({change.alias.uri})"
+        )
     else:
         console.print(f"production of {name!r} already is v{change.to_version}; nothing changed")
 
 
 @app.command("rollback")
-def rollback(config: ConfigOpt, name: NameArg = None,
-             to: Annotated[Optional[int], typer.Option("--to", help="Version to restore; default: the one "
-                                                       "production replaced last.")] = None,
-             reason: Annotated[str, typer.Option(help="Why, for the history.")] = "",
-             set_: SetOpt = None) -> None:
+def rollback(
+    config: ConfigOpt,
+    name: NameArg = None,
+    to: Annotated[
+        Optional[int], typer.Option("--to", help="Version to restore; default: the one production replaced last.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the history.")] = "",
+    set_: SetOpt = None,
+) -> None:
     """Point production back at the previous version (or --to VERSION). Asks nothing; prints what changed."""
     console = _console()
     reg = _registry(config, set_, name)
@@ -296,12 +366,16 @@ def rollback(config: ConfigOpt, name: NameArg = None,
 
 
 @app.command("promote")
-def promote(config: ConfigOpt, name: Annotated[str, typer.Argument(help="Model name.")],
-            version: Annotated[int, typer.Argument(help="Version number to put in production.")],
-            expect: Annotated[Optional[int], typer.Option(
-                help="Only if production currently is this version (compare-and-swap guard).")] = None,
-            reason: Annotated[str, typer.Option(help="Why, for the history.")] = "",
-            set_: SetOpt = None) -> None:
+def promote(
+    config: ConfigOpt,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number to put in production.")],
+    expect: Annotated[
+        Optional[int], typer.Option(help="Only if production currently is this version (compare-and-swap guard).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the history.")] = "",
+    set_: SetOpt = None,
+) -> None:
     """Put VERSION in production by hand (no gate check: the operator decides)."""
     from recloop.registry import ANY
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,7 +16,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY
 
 
 def _default_run_id() -> str:
-    return "run-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 @app.command("run")
@@ -74,8 +74,9 @@ def _run_and_report(cfg, run_id: str, params) -> None:
     console = Console()
     console.print(f"[bold]recloop run[/] {cfg.name} · run id [cyan]{run_id}[/] · store {cfg.store.root}")
     with ProgressBars(console) as bars:
-        ctx = StepContext.from_config(cfg, run_id, params, log=lambda msg: console.log(msg, highlight=False),
-                                      progress=bars)
+        ctx = StepContext.from_config(
+            cfg, run_id, params, log=lambda msg: console.log(msg, highlight=False), progress=bars
+        )
 
         def on_step(step: str, status: str) -> None:
             if status == "running":

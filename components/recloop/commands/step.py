@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -33,26 +33,51 @@ app = typer.Typer(
 # Progress bars appear only for work still going after this long (short steps stay quiet), and go when done.
 PROGRESS_DELAY_S = 1.0
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline config YAML file.",
-                                         show_default=False)]
-RunIdOpt = Annotated[str, typer.Option("--run-id", help="Run id: names the run folder runs/{run_id}/ and "
-                                                         "lets a re-run reuse committed steps.", show_default=False)]
-SinceOpt = Annotated[Optional[str], typer.Option(
-    "--since", metavar="ISO", help="Only events after this time, ISO-8601 (overrides data.since); "
-                                   "a time without zone is UTC.")]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline config YAML file.", show_default=False)]
+RunIdOpt = Annotated[
+    str,
+    typer.Option(
+        "--run-id",
+        help="Run id: names the run folder runs/{run_id}/ and lets a re-run reuse committed steps.",
+        show_default=False,
+    ),
+]
+SinceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--since",
+        metavar="ISO",
+        help="Only events after this time, ISO-8601 (overrides data.since); a time without zone is UTC.",
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even if the step's artifact is committed.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY.PATH=VALUE",
-                                                     help="Override a config value (parsed as YAML); repeatable.")]
-InputOpt = Annotated[Optional[list[str]], typer.Option(
-    "--input", metavar="ROLE=URI", help="Read input ROLE (an upstream step's name) from URI instead of "
-                                        "runs/{run_id}/ROLE; repeatable.")]
-OutputOpt = Annotated[Optional[str], typer.Option(
-    "--output", metavar="URI", help="Commit the artifact here instead of runs/{run_id}/{step}.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override a config value (parsed as YAML); repeatable."),
+]
+InputOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--input",
+        metavar="ROLE=URI",
+        help="Read input ROLE (an upstream step's name) from URI instead of runs/{run_id}/ROLE; repeatable.",
+    ),
+]
+OutputOpt = Annotated[
+    Optional[str],
+    typer.Option("--output", metavar="URI", help="Commit the artifact here instead of runs/{run_id}/{step}."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object {uri, step, run_id, summary}.")]
-ModelOpt = Annotated[Optional[list[str]], typer.Option(
-    "--model", "--models", metavar="NAME",
-    help="Only these candidates (a candidate's `name:`, else its `type:`); repeatable. Default: every configured "
-         "candidate. train commits one artifact per candidate.")]
+ModelOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--model",
+        "--models",
+        metavar="NAME",
+        help="Only these candidates (a candidate's `name:`, else its `type:`); repeatable. Default: every configured "
+        "candidate. train commits one artifact per candidate.",
+    ),
+]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="publish: check everything but do not publish.")]
 
 
@@ -85,9 +110,11 @@ def step_help(name: str, short: bool = False) -> str:
     if short:
         return spec.summary().rstrip(".")
     notes = f"\n\n{spec.notes.strip()}" if spec.notes else ""
-    return (f"{spec.description.strip()}\n\n"
-            f"Inputs (roles; default runs/{{run_id}}/ROLE, override with --input ROLE=URI): {spec.describe_inputs()}.\n\n"
-            f"Output: {spec.describe_output()}; under store.root, committed by its _MANIFEST.json.{notes}")
+    return (
+        f"{spec.description.strip()}\n\n"
+        f"Inputs (roles; default runs/{{run_id}}/ROLE, override with --input ROLE=URI): {spec.describe_inputs()}.\n\n"
+        f"Output: {spec.describe_output()}; under store.root, committed by its _MANIFEST.json.{notes}"
+    )
 
 
 # -------------------------------------------------------------------------------------------- parsing
@@ -100,9 +127,10 @@ def parse_since(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an ISO-8601 time; use e.g. 2024-05-01 or "
-                                 "2024-05-01T12:00:00+00:00", param_hint="--since") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO-8601 time; use e.g. 2024-05-01 or 2024-05-01T12:00:00+00:00", param_hint="--since"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def parse_inputs(pairs: list[str] | None, allowed: tuple[str, ...], step: str) -> dict[str, str]:
@@ -112,12 +140,14 @@ def parse_inputs(pairs: list[str] | None, allowed: tuple[str, ...], step: str) -
         role, sep, uri = pair.partition("=")
         role, uri = role.strip(), uri.strip()
         if not sep or not role or not uri:
-            raise typer.BadParameter(f"{pair!r}: expected ROLE=URI, e.g. ingest=s3://bucket/runs/r1/ingest",
-                                     param_hint="--input")
+            raise typer.BadParameter(
+                f"{pair!r}: expected ROLE=URI, e.g. ingest=s3://bucket/runs/r1/ingest", param_hint="--input"
+            )
         if role not in allowed:
             expected = ", ".join(allowed) if allowed else f"none ({step} takes no inputs)"
-            raise typer.BadParameter(f"{role!r} is not an input of {step}; its inputs: {expected}",
-                                     param_hint="--input")
+            raise typer.BadParameter(
+                f"{role!r} is not an input of {step}; its inputs: {expected}", param_hint="--input"
+            )
         if role in out:
             raise typer.BadParameter(f"input {role!r} given twice", param_hint="--input")
         out[role] = uri.rstrip("/")
@@ -130,8 +160,9 @@ def check_run_id(run_id: str) -> str:
     try:
         safe_run_id(run_id)
     except ValueError:
-        raise typer.BadParameter(f"{run_id!r} is not a usable run id; use letters, digits, '.', '_' or '-'",
-                                 param_hint="--run-id") from None
+        raise typer.BadParameter(
+            f"{run_id!r} is not a usable run id; use letters, digits, '.', '_' or '-'", param_hint="--run-id"
+        ) from None
     return run_id
 
 
@@ -147,8 +178,12 @@ def print_result(console: Console, manifest: Manifest, seconds: float, reused: b
     """The artifact URI (alone on its line, for scripts) and a short summary."""
     console.print(manifest.uri, markup=False, highlight=False, soft_wrap=True)
     how = "reused committed artifact" if reused else f"committed in {seconds:.1f} s"
-    console.print(f"{manifest.step} · run {manifest.run_id} · {how} · {len(manifest.files)} file(s)",
-                  markup=False, highlight=False, style="dim")
+    console.print(
+        f"{manifest.step} · run {manifest.run_id} · {how} · {len(manifest.files)} file(s)",
+        markup=False,
+        highlight=False,
+        style="dim",
+    )
     for key, value in manifest.summary.items():
         console.print(f"  {key}: {_short(value)}", markup=False, highlight=False, soft_wrap=True)
 
@@ -156,9 +191,19 @@ def print_result(console: Console, manifest: Manifest, seconds: float, reused: b
 # -------------------------------------------------------------------------------------------- commands
 
 
-def run_one(name: str, config: Path, run_id: str, since: str | None, force: bool, set_: list[str] | None,
-            inputs: list[str] | None, output: str | None, as_json: bool, models: list[str] | None = None,
-            dry_run: bool = False) -> None:
+def run_one(
+    name: str,
+    config: Path,
+    run_id: str,
+    since: str | None,
+    force: bool,
+    set_: list[str] | None,
+    inputs: list[str] | None,
+    output: str | None,
+    as_json: bool,
+    models: list[str] | None = None,
+    dry_run: bool = False,
+) -> None:
     """Shared body of every step command."""
     from rich.console import Console
 
@@ -185,13 +230,16 @@ def run_one(name: str, config: Path, run_id: str, since: str | None, force: bool
         # A per-candidate step runs once for each selected candidate, each committing its own artifact.
         candidates = [m.candidate_name for m in ctx.candidates] if spec.per_candidate else [None]
         if output and len(candidates) > 1:
-            raise typer.BadParameter(f"{name} commits one artifact per candidate; with --output name one "
-                                     "candidate (--model NAME)", param_hint="--output")
+            raise typer.BadParameter(
+                f"{name} commits one artifact per candidate; with --output name one candidate (--model NAME)",
+                param_hint="--output",
+            )
         for candidate in candidates:
             started = time.monotonic()
             # Roles not given are resolved from the run layout: a container may be handed just some URIs.
-            result = execute_step(spec, ctx, inputs=input_uris, output=output.rstrip("/") if output else None,
-                                  candidate=candidate)
+            result = execute_step(
+                spec, ctx, inputs=input_uris, output=output.rstrip("/") if output else None, candidate=candidate
+            )
             seconds = time.monotonic() - started
             if as_json:
                 typer.echo(json.dumps(result.manifest.brief(), default=str, sort_keys=True))
@@ -206,20 +254,48 @@ def add_step_command(name: str) -> None:
     if any(c.name == name for c in app.registered_commands):
         return
     if name == "publish":
-        def command(config: ConfigOpt, run_id: RunIdOpt, model: ModelOpt = None, dry_run: DryRunOpt = False,
-                    since: SinceOpt = None, force: ForceOpt = False, set_: SetOpt = None, input_: InputOpt = None,
-                    output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+
+        def command(
+            config: ConfigOpt,
+            run_id: RunIdOpt,
+            model: ModelOpt = None,
+            dry_run: DryRunOpt = False,
+            since: SinceOpt = None,
+            force: ForceOpt = False,
+            set_: SetOpt = None,
+            input_: InputOpt = None,
+            output: OutputOpt = None,
+            as_json: JsonOpt = False,
+        ) -> None:
             run_one(name, config, run_id, since, force, set_, input_, output, as_json, models=model, dry_run=dry_run)
     elif find_step(name).reads_candidates:
-        def command(config: ConfigOpt, run_id: RunIdOpt, model: ModelOpt = None,  # type: ignore[misc]
-                    since: SinceOpt = None, force: ForceOpt = False, set_: SetOpt = None, input_: InputOpt = None,
-                    output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+
+        def command(
+            config: ConfigOpt,
+            run_id: RunIdOpt,
+            model: ModelOpt = None,  # type: ignore[misc]
+            since: SinceOpt = None,
+            force: ForceOpt = False,
+            set_: SetOpt = None,
+            input_: InputOpt = None,
+            output: OutputOpt = None,
+            as_json: JsonOpt = False,
+        ) -> None:
             run_one(name, config, run_id, since, force, set_, input_, output, as_json, models=model)
     else:
-        def command(config: ConfigOpt, run_id: RunIdOpt, since: SinceOpt = None,  # type: ignore[misc]
-                    force: ForceOpt = False, set_: SetOpt = None, input_: InputOpt = None,
-                    output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+
+        def command(
+            config: ConfigOpt,
+            run_id: RunIdOpt,
+            since: SinceOpt = None,  # type: ignore[misc]
+            force: ForceOpt = False,
+            set_: SetOpt = None,
+            input_: InputOpt = None,
+            output: OutputOpt = None,
+            as_json: JsonOpt = False,
+        ) -> None:
             run_one(name, config, run_id, since, force, set_, input_, output, as_json)
+
     app.command(name, cls=StepCommand)(command)
 
 

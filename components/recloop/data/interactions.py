@@ -7,8 +7,9 @@ Preprocess writes Parquet with columns `user_idx`, `item_idx`, `timestamp` (epoc
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,26 +43,39 @@ class Interactions:
 
     def subset(self, keep: np.ndarray) -> Interactions:
         """The events where the boolean mask `keep` is true; same id spaces."""
-        return Interactions(self.user[keep], self.item[keep], self.timestamp[keep], self.weight[keep],
-                            self.n_users, self.n_items)
+        return Interactions(
+            self.user[keep], self.item[keep], self.timestamp[keep], self.weight[keep], self.n_users, self.n_items
+        )
 
     @classmethod
-    def from_arrays(cls, user: Sequence[int], item: Sequence[int], timestamp: Sequence[int] | None = None,
-                    weight: Sequence[float] | None = None, n_users: int | None = None,
-                    n_items: int | None = None) -> Interactions:
+    def from_arrays(
+        cls,
+        user: Sequence[int],
+        item: Sequence[int],
+        timestamp: Sequence[int] | None = None,
+        weight: Sequence[float] | None = None,
+        n_users: int | None = None,
+        n_items: int | None = None,
+    ) -> Interactions:
         u = np.asarray(user, dtype=np.int32)
         i = np.asarray(item, dtype=np.int32)
         t = np.arange(len(u), dtype=np.int64) if timestamp is None else np.asarray(timestamp, dtype=np.int64)
         w = np.ones(len(u), dtype=np.float32) if weight is None else np.asarray(weight, dtype=np.float32)
-        return cls(u, i, t, w,
-                   int(n_users if n_users is not None else (u.max() + 1 if len(u) else 0)),
-                   int(n_items if n_items is not None else (i.max() + 1 if len(i) else 0)))
+        return cls(
+            u,
+            i,
+            t,
+            w,
+            int(n_users if n_users is not None else (u.max() + 1 if len(u) else 0)),
+            int(n_items if n_items is not None else (i.max() + 1 if len(i) else 0)),
+        )
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame, n_users: int, n_items: int) -> Interactions:
         weight = df["weight"].to_numpy(np.float32) if "weight" in df else None
-        return cls.from_arrays(df["user_idx"].to_numpy(), df["item_idx"].to_numpy(),
-                               df["timestamp"].to_numpy(), weight, n_users, n_items)
+        return cls.from_arrays(
+            df["user_idx"].to_numpy(), df["item_idx"].to_numpy(), df["timestamp"].to_numpy(), weight, n_users, n_items
+        )
 
     def to_csr(self, binary: bool = False) -> sp.csr_matrix:
         """users x items matrix; repeated (user, item) pairs sum their weights unless binary."""
@@ -90,7 +104,7 @@ class Histories:
         return len(self.indptr) - 1
 
     def row(self, r: int) -> np.ndarray:
-        return self.items[self.indptr[r]: self.indptr[r + 1]]
+        return self.items[self.indptr[r] : self.indptr[r + 1]]
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.indptr)
@@ -127,8 +141,9 @@ class Histories:
         data = np.ones(len(self.items), np.float32) if binary else self.weights.copy()
         # Copies: scipy sorts indices in place when summing duplicates, which would destroy the
         # chronological order that sequence models read from `items`.
-        m = sp.csr_matrix((data, self.items.copy(), self.indptr.copy()), shape=(len(self), self.n_items),
-                          dtype=np.float32)
+        m = sp.csr_matrix(
+            (data, self.items.copy(), self.indptr.copy()), shape=(len(self), self.n_items), dtype=np.float32
+        )
         m.sum_duplicates()
         if binary:
             m.data[:] = 1.0
@@ -136,4 +151,4 @@ class Histories:
 
     def last(self, n: int) -> list[np.ndarray]:
         """The last n items of each row (most recent last)."""
-        return [self.items[max(self.indptr[r], self.indptr[r + 1] - n): self.indptr[r + 1]] for r in range(len(self))]
+        return [self.items[max(self.indptr[r], self.indptr[r + 1] - n) : self.indptr[r + 1]] for r in range(len(self))]

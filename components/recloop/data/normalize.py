@@ -117,11 +117,15 @@ def _parse_id(arr: pa.Array, label: str, issues: _Issues) -> pa.Array:
     values = _clean_text(arr)
     placeholder = pc.fill_null(pc.is_in(values, value_set=pa.array(MISSING_ID_SPELLINGS)), False)
     raw = values.to_numpy(zero_copy_only=False)
-    issues.add(placeholder.to_numpy(zero_copy_only=False),
-               lambda i: f"{label} {raw[i]!r} is a missing-value placeholder, not an id")
+    issues.add(
+        placeholder.to_numpy(zero_copy_only=False),
+        lambda i: f"{label} {raw[i]!r} is a missing-value placeholder, not an id",
+    )
     values = pc.if_else(placeholder, pa.scalar(None, pa.string()), values)
-    issues.add(values.is_null().to_numpy(zero_copy_only=False) & ~placeholder.to_numpy(zero_copy_only=False),
-               lambda i: f"{label} is missing")
+    issues.add(
+        values.is_null().to_numpy(zero_copy_only=False) & ~placeholder.to_numpy(zero_copy_only=False),
+        lambda i: f"{label} is missing",
+    )
     return values
 
 
@@ -150,8 +154,11 @@ def _parse_number(arr: pa.Array, label: str, issues: _Issues) -> pa.Array:
     shown = _raw_values(raw if raw is not None else as_strings(arr))
 
     def message(i: int) -> str:
-        kind = "not a number" if np.isnan(values[i]) and str(shown[i]).lower() not in ("nan", "+nan", "-nan") \
+        kind = (
+            "not a number"
+            if np.isnan(values[i]) and str(shown[i]).lower() not in ("nan", "+nan", "-nan")
             else "not a finite number"
+        )
         return f"{label} {shown[i]!r} is {kind}"
 
     issues.add(bad, message)
@@ -215,12 +222,10 @@ def _iso_to_ms(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _parse_timestamp(arr: pa.Array, unit: str, issues: _Issues) -> pa.Array:
-    import numpy as np
     import pyarrow as pa
 
     is_typed_time = pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type)
-    raw = arr if is_typed_time or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) \
-        else _clean_text(arr)
+    raw = arr if is_typed_time or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) else _clean_text(arr)
     present = ~raw.is_null().to_numpy(zero_copy_only=False)
     if unit == "iso" or is_typed_time:
         ms, parsed, ok = _iso_to_ms(raw if is_typed_time or pa.types.is_string(raw.type) else as_strings(raw))
@@ -234,21 +239,26 @@ def _parse_timestamp(arr: pa.Array, unit: str, issues: _Issues) -> pa.Array:
             value = shown[i]
             if not parsed[i]:
                 if unit == "iso":
-                    hint = " (set data.interactions.timestamp_unit to s/ms/us/ns for epoch numbers)" \
-                        if str(value).lstrip("-").isdigit() else ""
+                    hint = (
+                        " (set data.interactions.timestamp_unit to s/ms/us/ns for epoch numbers)"
+                        if str(value).lstrip("-").isdigit()
+                        else ""
+                    )
                     return f"timestamp {value!r} is not an ISO-8601 date-time{hint}"
-                hint = " (set data.interactions.timestamp_unit to 'iso' for dates)" \
-                    if _DATE_LIKE.match(str(value)) else ""
+                hint = (
+                    " (set data.interactions.timestamp_unit to 'iso' for dates)" if _DATE_LIKE.match(str(value)) else ""
+                )
                 return f"timestamp {value!r} is not a number{hint}"
-            return (f"timestamp {value!r} is out of range for timestamp_unit {unit!r} "
-                    "(outside 1900-2200: check data.interactions.timestamp_unit)")
+            return (
+                f"timestamp {value!r} is out of range for timestamp_unit {unit!r} "
+                "(outside 1900-2200: check data.interactions.timestamp_unit)"
+            )
 
         issues.add(present & ~ok, message)
     return pa.array(ms, pa.int64(), mask=~ok).cast(pa.timestamp("ms", tz="UTC"))
 
 
-def normalize_interactions(chunk: Chunk, source: InteractionSource, source_file: str,
-                           schema: pa.Schema) -> pa.Table:
+def normalize_interactions(chunk: Chunk, source: InteractionSource, source_file: str, schema: pa.Schema) -> pa.Table:
     """One chunk of raw events -> rows of the interactions contract (broken rows included, as issues)."""
     import numpy as np
     import pyarrow as pa
@@ -265,11 +275,9 @@ def normalize_interactions(chunk: Chunk, source: InteractionSource, source_file:
         "user_id": _parse_id(column(cols.user), "user id", issues),
         "item_id": _parse_id(column(cols.item), "item id", issues),
         "timestamp": _parse_timestamp(column(cols.timestamp), source.timestamp_unit, issues),
-        "rating": _parse_number(column(cols.rating), "rating", issues) if cols.rating
-        else pa.nulls(n, pa.float64()),
+        "rating": _parse_number(column(cols.rating), "rating", issues) if cols.rating else pa.nulls(n, pa.float64()),
         "event_type": _clean_text(column(cols.event_type)) if cols.event_type else pa.nulls(n, pa.string()),
-        "weight": _parse_number(column(cols.weight), "weight", issues) if cols.weight
-        else pa.nulls(n, pa.float64()),
+        "weight": _parse_number(column(cols.weight), "weight", issues) if cols.weight else pa.nulls(n, pa.float64()),
     }
     for name in cols.context:
         out[f"ctx_{name}"] = as_strings(column(name))
@@ -281,9 +289,11 @@ def normalize_interactions(chunk: Chunk, source: InteractionSource, source_file:
         return result
     broken = pa.Table.from_arrays(
         [pa.nulls(len(chunk.broken), f.type) for f in list(schema)[:-3]]
-        + [pa.array([source_file] * len(chunk.broken), pa.string()),
-           pa.array([row for row, _ in chunk.broken], pa.int64()),
-           pa.array([why for _, why in chunk.broken], pa.string())],
+        + [
+            pa.array([source_file] * len(chunk.broken), pa.string()),
+            pa.array([row for row, _ in chunk.broken], pa.int64()),
+            pa.array([why for _, why in chunk.broken], pa.string()),
+        ],
         schema=schema,
     )
     merged = pa.concat_tables([result, broken])
@@ -314,8 +324,11 @@ class ItemLayout:
     def schema(self) -> pa.Schema:
         import pyarrow as pa
 
-        fields = [pa.field("item_id", pa.string()), pa.field("text", pa.string()),
-                  pa.field("categories", pa.list_(pa.string()))]
+        fields = [
+            pa.field("item_id", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("categories", pa.list_(pa.string())),
+        ]
         return pa.schema(fields + [pa.field(out, pa.string()) for _, out in self.extra_columns])
 
 
@@ -357,9 +370,7 @@ def render_items(table: pa.Table, layout: ItemLayout, tags: dict[str, str] | Non
         if tags is not None:  # a configured tag source wins over a catalog column named 'tags'
             row["tags"] = tags.get(id_list[i], "")
         texts[i] = layout.template.format_map(row).strip()
-    categories = (
-        [split_categories(v) for v in strings[layout.category_column]] if layout.category_column else [[]] * n
-    )
+    categories = [split_categories(v) for v in strings[layout.category_column]] if layout.category_column else [[]] * n
     arrays = [ids, pa.array(texts, pa.string()), pa.array(categories, pa.list_(pa.string()))]
     arrays += [pa.array(strings[src], pa.string()) for src, _ in layout.extra_columns]
     return pa.Table.from_arrays(arrays, schema=layout.schema()), int(dropped)

@@ -22,8 +22,10 @@ Stages, each counted in the stats:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -73,16 +75,20 @@ def apply_implicit(df: pd.DataFrame, cfg: ImplicitConfig) -> tuple[pd.DataFrame,
     if cfg.min_rating is not None:
         rating = df["rating"] if "rating" in df else pd.Series(np.nan, index=df.index)
         if len(df) and rating.isna().all():
-            raise DataError("preprocess.implicit.min_rating is set but no interaction has a rating; map "
-                            "data.interactions.columns.rating or remove preprocess.implicit.min_rating")
+            raise DataError(
+                "preprocess.implicit.min_rating is set but no interaction has a rating; map "
+                "data.interactions.columns.rating or remove preprocess.implicit.min_rating"
+            )
         dropped["no_rating"] = int(rating.isna().sum())
         dropped["below_min_rating"] = int((rating < cfg.min_rating).sum())
         keep &= rating >= cfg.min_rating
     if cfg.event_weights is not None:
         events = df["event_type"] if "event_type" in df else pd.Series(None, index=df.index, dtype=object)
         if len(df) and events.isna().all():
-            raise DataError("preprocess.implicit.event_weights is set but no interaction has an event type; map "
-                            "data.interactions.columns.event_type or remove preprocess.implicit.event_weights")
+            raise DataError(
+                "preprocess.implicit.event_weights is set but no interaction has an event type; map "
+                "data.interactions.columns.event_type or remove preprocess.implicit.event_weights"
+            )
         event_weight = events.map(cfg.event_weights).astype("float64")
         dropped["event_type_not_weighted"] = int((keep & event_weight.isna()).sum())
         keep &= event_weight.notna()
@@ -100,8 +106,9 @@ def dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return out, int(len(df) - len(out))
 
 
-def filter_min_counts(user: np.ndarray, item: np.ndarray, min_user: int, min_item: int,
-                      kcore: bool) -> tuple[np.ndarray, int]:
+def filter_min_counts(
+    user: np.ndarray, item: np.ndarray, min_user: int, min_item: int, kcore: bool
+) -> tuple[np.ndarray, int]:
     """Mask of events kept by the min-count filters and the number of passes made.
 
     Both counts come from the same events each pass; with `kcore` passes repeat until nothing changes,
@@ -148,8 +155,10 @@ def _epoch_ns(ts: pd.Series) -> np.ndarray:
     import pandas as pd
 
     if not isinstance(ts.dtype, pd.DatetimeTZDtype):
-        raise DataError(f"interactions.timestamp must be a timezone-aware timestamp (got {ts.dtype}); "
-                        "re-run ingest, which writes timestamp[ms, UTC]")
+        raise DataError(
+            f"interactions.timestamp must be a timezone-aware timestamp (got {ts.dtype}); "
+            "re-run ingest, which writes timestamp[ms, UTC]"
+        )
     return ts.dt.as_unit("ns").astype("int64").to_numpy()
 
 
@@ -172,16 +181,22 @@ def _min_count_filtered(df: pd.DataFrame, cfg: PreprocessConfig, stats: dict[str
 
     user_codes, _ = pd.factorize(df["user_id"])
     item_codes, _ = pd.factorize(df["item_id"])
-    keep, passes = filter_min_counts(user_codes, item_codes, cfg.min_user_interactions,
-                                     cfg.min_item_interactions, cfg.kcore)
+    keep, passes = filter_min_counts(
+        user_codes, item_codes, cfg.min_user_interactions, cfg.min_item_interactions, cfg.kcore
+    )
     stats["dropped"]["min_count_filter"] = int((~keep).sum())
-    stats["filter"] = {"min_user_interactions": cfg.min_user_interactions,
-                       "min_item_interactions": cfg.min_item_interactions, "kcore": cfg.kcore, "passes": passes}
+    stats["filter"] = {
+        "min_user_interactions": cfg.min_user_interactions,
+        "min_item_interactions": cfg.min_item_interactions,
+        "kcore": cfg.kcore,
+        "passes": passes,
+    }
     df = df.loc[keep]
     if df.empty:
         raise DataError(
             f"no interactions are left after preprocessing {stats['input_rows']} rows (dropped: {stats['dropped']}); "
-            "lower preprocess.min_user_interactions / min_item_interactions, or check preprocess.implicit")
+            "lower preprocess.min_user_interactions / min_item_interactions, or check preprocess.implicit"
+        )
     return df
 
 
@@ -197,15 +212,17 @@ def _labelled(df: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, di
         users_dense = pd.factorize(df["user_id"])[0]
         labels = leave_last_out(users_dense, ts_ns, df["_order"].to_numpy())
     else:
-        cutoffs = resolve_cutoffs(ts_ns, cfg.split.cutoff, cfg.split.valid_cutoff,
-                                  cfg.split.test_share, cfg.split.valid_share)
+        cutoffs = resolve_cutoffs(
+            ts_ns, cfg.split.cutoff, cfg.split.valid_cutoff, cfg.split.test_share, cfg.split.valid_share
+        )
         labels = time_cutoff(ts_ns, cutoffs)
         split_info.update(cutoffs.iso())
     return df.assign(_split=labels, _ts=ts_ns), split_info
 
 
-def _id_lists(df: pd.DataFrame, catalog: pd.DataFrame | None, cfg: PreprocessConfig,
-              cold_ids: list[str]) -> tuple[list[str], list[str]]:
+def _id_lists(
+    df: pd.DataFrame, catalog: pd.DataFrame | None, cfg: PreprocessConfig, cold_ids: list[str]
+) -> tuple[list[str], list[str]]:
     """Stage 7's ids: users with a training event; items per `catalog_items` (cold items included)."""
     from recloop.data.splits import TRAIN
 
@@ -229,19 +246,26 @@ def _split_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     frames: dict[str, pd.DataFrame] = {}
     for code, name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
         part = df.loc[df["_split"] == code].sort_values(["user_idx", "_ts", "_order"], kind="stable")
-        frames[name] = pd.DataFrame({
-            "user_idx": part["user_idx"].to_numpy(np.int32),
-            "item_idx": part["item_idx"].to_numpy(np.int32),
-            "timestamp": np.floor_divide(part["_ts"].to_numpy(np.int64), 1_000_000_000),
-            "weight": part["weight"].to_numpy(np.float32),
-            "rating": part["rating"].to_numpy(np.float64) if "rating" in part else np.full(len(part), np.nan),
-        })
+        frames[name] = pd.DataFrame(
+            {
+                "user_idx": part["user_idx"].to_numpy(np.int32),
+                "item_idx": part["item_idx"].to_numpy(np.int32),
+                "timestamp": np.floor_divide(part["_ts"].to_numpy(np.int64), 1_000_000_000),
+                "weight": part["weight"].to_numpy(np.float32),
+                "rating": part["rating"].to_numpy(np.float64) if "rating" in part else np.full(len(part), np.nan),
+            }
+        )
     return frames
 
 
-def preprocess(interactions: pd.DataFrame, catalog: pd.DataFrame | None, cfg: PreprocessConfig,
-               cold_start: ColdStartConfig, source: str = "interactions",
-               progress: Callable[[int], None] = lambda _: None) -> PreprocessResult:
+def preprocess(
+    interactions: pd.DataFrame,
+    catalog: pd.DataFrame | None,
+    cfg: PreprocessConfig,
+    cold_start: ColdStartConfig,
+    source: str = "interactions",
+    progress: Callable[[int], None] = lambda _: None,
+) -> PreprocessResult:
     """Validated interactions (user_id, item_id, timezone-aware timestamp; optional rating, weight,
     event_type) and the optional item catalog (item_id; optional text, categories) -> splits with
     contiguous ids.
@@ -273,7 +297,8 @@ def preprocess(interactions: pd.DataFrame, catalog: pd.DataFrame | None, cfg: Pr
     cold_ids: list[str] = []
     if cold_start.item_share > 0:
         df, cold_ids, dropped["cold_start_train_valid_events"] = hold_out_items(
-            df, cold_start.item_share, cold_start.seed, TEST)
+            df, cold_start.item_share, cold_start.seed, TEST
+        )
         split_info["cold_start_items"] = len(cold_ids)
 
     user_ids, item_ids = _id_lists(df, catalog, cfg, cold_ids)
@@ -290,39 +315,59 @@ def preprocess(interactions: pd.DataFrame, catalog: pd.DataFrame | None, cfg: Pr
     frames = _split_frames(df)
     if frames["train"].empty or frames["test"].empty:
         empty = "train" if frames["train"].empty else "test"
-        hint = ("a user needs at least 2 events to contribute a test event; check preprocess.implicit and "
-                "the min-count filters" if cfg.split.method == "leave_last_out"
-                else "move preprocess.split.cutoff / valid_cutoff inside the data's time range "
-                     f"({df['timestamp'].min()} .. {df['timestamp'].max()})")
+        hint = (
+            "a user needs at least 2 events to contribute a test event; check preprocess.implicit and "
+            "the min-count filters"
+            if cfg.split.method == "leave_last_out"
+            else "move preprocess.split.cutoff / valid_cutoff inside the data's time range "
+            f"({df['timestamp'].min()} .. {df['timestamp'].max()})"
+        )
         raise DataError(f"the {empty} split is empty after preprocessing {n_input} rows ({hint}; dropped: {dropped})")
 
     n_users, n_items = len(user_ids), len(item_ids)
     n_events = sum(len(f) for f in frames.values())
-    stats.update({
-        "n_users": n_users, "n_items": n_items,
-        "n_items_with_training_events": int(frames["train"]["item_idx"].nunique()),
-        "catalog_items": cfg.catalog_items, "density": n_events / (n_users * n_items) if n_users and n_items else 0.0,
-        "split": split_info, "splits": {name: _split_stats(frames[name]) for name in SPLIT_NAMES},
-        "implicit": cfg.implicit.model_dump(mode="json"), "dedupe": cfg.dedupe,
-    })
+    stats.update(
+        {
+            "n_users": n_users,
+            "n_items": n_items,
+            "n_items_with_training_events": int(frames["train"]["item_idx"].nunique()),
+            "catalog_items": cfg.catalog_items,
+            "density": n_events / (n_users * n_items) if n_users and n_items else 0.0,
+            "split": split_info,
+            "splits": {name: _split_stats(frames[name]) for name in SPLIT_NAMES},
+            "implicit": cfg.implicit.model_dump(mode="json"),
+            "dedupe": cfg.dedupe,
+        }
+    )
     cold_items = None
     if cold_start.item_share > 0:
         cold_idx = np.sort(item_index.get_indexer(cold_ids)).astype(np.int32)
         cold_items = pd.DataFrame({"item_idx": cold_idx, "item_id": [item_ids[i] for i in cold_idx]})
-        stats["cold_start"] = {"items": len(cold_idx), "item_share": cold_start.item_share,
-                               "test_events": int(frames["test"]["item_idx"].isin(set(cold_idx.tolist())).sum())}
-    return PreprocessResult(splits=frames, user_ids=user_ids, item_ids=item_ids,
-                            items=_aligned_items(item_index, catalog), stats=stats, cold_items=cold_items)
+        stats["cold_start"] = {
+            "items": len(cold_idx),
+            "item_share": cold_start.item_share,
+            "test_events": int(frames["test"]["item_idx"].isin(set(cold_idx.tolist())).sum()),
+        }
+    return PreprocessResult(
+        splits=frames,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        items=_aligned_items(item_index, catalog),
+        stats=stats,
+        cold_items=cold_items,
+    )
 
 
 def _split_stats(df: pd.DataFrame) -> dict[str, Any]:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def iso(s: int) -> str:
-        return datetime.fromtimestamp(int(s), tz=timezone.utc).isoformat()
+        return datetime.fromtimestamp(int(s), tz=UTC).isoformat()
 
     return {
-        "rows": int(len(df)), "users": int(df["user_idx"].nunique()), "items": int(df["item_idx"].nunique()),
+        "rows": int(len(df)),
+        "users": int(df["user_idx"].nunique()),
+        "items": int(df["item_idx"].nunique()),
         "min_timestamp": iso(df["timestamp"].min()) if len(df) else None,
         "max_timestamp": iso(df["timestamp"].max()) if len(df) else None,
     }

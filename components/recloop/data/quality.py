@@ -43,8 +43,12 @@ INTERACTION_TYPES: dict[str, str] = {
     "source_row": "int64",
     "ingest_issue": "str",
 }
-_TYPE_WORDS = {"str": "a string", "Timestamp": "a timezone-aware timestamp", "float64": "a float64",
-               "int64": "an int64"}
+_TYPE_WORDS = {
+    "str": "a string",
+    "Timestamp": "a timezone-aware timestamp",
+    "float64": "a float64",
+    "int64": "an int64",
+}
 KEY_COLUMNS = ("user_id", "item_id", "timestamp")
 # Derived columns added to the frame GX validates, so that rate checks are plain column expectations.
 DUPLICATE_OF = "duplicate_of"
@@ -73,13 +77,23 @@ class CheckResult:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _json_safe({
-            "name": self.name, "description": self.description, "source": self.source,
-            "expectation_type": self.expectation_type, "kwargs": self.kwargs, "success": self.success,
-            "blocking": self.blocking, "row_level": self.row_level, "observed_value": self.observed_value,
-            "unexpected_count": self.unexpected_count, "unexpected_percent": self.unexpected_percent,
-            "sample_rows": self.sample_rows, "error": self.error,
-        })
+        return _json_safe(
+            {
+                "name": self.name,
+                "description": self.description,
+                "source": self.source,
+                "expectation_type": self.expectation_type,
+                "kwargs": self.kwargs,
+                "success": self.success,
+                "blocking": self.blocking,
+                "row_level": self.row_level,
+                "observed_value": self.observed_value,
+                "unexpected_count": self.unexpected_count,
+                "unexpected_percent": self.unexpected_percent,
+                "sample_rows": self.sample_rows,
+                "error": self.error,
+            }
+        )
 
 
 @dataclass
@@ -244,8 +258,11 @@ def duplicate_of(df: pd.DataFrame, eligible: np.ndarray) -> pd.Series:
     repeat = keys.duplicated(keep="first").to_numpy()
     if repeat.any():
         src_file = df["source_file"].astype(str) if "source_file" in df else pd.Series("?", index=df.index)
-        src_row = (df["source_row"].astype(str) if "source_row" in df
-                   else pd.Series((np.arange(len(df)) + 1).astype(str), index=df.index))
+        src_row = (
+            df["source_row"].astype(str)
+            if "source_row" in df
+            else pd.Series((np.arange(len(df)) + 1).astype(str), index=df.index)
+        )
         where = src_file + ":" + src_row
         group = keys.groupby(list(KEY_COLUMNS), sort=False).ngroup().to_numpy()
         first_label = pd.Series(keys.index.to_numpy()).groupby(group).transform("first").to_numpy()
@@ -253,8 +270,9 @@ def duplicate_of(df: pd.DataFrame, eligible: np.ndarray) -> pd.Series:
     return out.astype("str")
 
 
-def row_rules(df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: bool,
-              typed: dict[str, bool]) -> list[RowRule]:
+def row_rules(
+    df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: bool, typed: dict[str, bool]
+) -> list[RowRule]:
     """Row-level rules on value checks (all but repeats); `df` already has `item_in_catalog`."""
     rules: list[RowRule] = []
     n = len(df)
@@ -264,8 +282,12 @@ def row_rules(df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: b
         rules.append(RowRule(name, bad, _reason_series(df, bad, reason), sample_columns))
 
     if "ingest_issue" in df.columns:
-        add("rows_parsed_cleanly", df["ingest_issue"].notna().to_numpy(),
-            lambda sub: ("ingest: " + sub["ingest_issue"].astype(str)).tolist(), ("ingest_issue",))
+        add(
+            "rows_parsed_cleanly",
+            df["ingest_issue"].notna().to_numpy(),
+            lambda sub: ("ingest: " + sub["ingest_issue"].astype(str)).tolist(),
+            ("ingest_issue",),
+        )
     for col in KEY_COLUMNS:
         if col in df.columns:
             add(f"{col}_not_null", df[col].isna().to_numpy(), f"{col} is null")
@@ -273,23 +295,36 @@ def row_rules(df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: b
         lo, hi = cfg.rating_range
         r = df["rating"]
         bad = (r.notna() & ((r < lo) | (r > hi))).to_numpy()
-        add("rating_in_range", bad,
-            lambda sub: [f"rating {_fmt_number(v)} outside [{_fmt_number(lo)}, {_fmt_number(hi)}]"
-                         for v in sub["rating"]], ("rating",))
+        add(
+            "rating_in_range",
+            bad,
+            lambda sub: [
+                f"rating {_fmt_number(v)} outside [{_fmt_number(lo)}, {_fmt_number(hi)}]" for v in sub["rating"]
+            ],
+            ("rating",),
+        )
     if cfg.allowed_event_types is not None and typed.get("event_type"):
         allowed = list(cfg.allowed_event_types)
         e = df["event_type"]
         bad = (e.notna() & ~e.isin(allowed)).to_numpy()
-        add("event_type_allowed", bad,
-            lambda sub: [f"event type {v!r} is not one of {allowed}" for v in sub["event_type"]], ("event_type",))
+        add(
+            "event_type_allowed",
+            bad,
+            lambda sub: [f"event type {v!r} is not one of {allowed}" for v in sub["event_type"]],
+            ("event_type",),
+        )
     if typed.get("timestamp"):
         limit = pd.Timestamp(now) + cfg.future_tolerance
         t = df["timestamp"]
         bad = (t.notna() & (t > limit)).to_numpy()
         tol = _fmt_duration(cfg.future_tolerance)
-        add("timestamp_not_in_future", bad,
-            lambda sub: [f"timestamp {v.isoformat()} is in the future (later than now + {tol})"
-                         for v in sub["timestamp"]])
+        add(
+            "timestamp_not_in_future",
+            bad,
+            lambda sub: [
+                f"timestamp {v.isoformat()} is in the future (later than now + {tol})" for v in sub["timestamp"]
+            ],
+        )
     if catalog and IN_CATALOG in df.columns:
         bad = (df[IN_CATALOG] == False).fillna(False).to_numpy(dtype=bool)  # noqa: E712 (nullable bool)
         add("catalog_coverage", bad, "item not in the catalog")
@@ -300,8 +335,9 @@ def row_rules(df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: b
 def duplicate_rule(df: pd.DataFrame) -> RowRule:
     """The row rule over the `duplicate_of` column (see `duplicate_of`)."""
     bad = df[DUPLICATE_OF].notna().to_numpy()
-    reasons = _reason_series(df, bad, lambda sub: [f"duplicate of {v} (same user, item and timestamp)"
-                                                   for v in sub[DUPLICATE_OF]])
+    reasons = _reason_series(
+        df, bad, lambda sub: [f"duplicate of {v} (same user, item and timestamp)" for v in sub[DUPLICATE_OF]]
+    )
     return RowRule("duplicate_rate", bad, reasons, (DUPLICATE_OF,))
 
 
@@ -318,69 +354,125 @@ class _Planned:
     row_level: bool = False
 
 
-def _interaction_expectations(df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: bool,
-                              typed: dict[str, bool]) -> list[_Planned]:
+def _interaction_expectations(
+    df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: bool, typed: dict[str, bool]
+) -> list[_Planned]:
     import great_expectations.expectations as gxe
 
     def meta(name: str) -> dict[str, str]:
         return {"recloop_check": name}
 
     plan: list[_Planned] = [
-        _Planned("columns_present", f"the contract columns are present: {', '.join(INTERACTION_TYPES)}",
-                 gxe.ExpectTableColumnsToMatchSet(column_set=list(INTERACTION_TYPES), exact_match=False,
-                                                  meta=meta("columns_present"))),
-        _Planned("min_rows", f"at least {cfg.min_rows} interactions",
-                 gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows, meta=meta("min_rows"))),
+        _Planned(
+            "columns_present",
+            f"the contract columns are present: {', '.join(INTERACTION_TYPES)}",
+            gxe.ExpectTableColumnsToMatchSet(
+                column_set=list(INTERACTION_TYPES), exact_match=False, meta=meta("columns_present")
+            ),
+        ),
+        _Planned(
+            "min_rows",
+            f"at least {cfg.min_rows} interactions",
+            gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows, meta=meta("min_rows")),
+        ),
     ]
     for col, type_ in INTERACTION_TYPES.items():
         if col in df.columns:
             name = f"type:{col}"
-            plan.append(_Planned(name, f"{col} is {_TYPE_WORDS[type_]}",
-                                 gxe.ExpectColumnValuesToBeOfType(column=col, type_=type_, meta=meta(name))))
+            plan.append(
+                _Planned(
+                    name,
+                    f"{col} is {_TYPE_WORDS[type_]}",
+                    gxe.ExpectColumnValuesToBeOfType(column=col, type_=type_, meta=meta(name)),
+                )
+            )
     if "ingest_issue" in df.columns:
-        plan.append(_Planned("rows_parsed_cleanly", "every row was parsed cleanly by ingest (ingest_issue is null)",
-                             gxe.ExpectColumnValuesToBeNull(column="ingest_issue", meta=meta("rows_parsed_cleanly")),
-                             row_level=True))
+        plan.append(
+            _Planned(
+                "rows_parsed_cleanly",
+                "every row was parsed cleanly by ingest (ingest_issue is null)",
+                gxe.ExpectColumnValuesToBeNull(column="ingest_issue", meta=meta("rows_parsed_cleanly")),
+                row_level=True,
+            )
+        )
     for col in KEY_COLUMNS:
         if col in df.columns:
             name = f"{col}_not_null"
-            plan.append(_Planned(name, f"{col} is never null",
-                                 gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(name)), row_level=True))
+            plan.append(
+                _Planned(
+                    name,
+                    f"{col} is never null",
+                    gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(name)),
+                    row_level=True,
+                )
+            )
     if cfg.rating_range is not None and typed.get("rating"):
         lo, hi = cfg.rating_range
-        plan.append(_Planned("rating_in_range", f"ratings lie in [{_fmt_number(lo)}, {_fmt_number(hi)}]",
-                             gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=lo, max_value=hi,
-                                                               meta=meta("rating_in_range")), row_level=True))
+        plan.append(
+            _Planned(
+                "rating_in_range",
+                f"ratings lie in [{_fmt_number(lo)}, {_fmt_number(hi)}]",
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="rating", min_value=lo, max_value=hi, meta=meta("rating_in_range")
+                ),
+                row_level=True,
+            )
+        )
     if cfg.allowed_event_types is not None and typed.get("event_type"):
-        plan.append(_Planned("event_type_allowed", f"event types are among {list(cfg.allowed_event_types)}",
-                             gxe.ExpectColumnValuesToBeInSet(column="event_type",
-                                                             value_set=list(cfg.allowed_event_types),
-                                                             meta=meta("event_type_allowed")), row_level=True))
+        plan.append(
+            _Planned(
+                "event_type_allowed",
+                f"event types are among {list(cfg.allowed_event_types)}",
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="event_type", value_set=list(cfg.allowed_event_types), meta=meta("event_type_allowed")
+                ),
+                row_level=True,
+            )
+        )
     if typed.get("timestamp"):
         limit = pd.Timestamp(now) + cfg.future_tolerance
-        plan.append(_Planned(
-            "timestamp_not_in_future",
-            f"no event later than the validation time + {_fmt_duration(cfg.future_tolerance)} ({limit.isoformat()})",
-            gxe.ExpectColumnValuesToBeBetween(column="timestamp", max_value=limit,
-                                              meta=meta("timestamp_not_in_future")), row_level=True))
+        plan.append(
+            _Planned(
+                "timestamp_not_in_future",
+                f"no event later than the validation time + {_fmt_duration(cfg.future_tolerance)} ({limit.isoformat()})",
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="timestamp", max_value=limit, meta=meta("timestamp_not_in_future")
+                ),
+                row_level=True,
+            )
+        )
     if DUPLICATE_OF in df.columns:
         rate = cfg.max_duplicate_rate
-        plan.append(_Planned(
-            "duplicate_rate",
-            f"at most {rate:.2%} of events repeat an earlier (user_id, item_id, timestamp)",
-            gxe.ExpectColumnValuesToBeNull(column=DUPLICATE_OF, mostly=1.0 - rate, meta=meta("duplicate_rate"),
-                                           description=f"At most {rate:.2%} of events repeat an earlier "
-                                                       "event with the same user, item and timestamp."),
-            row_level=True))
+        plan.append(
+            _Planned(
+                "duplicate_rate",
+                f"at most {rate:.2%} of events repeat an earlier (user_id, item_id, timestamp)",
+                gxe.ExpectColumnValuesToBeNull(
+                    column=DUPLICATE_OF,
+                    mostly=1.0 - rate,
+                    meta=meta("duplicate_rate"),
+                    description=f"At most {rate:.2%} of events repeat an earlier "
+                    "event with the same user, item and timestamp.",
+                ),
+                row_level=True,
+            )
+        )
     if catalog and IN_CATALOG in df.columns:
         cov = cfg.min_catalog_coverage
-        plan.append(_Planned(
-            "catalog_coverage", f"at least {cov:.2%} of interactions are on items present in the catalog",
-            gxe.ExpectColumnValuesToBeInSet(column=IN_CATALOG, value_set=[True], mostly=cov,
-                                            meta=meta("catalog_coverage"),
-                                            description=f"At least {cov:.2%} of interactions are on items "
-                                                        "present in the catalog."),
-            row_level=True))
+        plan.append(
+            _Planned(
+                "catalog_coverage",
+                f"at least {cov:.2%} of interactions are on items present in the catalog",
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=IN_CATALOG,
+                    value_set=[True],
+                    mostly=cov,
+                    meta=meta("catalog_coverage"),
+                    description=f"At least {cov:.2%} of interactions are on items present in the catalog.",
+                ),
+                row_level=True,
+            )
+        )
     return plan
 
 
@@ -388,18 +480,30 @@ def _item_expectations(items: pd.DataFrame) -> list[_Planned]:
     import great_expectations.expectations as gxe
 
     if "item_id" not in items.columns:
-        return [_Planned("catalog:columns_present", "the catalog has an item_id column",
-                         gxe.ExpectColumnToExist(column="item_id", meta={"recloop_check": "catalog:columns_present"}))]
+        return [
+            _Planned(
+                "catalog:columns_present",
+                "the catalog has an item_id column",
+                gxe.ExpectColumnToExist(column="item_id", meta={"recloop_check": "catalog:columns_present"}),
+            )
+        ]
     return [
-        _Planned("catalog:item_id_not_null", "catalog item ids are never null",
-                 gxe.ExpectColumnValuesToNotBeNull(column="item_id", meta={"recloop_check": "catalog:item_id_not_null"})),
-        _Planned("catalog:item_id_unique", "catalog item ids are unique",
-                 gxe.ExpectColumnValuesToBeUnique(column="item_id", meta={"recloop_check": "catalog:item_id_unique"})),
+        _Planned(
+            "catalog:item_id_not_null",
+            "catalog item ids are never null",
+            gxe.ExpectColumnValuesToNotBeNull(column="item_id", meta={"recloop_check": "catalog:item_id_not_null"}),
+        ),
+        _Planned(
+            "catalog:item_id_unique",
+            "catalog item ids are unique",
+            gxe.ExpectColumnValuesToBeUnique(column="item_id", meta={"recloop_check": "catalog:item_id_unique"}),
+        ),
     ]
 
 
-def run_great_expectations(suites: list[tuple[str, pd.DataFrame, list[_Planned]]], docs_dir: Path | None,
-                           run_name: str, now: datetime) -> dict[str, Any]:
+def run_great_expectations(
+    suites: list[tuple[str, pd.DataFrame, list[_Planned]]], docs_dir: Path | None, run_name: str, now: datetime
+) -> dict[str, Any]:
     """Run each (suite name, frame, planned checks) in one ephemeral GX context; results by check name.
 
     With `docs_dir`, GX's site builder renders Data Docs (suites and validation results) into it.
@@ -435,7 +539,8 @@ def run_great_expectations(suites: list[tuple[str, pd.DataFrame, list[_Planned]]
         for p in planned:
             suite.add_expectation(p.expectation)
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{suite_name}-validation", data=batch, suite=suite))
+            gx.ValidationDefinition(name=f"{suite_name}-validation", data=batch, suite=suite)
+        )
         outcome = definition.run(batch_parameters={"dataframe": frame}, result_format="BASIC", run_id=run_id)
         for r in outcome.results:
             results[r.expectation_config.meta["recloop_check"]] = r
@@ -450,35 +555,46 @@ def run_great_expectations(suites: list[tuple[str, pd.DataFrame, list[_Planned]]
 def _recloop_checks(valid: pd.DataFrame, items: pd.DataFrame | None, cfg: ValidationConfig) -> list[CheckResult]:
     """Recommender checks GX has no expectation for, computed on the rows that pass the row rules."""
     checks: list[CheckResult] = []
-    for entity, col, minimum in (("users", "user_id", cfg.min_interactions_per_user),
-                                 ("items", "item_id", cfg.min_interactions_per_item)):
+    for entity, col, minimum in (
+        ("users", "user_id", cfg.min_interactions_per_user),
+        ("items", "item_id", cfg.min_interactions_per_item),
+    ):
         if col not in valid.columns:
             continue
         counts = valid[col].value_counts()
         below = counts[counts < minimum].sort_values(kind="stable")
-        checks.append(CheckResult(
-            name=f"{entity}_min_interactions",
-            description=f"{entity} with fewer than {minimum} interactions (reported; preprocess filters them)",
-            source="recloop", success=below.empty, blocking=False,
-            kwargs={"min_interactions": minimum},
-            observed_value={f"{entity}": int(len(counts)), f"{entity}_below_min": int(len(below))},
-            unexpected_count=int(len(below)),
-            unexpected_percent=100.0 * len(below) / len(counts) if len(counts) else None,
-            sample_rows=[{col: str(k), "interactions": int(v)} for k, v in below.head(SAMPLE_ROWS).items()],
-        ))
+        checks.append(
+            CheckResult(
+                name=f"{entity}_min_interactions",
+                description=f"{entity} with fewer than {minimum} interactions (reported; preprocess filters them)",
+                source="recloop",
+                success=below.empty,
+                blocking=False,
+                kwargs={"min_interactions": minimum},
+                observed_value={f"{entity}": int(len(counts)), f"{entity}_below_min": int(len(below))},
+                unexpected_count=int(len(below)),
+                unexpected_percent=100.0 * len(below) / len(counts) if len(counts) else None,
+                sample_rows=[{col: str(k), "interactions": int(v)} for k, v in below.head(SAMPLE_ROWS).items()],
+            )
+        )
     if items is not None and "item_id" in items.columns and "item_id" in valid.columns:
         catalog = pd.Index(items["item_id"].dropna().unique())
         cold = catalog.difference(pd.Index(valid["item_id"].dropna().unique()))
         share = len(cold) / len(catalog) if len(catalog) else 0.0
-        checks.append(CheckResult(
-            name="cold_start_share",
-            description=f"at most {cfg.max_cold_start_share:.2%} of catalog items have no interactions",
-            source="recloop", success=share <= cfg.max_cold_start_share, blocking=True,
-            kwargs={"max_cold_start_share": cfg.max_cold_start_share},
-            observed_value=share, unexpected_count=int(len(cold)),
-            unexpected_percent=100.0 * share,
-            sample_rows=[{"item_id": str(i)} for i in sorted(cold)[:SAMPLE_ROWS]],
-        ))
+        checks.append(
+            CheckResult(
+                name="cold_start_share",
+                description=f"at most {cfg.max_cold_start_share:.2%} of catalog items have no interactions",
+                source="recloop",
+                success=share <= cfg.max_cold_start_share,
+                blocking=True,
+                kwargs={"max_cold_start_share": cfg.max_cold_start_share},
+                observed_value=share,
+                unexpected_count=int(len(cold)),
+                unexpected_percent=100.0 * share,
+                sample_rows=[{"item_id": str(i)} for i in sorted(cold)[:SAMPLE_ROWS]],
+            )
+        )
     return checks
 
 
@@ -493,23 +609,39 @@ def _from_gx(p: _Planned, r: Any, df: pd.DataFrame, rule: RowRule | None) -> Che
     elif result.get("partial_unexpected_list"):
         samples = [{"value": v} for v in result["partial_unexpected_list"][:SAMPLE_ROWS]]
     return CheckResult(
-        name=p.name, description=p.description, source="great_expectations", success=bool(r.success),
-        blocking=True, row_level=p.row_level, expectation_type=config.type, kwargs=_json_safe(kwargs),
+        name=p.name,
+        description=p.description,
+        source="great_expectations",
+        success=bool(r.success),
+        blocking=True,
+        row_level=p.row_level,
+        expectation_type=config.type,
+        kwargs=_json_safe(kwargs),
         observed_value=_json_safe(result.get("observed_value")),
         unexpected_count=result.get("unexpected_count"),
         unexpected_percent=result.get("unexpected_percent"),
-        sample_rows=samples, error=error,
+        sample_rows=samples,
+        error=error,
     )
 
 
-def check_interactions(interactions: pd.DataFrame, items: pd.DataFrame | None, cfg: ValidationConfig,
-                       now: datetime, docs_dir: Path | None = None, run_name: str = "recloop") -> QualityReport:
+def check_interactions(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None,
+    cfg: ValidationConfig,
+    now: datetime,
+    docs_dir: Path | None = None,
+    run_name: str = "recloop",
+) -> QualityReport:
     """Validate ingest's interactions (and catalog, if any) against `cfg`; `now` anchors the future check."""
     interactions = interactions.reset_index(drop=True)
     catalog_ids = set(items["item_id"].dropna().astype(str)) if items is not None and "item_id" in items else None
     has_catalog = catalog_ids is not None
-    typed = {col: column_has_type(interactions[col], t) for col, t in INTERACTION_TYPES.items()
-             if col in interactions.columns}
+    typed = {
+        col: column_has_type(interactions[col], t)
+        for col, t in INTERACTION_TYPES.items()
+        if col in interactions.columns
+    }
     frame = add_catalog_column(interactions, catalog_ids)
     rules = row_rules(frame, cfg, now, has_catalog, typed)
     otherwise_valid = np.ones(len(frame), dtype=bool)
@@ -524,16 +656,14 @@ def check_interactions(interactions: pd.DataFrame, items: pd.DataFrame | None, c
     gx_results = run_great_expectations(suites, docs_dir, run_name, now)
 
     by_rule = {rule.name: rule for rule in rules}
-    checks = [_from_gx(p, gx_results[p.name], frame, by_rule.get(p.name))
-              for _, _, plan in suites for p in plan]
+    checks = [_from_gx(p, gx_results[p.name], frame, by_rule.get(p.name)) for _, _, plan in suites for p in plan]
     bad = np.zeros(len(frame), dtype=bool)
     for rule in rules:
         bad |= rule.bad
     valid = frame.loc[~bad]
     checks.extend(_recloop_checks(valid, items, cfg))
     missing = [c for c in INTERACTION_TYPES if c not in interactions.columns]
-    return QualityReport(rows=len(interactions), checks=checks, rules=rules, evaluated_at=now,
-                         columns_missing=missing)
+    return QualityReport(rows=len(interactions), checks=checks, rules=rules, evaluated_at=now, columns_missing=missing)
 
 
 def _clip(value: object, limit: int = 120) -> str:
@@ -561,8 +691,14 @@ def _describe(check: CheckResult, samples: int) -> list[str]:
     return lines
 
 
-def format_failure(report: QualityReport, input_uri: str, report_uri: str, quarantined: int | None = None,
-                   problems: list[str] | None = None, max_checks: int = 8) -> str:
+def format_failure(
+    report: QualityReport,
+    input_uri: str,
+    report_uri: str,
+    quarantined: int | None = None,
+    problems: list[str] | None = None,
+    max_checks: int = 8,
+) -> str:
     """A one-screen summary: each failed check with up to 3 sample rows, then where the full report is.
 
     `quarantined` (quarantine mode): how many rows were set aside; `problems` why that was not enough.
@@ -570,22 +706,30 @@ def format_failure(report: QualityReport, input_uri: str, report_uri: str, quara
     failed = report.failed
     n_checks = sum(c.blocking for c in report.checks)
     if quarantined is None:
-        lines = [f"data validation failed for {input_uri} ({report.rows} rows): "
-                 f"{len(failed)} of {n_checks} checks failed"]
+        lines = [
+            f"data validation failed for {input_uri} ({report.rows} rows): {len(failed)} of {n_checks} checks failed"
+        ]
         shown = failed
-        hint = ("Fix the data at its source, relax the thresholds in the `validation` section, or set "
-                "validation.on_failure: quarantine to set bad rows aside.")
+        hint = (
+            "Fix the data at its source, relax the thresholds in the `validation` section, or set "
+            "validation.on_failure: quarantine to set bad rows aside."
+        )
     else:
-        lines = [f"data validation failed for {input_uri} ({report.rows} rows) even after quarantining "
-                 f"{quarantined} bad rows:"]
+        lines = [
+            f"data validation failed for {input_uri} ({report.rows} rows) even after quarantining "
+            f"{quarantined} bad rows:"
+        ]
         lines.extend(f"  - {p}" for p in problems or [])
         shown = [c for c in failed if not c.row_level]
         row_level = [c for c in failed if c.row_level]
         if row_level:
-            lines.append("  rows were quarantined for: " + ", ".join(
-                f"{c.name} ({c.unexpected_count})" for c in row_level))
-        hint = ("Fix the data at its source, or relax validation.min_valid_share / the failing thresholds "
-                "in the `validation` section.")
+            lines.append(
+                "  rows were quarantined for: " + ", ".join(f"{c.name} ({c.unexpected_count})" for c in row_level)
+            )
+        hint = (
+            "Fix the data at its source, or relax validation.min_valid_share / the failing thresholds "
+            "in the `validation` section."
+        )
     for check in shown[:max_checks]:
         lines.extend(_describe(check, samples=3 if len(shown) <= 4 else 2))
     if len(shown) > max_checks:

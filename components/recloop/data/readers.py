@@ -28,9 +28,10 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from recloop.errors import DataError
 
@@ -43,9 +44,15 @@ if TYPE_CHECKING:
 
 # Recognised file name endings, longest first so '.csv.gz' wins over '.gz'.
 _EXTENSIONS: dict[str, str] = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "csv",
-    ".parquet": "parquet", ".pq": "parquet",
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".txt": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
 }
 _GZIP_SUFFIXES = (".gz", ".gzip")
 _GLOB_CHARS = "*?["
@@ -103,7 +110,7 @@ def s3_data_store(uri: str, store_cfg: StoreConfig) -> tuple[ArtifactStore, str]
     """
     from recloop.store import open_store
 
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket:
         raise DataError(f"{uri}: an s3:// data path must name a bucket, like s3://bucket/events/*.csv")
     return open_store(store_cfg, root=f"s3://{bucket}"), key
@@ -140,22 +147,29 @@ def resolve_sources(path: str, fmt: str, store_cfg: StoreConfig, config_key: str
     if "://" in path:
         scheme = path.split("://", 1)[0]
         raise DataError(f"{config_key}.path: unsupported scheme {scheme}:// in {path!r}; use a local path or s3://")
-    local = path[len("file://"):] if path.startswith("file://") else path
+    local = path[len("file://") :] if path.startswith("file://") else path
     if any(c in local for c in _GLOB_CHARS):
         names = [p for p in sorted(glob.glob(local, recursive=True)) if os.path.isfile(p)]
         if not names:
             raise DataError(f"{config_key}.path: no files match {local!r}; check the pattern and directory")
     elif os.path.isdir(local):
-        names = sorted(str(p) for p in Path(local).rglob("*") if p.is_file() and
-                       not p.name.startswith(".") and (fmt != "auto" or _known_extension(p.name)))
+        names = sorted(
+            str(p)
+            for p in Path(local).rglob("*")
+            if p.is_file() and not p.name.startswith(".") and (fmt != "auto" or _known_extension(p.name))
+        )
         if not names:
-            raise DataError(f"{config_key}.path: directory {local!r} holds no data files "
-                            "(.csv, .tsv, .parquet, .jsonl, optionally .gz)")
+            raise DataError(
+                f"{config_key}.path: directory {local!r} holds no data files "
+                "(.csv, .tsv, .parquet, .jsonl, optionally .gz)"
+            )
     elif os.path.isfile(local):
         names = [local]
     else:
-        raise DataError(f"{config_key}.path: {local!r} does not exist; fix the path (relative paths are "
-                        "resolved against the config file's directory)")
+        raise DataError(
+            f"{config_key}.path: {local!r} does not exist; fix the path (relative paths are "
+            "resolved against the config file's directory)"
+        )
     out = []
     for name in names:
         abs_name = os.path.abspath(name)
@@ -170,14 +184,16 @@ def _resolve_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> 
     try:
         return _list_s3(uri, fmt, store_cfg, config_key)
     except StoreError as exc:
-        raise DataError(f"{config_key}.path: cannot list {uri} ({exc}); check the bucket in the path, and "
-                        "store.endpoint_url and the store credentials (S3 data is read with the store's "
-                        "settings)") from None
+        raise DataError(
+            f"{config_key}.path: cannot list {uri} ({exc}); check the bucket in the path, and "
+            "store.endpoint_url and the store credentials (S3 data is read with the store's "
+            "settings)"
+        ) from None
 
 
 def _list_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> list[SourceFile]:
     store, pattern = s3_data_store(uri, store_cfg)
-    bucket = uri[len("s3://"):].partition("/")[0]
+    bucket = uri[len("s3://") :].partition("/")[0]
     if not any(c in pattern for c in _GLOB_CHARS) and pattern and not pattern.endswith("/"):
         info = store.stat(pattern)
         if info is not None:
@@ -207,8 +223,15 @@ def _list_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> lis
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def open_table(src: SourceFile, path: Path, *, chunk_rows: int, config_key: str,
-               delimiter: str | None = None, encoding: str = "utf-8") -> TableReader:
+def open_table(
+    src: SourceFile,
+    path: Path,
+    *,
+    chunk_rows: int,
+    config_key: str,
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+) -> TableReader:
     """A reader for one local file of `src` (see `SourceFile.local`)."""
     if src.size == 0 or path.stat().st_size == 0:
         raise DataError(f"{src.uri}: file is empty; remove it or point {config_key}.path at the right file")
@@ -237,8 +260,9 @@ class TableReader:
         found = ", ".join(repr(c) for c in self.columns) or "none"
         what = "; ".join(f"column {col!r} (set by {key}) not found" for key, col in missing)
         keys = ", ".join(key for key, _ in missing)
-        raise DataError(f"{self.src.uri}: {what}. Columns found: {found}. "
-                        f"Set {keys} to one of the columns found, or fix the file.")
+        raise DataError(
+            f"{self.src.uri}: {what}. Columns found: {found}. Set {keys} to one of the columns found, or fix the file."
+        )
 
     def chunks(self, columns: list[str]) -> Iterator[Chunk]:
         raise NotImplementedError
@@ -268,34 +292,50 @@ def _rebatch(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.
         yield pa.Table.from_batches(pending)
 
 
-def _structural(src: SourceFile, exc: BaseException, config_key: str, encoding: str | None,
-                after_row: int | None = None) -> DataError:
+def _structural(
+    src: SourceFile, exc: BaseException, config_key: str, encoding: str | None, after_row: int | None = None
+) -> DataError:
     """Translate a low-level read failure into a DataError that says what to do."""
     text = str(exc)
     where = f" (after data row {after_row})" if after_row is not None else ""
     low = text.lower()
     if isinstance(exc, UnicodeDecodeError) or "utf8" in low or "utf-8" in low or "decode" in low:
-        return DataError(f"{src.uri}: bytes that are not valid {encoding or 'utf-8'} text{where} ({text}); "
-                         f"set {config_key}.encoding to the file's encoding (e.g. 'latin-1' or 'cp1252') "
-                         "or re-export the file as UTF-8")
-    if src.gzip and (isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)) or "compress" in low
-                     or "gzip" in low or "zlib" in low or "inflate" in low):
-        return DataError(f"{src.uri}: gzip data is truncated or corrupt{where} ({text}); "
-                         "re-copy or re-compress the file")
+        return DataError(
+            f"{src.uri}: bytes that are not valid {encoding or 'utf-8'} text{where} ({text}); "
+            f"set {config_key}.encoding to the file's encoding (e.g. 'latin-1' or 'cp1252') "
+            "or re-export the file as UTF-8"
+        )
+    if src.gzip and (
+        isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile))
+        or "compress" in low
+        or "gzip" in low
+        or "zlib" in low
+        or "inflate" in low
+    ):
+        return DataError(
+            f"{src.uri}: gzip data is truncated or corrupt{where} ({text}); re-copy or re-compress the file"
+        )
     if src.format == "parquet":
-        return DataError(f"{src.uri}: not a readable Parquet file{where} ({text}); "
-                         "the file is corrupt or not Parquet: re-export it or set "
-                         f"{config_key}.format to its real format")
+        return DataError(
+            f"{src.uri}: not a readable Parquet file{where} ({text}); "
+            "the file is corrupt or not Parquet: re-export it or set "
+            f"{config_key}.format to its real format"
+        )
     if "straddl" in low:
-        return DataError(f"{src.uri}: a row{where} is longer than {_CSV_BLOCK_BYTES >> 10} KiB or has an "
-                         f"unbalanced quote ({text}); fix the quoting in the file")
-    return DataError(f"{src.uri}: cannot be read as {src.format}{where} ({text}); fix the file or set "
-                     f"{config_key}.format / {config_key}.delimiter")
+        return DataError(
+            f"{src.uri}: a row{where} is longer than {_CSV_BLOCK_BYTES >> 10} KiB or has an "
+            f"unbalanced quote ({text}); fix the quoting in the file"
+        )
+    return DataError(
+        f"{src.uri}: cannot be read as {src.format}{where} ({text}); fix the file or set "
+        f"{config_key}.format / {config_key}.delimiter"
+    )
 
 
 class _CsvReader(TableReader):
-    def __init__(self, src: SourceFile, path: Path, chunk_rows: int, config_key: str, delimiter: str,
-                 encoding: str) -> None:
+    def __init__(
+        self, src: SourceFile, path: Path, chunk_rows: int, config_key: str, delimiter: str, encoding: str
+    ) -> None:
         self.src, self.path, self.chunk_rows, self.config_key = src, path, chunk_rows, config_key
         self.delimiter, self.encoding = delimiter, encoding
         self.columns = self._read_header()
@@ -317,14 +357,16 @@ class _CsvReader(TableReader):
         except (OSError, EOFError, zlib.error) as exc:
             raise _structural(self.src, exc, self.config_key, self.encoding) from None
         if not buf.strip():
-            raise DataError(f"{self.src.uri}: file is empty (no header line); "
-                            f"point {self.config_key}.path at the right file")
+            raise DataError(
+                f"{self.src.uri}: file is empty (no header line); point {self.config_key}.path at the right file"
+            )
         line = buf.split(b"\n", 1)[0]
         try:
             decoder = codecs.getincrementaldecoder(self.encoding)()
         except LookupError:
-            raise DataError(f"{self.config_key}.encoding: unknown encoding {self.encoding!r}; "
-                            "use e.g. 'utf-8' or 'latin-1'") from None
+            raise DataError(
+                f"{self.config_key}.encoding: unknown encoding {self.encoding!r}; use e.g. 'utf-8' or 'latin-1'"
+            ) from None
         try:
             text = decoder.decode(line, final=True)
         except UnicodeDecodeError as exc:
@@ -333,8 +375,10 @@ class _CsvReader(TableReader):
         header = next(csv.reader(io.StringIO(text), delimiter=self.delimiter), [])
         if len(header) == 1 and self.delimiter not in text and any(d in text for d in ",\t;|" if d != self.delimiter):
             guess = next(d for d in ",\t;|" if d in text and d != self.delimiter)
-            raise DataError(f"{self.src.uri}: the header {text[:120]!r} has no {self.delimiter!r} delimiter but "
-                            f"contains {guess!r}; set {self.config_key}.delimiter (or .format) to match the file")
+            raise DataError(
+                f"{self.src.uri}: the header {text[:120]!r} has no {self.delimiter!r} delimiter but "
+                f"contains {guess!r}; set {self.config_key}.delimiter (or .format) to match the file"
+            )
         return header
 
     def chunks(self, columns: list[str]) -> Iterator[Chunk]:
@@ -350,8 +394,9 @@ class _CsvReader(TableReader):
             number = int(row.number) - 1 if row.number is not None else (skipped[-1] + 1 if skipped else 1)
             skipped.append(number)
             snippet = row.text if len(row.text) <= 80 else row.text[:77] + "..."
-            broken.append((number, f"row has {row.actual_columns} fields, expected {row.expected_columns}: "
-                                   f"{snippet!r}"))
+            broken.append(
+                (number, f"row has {row.actual_columns} fields, expected {row.expected_columns}: {snippet!r}")
+            )
             return "skip"
 
         read_opts = pa_csv.ReadOptions(
@@ -361,23 +406,29 @@ class _CsvReader(TableReader):
             block_size=_CSV_BLOCK_BYTES,
             encoding=self.encoding,
         )
-        parse_opts = pa_csv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
-                                         invalid_row_handler=on_invalid)
+        parse_opts = pa_csv.ParseOptions(
+            delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=on_invalid
+        )
         convert_opts = pa_csv.ConvertOptions(
-            include_columns=columns, column_types={c: pa.string() for c in columns},
-            strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=True,
+            include_columns=columns,
+            column_types={c: pa.string() for c in columns},
+            strings_can_be_null=True,
+            null_values=[""],
+            quoted_strings_can_be_null=True,
         )
         raw = pa.OSFile(str(self.path), "rb")
         stream = pa.CompressedInputStream(raw, "gzip") if self.src.gzip else raw
         valid_rows = 0
         try:
             try:
-                reader = pa_csv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
-                                         convert_options=convert_opts)
+                reader = pa_csv.open_csv(
+                    stream, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts
+                )
             except (pa.ArrowException, OSError, EOFError) as exc:
                 if "empty csv" in str(exc).lower():
-                    raise DataError(f"{self.src.uri}: file is empty; point {self.config_key}.path "
-                                    "at the right file") from None
+                    raise DataError(
+                        f"{self.src.uri}: file is empty; point {self.config_key}.path at the right file"
+                    ) from None
                 raise _structural(self.src, exc, self.config_key, self.encoding) from None
 
             def batches() -> Iterator[pa.RecordBatch]:
@@ -387,8 +438,9 @@ class _CsvReader(TableReader):
                     except StopIteration:
                         return
                     except (pa.ArrowException, OSError, EOFError) as exc:
-                        raise _structural(self.src, exc, self.config_key, self.encoding,
-                                          after_row=valid_rows + len(skipped)) from None
+                        raise _structural(
+                            self.src, exc, self.config_key, self.encoding, after_row=valid_rows + len(skipped)
+                        ) from None
                     self.bytes_read = raw.tell()
                     yield batch
 
@@ -494,7 +546,13 @@ def _json_text(value: Any) -> str | None:
 
 class _JsonlReader(TableReader):
     def __init__(self, src: SourceFile, path: Path, chunk_rows: int, config_key: str, encoding: str) -> None:
-        self.src, self.path, self.chunk_rows, self.config_key, self.encoding = src, path, chunk_rows, config_key, encoding
+        self.src, self.path, self.chunk_rows, self.config_key, self.encoding = (
+            src,
+            path,
+            chunk_rows,
+            config_key,
+            encoding,
+        )
         try:
             codecs.lookup(encoding)
         except LookupError:
@@ -586,8 +644,9 @@ def as_strings(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     if pa.types.is_floating(arr.type):
         # 31.0 -> "31": float ids from Parquet writers that widened an int column.
         values = arr.to_pylist()
-        return pa.array([None if v is None else (str(int(v)) if float(v).is_integer() else repr(v))
-                         for v in values], pa.string())
+        return pa.array(
+            [None if v is None else (str(int(v)) if float(v).is_integer() else repr(v)) for v in values], pa.string()
+        )
     try:
         return pc.cast(arr, pa.string())
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):

@@ -14,7 +14,7 @@ order, so they are cheap, deterministic and testable on hand-made arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -56,15 +56,15 @@ class Cutoffs:
 
 
 def _iso(ns: int) -> str:
-    dt = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ns / 1e9, tz=UTC)
     return dt.isoformat(timespec="milliseconds" if ns % 1_000_000_000 else "seconds")
 
 
 def to_epoch_ns(value: datetime) -> int:
     """A config datetime (naive means UTC) as epoch nanoseconds."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
@@ -81,8 +81,9 @@ def _share_cutoff(sorted_ts: np.ndarray, share: float, total: int) -> int:
     return int(sorted_ts[m - k - 1])
 
 
-def resolve_cutoffs(timestamp: np.ndarray, cutoff: datetime | None, valid_cutoff: datetime | None,
-                    test_share: float, valid_share: float) -> Cutoffs:
+def resolve_cutoffs(
+    timestamp: np.ndarray, cutoff: datetime | None, valid_cutoff: datetime | None, test_share: float, valid_share: float
+) -> Cutoffs:
     """Explicit cut-offs as given; missing ones from the shares (see module doc)."""
     sorted_ts = np.sort(timestamp)
     n = len(sorted_ts)

@@ -17,7 +17,7 @@ today, and everything is a pure function of the seed: the same seed gives byte-i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,57 +28,196 @@ if TYPE_CHECKING:
 # Each topic: (category label, title nouns, title adjectives, description words). Vocabularies do not
 # overlap, so an item's words identify its topic.
 TOPICS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "space opera": ("Space Opera",
-                    ("Starship", "Nebula", "Empire", "Galaxy", "Armada", "Comet", "Orbit", "Frontier"),
-                    ("Stellar", "Galactic", "Cosmic", "Interstellar", "Astral"),
-                    ("starships", "warp", "admiral", "rebellion", "planets", "alien", "fleet", "hyperspace",
-                     "captain", "asteroid", "empire", "cosmos")),
-    "cooking": ("Cooking",
-                ("Kitchen", "Recipe", "Feast", "Bakery", "Skillet", "Harvest", "Pantry", "Bistro"),
-                ("Savory", "Rustic", "Spicy", "Homemade", "Golden"),
-                ("recipes", "chef", "garlic", "simmer", "pastry", "spices", "oven", "flavors", "dough",
-                 "braise", "sauce", "butter")),
-    "jazz": ("Jazz",
-             ("Saxophone", "Groove", "Bebop", "Trumpet", "Lounge", "Swing", "Ballad", "Quartet"),
-             ("Smoky", "Blue", "Midnight", "Cool", "Velvet"),
-             ("improvisation", "saxophone", "rhythm", "swing", "trumpet", "piano", "club", "melody",
-              "bassline", "solo", "chords", "brass")),
-    "true crime": ("True Crime",
-                   ("Detective", "Alibi", "Verdict", "Witness", "Suspect", "Evidence", "Case", "Motive"),
-                   ("Cold", "Hidden", "Deadly", "Silent", "Unsolved"),
-                   ("murder", "investigation", "forensic", "detective", "trial", "jury", "suspect",
-                    "confession", "evidence", "police", "crime", "verdict")),
-    "gardening": ("Gardening",
-                  ("Garden", "Greenhouse", "Orchard", "Seedling", "Meadow", "Blossom", "Trellis", "Grove"),
-                  ("Green", "Blooming", "Wild", "Lush", "Sunny"),
-                  ("soil", "compost", "roses", "pruning", "seeds", "vegetables", "watering", "perennials",
-                   "mulch", "flowers", "harvest", "shrubs")),
-    "mountaineering": ("Mountaineering",
-                       ("Summit", "Ridge", "Glacier", "Peak", "Ascent", "Crevasse", "Basecamp", "Traverse"),
-                       ("High", "Frozen", "Vertical", "Alpine", "Steep"),
-                       ("climbing", "ropes", "altitude", "oxygen", "ice", "expedition", "sherpa", "avalanche",
-                        "crampons", "storm", "cliffs", "trail")),
-    "romance": ("Romance",
-                ("Heart", "Kiss", "Promise", "Wedding", "Letter", "Embrace", "Sweetheart", "Vow"),
-                ("Tender", "Secret", "Forever", "Sweet", "Passionate"),
-                ("love", "romance", "longing", "wedding", "heartbreak", "couple", "desire", "soulmate",
-                 "affair", "engagement", "devotion", "flirting")),
-    "programming": ("Programming",
-                    ("Compiler", "Algorithm", "Kernel", "Function", "Debugger", "Protocol", "Runtime",
-                     "Refactor"),
-                    ("Clean", "Concurrent", "Functional", "Typed", "Distributed"),
-                    ("code", "software", "python", "testing", "databases", "recursion", "latency", "api",
-                     "deployment", "bugs", "memory", "threads")),
-    "history": ("History",
-                ("Dynasty", "Crown", "Revolution", "Empire", "Chronicle", "Legion", "Treaty", "Castle"),
-                ("Ancient", "Medieval", "Forgotten", "Royal", "Imperial"),
-                ("kings", "battle", "century", "dynasty", "archives", "conquest", "monarchy", "treaty",
-                 "rebellion", "siege", "pharaoh", "knights")),
-    "wildlife": ("Wildlife",
-                 ("Savanna", "Predator", "Migration", "Reef", "Jungle", "Tundra", "Pack", "Nest"),
-                 ("Untamed", "Roaming", "Endangered", "Feral", "Majestic"),
-                 ("lions", "elephants", "habitat", "wolves", "birds", "ocean", "species", "safari",
-                  "predators", "herd", "whales", "conservation")),
+    "space opera": (
+        "Space Opera",
+        ("Starship", "Nebula", "Empire", "Galaxy", "Armada", "Comet", "Orbit", "Frontier"),
+        ("Stellar", "Galactic", "Cosmic", "Interstellar", "Astral"),
+        (
+            "starships",
+            "warp",
+            "admiral",
+            "rebellion",
+            "planets",
+            "alien",
+            "fleet",
+            "hyperspace",
+            "captain",
+            "asteroid",
+            "empire",
+            "cosmos",
+        ),
+    ),
+    "cooking": (
+        "Cooking",
+        ("Kitchen", "Recipe", "Feast", "Bakery", "Skillet", "Harvest", "Pantry", "Bistro"),
+        ("Savory", "Rustic", "Spicy", "Homemade", "Golden"),
+        (
+            "recipes",
+            "chef",
+            "garlic",
+            "simmer",
+            "pastry",
+            "spices",
+            "oven",
+            "flavors",
+            "dough",
+            "braise",
+            "sauce",
+            "butter",
+        ),
+    ),
+    "jazz": (
+        "Jazz",
+        ("Saxophone", "Groove", "Bebop", "Trumpet", "Lounge", "Swing", "Ballad", "Quartet"),
+        ("Smoky", "Blue", "Midnight", "Cool", "Velvet"),
+        (
+            "improvisation",
+            "saxophone",
+            "rhythm",
+            "swing",
+            "trumpet",
+            "piano",
+            "club",
+            "melody",
+            "bassline",
+            "solo",
+            "chords",
+            "brass",
+        ),
+    ),
+    "true crime": (
+        "True Crime",
+        ("Detective", "Alibi", "Verdict", "Witness", "Suspect", "Evidence", "Case", "Motive"),
+        ("Cold", "Hidden", "Deadly", "Silent", "Unsolved"),
+        (
+            "murder",
+            "investigation",
+            "forensic",
+            "detective",
+            "trial",
+            "jury",
+            "suspect",
+            "confession",
+            "evidence",
+            "police",
+            "crime",
+            "verdict",
+        ),
+    ),
+    "gardening": (
+        "Gardening",
+        ("Garden", "Greenhouse", "Orchard", "Seedling", "Meadow", "Blossom", "Trellis", "Grove"),
+        ("Green", "Blooming", "Wild", "Lush", "Sunny"),
+        (
+            "soil",
+            "compost",
+            "roses",
+            "pruning",
+            "seeds",
+            "vegetables",
+            "watering",
+            "perennials",
+            "mulch",
+            "flowers",
+            "harvest",
+            "shrubs",
+        ),
+    ),
+    "mountaineering": (
+        "Mountaineering",
+        ("Summit", "Ridge", "Glacier", "Peak", "Ascent", "Crevasse", "Basecamp", "Traverse"),
+        ("High", "Frozen", "Vertical", "Alpine", "Steep"),
+        (
+            "climbing",
+            "ropes",
+            "altitude",
+            "oxygen",
+            "ice",
+            "expedition",
+            "sherpa",
+            "avalanche",
+            "crampons",
+            "storm",
+            "cliffs",
+            "trail",
+        ),
+    ),
+    "romance": (
+        "Romance",
+        ("Heart", "Kiss", "Promise", "Wedding", "Letter", "Embrace", "Sweetheart", "Vow"),
+        ("Tender", "Secret", "Forever", "Sweet", "Passionate"),
+        (
+            "love",
+            "romance",
+            "longing",
+            "wedding",
+            "heartbreak",
+            "couple",
+            "desire",
+            "soulmate",
+            "affair",
+            "engagement",
+            "devotion",
+            "flirting",
+        ),
+    ),
+    "programming": (
+        "Programming",
+        ("Compiler", "Algorithm", "Kernel", "Function", "Debugger", "Protocol", "Runtime", "Refactor"),
+        ("Clean", "Concurrent", "Functional", "Typed", "Distributed"),
+        (
+            "code",
+            "software",
+            "python",
+            "testing",
+            "databases",
+            "recursion",
+            "latency",
+            "api",
+            "deployment",
+            "bugs",
+            "memory",
+            "threads",
+        ),
+    ),
+    "history": (
+        "History",
+        ("Dynasty", "Crown", "Revolution", "Empire", "Chronicle", "Legion", "Treaty", "Castle"),
+        ("Ancient", "Medieval", "Forgotten", "Royal", "Imperial"),
+        (
+            "kings",
+            "battle",
+            "century",
+            "dynasty",
+            "archives",
+            "conquest",
+            "monarchy",
+            "treaty",
+            "rebellion",
+            "siege",
+            "pharaoh",
+            "knights",
+        ),
+    ),
+    "wildlife": (
+        "Wildlife",
+        ("Savanna", "Predator", "Migration", "Reef", "Jungle", "Tundra", "Pack", "Nest"),
+        ("Untamed", "Roaming", "Endangered", "Feral", "Majestic"),
+        (
+            "lions",
+            "elephants",
+            "habitat",
+            "wolves",
+            "birds",
+            "ocean",
+            "species",
+            "safari",
+            "predators",
+            "herd",
+            "whales",
+            "conservation",
+        ),
+    ),
 }
 # Description sentences; {0}..{4} are topic words, so only the topic vocabulary carries signal.
 _SENTENCES = (
@@ -88,7 +227,7 @@ _SENTENCES = (
     "Everything about {0}: {1}, {2}, {3} and a little {4}.",
     "From {0} to {1}: a journey through {2} and {3}, ending with {4}.",
 )
-DEFAULT_END = datetime(2025, 1, 1, tzinfo=timezone.utc)
+DEFAULT_END = datetime(2025, 1, 1, tzinfo=UTC)
 _CANDIDATES = 6
 
 
@@ -133,10 +272,20 @@ def ground_truth_topics(data: SynthData) -> dict[str, str]:
     return dict(data.truth.item_topic)
 
 
-def generate(n_users: int = 1000, n_items: int = 500, seed: int = 0, *, n_topics: int = 10,
-             events_per_user: float = 50.0, days: int = 365, end: datetime = DEFAULT_END,
-             taste_concentration: float = 0.3, drift: float = 1.0, sequence_prob: float = 0.35,
-             popularity_exponent: float = 0.9) -> SynthData:
+def generate(
+    n_users: int = 1000,
+    n_items: int = 500,
+    seed: int = 0,
+    *,
+    n_topics: int = 10,
+    events_per_user: float = 50.0,
+    days: int = 365,
+    end: datetime = DEFAULT_END,
+    taste_concentration: float = 0.3,
+    drift: float = 1.0,
+    sequence_prob: float = 0.35,
+    popularity_exponent: float = 0.9,
+) -> SynthData:
     """A synthetic world of `n_users` x `n_items` with about `n_users * events_per_user` events.
 
     drift: 0 keeps each user's taste fixed, 1 moves it all the way to an independent end taste.
@@ -252,25 +401,33 @@ def generate(n_users: int = 1000, n_items: int = 500, seed: int = 0, *, n_topics
         ratings_col.append(np.clip(np.round(score * 2) / 2, 0.5, 5.0))
 
     user_ids = [f"u{u:05d}" for u in range(n_users)]
-    interactions = pd.DataFrame({
-        "user_id": np.asarray(user_ids, dtype=object)[np.concatenate(users_col)],
-        "item_id": np.asarray(item_ids, dtype=object)[np.concatenate(items_col)],
-        "timestamp": np.concatenate(times_col).astype(np.int64),
-        "rating": np.concatenate(ratings_col).astype(np.float64),
-    })
+    interactions = pd.DataFrame(
+        {
+            "user_id": np.asarray(user_ids, dtype=object)[np.concatenate(users_col)],
+            "item_id": np.asarray(item_ids, dtype=object)[np.concatenate(items_col)],
+            "timestamp": np.concatenate(times_col).astype(np.int64),
+            "rating": np.concatenate(ratings_col).astype(np.float64),
+        }
+    )
     interactions = interactions.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
-    items = pd.DataFrame({"item_id": item_ids, "title": titles, "category": categories,
-                          "description": descriptions})
+    items = pd.DataFrame({"item_id": item_ids, "title": titles, "category": categories, "description": descriptions})
     first_seen = interactions.groupby("user_id", sort=True)["timestamp"].min()
-    signup = [datetime.fromtimestamp(int(first_seen.get(uid, end_s)) - int(rng.integers(0, 30 * 86400)),
-                                     tz=timezone.utc).date().isoformat() for uid in user_ids]
-    users = pd.DataFrame({
-        "user_id": user_ids,
-        "age_group": np.asarray(["18-24", "25-34", "35-44", "45-54", "55+"], dtype=object)[
-            rng.integers(0, 5, n_users)],
-        "region": np.asarray(["north", "south", "east", "west"], dtype=object)[rng.integers(0, 4, n_users)],
-        "signup_date": signup,
-    })
+    signup = [
+        datetime.fromtimestamp(int(first_seen.get(uid, end_s)) - int(rng.integers(0, 30 * 86400)), tz=UTC)
+        .date()
+        .isoformat()
+        for uid in user_ids
+    ]
+    users = pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "age_group": np.asarray(["18-24", "25-34", "35-44", "45-54", "55+"], dtype=object)[
+                rng.integers(0, 5, n_users)
+            ],
+            "region": np.asarray(["north", "south", "east", "west"], dtype=object)[rng.integers(0, 4, n_users)],
+            "signup_date": signup,
+        }
+    )
     truth = SynthTruth(
         topic_names=topic_names,
         item_topic={item_ids[j]: topic_names[item_topic[j]] for j in range(n_items)},

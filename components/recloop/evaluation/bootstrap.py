@@ -9,8 +9,8 @@ Work is chunked so memory stays near `_CELLS_PER_CHUNK` values whatever the numb
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -76,8 +76,7 @@ def _nanmean_columns(v: np.ndarray) -> np.ndarray:
     return np.divide(totals, counts, out=np.full(totals.shape, np.nan), where=counts > 0)
 
 
-def percentile_intervals(values: np.ndarray, n_resamples: int, seed: int,
-                         confidence: float = 0.95) -> list[Interval]:
+def percentile_intervals(values: np.ndarray, n_resamples: int, seed: int, confidence: float = 0.95) -> list[Interval]:
     """Mean and percentile CI for each column of `values` (n_users,) or (n_users, n_columns).
 
     With `n_resamples == 0` the interval bounds are NaN (no bootstrap requested).
@@ -116,14 +115,22 @@ class PairedComparison:
 
     def to_json(self) -> dict[str, float | int | None]:
         ratio = self.candidate / self.champion if self.champion else None
-        return {"candidate": _num(self.candidate), "champion": _num(self.champion), "diff": _num(self.diff),
-                "ratio": _num(ratio) if ratio is not None else None, "ci_low": _num(self.ci_low),
-                "ci_high": _num(self.ci_high), "p_value": _num(self.p_value), "n_users": self.n_users,
-                "n_resamples": self.n_resamples}
+        return {
+            "candidate": _num(self.candidate),
+            "champion": _num(self.champion),
+            "diff": _num(self.diff),
+            "ratio": _num(ratio) if ratio is not None else None,
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+            "p_value": _num(self.p_value),
+            "n_users": self.n_users,
+            "n_resamples": self.n_resamples,
+        }
 
 
-def paired_bootstrap(candidate: np.ndarray, champion: np.ndarray, n_resamples: int, seed: int,
-                     confidence: float = 0.95) -> PairedComparison:
+def paired_bootstrap(
+    candidate: np.ndarray, champion: np.ndarray, n_resamples: int, seed: int, confidence: float = 0.95
+) -> PairedComparison:
     """Paired bootstrap of mean(candidate − champion) over users present in both (non-NaN in both).
 
     p_value = (1 + #resamples with mean difference <= 0) / (1 + n_resamples): small when the candidate is

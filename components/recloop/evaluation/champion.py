@@ -61,11 +61,19 @@ class RemappedScorer:
     item_map: np.ndarray  # current item_idx -> model item idx or -1
 
     @classmethod
-    def build(cls, model: Recommender, model_user_ids: np.ndarray, model_item_ids: np.ndarray,
-              current_user_ids: np.ndarray, current_item_ids: np.ndarray) -> RemappedScorer:
+    def build(
+        cls,
+        model: Recommender,
+        model_user_ids: np.ndarray,
+        model_item_ids: np.ndarray,
+        current_user_ids: np.ndarray,
+        current_item_ids: np.ndarray,
+    ) -> RemappedScorer:
         if len(model_item_ids) != model.n_items:
-            raise ArtifactError(f"the champion's item id map has {len(model_item_ids)} items but its bundle "
-                                f"scores {model.n_items}; the version is inconsistent: re-publish or roll back")
+            raise ArtifactError(
+                f"the champion's item id map has {len(model_item_ids)} items but its bundle "
+                f"scores {model.n_items}; the version is inconsistent: re-publish or roll back"
+            )
         user_map = translate(current_user_ids, model_user_ids)
         user_map[user_map >= model.n_users] = -1
         return cls(model, user_map, translate(current_item_ids, model_item_ids))
@@ -84,8 +92,13 @@ class RemappedScorer:
         rows = np.repeat(np.arange(len(histories)), histories.lengths())
         counts = np.bincount(rows[keep], minlength=len(histories))
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return Histories(indptr, mapped[keep].astype(np.int32), histories.weights[keep],
-                         histories.timestamps[keep], self.model.n_items)
+        return Histories(
+            indptr,
+            mapped[keep].astype(np.int32),
+            histories.weights[keep],
+            histories.timestamps[keep],
+            self.model.n_items,
+        )
 
     def __call__(self, histories: Histories, users: np.ndarray) -> np.ndarray:
         hist = self._histories(histories)

@@ -64,8 +64,9 @@ class EvalSetup:
             "seed": self.seed,
             "head_items": int(self.head_mask.sum()),
             "head_definition": f"most popular training items holding the first {HEAD_SHARE:.0%} of interactions",
-            "data_head_share": round(float(self.interaction_counts[self.head_mask].sum()
-                                           / max(self.interaction_counts.sum(), 1.0)), 6),
+            "data_head_share": round(
+                float(self.interaction_counts[self.head_mask].sum() / max(self.interaction_counts.sum(), 1.0)), 6
+            ),
             "diversity_basis": self.diversity_basis,
             "history_buckets": list(history_segments(q)),
             "cold_start_items": int(self.cold_mask.sum()) if self.cold_mask is not None else 0,
@@ -73,8 +74,14 @@ class EvalSetup:
         }
 
 
-def make_setup(data: SplitData, queries: EvalQueries, ks: list[int] | tuple[int, ...], n_resamples: int,
-               seed: int, cold_mask: np.ndarray | None = None) -> EvalSetup:
+def make_setup(
+    data: SplitData,
+    queries: EvalQueries,
+    ks: list[int] | tuple[int, ...],
+    n_resamples: int,
+    seed: int,
+    cold_mask: np.ndarray | None = None,
+) -> EvalSetup:
     train = data.train_interactions()
     counts = np.bincount(train.item, minlength=data.n_items).astype(np.float64)
     binary = train.to_csr(binary=True)  # users x items
@@ -95,10 +102,19 @@ def make_setup(data: SplitData, queries: EvalQueries, ks: list[int] | tuple[int,
         # Without a catalog, an item is the set of training users who interacted with it.
         basis = "interactions"
         vectors = binary.T.tocsr()
-    return EvalSetup(queries=queries, ks=tuple(sorted(set(ks))), interaction_counts=counts,
-                     pop_share=M.popularity_share(user_counts, n_train_users),
-                     head_mask=M.head_items(counts, HEAD_SHARE), diversity_basis=basis, diversity_vectors=vectors,
-                     diversity_categories=categories, n_resamples=n_resamples, seed=seed, cold_mask=cold_mask)
+    return EvalSetup(
+        queries=queries,
+        ks=tuple(sorted(set(ks))),
+        interaction_counts=counts,
+        pop_share=M.popularity_share(user_counts, n_train_users),
+        head_mask=M.head_items(counts, HEAD_SHARE),
+        diversity_basis=basis,
+        diversity_vectors=vectors,
+        diversity_categories=categories,
+        n_resamples=n_resamples,
+        seed=seed,
+        cold_mask=cold_mask,
+    )
 
 
 @dataclass
@@ -116,8 +132,9 @@ class ModelResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate_scores(setup: EvalSetup, name: str, score_fn: ScoreFn, batch_size: int = 1024,
-                    info: dict[str, Any] | None = None) -> ModelResult:
+def evaluate_scores(
+    setup: EvalSetup, name: str, score_fn: ScoreFn, batch_size: int = 1024, info: dict[str, Any] | None = None
+) -> ModelResult:
     """Rank the setup's queries with `score_fn` and measure the lists."""
     started = time.perf_counter()
     recs = rank(setup.queries, score_fn, setup.max_k, batch_size=batch_size)
@@ -132,8 +149,9 @@ def evaluate_recs(setup: EvalSetup, name: str, recs: np.ndarray, info: dict[str,
     coverage: dict[int, float] = {}
     for k in setup.ks:
         per_user[f"novelty@{k}"] = M.novelty(recs, k, setup.pop_share)
-        per_user[f"diversity@{k}"] = M.intra_list_diversity(recs, k, item_vectors=setup.diversity_vectors,
-                                                            item_categories=setup.diversity_categories)
+        per_user[f"diversity@{k}"] = M.intra_list_diversity(
+            recs, k, item_vectors=setup.diversity_vectors, item_categories=setup.diversity_categories
+        )
         per_user[f"arp@{k}"] = M.average_popularity(recs, k, setup.interaction_counts)
         per_user[f"head_share@{k}"] = M.head_share_of_lists(recs, k, setup.head_mask)
         coverage[k] = M.catalog_coverage(recs, k, q.n_items, q.item_mask)
@@ -144,8 +162,9 @@ def evaluate_recs(setup: EvalSetup, name: str, recs: np.ndarray, info: dict[str,
         segments[label] = {m: per_user[m][rows] for m in accuracy_names}
         sizes[label] = len(rows)
     for label, (rows, targets) in item_segments(q, setup.head_mask, setup.cold_mask).items():
-        segments[label] = M.ranking_metrics(recs[rows], targets, setup.ks) if len(rows) else \
-            {m: np.zeros(0) for m in accuracy_names}
+        segments[label] = (
+            M.ranking_metrics(recs[rows], targets, setup.ks) if len(rows) else {m: np.zeros(0) for m in accuracy_names}
+        )
         sizes[label] = len(rows)
     curve = M.popularity_curve(recs, setup.max_k, setup.interaction_counts)
     return ModelResult(name, recs, per_user, coverage, segments, sizes, curve, 0.0, dict(info or {}))
@@ -174,8 +193,10 @@ def result_json(setup: EvalSetup, result: ModelResult) -> dict[str, Any]:
     for k, value in result.coverage.items():
         metrics[f"coverage@{k}"] = {"value": round(value, 6), "ci_low": None, "ci_high": None}
     ordered = {m: metrics[m] for m in metric_order(setup) if m in metrics}
-    segments = {label: {"n_users": result.segment_users[label], "metrics": _intervals(setup, seg)}
-                for label, seg in result.segments.items()}
+    segments = {
+        label: {"n_users": result.segment_users[label], "metrics": _intervals(setup, seg)}
+        for label, seg in result.segments.items()
+    }
     return {
         **result.info,
         "n_users": len(result.recs),
@@ -191,6 +212,7 @@ def compare(setup: EvalSetup, candidate: ModelResult, champion: ModelResult) -> 
     out = {}
     for name in metric_order(setup):
         if name in candidate.per_user and name in champion.per_user:
-            out[name] = paired_bootstrap(candidate.per_user[name], champion.per_user[name], setup.n_resamples,
-                                         setup.seed, setup.confidence).to_json()
+            out[name] = paired_bootstrap(
+                candidate.per_user[name], champion.per_user[name], setup.n_resamples, setup.seed, setup.confidence
+            ).to_json()
     return out

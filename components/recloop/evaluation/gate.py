@@ -30,8 +30,14 @@ class Threshold:
     detail: str  # one human-readable sentence
 
     def to_json(self) -> dict[str, Any]:
-        return {"metric": self.metric, "kind": self.kind, "required": _round(self.required),
-                "value": _round(self.value), "passed": self.passed, "detail": self.detail}
+        return {
+            "metric": self.metric,
+            "kind": self.kind,
+            "required": _round(self.required),
+            "value": _round(self.value),
+            "passed": self.passed,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -53,8 +59,13 @@ class Verdict:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"blessed": self.blessed, "model_type": self.model_type, "primary_value": _round(self.primary_value),
-                "thresholds": [t.to_json() for t in self.thresholds], "failed": self.failures}
+        return {
+            "blessed": self.blessed,
+            "model_type": self.model_type,
+            "primary_value": _round(self.primary_value),
+            "thresholds": [t.to_json() for t in self.thresholds],
+            "failed": self.failures,
+        }
 
 
 @dataclass
@@ -104,8 +115,10 @@ def judge(doc: dict[str, Any], gate: GateConfig, primary: str) -> Decision:
         for metric, required in gate.absolute.items():
             value = _metric_value(block, metric)
             if value is None:
-                detail = (f"{metric} was not evaluated (metrics.json has k={evaluated_k}); add its cut-off to "
-                          "evaluation.k and re-run evaluate")
+                detail = (
+                    f"{metric} was not evaluated (metrics.json has k={evaluated_k}); add its cut-off to "
+                    "evaluation.k and re-run evaluate"
+                )
                 verdict.thresholds.append(Threshold(metric, "absolute", required, None, False, detail))
                 continue
             ok = value >= required
@@ -113,11 +126,13 @@ def judge(doc: dict[str, Any], gate: GateConfig, primary: str) -> Decision:
             verdict.thresholds.append(Threshold(metric, "absolute", required, value, ok, detail))
         if champion is not None:
             for metric, ratio in gate.relative_to_champion.items():
-                verdict.thresholds.append(_relative(block, champion, champ_ok, champ_error, champ_version,
-                                                    metric, ratio))
+                verdict.thresholds.append(
+                    _relative(block, champion, champ_ok, champ_error, champ_version, metric, ratio)
+                )
             if gate.require_significant:
-                verdict.thresholds.append(_significance(block, champ_ok, champ_error, champ_version, primary,
-                                                        gate.alpha))
+                verdict.thresholds.append(
+                    _significance(block, champ_ok, champ_error, champ_version, primary, gate.alpha)
+                )
         verdicts[name] = verdict
 
     def rank_key(v: Verdict) -> float:
@@ -132,63 +147,99 @@ def judge(doc: dict[str, Any], gate: GateConfig, primary: str) -> Decision:
     if champion is None:
         reasons.append("no production champion yet: judged on absolute thresholds only")
     if not gate.absolute and not (champion is not None and (gate.relative_to_champion or gate.require_significant)):
-        reasons.append("no gate threshold applies (gate.absolute is empty); the best candidate by "
-                       f"{primary} is blessed as is; set gate thresholds to protect production")
+        reasons.append(
+            "no gate threshold applies (gate.absolute is empty); the best candidate by "
+            f"{primary} is blessed as is; set gate thresholds to protect production"
+        )
     if blessed:
         chosen = blessed[0]
         passed = "; ".join(t.detail for t in chosen.thresholds) or "no thresholds to check"
         reasons.insert(0, f"{chosen.candidate} blessed with {primary} = {_f(chosen.primary_value)}: {passed}")
         others = [v for v in blessed[1:]]
         if others:
-            reasons.append("also passed, with a lower " + primary + ": "
-                           + ", ".join(f"{v.candidate} ({_f(v.primary_value)})" for v in others))
+            reasons.append(
+                "also passed, with a lower "
+                + primary
+                + ": "
+                + ", ".join(f"{v.candidate} ({_f(v.primary_value)})" for v in others)
+            )
         for v in ordered:
             if not v.blessed:
                 reasons.append(f"{v.candidate} rejected: " + "; ".join(v.failures))
         return Decision("blessed", chosen.candidate, verdicts, reasons, champ_version, champ_ok)
     best = ordered[0]
-    reasons.insert(0, f"no candidate passed the gate; the best by {primary}, {best.candidate} "
-                      f"({_f(best.primary_value)}), failed: " + "; ".join(best.failures))
+    reasons.insert(
+        0,
+        f"no candidate passed the gate; the best by {primary}, {best.candidate} "
+        f"({_f(best.primary_value)}), failed: " + "; ".join(best.failures),
+    )
     for v in ordered[1:]:
         reasons.append(f"{v.candidate} rejected: " + "; ".join(v.failures))
     return Decision("rejected", best.candidate, verdicts, reasons, champ_version, champ_ok)
 
 
-def _relative(block: dict[str, Any], champion: dict[str, Any], champ_ok: bool, champ_error: str | None,
-              champ_version: int | None, metric: str, ratio: float) -> Threshold:
+def _relative(
+    block: dict[str, Any],
+    champion: dict[str, Any],
+    champ_ok: bool,
+    champ_error: str | None,
+    champ_version: int | None,
+    metric: str,
+    ratio: float,
+) -> Threshold:
     if not champ_ok:
-        detail = (f"{metric} cannot be compared with champion v{champ_version}: it could not be evaluated "
-                  f"({champ_error}); fix or roll back the production version")
+        detail = (
+            f"{metric} cannot be compared with champion v{champ_version}: it could not be evaluated "
+            f"({champ_error}); fix or roll back the production version"
+        )
         return Threshold(metric, "relative", None, _metric_value(block, metric), False, detail)
     value, base = _metric_value(block, metric), _metric_value(champion, metric)
     if value is None or base is None:
-        detail = f"{metric} was not evaluated for {'the candidate' if value is None else 'the champion'}; " \
-                 "add its cut-off to evaluation.k and re-run evaluate"
+        detail = (
+            f"{metric} was not evaluated for {'the candidate' if value is None else 'the champion'}; "
+            "add its cut-off to evaluation.k and re-run evaluate"
+        )
         return Threshold(metric, "relative", None, value, False, detail)
     required = base * ratio
     ok = value >= required
-    detail = (f"{metric} = {_f(value)} {'≥' if ok else '<'} {ratio:g} × champion v{champ_version}'s "
-              f"{_f(base)} = {_f(required)} (relative threshold)")
+    detail = (
+        f"{metric} = {_f(value)} {'≥' if ok else '<'} {ratio:g} × champion v{champ_version}'s "
+        f"{_f(base)} = {_f(required)} (relative threshold)"
+    )
     return Threshold(metric, "relative", required, value, ok, detail)
 
 
-def _significance(block: dict[str, Any], champ_ok: bool, champ_error: str | None, champ_version: int | None,
-                  primary: str, alpha: float) -> Threshold:
+def _significance(
+    block: dict[str, Any],
+    champ_ok: bool,
+    champ_error: str | None,
+    champ_version: int | None,
+    primary: str,
+    alpha: float,
+) -> Threshold:
     if not champ_ok:
-        detail = (f"significance on {primary} cannot be tested: champion v{champ_version} could not be evaluated "
-                  f"({champ_error})")
+        detail = (
+            f"significance on {primary} cannot be tested: champion v{champ_version} could not be evaluated "
+            f"({champ_error})"
+        )
         return Threshold(primary, "significance", alpha, None, False, detail)
     vs = (block.get("vs_champion") or {}).get(primary) or {}
     p, diff = vs.get("p_value"), vs.get("diff")
     if p is None or diff is None:
-        detail = (f"no paired bootstrap of {primary} against champion v{champ_version} in metrics.json; set "
-                  "evaluation.bootstrap > 0 and re-run evaluate")
+        detail = (
+            f"no paired bootstrap of {primary} against champion v{champ_version} in metrics.json; set "
+            "evaluation.bootstrap > 0 and re-run evaluate"
+        )
         return Threshold(primary, "significance", alpha, None, False, detail)
     ok = p < alpha and diff > 0
     if ok:
-        detail = (f"{primary} improves on champion v{champ_version} by {_f(diff)}, significant "
-                  f"(paired bootstrap p = {_f(p)} < alpha {alpha:g})")
+        detail = (
+            f"{primary} improves on champion v{champ_version} by {_f(diff)}, significant "
+            f"(paired bootstrap p = {_f(p)} < alpha {alpha:g})"
+        )
     else:
-        detail = (f"{primary} difference to champion v{champ_version} is {_f(diff)}, not a significant improvement "
-                  f"(paired bootstrap p = {_f(p)}, needs < alpha {alpha:g})")
+        detail = (
+            f"{primary} difference to champion v{champ_version} is {_f(diff)}, not a significant improvement "
+            f"(paired bootstrap p = {_f(p)}, needs < alpha {alpha:g})"
+        )
     return Threshold(primary, "significance", alpha, p, ok, detail)

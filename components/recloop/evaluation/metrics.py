@@ -19,8 +19,8 @@ average recommendation popularity (ARP) and the share of head items in the lists
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,7 +58,7 @@ class Targets:
         return np.repeat(np.arange(len(self), dtype=np.int64), self.counts())
 
     def row(self, r: int) -> np.ndarray:
-        return self.items[self.indptr[r]:self.indptr[r + 1]]
+        return self.items[self.indptr[r] : self.indptr[r + 1]]
 
     @classmethod
     def from_lists(cls, rows: Iterable[Sequence[int]]) -> Targets:
@@ -124,8 +124,9 @@ def _pad_columns(hits: np.ndarray, k: int) -> np.ndarray:
     return np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
 
 
-def ranking_metrics(recs: np.ndarray, targets: Targets, ks: Sequence[int],
-                    metrics: Sequence[str] = ACCURACY_METRICS) -> dict[str, np.ndarray]:
+def ranking_metrics(
+    recs: np.ndarray, targets: Targets, ks: Sequence[int], metrics: Sequence[str] = ACCURACY_METRICS
+) -> dict[str, np.ndarray]:
     """Per-user accuracy metrics: {'ndcg@10': float64 array (n_users,), ...} for every k and metric."""
     n_rel = targets.counts().astype(np.float64)
     if np.any(n_rel == 0):
@@ -203,9 +204,13 @@ def novelty(recs: np.ndarray, k: int, pop_share: np.ndarray) -> np.ndarray:
     return _row_mean(info[np.where(valid, top, 0)], valid)
 
 
-def intra_list_diversity(recs: np.ndarray, k: int, item_vectors: np.ndarray | sp.spmatrix | None = None,
-                         item_categories: sp.spmatrix | np.ndarray | None = None,
-                         batch_size: int = 1024) -> np.ndarray:
+def intra_list_diversity(
+    recs: np.ndarray,
+    k: int,
+    item_vectors: np.ndarray | sp.spmatrix | None = None,
+    item_categories: sp.spmatrix | np.ndarray | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
     """Per user: 1 − mean pairwise similarity within the top k (NaN for lists shorter than 2).
 
     Similarity is the cosine of `item_vectors` (dense or sparse rows) or, without vectors, the Jaccard
@@ -281,8 +286,9 @@ def head_share_of_lists(recs: np.ndarray, k: int, head_mask: np.ndarray) -> np.n
     return _row_mean(np.asarray(head_mask, dtype=np.float64)[np.where(valid, top, 0)], valid)
 
 
-def popularity_curve(recs: np.ndarray, k: int, interaction_counts: np.ndarray,
-                     n_points: int = 40) -> dict[str, list[float]]:
+def popularity_curve(
+    recs: np.ndarray, k: int, interaction_counts: np.ndarray, n_points: int = 40
+) -> dict[str, list[float]]:
     """Cumulative shares over items sorted from most to least popular in training (a Lorenz curve).
 
     Returns `item_share` (x in (0, 1], geometrically spaced so the head is resolved), `data_share` (share of
@@ -299,5 +305,8 @@ def popularity_curve(recs: np.ndarray, k: int, interaction_counts: np.ndarray,
     cum_data = np.concatenate([[0.0], np.cumsum(counts[order])]) / max(counts.sum(), 1.0)
     cum_rec = np.concatenate([[0.0], np.cumsum(rec_counts[order])]) / max(rec_counts.sum(), 1.0)
     n_top = np.unique(np.clip(np.round(np.geomspace(1, n_items, n_points)), 1, n_items).astype(np.int64))
-    return {"item_share": (n_top / n_items).round(6).tolist(), "data_share": cum_data[n_top].round(6).tolist(),
-            "rec_share": cum_rec[n_top].round(6).tolist()}
+    return {
+        "item_share": (n_top / n_items).round(6).tolist(),
+        "data_share": cum_data[n_top].round(6).tolist(),
+        "rec_share": cum_rec[n_top].round(6).tolist(),
+    }

@@ -19,8 +19,9 @@ the same resamples, so the candidate-minus-logging difference gets a paired inte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,16 +42,22 @@ class LoggedDecisions:
 
     def __post_init__(self) -> None:
         n = len(self.reward)
-        arrays = {"logging_propensity": self.logging_propensity, "target_propensity": self.target_propensity,
-                  "reward_hat_logged": self.reward_hat_logged, "reward_hat_target": self.reward_hat_target,
-                  "group": self.group}
+        arrays = {
+            "logging_propensity": self.logging_propensity,
+            "target_propensity": self.target_propensity,
+            "reward_hat_logged": self.reward_hat_logged,
+            "reward_hat_target": self.reward_hat_target,
+            "group": self.group,
+        }
         for name, arr in arrays.items():
             if arr is not None and len(arr) != n:
                 raise ValueError(f"{name} has {len(arr)} rows but reward has {n}; pass one value per decision")
         p = np.asarray(self.logging_propensity, np.float64)
         if n and (not np.all(np.isfinite(p)) or p.min() <= 0 or p.max() > 1 + 1e-9):
-            raise ValueError("logging propensities must lie in (0, 1]: a logged action had zero probability, "
-                             "so no estimator can reweight it; check the impression log's propensities")
+            raise ValueError(
+                "logging propensities must lie in (0, 1]: a logged action had zero probability, "
+                "so no estimator can reweight it; check the impression log's propensities"
+            )
         t = np.asarray(self.target_propensity, np.float64)
         if n and (not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > 1 + 1e-9):
             raise ValueError("target propensities must lie in [0, 1]")
@@ -145,10 +152,18 @@ class OffPolicyReport:
         return self.estimates[ON_POLICY]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"estimates": {k: e.to_dict() for k, e in self.estimates.items()}, "n_decisions": self.n_decisions,
-                "n_groups": self.n_groups, "effective_sample_size": self.effective_sample_size,
-                "max_weight": self.max_weight, "clipped_share": self.clipped_share, "confidence": self.confidence,
-                "bootstrap": self.bootstrap, "min_lift": self.min_lift, "notes": list(self.notes)}
+        return {
+            "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
+            "n_decisions": self.n_decisions,
+            "n_groups": self.n_groups,
+            "effective_sample_size": self.effective_sample_size,
+            "max_weight": self.max_weight,
+            "clipped_share": self.clipped_share,
+            "confidence": self.confidence,
+            "bootstrap": self.bootstrap,
+            "min_lift": self.min_lift,
+            "notes": list(self.notes),
+        }
 
 
 def _group_sums(log: LoggedDecisions, max_weight: float | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -176,17 +191,26 @@ def _values(sums: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.nd
     """Estimator values for group multiplicities `weights` ((B, G) or (G,))."""
     with np.errstate(invalid="ignore", divide="ignore"):
         count = weights @ sums["count"]
-        out = {"ips": (weights @ sums["wr"]) / count,
-               "snips": (weights @ sums["wr"]) / (weights @ sums["w"]),
-               ON_POLICY: (weights @ sums["r"]) / count}
+        out = {
+            "ips": (weights @ sums["wr"]) / count,
+            "snips": (weights @ sums["wr"]) / (weights @ sums["w"]),
+            ON_POLICY: (weights @ sums["r"]) / count,
+        }
         if "dr" in sums:
             out["dr"] = (weights @ sums["dr"]) / count
     return out
 
 
-def estimate(log: LoggedDecisions, estimators: Sequence[str] = ESTIMATORS, *, bootstrap: int = 200,
-             confidence: float = 0.9, max_weight: float | None = None, min_lift: float = 0.0,
-             seed: int = 0) -> OffPolicyReport:
+def estimate(
+    log: LoggedDecisions,
+    estimators: Sequence[str] = ESTIMATORS,
+    *,
+    bootstrap: int = 200,
+    confidence: float = 0.9,
+    max_weight: float | None = None,
+    min_lift: float = 0.0,
+    seed: int = 0,
+) -> OffPolicyReport:
     """Point estimates and bootstrap intervals of the candidate's value, and the logging policy's value.
 
     Each candidate estimate also gets a paired interval of (estimate - (1 + min_lift) * logging value).
@@ -228,10 +252,13 @@ def estimate(log: LoggedDecisions, estimators: Sequence[str] = ESTIMATORS, *, bo
     clipped = float(np.mean(raw > max_weight)) if max_weight is not None and len(log) else 0.0
     ess = effective_sample_size(log, max_weight)
     if len(log) and ess < 0.01 * len(log):
-        notes.append(f"effective sample size {ess:.1f} of {len(log)}: the candidate rarely takes the logged "
-                     "actions, so these estimates are unreliable; log with more exploration")
-    return OffPolicyReport(results, len(log), n_groups, ess, max_weight, clipped, confidence, bootstrap,
-                           min_lift, notes)
+        notes.append(
+            f"effective sample size {ess:.1f} of {len(log)}: the candidate rarely takes the logged "
+            "actions, so these estimates are unreliable; log with more exploration"
+        )
+    return OffPolicyReport(
+        results, len(log), n_groups, ess, max_weight, clipped, confidence, bootstrap, min_lift, notes
+    )
 
 
 @dataclass
@@ -258,17 +285,30 @@ def policy_gate(report: OffPolicyReport, estimator: str, use_lower_bound: bool =
     required = (1.0 + report.min_lift) * base
     lift = f" x (1 + {report.min_lift:g}) = {required:.4f}" if report.min_lift else ""
     if estimator not in report.estimates:
-        return GateDecision(False, estimator, float("nan"), base, required, float("nan"),
-                            f"estimator {estimator} is not available ({'; '.join(report.notes) or 'not computed'})")
+        return GateDecision(
+            False,
+            estimator,
+            float("nan"),
+            base,
+            required,
+            float("nan"),
+            f"estimator {estimator} is not available ({'; '.join(report.notes) or 'not computed'})",
+        )
     cand = report.estimates[estimator]
     if not np.isfinite(cand.value):
-        return GateDecision(False, estimator, cand.value, base, required, cand.value,
-                            f"{estimator} is undefined on this log (the candidate never takes a logged action)")
+        return GateDecision(
+            False,
+            estimator,
+            cand.value,
+            base,
+            required,
+            cand.value,
+            f"{estimator} is undefined on this log (the candidate never takes a logged action)",
+        )
     if use_lower_bound and cand.diff_low is not None:
         compared = required + cand.diff_low  # the lower bound, expressed on the value scale
         passed = cand.diff_low > 0
-        what = (f"{estimator} {cand.value:.4f} with a lower {report.confidence:.0%} paired bound of "
-                f"{compared:.4f}")
+        what = f"{estimator} {cand.value:.4f} with a lower {report.confidence:.0%} paired bound of {compared:.4f}"
     else:
         compared = cand.value
         passed = cand.value > required

@@ -14,8 +14,9 @@ restricts which items may be recommended and count as targets (the hook for cold
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -103,8 +104,16 @@ def load_split(artifact: Artifact) -> SplitData:
     for name, df in splits.items():
         if len(df) and (df["user_idx"].max() >= len(user_ids) or df["item_idx"].max() >= len(item_ids)):
             raise ArtifactError(f"{artifact.uri}/{name}.parquet has ids outside its id maps; re-run preprocess")
-    return SplitData(splits["train"], splits["valid"], splits["test"], user_ids, item_ids, categories,
-                     artifact.uri, dict(artifact.manifest.summary))
+    return SplitData(
+        splits["train"],
+        splits["valid"],
+        splits["test"],
+        user_ids,
+        item_ids,
+        categories,
+        artifact.uri,
+        dict(artifact.manifest.summary),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- queries
@@ -135,9 +144,13 @@ class EvalQueries:
 
     def select(self, rows: np.ndarray) -> EvalQueries:
         rows = np.asarray(rows, dtype=np.int64)
-        return replace(self, users=self.users[rows], histories=self.histories.select(rows),
-                       targets=self.targets.select(rows),
-                       candidates=None if self.candidates is None else self.candidates.select(rows))
+        return replace(
+            self,
+            users=self.users[rows],
+            histories=self.histories.select(rows),
+            targets=self.targets.select(rows),
+            candidates=None if self.candidates is None else self.candidates.select(rows),
+        )
 
     def with_item_mask(self, mask: np.ndarray) -> EvalQueries:
         """Only items where `mask` is True may be recommended or count as targets; users left without
@@ -146,9 +159,12 @@ class EvalQueries:
         if mask.shape != (self.n_items,):
             raise ValueError(f"item mask must have one entry per item ({self.n_items}); got shape {mask.shape}")
         combined = mask if self.item_mask is None else (self.item_mask & mask)
-        restricted = replace(self, targets=self.targets.restrict_items(combined), item_mask=combined,
-                             candidates=None if self.candidates is None
-                             else self.candidates.restrict_items(combined))
+        restricted = replace(
+            self,
+            targets=self.targets.restrict_items(combined),
+            item_mask=combined,
+            candidates=None if self.candidates is None else self.candidates.restrict_items(combined),
+        )
         keep = np.flatnonzero(restricted.targets.counts() > 0)
         out = restricted.select(keep)
         stats = dict(self.stats, users_without_eligible_targets=int(len(self) - len(keep)))
@@ -178,8 +194,10 @@ def build_queries(data: SplitData, split: str = "test", exclude_seen: bool = Tru
     target_df = data.test if split == "test" else data.valid
     history_df = pd.concat([data.train, data.valid], ignore_index=True) if split == "test" else data.train
     if len(target_df) == 0:
-        raise ArtifactError(f"{data.uri}: the {split} split is empty, so there is nothing to evaluate; check "
-                            "preprocess.split (and min_user_interactions) so users keep held-out events")
+        raise ArtifactError(
+            f"{data.uri}: the {split} split is empty, so there is nothing to evaluate; check "
+            "preprocess.split (and min_user_interactions) so users keep held-out events"
+        )
     t_user = target_df["user_idx"].to_numpy(np.int64)
     t_item = target_df["item_idx"].to_numpy(np.int64)
     t_time = target_df["timestamp"].to_numpy(np.int64)
@@ -196,8 +214,14 @@ def build_queries(data: SplitData, split: str = "test", exclude_seen: bool = Tru
     # An event later than the user's first target is the future from the target's point of view.
     future = in_query & (h_time > first_target[np.where(in_query, h_row, 0)])
     keep = in_query & ~future
-    hist = Interactions.from_arrays(h_row[keep], history_df["item_idx"].to_numpy(np.int64)[keep], h_time[keep],
-                                    history_df["weight"].to_numpy(np.float32)[keep], len(users), data.n_items)
+    hist = Interactions.from_arrays(
+        h_row[keep],
+        history_df["item_idx"].to_numpy(np.int64)[keep],
+        h_time[keep],
+        history_df["weight"].to_numpy(np.float32)[keep],
+        len(users),
+        data.n_items,
+    )
     histories = hist.histories()
     targets = Targets.from_pairs(row_of_user[t_user], t_item, len(users))
 
@@ -211,8 +235,16 @@ def build_queries(data: SplitData, split: str = "test", exclude_seen: bool = Tru
         repeats = int(already.sum())
         targets = targets.keep(~already)
     rows = np.flatnonzero(targets.counts() > 0)
-    queries = EvalQueries(split=split, users=users, histories=histories, targets=targets, n_items=data.n_items,
-                          exclude_seen=exclude_seen, user_ids=data.user_ids, item_ids=data.item_ids)
+    queries = EvalQueries(
+        split=split,
+        users=users,
+        histories=histories,
+        targets=targets,
+        n_items=data.n_items,
+        exclude_seen=exclude_seen,
+        user_ids=data.user_ids,
+        item_ids=data.item_ids,
+    )
     out = queries.select(rows)
     stats = {
         "target_users": int(len(users)),
@@ -234,8 +266,9 @@ def with_sampled_negatives(queries: EvalQueries, n_negatives: int, seed: int) ->
     rows, items = [], []
     for r in range(len(queries)):
         # Sample positions in the complement of the forbidden items without materializing it.
-        forbidden = np.unique(np.concatenate([queries.histories.row(r).astype(np.int64),
-                                              queries.targets.row(r), ineligible]))
+        forbidden = np.unique(
+            np.concatenate([queries.histories.row(r).astype(np.int64), queries.targets.row(r), ineligible])
+        )
         free = n_items - len(forbidden)
         take = min(n_negatives, free)
         if take > 0:
@@ -246,8 +279,11 @@ def with_sampled_negatives(queries: EvalQueries, n_negatives: int, seed: int) ->
             items.append(picked)
         rows.append(np.full(queries.targets.counts()[r], r, dtype=np.int64))
         items.append(queries.targets.row(r))
-    cand = Targets.from_pairs(np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                              np.concatenate(items) if items else np.zeros(0, np.int64), len(queries))
+    cand = Targets.from_pairs(
+        np.concatenate(rows) if rows else np.zeros(0, np.int64),
+        np.concatenate(items) if items else np.zeros(0, np.int64),
+        len(queries),
+    )
     return replace(queries, candidates=cand, stats=dict(queries.stats, sampled_negatives=n_negatives))
 
 
@@ -260,8 +296,10 @@ def seen_matrix(histories: Histories) -> sp.csr_matrix:
     Built from copies: `Histories.to_csr` hands its own arrays to scipy, whose duplicate summing sorts
     them in place and so would reorder the (chronological) histories.
     """
-    m = sp.csr_matrix((np.ones(len(histories.items), np.float32), histories.items.copy(), histories.indptr.copy()),
-                      shape=(len(histories), histories.n_items))
+    m = sp.csr_matrix(
+        (np.ones(len(histories.items), np.float32), histories.items.copy(), histories.indptr.copy()),
+        shape=(len(histories), histories.n_items),
+    )
     m.sum_duplicates()
     m.data[:] = 1.0
     return m
@@ -283,9 +321,11 @@ def rank(queries: EvalQueries, score_fn: ScoreFn, k: int, batch_size: int = 1024
         batch = queries.select(rows)
         scores = np.array(score_fn(batch.histories, batch.users), dtype=np.float32)
         if scores.shape != (stop - start, n_items):
-            raise ArtifactError(f"a model returned scores of shape {scores.shape}, expected "
-                                f"({stop - start}, {n_items}): it was trained on another item catalog; "
-                                "re-run train on this preprocess artifact")
+            raise ArtifactError(
+                f"a model returned scores of shape {scores.shape}, expected "
+                f"({stop - start}, {n_items}): it was trained on another item catalog; "
+                "re-run train on this preprocess artifact"
+            )
         scores[~np.isfinite(scores)] = -np.inf
         if queries.exclude_seen:
             seen = seen_matrix(batch.histories)
@@ -298,7 +338,7 @@ def rank(queries: EvalQueries, score_fn: ScoreFn, k: int, batch_size: int = 1024
             scores[~allowed] = -np.inf
         ids, top = top_k(scores, min(k, n_items))
         ids[~np.isfinite(top)] = -1
-        out[start:stop, :ids.shape[1]] = ids
+        out[start:stop, : ids.shape[1]] = ids
     return out
 
 
@@ -321,8 +361,9 @@ def history_segments(queries: EvalQueries, bounds: tuple[int, ...] = HISTORY_BUC
 COLD_SEGMENT = "cold-start items"
 
 
-def item_segments(queries: EvalQueries, head_mask: np.ndarray,
-                  cold_mask: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, Targets]]:
+def item_segments(
+    queries: EvalQueries, head_mask: np.ndarray, cold_mask: np.ndarray | None = None
+) -> dict[str, tuple[np.ndarray, Targets]]:
     """{'head items': (rows, targets restricted to head items), 'tail items': ..., and with `cold_mask`
     'cold-start items' (items held out of training entirely)}: the lists stay the same (full ranking),
     only the targets that count change; users without a target in the group are left out."""

@@ -11,7 +11,8 @@ import html
 import io
 import math
 import re
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from recloop.evaluation.names import ACCURACY_METRICS, METRIC_LABELS
 
@@ -166,8 +167,9 @@ class _Models:
 # ---------------------------------------------------------------------------------------------- charts
 
 
-def _bar_chart(models: _Models, groups: Sequence[tuple[str, str]], salt: str, title: str,
-               value_of: Any, ylabel: str = "") -> str:
+def _bar_chart(
+    models: _Models, groups: Sequence[tuple[str, str]], salt: str, title: str, value_of: Any, ylabel: str = ""
+) -> str:
     """Grouped bars: one group per (label, key), one bar per model, CI whiskers where known."""
     import numpy as np
 
@@ -187,8 +189,16 @@ def _bar_chart(models: _Models, groups: Sequence[tuple[str, str]], salt: str, ti
             lows.append(0 if lo is None or v is None else max(v - lo, 0))
             highs.append(0 if hi is None or v is None else max(hi - v, 0))
         pos = x - 0.4 + width * (j + 0.5)
-        ax.bar(pos, vals, width * 0.92, color=color, label=name, hatch="//" if is_champ else None,
-               edgecolor="white" if not is_champ else "#5f5f5f", linewidth=0.6)
+        ax.bar(
+            pos,
+            vals,
+            width * 0.92,
+            color=color,
+            label=name,
+            hatch="//" if is_champ else None,
+            edgecolor="white" if not is_champ else "#5f5f5f",
+            linewidth=0.6,
+        )
         if any(lows) or any(highs):
             ax.errorbar(pos, vals, yerr=[lows, highs], fmt="none", ecolor="#333333", elinewidth=0.9, capsize=2.5)
     ax.set_xticks(x, [label for label, _ in groups])
@@ -213,7 +223,7 @@ def _forest_chart(doc: dict[str, Any], metric: str, salt: str) -> str:
     _style_axes(ax)
     ax.grid(axis="y", visible=False)
     ax.grid(axis="x", color="#e9edf1", linewidth=0.8)
-    for i, (name, vs) in enumerate(reversed(rows)):
+    for i, (_name, vs) in enumerate(reversed(rows)):
         d, lo, hi = vs["diff"], vs.get("ci_low"), vs.get("ci_high")
         color = "#1a7f37" if lo is not None and lo > 0 else ("#cf222e" if hi is not None and hi < 0 else "#637381")
         if lo is not None and hi is not None:
@@ -237,11 +247,23 @@ def _popularity_chart(models: _Models, salt: str) -> str:
         if not curve or not curve.get("item_share"):
             continue
         data_curve = curve
-        ax.plot([100 * x for x in curve["item_share"]], [100 * y for y in curve["rec_share"]], color=color,
-                linewidth=2, label=name, linestyle="--" if is_champ else "-")
+        ax.plot(
+            [100 * x for x in curve["item_share"]],
+            [100 * y for y in curve["rec_share"]],
+            color=color,
+            linewidth=2,
+            label=name,
+            linestyle="--" if is_champ else "-",
+        )
     if data_curve:
-        ax.plot([100 * x for x in data_curve["item_share"]], [100 * y for y in data_curve["data_share"]],
-                color=DATA_COLOR, linewidth=1.6, linestyle=":", label="training data")
+        ax.plot(
+            [100 * x for x in data_curve["item_share"]],
+            [100 * y for y in data_curve["data_share"]],
+            color=DATA_COLOR,
+            linewidth=1.6,
+            linestyle=":",
+            label="training data",
+        )
         # A log axis resolves the head, where recommendation lists concentrate.
         ax.set_xscale("log")
         ax.set_xlim(100 * data_curve["item_share"][0], 100)
@@ -272,11 +294,16 @@ def _coverage_chart(models: _Models, ks: Sequence[int], salt: str) -> str:
     shades = ("#4C78A8", "#9ECAE9", "#2F4B7C", "#C6DBEF")
     for j, k in enumerate(ks):
         vals = [100 * ((_value(block, f"coverage@{k}") or {}).get("value") or 0) for _, block, *_ in models]
-        bars = ax.barh(y - 0.4 + width * (j + 0.5), vals, width * 0.9, color=shades[j % len(shades)],
-                       label=f"top {k}")
+        bars = ax.barh(y - 0.4 + width * (j + 0.5), vals, width * 0.9, color=shades[j % len(shades)], label=f"top {k}")
         for bar, v in zip(bars, vals):
-            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.1f}%", va="center", fontsize=8,
-                    color="#3d4852")
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                f" {v:.1f}%",
+                va="center",
+                fontsize=8,
+                color="#3d4852",
+            )
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.grid(axis="y", visible=False)
@@ -285,8 +312,9 @@ def _coverage_chart(models: _Models, ks: Sequence[int], salt: str) -> str:
     ax.set_xlim(0, max(ax.get_xlim()[1] * 1.15, 1))
     ax.set_title("Catalog coverage", fontsize=11, loc="left", color="#1f2933")
     # Above the plot, right of the title: inside it would cover the longest bars' labels.
-    ax.legend(frameon=False, fontsize=8.5, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(ks),
-              borderaxespad=0.2)
+    ax.legend(
+        frameon=False, fontsize=8.5, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(ks), borderaxespad=0.2
+    )
     return _svg(fig, salt)
 
 
@@ -312,8 +340,9 @@ def _metric_table(models: _Models, metrics: Sequence[str], lower_is_better: Sequ
                 ci = f'<span class="ci">[{_num(entry["ci_low"])}, {_num(entry["ci_high"])}]</span>'
             cls = ' class="best"' if v is not None and len(models) > 1 and best.get(m) == v else ""
             cells.append(f"<td{cls}>{_num(v)}{ci}</td>")
-        rows.append(f'<tr><td><span class="swatch" style="background:{color}"></span>{_e(name)}</td>'
-                    + "".join(cells) + "</tr>")
+        rows.append(
+            f'<tr><td><span class="swatch" style="background:{color}"></span>{_e(name)}</td>' + "".join(cells) + "</tr>"
+        )
     return f"<table><thead><tr><th>model</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -328,8 +357,10 @@ def _comparison_table(doc: dict[str, Any], metrics: Sequence[str]) -> str:
             d = vs.get("diff")
             cls = "pos" if d is not None and d > 0 else ("neg" if d is not None and d < 0 else "")
             sign = "+" if d is not None and d > 0 else ""
-            cells.append(f"<td class='{cls}'>{sign}{_num(d)}<span class='ci'>[{_num(vs.get('ci_low'))}, "
-                         f"{_num(vs.get('ci_high'))}] · p {_num(vs.get('p_value'), 3)}</span></td>")
+            cells.append(
+                f"<td class='{cls}'>{sign}{_num(d)}<span class='ci'>[{_num(vs.get('ci_low'))}, "
+                f"{_num(vs.get('ci_high'))}] · p {_num(vs.get('p_value'), 3)}</span></td>"
+            )
         rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
     if not rows:
         return ""
@@ -349,21 +380,29 @@ def _headline(doc: dict[str, Any]) -> str:
         ci = ""
         if entry.get("ci_low") is not None:
             ci = f" (95 % CI {_num(entry['ci_low'])} – {_num(entry['ci_high'])})"
-        parts.append(f"Best candidate: <b>{_e(best)}</b> with {_e(_label(primary))} = <b>{_num(entry.get('value'))}</b>{ci}.")
+        parts.append(
+            f"Best candidate: <b>{_e(best)}</b> with {_e(_label(primary))} = <b>{_num(entry.get('value'))}</b>{ci}."
+        )
     champ = doc.get("champion")
     if champ and champ.get("error"):
-        parts.append(f'<span class="tag err">champion v{_e(champ.get("version"))} could not be evaluated</span> '
-                     f"{_e(champ['error'])}")
+        parts.append(
+            f'<span class="tag err">champion v{_e(champ.get("version"))} could not be evaluated</span> '
+            f"{_e(champ['error'])}"
+        )
     elif champ:
         entry = _value(champ, primary) or {}
-        parts.append(f"Production champion v{_e(champ.get('version'))} ({_e(champ.get('type', ''))}) re-evaluated on "
-                     f"this split: {_num(entry.get('value'))}.")
+        parts.append(
+            f"Production champion v{_e(champ.get('version'))} ({_e(champ.get('type', ''))}) re-evaluated on "
+            f"this split: {_num(entry.get('value'))}."
+        )
         if best:
             vs = (doc["candidates"][best].get("vs_champion") or {}).get(primary) or {}
             if vs.get("diff") is not None:
                 sign = "+" if vs["diff"] > 0 else ""
-                parts.append(f"Difference {sign}{_num(vs['diff'])} (CI {_num(vs.get('ci_low'))} – "
-                             f"{_num(vs.get('ci_high'))}, p = {_num(vs.get('p_value'), 3)}).")
+                parts.append(
+                    f"Difference {sign}{_num(vs['diff'])} (CI {_num(vs.get('ci_low'))} – "
+                    f"{_num(vs.get('ci_high'))}, p = {_num(vs.get('p_value'), 3)})."
+                )
     else:
         parts.append("No production champion yet: this would be the first model.")
     return '<p class="headline">' + " ".join(parts) + "</p>"
@@ -380,22 +419,30 @@ def render_report(doc: dict[str, Any]) -> str:
     title = f"Evaluation · {doc.get('model_name', '')}"
 
     facts = [
-        ("run", doc.get("run_id", "")), ("split", f"{doc.get('split', '')} · {proto.get('ranking', '')} ranking"),
-        ("users evaluated", _num(proto.get("n_users"))), ("items", _num(proto.get("n_items"))),
-        ("primary metric", _label(primary)), ("bootstrap", f"{proto.get('bootstrap_resamples', 0)} resamples"),
+        ("run", doc.get("run_id", "")),
+        ("split", f"{doc.get('split', '')} · {proto.get('ranking', '')} ranking"),
+        ("users evaluated", _num(proto.get("n_users"))),
+        ("items", _num(proto.get("n_items"))),
+        ("primary metric", _label(primary)),
+        ("bootstrap", f"{proto.get('bootstrap_resamples', 0)} resamples"),
         ("split fingerprint", str(doc.get("split_fingerprint", ""))[:12] + "…"),
     ]
-    facts_html = "".join(f'<div class="fact"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
-                         for k, v in facts)
+    facts_html = "".join(
+        f'<div class="fact"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in facts
+    )
 
-    body = [f"<header><h1>{_e(title)}</h1><div class='sub'>{_e(len(doc.get('candidates') or {}))} candidate(s) · "
-            f"cut-offs {', '.join(str(k) for k in ks)} · sampled negatives: {_e(proto.get('sampled_negatives') or 'none')}"
-            f"</div><div class='facts'>{facts_html}</div></header>"]
+    body = [
+        f"<header><h1>{_e(title)}</h1><div class='sub'>{_e(len(doc.get('candidates') or {}))} candidate(s) · "
+        f"cut-offs {', '.join(str(k) for k in ks)} · sampled negatives: {_e(proto.get('sampled_negatives') or 'none')}"
+        f"</div><div class='facts'>{facts_html}</div></header>"
+    ]
     body.append(f"<section><h2>Summary</h2>{_headline(doc)}</section>")
 
     # Accuracy
-    acc = ["<section><h2>Accuracy</h2><p class='note'>Mean over users with 95 % bootstrap confidence "
-           "intervals; the best value per column is bold.</p>"]
+    acc = [
+        "<section><h2>Accuracy</h2><p class='note'>Mean over users with 95 % bootstrap confidence "
+        "intervals; the best value per column is bold.</p>"
+    ]
     if primary_k:
         groups = [(METRIC_LABELS[m], f"{m}@{primary_k}") for m in ACCURACY_METRICS]
         acc.append(_bar_chart(models, groups, "acc", f"Accuracy at k = {primary_k}", _value))
@@ -407,18 +454,26 @@ def render_report(doc: dict[str, Any]) -> str:
 
     # Champion comparison
     if champ and champ.get("metrics"):
-        known = f"{_num(champ.get('known_items'))} of {_num(champ.get('split_items'))} items, " \
-                f"{_num(champ.get('known_users'))} of {_num(champ.get('split_users'))} users"
+        known = (
+            f"{_num(champ.get('known_items'))} of {_num(champ.get('split_items'))} items, "
+            f"{_num(champ.get('known_users'))} of {_num(champ.get('split_users'))} users"
+        )
         at_k = primary_k or (str(ks[0]) if ks else "")
-        compared = [primary] + [f"{m}@{at_k}" for m in ("ndcg", "recall", "hr", "mrr", "map") if f"{m}@{at_k}" != primary]
+        compared = [primary] + [
+            f"{m}@{at_k}" for m in ("ndcg", "recall", "hr", "mrr", "map") if f"{m}@{at_k}" != primary
+        ]
         comparison = _comparison_table(doc, compared[:5])
-        body.append(f"<section><h2>Candidates vs production champion v{_e(champ.get('version'))}</h2>"
-                    f"<p class='note'>Paired bootstrap on the same users. The champion knows {known} of this split; "
-                    f"items it does not know get no score.</p>{_forest_chart(doc, primary, 'forest')}"
-                    f"{comparison}</section>")
+        body.append(
+            f"<section><h2>Candidates vs production champion v{_e(champ.get('version'))}</h2>"
+            f"<p class='note'>Paired bootstrap on the same users. The champion knows {known} of this split; "
+            f"items it does not know get no score.</p>{_forest_chart(doc, primary, 'forest')}"
+            f"{comparison}</section>"
+        )
     elif champ.get("error"):
-        body.append(f"<section><h2>Production champion</h2><p><span class='tag err'>not evaluated</span> "
-                    f"{_e(champ['error'])}</p></section>")
+        body.append(
+            f"<section><h2>Production champion</h2><p><span class='tag err'>not evaluated</span> "
+            f"{_e(champ['error'])}</p></section>"
+        )
 
     # Segments
     present: set[str] = set()
@@ -427,6 +482,7 @@ def render_report(doc: dict[str, Any]) -> str:
     preferred = [*(proto.get("history_buckets") or []), "head items", "tail items"]
     seg_labels = [lbl for lbl in preferred if lbl in present] + sorted(present - set(preferred))
     if seg_labels:
+
         def seg_value(block: dict[str, Any], label: str) -> dict[str, Any] | None:
             return ((block.get("segments") or {}).get(label) or {}).get("metrics", {}).get(primary)
 
@@ -439,13 +495,22 @@ def render_report(doc: dict[str, Any]) -> str:
         for name, block, color, _ in models:
             cells = "".join(f"<td>{_num((seg_value(block, lbl) or {}).get('value'))}</td>" for lbl in seg_labels)
             rows.append(f'<tr><td><span class="swatch" style="background:{color}"></span>{_e(name)}</td>{cells}</tr>')
-        table = ("<table><thead><tr><th>segment</th>" + "".join(f"<th>{_e(lbl)}</th>" for lbl in seg_labels)
-                 + "</tr></thead><tbody><tr><td><i>users</i></td>" + "".join(sizes) + "</tr>"
-                 + "".join(rows) + "</tbody></table>")
-        body.append("<section><h2>By segment</h2><p class='note'>Users by history length; head / tail: only the "
-                    f"held-out items among the head (or tail) items count. {_e(_label(primary))} per segment.</p>"
-                    + _bar_chart(models, [(lbl, lbl) for lbl in seg_labels], "seg",
-                                 f"{_label(primary)} by segment", seg_value) + table + "</section>")
+        table = (
+            "<table><thead><tr><th>segment</th>"
+            + "".join(f"<th>{_e(lbl)}</th>" for lbl in seg_labels)
+            + "</tr></thead><tbody><tr><td><i>users</i></td>"
+            + "".join(sizes)
+            + "</tr>"
+            + "".join(rows)
+            + "</tbody></table>"
+        )
+        body.append(
+            "<section><h2>By segment</h2><p class='note'>Users by history length; head / tail: only the "
+            f"held-out items among the head (or tail) items count. {_e(_label(primary))} per segment.</p>"
+            + _bar_chart(models, [(lbl, lbl) for lbl in seg_labels], "seg", f"{_label(primary)} by segment", seg_value)
+            + table
+            + "</section>"
+        )
 
     # Beyond accuracy
     data_head = proto.get("data_head_share")
@@ -455,19 +520,35 @@ def render_report(doc: dict[str, Any]) -> str:
         f"users did; head items hold {_num(100 * data_head if data_head is not None else None, 1)} % of training "
         f"interactions. Diversity basis: {_e(proto.get('diversity_basis', ''))}.</p>"
         f"<div class='grid2'>{_popularity_chart(models, 'pop')}{_coverage_chart(models, ks, 'cov')}</div>"
-        + "".join(f"<h3 style='font-size:14px;margin:14px 0 0'>Top {k}</h3>" + _metric_table(
-            models, [f"{m}@{k}" for m in ("coverage", "novelty", "diversity", "arp", "head_share")],
-            lower_is_better=("arp", "head_share")) for k in ks) + "</section>")
+        + "".join(
+            f"<h3 style='font-size:14px;margin:14px 0 0'>Top {k}</h3>"
+            + _metric_table(
+                models,
+                [f"{m}@{k}" for m in ("coverage", "novelty", "diversity", "arp", "head_share")],
+                lower_is_better=("arp", "head_share"),
+            )
+            for k in ks
+        )
+        + "</section>"
+    )
 
     # Protocol and definitions
-    proto_rows = "".join(f"<tr><td>{_e(k.replace('_', ' '))}</td><td>{_e(v)}</td></tr>"
-                         for k, v in proto.items() if not isinstance(v, (dict, list)))
+    proto_rows = "".join(
+        f"<tr><td>{_e(k.replace('_', ' '))}</td><td>{_e(v)}</td></tr>"
+        for k, v in proto.items()
+        if not isinstance(v, (dict, list))
+    )
     defs = "".join(f"<dt>{_e(a)}</dt><dd>{_e(b)}</dd>" for a, b in _DEFINITIONS)
-    body.append(f"<section><h2>Protocol</h2><div class='grid2'><table><tbody>{proto_rows}</tbody></table>"
-                f"<dl class='defs'>{defs}</dl></div></section>")
-    body.append(f"<footer>recloop · split fingerprint <code>{_e(doc.get('split_fingerprint', ''))}</code> · "
-                f"preprocess {_e(doc.get('preprocess_uri', ''))} · train {_e(doc.get('train_uri', ''))}</footer>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>" + "".join(body)
-            + "</main></body></html>")
+    body.append(
+        f"<section><h2>Protocol</h2><div class='grid2'><table><tbody>{proto_rows}</tbody></table>"
+        f"<dl class='defs'>{defs}</dl></div></section>"
+    )
+    body.append(
+        f"<footer>recloop · split fingerprint <code>{_e(doc.get('split_fingerprint', ''))}</code> · "
+        f"preprocess {_e(doc.get('preprocess_uri', ''))} · train {_e(doc.get('train_uri', ''))}</footer>"
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>" + "".join(body) + "</main></body></html>"
+    )

@@ -22,8 +22,13 @@ class Pseudonymizer:
 
     def __init__(self, key: str, source: str):
         if len(key) < MIN_SECRET_CHARS:
-            raise ConfigError(source, [f"serving.privacy.hmac_key: must have at least {MIN_SECRET_CHARS} "
-                                       f"characters (got {len(key)}); generate one with {GENERATE_SECRET_HINT}"])
+            raise ConfigError(
+                source,
+                [
+                    f"serving.privacy.hmac_key: must have at least {MIN_SECRET_CHARS} "
+                    f"characters (got {len(key)}); generate one with {GENERATE_SECRET_HINT}"
+                ],
+            )
         self._key = key.encode("utf-8")
 
     def __call__(self, value: str | None, kind: str = "user") -> str | None:

@@ -44,7 +44,7 @@ FEEDBACK_SCHEMA (one row per event):
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from recloop.errors import DataError
@@ -64,37 +64,61 @@ def impression_schema() -> pa.Schema:
     import pyarrow as pa
 
     ts = pa.timestamp("ms", tz="UTC")
-    return pa.schema([
-        ("request_id", pa.string()), ("served_at", ts), ("endpoint", pa.string()),
-        ("user_key", pa.string()), ("session_key", pa.string()), ("user_known", pa.bool_()),
-        ("model_name", pa.string()), ("model_version", pa.int64()), ("model_type", pa.string()),
-        ("policy", pa.string()), ("fallback_reason", pa.string()), ("search", pa.string()),
-        ("k", pa.int64()), ("category", pa.string()), ("exclude_seen", pa.bool_()),
-        ("anchor_item_id", pa.string()), ("history_length", pa.int64()),
-        ("item_ids", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())),
-        ("propensities", pa.list_(pa.float64())), ("latency_ms", pa.float64()),
-    ])
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("served_at", ts),
+            ("endpoint", pa.string()),
+            ("user_key", pa.string()),
+            ("session_key", pa.string()),
+            ("user_known", pa.bool_()),
+            ("model_name", pa.string()),
+            ("model_version", pa.int64()),
+            ("model_type", pa.string()),
+            ("policy", pa.string()),
+            ("fallback_reason", pa.string()),
+            ("search", pa.string()),
+            ("k", pa.int64()),
+            ("category", pa.string()),
+            ("exclude_seen", pa.bool_()),
+            ("anchor_item_id", pa.string()),
+            ("history_length", pa.int64()),
+            ("item_ids", pa.list_(pa.string())),
+            ("scores", pa.list_(pa.float64())),
+            ("propensities", pa.list_(pa.float64())),
+            ("latency_ms", pa.float64()),
+        ]
+    )
 
 
 def feedback_schema() -> pa.Schema:
     import pyarrow as pa
 
     ts = pa.timestamp("ms", tz="UTC")
-    return pa.schema([
-        ("feedback_id", pa.string()), ("received_at", ts), ("event_time", ts), ("request_id", pa.string()),
-        ("user_key", pa.string()), ("session_key", pa.string()), ("item_id", pa.string()),
-        ("event_type", pa.string()), ("value", pa.float64()), ("position", pa.int64()),
-    ])
+    return pa.schema(
+        [
+            ("feedback_id", pa.string()),
+            ("received_at", ts),
+            ("event_time", ts),
+            ("request_id", pa.string()),
+            ("user_key", pa.string()),
+            ("session_key", pa.string()),
+            ("item_id", pa.string()),
+            ("event_type", pa.string()),
+            ("value", pa.float64()),
+            ("position", pa.int64()),
+        ]
+    )
 
 
 def log_day(moment: datetime) -> str:
     """The UTC day (YYYY-MM-DD) whose folder holds a record of this time."""
-    return moment.astimezone(timezone.utc).date().isoformat()
+    return moment.astimezone(UTC).date().isoformat()
 
 
 def log_file_key(prefix: str, log: str, day: date, instance: str, seq: int, written_at: datetime) -> str:
     """The key of one flushed file of `log` (impressions | feedback) for `day`."""
-    stamp = written_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+    stamp = written_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
     return f"{prefix}/{log}/{day.isoformat()}/{stamp}-{instance}-{seq:06d}.parquet"
 
 
@@ -103,7 +127,7 @@ def log_file_keys(store: ArtifactStore, prefix: str, log: str, first_day: str | 
     folder = f"{prefix}/{log}"
     keys = []
     for key in store.list(folder):
-        rest = key[len(folder) + 1:]
+        rest = key[len(folder) + 1 :]
         day, _, name = rest.partition("/")
         if not _DAY_RE.match(day) or not name.endswith(".parquet"):
             continue
@@ -125,8 +149,10 @@ def read_log_files(store: ArtifactStore, keys: list[str], schema: pa.Schema) -> 
         except FileNotFoundError:
             continue  # removed by retention between listing and reading
         except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{store.uri(key)} is not a readable Parquet log ({exc}); move it out of the log "
-                            "folder (it was written by something else or truncated) and re-run feedback") from None
+            raise DataError(
+                f"{store.uri(key)} is not a readable Parquet log ({exc}); move it out of the log "
+                "folder (it was written by something else or truncated) and re-run feedback"
+            ) from None
         missing = [f.name for f in schema if f.name not in table.column_names]
         for name in missing:
             table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))

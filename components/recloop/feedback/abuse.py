@@ -19,8 +19,15 @@ if TYPE_CHECKING:
     from recloop.config import FeedbackAbuseConfig
 
 # Order matters: an event is quarantined under the first rule that hits it.
-ABUSE_RULES: tuple[str, ...] = ("not_shown", "user_mismatch", "bot_burst", "user_rate_cap", "repeated_event",
-                                "unattributed_spike", "item_rate_cap")
+ABUSE_RULES: tuple[str, ...] = (
+    "not_shown",
+    "user_mismatch",
+    "bot_burst",
+    "user_rate_cap",
+    "repeated_event",
+    "unattributed_spike",
+    "item_rate_cap",
+)
 
 
 def impressions_per_item_day(impressions: pd.DataFrame) -> dict[tuple[str, str], int]:
@@ -33,8 +40,12 @@ def impressions_per_item_day(impressions: pd.DataFrame) -> dict[tuple[str, str],
     return counts
 
 
-def flag_abuse(events: pd.DataFrame, item_impressions: dict[tuple[str, str], int], rewards: dict[str, float],
-               rules: FeedbackAbuseConfig) -> pd.Series:
+def flag_abuse(
+    events: pd.DataFrame,
+    item_impressions: dict[tuple[str, str], int],
+    rewards: dict[str, float],
+    rules: FeedbackAbuseConfig,
+) -> pd.Series:
     """The quarantine reason of each event (None = clean).
 
     `events` needs: user_key, item_id, event_type, event_time, attributed (bool), integrity (a reason from
@@ -60,7 +71,7 @@ def flag_abuse(events: pd.DataFrame, item_impressions: dict[tuple[str, str], int
             continue
         t = np.sort(times.to_numpy("datetime64[ms]").astype(np.int64))
         n = rules.burst_events
-        if np.any(t[n - 1:] - t[: len(t) - n + 1] < span_ms):
+        if np.any(t[n - 1 :] - t[: len(t) - n + 1] < span_ms):
             bots.add(str(user))
     mark(events["user_key"].isin(bots).to_numpy(), "bot_burst")
 

@@ -8,9 +8,10 @@ user's, get an integrity reason (`not_shown`, `user_mismatch`) the abuse rules q
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,8 +22,21 @@ if TYPE_CHECKING:
 
     from recloop.feedback.window import Window
 
-SLOT_COLUMNS = ["request_id", "served_at", "user_key", "model_name", "model_version", "policy", "position",
-                "item_id", "score", "propensity", "history_length", "fallback_reason", "user_known"]
+SLOT_COLUMNS = [
+    "request_id",
+    "served_at",
+    "user_key",
+    "model_name",
+    "model_version",
+    "policy",
+    "position",
+    "item_id",
+    "score",
+    "propensity",
+    "history_length",
+    "fallback_reason",
+    "user_known",
+]
 
 
 def _lookup(keys: pd.Series, table: pd.Series) -> pd.Series:
@@ -41,8 +55,13 @@ class Joined:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def join_logs(impressions: pd.DataFrame, previous_requests: set[str], feedback: pd.DataFrame, window: Window,
-              attribution: timedelta) -> Joined:
+def join_logs(
+    impressions: pd.DataFrame,
+    previous_requests: set[str],
+    feedback: pd.DataFrame,
+    window: Window,
+    attribution: timedelta,
+) -> Joined:
     """Attach each feedback event to its slate; explode slates into slots."""
     import pandas as pd
 
@@ -58,7 +77,7 @@ def join_logs(impressions: pd.DataFrame, previous_requests: set[str], feedback: 
     earlier = ~organic & ~in_window & fb["request_id"].isin(previous_requests)
     unknown = ~organic & ~in_window & ~earlier & in_range
     counts["handled_earlier"] = int((earlier & in_range).sum())
-    scope = (in_window | (organic & in_range) | unknown)
+    scope = in_window | (organic & in_range) | unknown
     fb = fb[scope].copy()
     in_window = fb["request_id"].isin(served.index)
     slate_user = _lookup(fb["request_id"], served["user_key"]).where(in_window)
@@ -74,8 +93,10 @@ def join_logs(impressions: pd.DataFrame, previous_requests: set[str], feedback: 
     mismatch = in_window & has_own & slate_user.notna() & (fb["user_key"] != slate_user)
     fb["user_key"] = fb["user_key"].where(has_own, slate_user)
     shown_sets = served["item_ids"].map(lambda items: set(listed(items)))
-    shown = [item in shown_sets.get(req, ()) if att else True
-             for item, req, att in zip(fb["item_id"], fb["request_id"], fb["attributed"])]
+    shown = [
+        item in shown_sets.get(req, ()) if att else True
+        for item, req, att in zip(fb["item_id"], fb["request_id"], fb["attributed"])
+    ]
     integrity = pd.Series(None, index=fb.index, dtype=object)
     integrity[mismatch.to_numpy(bool)] = "user_mismatch"
     integrity[~np.asarray(shown, bool)] = "not_shown"
@@ -100,24 +121,56 @@ def _slots(impressions: pd.DataFrame) -> pd.DataFrame:
         scores = listed(rec.scores) or [np.nan] * len(items)
         props = listed(rec.propensities) or [np.nan] * len(items)
         for pos, (item, score, prop) in enumerate(zip(items, scores, props), start=1):
-            rows.append((rec.request_id, rec.served_at, rec.user_key, rec.model_name, rec.model_version, rec.policy,
-                         pos, item, score, prop, rec.history_length, rec.fallback_reason, rec.user_known))
+            rows.append(
+                (
+                    rec.request_id,
+                    rec.served_at,
+                    rec.user_key,
+                    rec.model_name,
+                    rec.model_version,
+                    rec.policy,
+                    pos,
+                    item,
+                    score,
+                    prop,
+                    rec.history_length,
+                    rec.fallback_reason,
+                    rec.user_known,
+                )
+            )
     slots = pd.DataFrame(rows, columns=SLOT_COLUMNS)
     if slots.empty:
-        slots = slots.astype({"served_at": "datetime64[ms, UTC]", "model_version": "int64", "position": "int64",
-                              "score": "float64", "propensity": "float64", "history_length": "int64"})
+        slots = slots.astype(
+            {
+                "served_at": "datetime64[ms, UTC]",
+                "model_version": "int64",
+                "position": "int64",
+                "score": "float64",
+                "propensity": "float64",
+                "history_length": "int64",
+            }
+        )
     return slots
 
 
 def _empty_interactions() -> pd.DataFrame:
     import pandas as pd
 
-    return pd.DataFrame({"user_id": pd.Series(dtype=object), "item_id": pd.Series(dtype=object),
-                         "timestamp": pd.Series(dtype="datetime64[ms, UTC]"), "event_type": pd.Series(dtype=object),
-                         "value": pd.Series(dtype="float64"), "reward": pd.Series(dtype="float64"),
-                         "request_id": pd.Series(dtype=object), "position": pd.Series(dtype="Int64"),
-                         "model_version": pd.Series(dtype="Int64"), "policy": pd.Series(dtype=object),
-                         "attributed": pd.Series(dtype=bool)})
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series(dtype=object),
+            "item_id": pd.Series(dtype=object),
+            "timestamp": pd.Series(dtype="datetime64[ms, UTC]"),
+            "event_type": pd.Series(dtype=object),
+            "value": pd.Series(dtype="float64"),
+            "reward": pd.Series(dtype="float64"),
+            "request_id": pd.Series(dtype=object),
+            "position": pd.Series(dtype="Int64"),
+            "model_version": pd.Series(dtype="Int64"),
+            "policy": pd.Series(dtype=object),
+            "attributed": pd.Series(dtype=bool),
+        }
+    )
 
 
 @dataclass
@@ -127,8 +180,12 @@ class Labelled:
     duplicates: int  # positive events dropped as the same (user, item, timestamp)
 
 
-def label_interactions(clean_events: pd.DataFrame, impressions: pd.DataFrame, rewards: dict[str, float],
-                       resolve: Callable[[str | None], str | None]) -> Labelled:
+def label_interactions(
+    clean_events: pd.DataFrame,
+    impressions: pd.DataFrame,
+    rewards: dict[str, float],
+    resolve: Callable[[str | None], str | None],
+) -> Labelled:
     """The clean events of a rewarded type as interactions: reward, user id, and the slate's model version,
     policy and slot when attributed."""
     import pandas as pd
@@ -139,21 +196,32 @@ def label_interactions(clean_events: pd.DataFrame, impressions: pd.DataFrame, re
     positive["user_id"] = [resolve(u) for u in positive["user_key"]]
     positive["model_version"] = positive["request_id"].map(served["model_version"]).astype("Int64")
     positive["policy"] = positive["request_id"].map(served["policy"])
-    slot_of = {(r, i): p for r, items in zip(impressions["request_id"], impressions["item_ids"])
-               for p, i in enumerate(listed(items), start=1)}
-    positive["position"] = pd.array([slot_of.get((r, i)) if a else None for r, i, a in
-                                     zip(positive["request_id"], positive["item_id"], positive["attributed"])],
-                                    dtype="Int64")
+    slot_of = {
+        (r, i): p
+        for r, items in zip(impressions["request_id"], impressions["item_ids"])
+        for p, i in enumerate(listed(items), start=1)
+    }
+    positive["position"] = pd.array(
+        [
+            slot_of.get((r, i)) if a else None
+            for r, i, a in zip(positive["request_id"], positive["item_id"], positive["attributed"])
+        ],
+        dtype="Int64",
+    )
     positive = positive.rename(columns={"event_time": "timestamp"})
     interactions = positive[list(_empty_interactions().columns)] if len(positive) else _empty_interactions()
     before = len(interactions)
-    interactions = interactions.sort_values("timestamp", kind="stable").drop_duplicates(
-        ["user_id", "item_id", "timestamp"], keep="first").reset_index(drop=True)
+    interactions = (
+        interactions.sort_values("timestamp", kind="stable")
+        .drop_duplicates(["user_id", "item_id", "timestamp"], keep="first")
+        .reset_index(drop=True)
+    )
     return Labelled(positive, interactions, before - len(interactions))
 
 
-def reward_slots(slots: pd.DataFrame, positive: pd.DataFrame,
-                 resolve: Callable[[str | None], str | None]) -> pd.DataFrame:
+def reward_slots(
+    slots: pd.DataFrame, positive: pd.DataFrame, resolve: Callable[[str | None], str | None]
+) -> pd.DataFrame:
     """The slots with their reward (the best attributed event's), clicked flag and resolved user id."""
     attributed = positive[positive["attributed"]]
     reward_of = attributed.groupby(["request_id", "item_id"])["reward"].max().to_dict() if len(attributed) else {}

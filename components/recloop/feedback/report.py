@@ -10,16 +10,21 @@ if TYPE_CHECKING:
 
 def online_stats(slots: pd.DataFrame) -> dict[str, Any]:
     """Slates, shown and clicked items and CTR, overall and by policy, model version and position."""
+
     def block(frame: pd.DataFrame) -> dict[str, Any]:
         shown = len(frame)
         clicked = int(frame["clicked"].sum()) if shown else 0
-        return {"slates": int(frame["request_id"].nunique()) if shown else 0, "shown": shown, "clicked": clicked,
-                "ctr": round(clicked / shown, 6) if shown else None}
+        return {
+            "slates": int(frame["request_id"].nunique()) if shown else 0,
+            "shown": shown,
+            "clicked": clicked,
+            "ctr": round(clicked / shown, 6) if shown else None,
+        }
 
     out = block(slots)
     out["by_policy"] = {str(k): block(g) for k, g in slots.groupby("policy", dropna=False)} if len(slots) else {}
-    out["by_model_version"] = ({str(k): block(g) for k, g in slots.groupby("model_version")} if len(slots) else {})
-    out["by_position"] = ({int(k): block(g)["ctr"] for k, g in slots.groupby("position")} if len(slots) else {})
+    out["by_model_version"] = {str(k): block(g) for k, g in slots.groupby("model_version")} if len(slots) else {}
+    out["by_position"] = {int(k): block(g)["ctr"] for k, g in slots.groupby("position")} if len(slots) else {}
     return out
 
 
@@ -43,8 +48,10 @@ def render_summary(name: str, run_id: str, report: dict[str, Any]) -> str:
     if a.get("hint"):
         lines.append(f"- WARNING: {a['hint']}")
     if report["users"]["mapping"] == "pseudonyms":
-        lines.append("- Users: serving.privacy.hmac_key is not set, so appended interactions use pseudonyms "
-                     "(new users to the model); set it to extend known users' histories")
+        lines.append(
+            "- Users: serving.privacy.hmac_key is not set, so appended interactions use pseudonyms "
+            "(new users to the model); set it to extend known users' histories"
+        )
     policy = report.get("policy")
     if policy:
         lines.append(f"- Policy: {policy.get('decision')}: {policy.get('reason')}")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from recloop.artifacts import safe_run_id
 from recloop.errors import DataError
@@ -38,8 +39,11 @@ def destination(cfg: PipelineConfig, store: ArtifactStore) -> Destination:
     out = cfg.feedback.output
     if out is None:
         prefix = "feedback/interactions"
-        return Destination(store.uri(prefix), lambda name, data: store.put_bytes(f"{prefix}/{name}", data),
-                           lambda name: store.delete(f"{prefix}/{name}"))
+        return Destination(
+            store.uri(prefix),
+            lambda name, data: store.put_bytes(f"{prefix}/{name}", data),
+            lambda name: store.delete(f"{prefix}/{name}"),
+        )
     if out.startswith("s3://"):
         from recloop.data.readers import s3_data_store
 
@@ -49,17 +53,21 @@ def destination(cfg: PipelineConfig, store: ArtifactStore) -> Destination:
         def s3_key(name: str) -> str:
             return f"{key}/{name}" if key else name
 
-        return Destination(out.rstrip("/"), lambda name, data: s3_store.put_bytes(s3_key(name), data),
-                           lambda name: s3_store.delete(s3_key(name)))
-    folder = Path(out[len("file://"):] if out.startswith("file://") else out)
+        return Destination(
+            out.rstrip("/"),
+            lambda name, data: s3_store.put_bytes(s3_key(name), data),
+            lambda name: s3_store.delete(s3_key(name)),
+        )
+    folder = Path(out[len("file://") :] if out.startswith("file://") else out)
 
     def write_local(name: str, data: bytes) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         except OSError as exc:
-            raise DataError(f"feedback.output: cannot write to {folder} ({exc.strerror or exc}); fix the path "
-                            "or its permissions") from None
+            raise DataError(
+                f"feedback.output: cannot write to {folder} ({exc.strerror or exc}); fix the path or its permissions"
+            ) from None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -108,8 +116,9 @@ def to_ingest_format(clean: pd.DataFrame, cfg: PipelineConfig, fmt: str) -> byte
     else:
         ms = ts.astype("datetime64[ms, UTC]").astype("int64")
         stamp = {"s": ms // 1000, "ms": ms, "us": ms * 1000, "ns": ms * 1_000_000}[unit]
-    out = pd.DataFrame({cols.user: clean["user_id"].astype(str), cols.item: clean["item_id"].astype(str),
-                        cols.timestamp: stamp})
+    out = pd.DataFrame(
+        {cols.user: clean["user_id"].astype(str), cols.item: clean["item_id"].astype(str), cols.timestamp: stamp}
+    )
     if cols.rating:
         rated = clean["event_type"].map(cfg.feedback.event_ratings).astype("float64")
         out[cols.rating] = clean["value"].where(clean["event_type"] == "rating", rated).astype("float64")
@@ -135,7 +144,9 @@ def picked_up(cfg: PipelineConfig, uri: str) -> bool:
     from recloop.data.readers import resolve_sources
 
     try:
-        files = resolve_sources(cfg.data.interactions.path, cfg.data.interactions.format, cfg.store, "data.interactions")
+        files = resolve_sources(
+            cfg.data.interactions.path, cfg.data.interactions.format, cfg.store, "data.interactions"
+        )
     except DataError:
         return False
     return any(os.path.abspath(f.uri) == os.path.abspath(uri) if "://" not in uri else f.uri == uri for f in files)
@@ -150,8 +161,9 @@ class Appended:
     destination: str
 
 
-def append_interactions(cfg: PipelineConfig, store: ArtifactStore, run_id: str, interactions: pd.DataFrame,
-                        took_over: str | None) -> Appended:
+def append_interactions(
+    cfg: PipelineConfig, store: ArtifactStore, run_id: str, interactions: pd.DataFrame, took_over: str | None
+) -> Appended:
     """Write this run's file (or remove a stale one when there is nothing to append)."""
     fmt = output_format(cfg)
     dest = destination(cfg, store)

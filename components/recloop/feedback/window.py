@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from recloop.artifacts import Artifact, run_prefix
 from recloop.errors import ConflictError, DataError
-from recloop.eventlog.records import (FEEDBACK, IMPRESSIONS, feedback_schema, impression_schema, log_day,
-                                      log_file_keys, read_log_files)
+from recloop.eventlog.records import (
+    FEEDBACK,
+    IMPRESSIONS,
+    feedback_schema,
+    impression_schema,
+    log_day,
+    log_file_keys,
+    read_log_files,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,8 +55,14 @@ class Window:
     retry: bool = False
 
 
-def claim_window(store: ArtifactStore, pipeline_name: str, run_id: str, window: timedelta,
-                 now: datetime, until: datetime | None = None) -> Window:
+def claim_window(
+    store: ArtifactStore,
+    pipeline_name: str,
+    run_id: str,
+    window: timedelta,
+    now: datetime,
+    until: datetime | None = None,
+) -> Window:
     """Decide this run's window and record the claim (compare-and-swap on the state object).
 
     The window ends at `until` when given (replays, backfills), else at now - `window`.
@@ -61,11 +74,17 @@ def claim_window(store: ArtifactStore, pipeline_name: str, run_id: str, window: 
         try:
             state = json.loads(store.get_bytes(key))
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{store.uri(key)} is not valid JSON ({exc}); delete it to reprocess every log, or "
-                            "restore it from the newest feedback artifact's report.json (window)") from None
+            raise DataError(
+                f"{store.uri(key)} is not valid JSON ({exc}); delete it to reprocess every log, or "
+                "restore it from the newest feedback artifact's report.json (window)"
+            ) from None
     if state is not None and state.get("run_id") == run_id:
-        return Window(_parse_iso(state.get("previous_until")), _parse_iso(state["processed_until"]) or now,
-                      state.get("took_over"), retry=True)
+        return Window(
+            _parse_iso(state.get("previous_until")),
+            _parse_iso(state["processed_until"]) or now,
+            state.get("took_over"),
+            retry=True,
+        )
     took_over = None
     since = _parse_iso(state.get("processed_until")) if state else None
     if state is not None and not Artifact.exists(store, run_prefix(str(state["run_id"]), "feedback")):
@@ -74,16 +93,23 @@ def claim_window(store: ArtifactStore, pipeline_name: str, run_id: str, window: 
         took_over = str(state["run_id"])
     until = until if until is not None else now - window
     if until.tzinfo is None:
-        until = until.replace(tzinfo=timezone.utc)
+        until = until.replace(tzinfo=UTC)
     if since is not None and until < since:
         until = since
-    claim = {"run_id": run_id, "previous_until": iso(since), "processed_until": iso(until),
-             "claimed_at": iso(now), "took_over": took_over}
+    claim = {
+        "run_id": run_id,
+        "previous_until": iso(since),
+        "processed_until": iso(until),
+        "claimed_at": iso(now),
+        "took_over": took_over,
+    }
     try:
         store.put_if_match(key, json.dumps(claim, indent=2).encode(), info.etag if info else None)
     except ConflictError:
-        raise ConflictError(f"another feedback run claimed new logs at the same time ({store.uri(key)} changed); "
-                            "run one feedback step at a time and retry this one") from None
+        raise ConflictError(
+            f"another feedback run claimed new logs at the same time ({store.uri(key)} changed); "
+            "run one feedback step at a time and retry this one"
+        ) from None
     return Window(since, until, took_over)
 
 
@@ -100,14 +126,22 @@ def read_window_logs(store: ArtifactStore, logs_prefix: str, window: Window, att
     import pandas as pd
 
     first = window.since - attribution if window.since is not None else None
-    imp_keys = log_file_keys(store, logs_prefix, IMPRESSIONS, log_day(first) if first else None,
-                             log_day(window.until))
-    fb_keys = log_file_keys(store, logs_prefix, FEEDBACK, log_day(window.since) if window.since else None,
-                            log_day(window.until + attribution))
+    imp_keys = log_file_keys(store, logs_prefix, IMPRESSIONS, log_day(first) if first else None, log_day(window.until))
+    fb_keys = log_file_keys(
+        store,
+        logs_prefix,
+        FEEDBACK,
+        log_day(window.since) if window.since else None,
+        log_day(window.until + attribution),
+    )
     impressions = read_log_files(store, imp_keys, impression_schema()).to_pandas(types_mapper=None)
     feedback = read_log_files(store, fb_keys, feedback_schema()).to_pandas(types_mapper=None)
-    read = {"impression_files": len(imp_keys), "feedback_files": len(fb_keys),
-            "impression_records": len(impressions), "feedback_records": len(feedback)}
+    read = {
+        "impression_files": len(imp_keys),
+        "feedback_files": len(fb_keys),
+        "impression_records": len(impressions),
+        "feedback_records": len(feedback),
+    }
     impressions = impressions.sort_values(["served_at", "request_id"], kind="stable")
     before = len(impressions)
     impressions = impressions.drop_duplicates("request_id", keep="first")

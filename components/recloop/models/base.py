@@ -16,9 +16,10 @@ instead of switching on model types; each returns None where the model does not 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -100,8 +101,9 @@ class Recommender(ABC):
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> Recommender:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> Recommender:
         """Learn from `train`; may early-stop on `valid`. Must call `self._remember(train)`."""
 
     @abstractmethod
@@ -153,9 +155,15 @@ class Recommender(ABC):
             raise IndexError(f"user ids must lie in [0, {self.n_users}); unknown users need a history")
         return self.train_histories.select(users)
 
-    def recommend(self, users: Sequence[int] | np.ndarray | None = None, histories: Histories | None = None,
-                  k: int = 10, exclude_seen: bool = True, candidates: np.ndarray | None = None,
-                  batch_size: int = 2048) -> Recommendations:
+    def recommend(
+        self,
+        users: Sequence[int] | np.ndarray | None = None,
+        histories: Histories | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        batch_size: int = 2048,
+    ) -> Recommendations:
         """Top-k items for known `users` (their training history) or for ad-hoc `histories`.
 
         `candidates`: restrict to these item ids (1-D, shared by all rows). Batched matrix work.
@@ -179,8 +187,9 @@ class Recommender(ABC):
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             batch = hist.select(np.arange(start, stop))
-            s = np.asarray(self.score_histories(batch, None if user_arr is None else user_arr[start:stop]),
-                           dtype=np.float32).copy()
+            s = np.asarray(
+                self.score_histories(batch, None if user_arr is None else user_arr[start:stop]), dtype=np.float32
+            ).copy()
             if cold is not None:
                 s[:, cold] = COLD_ITEM_SCORE
             if exclude_seen:
@@ -215,8 +224,14 @@ class Recommender(ABC):
         self._check_fitted()
         arrays = dict(self._state())
         h = self.train_histories
-        arrays.update({"_base.indptr": h.indptr, "_base.items": h.items, "_base.weights": h.weights,
-                       "_base.timestamps": h.timestamps})
+        arrays.update(
+            {
+                "_base.indptr": h.indptr,
+                "_base.items": h.items,
+                "_base.weights": h.weights,
+                "_base.timestamps": h.timestamps,
+            }
+        )
         manifest = {
             "type": self.type_name,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -233,8 +248,8 @@ class Recommender(ABC):
         """Small JSON-able facts a subclass needs at load time besides arrays."""
         return {}
 
-    def _load_extra(self, extra: dict[str, Any]) -> None:
-        pass
+    def _load_extra(self, extra: dict[str, Any]) -> None:  # noqa: B027 - optional hook, a no-op unless overridden
+        """Restore what `_extra_manifest` saved; models without extra facts need nothing."""
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
@@ -245,8 +260,10 @@ class Recommender(ABC):
         path = Path(path)
         manifest = MODEL_BUNDLE.read_manifest(path)
         if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-            raise ArtifactError(f"{path}: bundle format {manifest.get('format_version')} is not supported "
-                                f"(this recloop reads format {BUNDLE_FORMAT_VERSION})")
+            raise ArtifactError(
+                f"{path}: bundle format {manifest.get('format_version')} is not supported "
+                f"(this recloop reads format {BUNDLE_FORMAT_VERSION})"
+            )
         model_cls = registry.get(manifest["type"])
         if cls is not Recommender and not issubclass(model_cls, cls):
             raise ArtifactError(f"{path} holds a {manifest['type']} model, not a {cls.__name__}")
@@ -254,9 +271,13 @@ class Recommender(ABC):
         model = model_cls(model_cls.config_cls.model_validate(manifest["config"]))
         model.n_users, model.n_items = int(manifest["n_users"]), int(manifest["n_items"])
         model.id_map_ref = manifest.get("id_map")
-        model.train_histories = Histories(arrays.pop("_base.indptr"), arrays.pop("_base.items"),
-                                          arrays.pop("_base.weights"), arrays.pop("_base.timestamps"),
-                                          model.n_items)
+        model.train_histories = Histories(
+            arrays.pop("_base.indptr"),
+            arrays.pop("_base.items"),
+            arrays.pop("_base.weights"),
+            arrays.pop("_base.timestamps"),
+            model.n_items,
+        )
         model._load_extra(manifest.get("extra") or {})
         model._set_state(arrays)
         return model

@@ -13,6 +13,5 @@ def select_device(requested: str, source: str, key: str = "device") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(source, [f"{key}: 'cuda' requested but no CUDA device is available; "
-                                   "use 'auto' or 'cpu'"])
+        raise ConfigError(source, [f"{key}: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'"])
     return requested

@@ -10,8 +10,9 @@ step's reported metrics share one definition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
 ScoreFn = Callable[[Histories, np.ndarray], np.ndarray]
 
 
-def ndcg_at_k(score: ScoreFn, histories: Histories, targets: Interactions, k: int = 10,
-              batch_size: int = 1024) -> float:
+def ndcg_at_k(
+    score: ScoreFn, histories: Histories, targets: Interactions, k: int = 10, batch_size: int = 1024
+) -> float:
     """Mean NDCG@k over users that have at least one target item outside their history.
 
     `score(histories_batch, user_ids)` returns dense (batch, n_items) scores; `histories` is indexed by
@@ -42,7 +44,7 @@ def ndcg_at_k(score: ScoreFn, histories: Histories, targets: Interactions, k: in
     users = users[users < len(histories)]
     total, counted = 0.0, 0
     for start in range(0, len(users), batch_size):
-        batch_users = users[start:start + batch_size]
+        batch_users = users[start : start + batch_size]
         batch_hist = histories.select(batch_users)
         seen = batch_hist.to_csr(binary=True)
         relevant = target_csr[batch_users]

@@ -30,18 +30,21 @@ class Ease(Recommender):
         super().__init__(config)
         self.weights = np.zeros((0, 0), np.float32)  # B, (n_items, n_items)
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> Ease:
+    def fit(self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None) -> Ease:
         from scipy.linalg import lapack
 
         cfg = self.config
         n = train.n_items
         if n > cfg.max_items:
             need_gb = _PEAK_BYTES_PER_PAIR * n * n / 1e9
-            raise ConfigError(f"model {cfg.candidate_name!r} (type ease)", [
-                f"max_items: the catalog has {n} items, more than max_items={cfg.max_items}; dense EASE would "
-                f"need about {need_gb:.1f} GB. Raise max_items if the machine has that memory, shrink the "
-                "catalog with preprocess.min_item_interactions, or use itemknn / mf for large catalogs"])
+            raise ConfigError(
+                f"model {cfg.candidate_name!r} (type ease)",
+                [
+                    f"max_items: the catalog has {n} items, more than max_items={cfg.max_items}; dense EASE would "
+                    f"need about {need_gb:.1f} GB. Raise max_items if the machine has that memory, shrink the "
+                    "catalog with preprocess.min_item_interactions, or use itemknn / mf for large catalogs"
+                ],
+            )
         self._remember(train)
         x = train.to_csr(binary=not cfg.use_weights).astype(np.float64)
         gram = (x.T @ x).toarray()
@@ -53,8 +56,7 @@ class Ease(Recommender):
         chol, info = lapack.dpotrf(gram.T, lower=True, overwrite_a=True, clean=False)
         del gram
         if info != 0:
-            raise ArithmeticError(f"EASE: X^T X + lambda I is not positive definite (LAPACK info {info}); "
-                                  "raise lambda")
+            raise ArithmeticError(f"EASE: X^T X + lambda I is not positive definite (LAPACK info {info}); raise lambda")
         inv, info = lapack.dpotri(chol, lower=True, overwrite_c=True)
         if info != 0:
             raise ArithmeticError(f"EASE: inverting the Cholesky factor failed (LAPACK info {info}); raise lambda")

@@ -28,8 +28,7 @@ class ItemKNN(Recommender):
         self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
 
     # ------------------------------------------------------------------ training
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> ItemKNN:
+    def fit(self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None) -> ItemKNN:
         self._remember(train)
         cfg = self.config
         matrix = train.to_csr(binary=not cfg.use_weights)
@@ -56,13 +55,15 @@ class ItemKNN(Recommender):
                 context.progress("similarity", (b + 1) / n_blocks, {})
         if rows:
             self.similarity = sp.csr_matrix(
-                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n), dtype=np.float32)
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n), dtype=np.float32
+            )
         else:
             self.similarity = sp.csr_matrix((n, n), dtype=np.float32)
         self.similarity.sort_indices()
         if context is not None:
-            context.log(f"{self.similarity.nnz} neighbour links over {n} items "
-                        f"(<= {k} each, weighting={cfg.weighting})")
+            context.log(
+                f"{self.similarity.nnz} neighbour links over {n} items (<= {k} each, weighting={cfg.weighting})"
+            )
         return self
 
     # ------------------------------------------------------------------ inference
@@ -88,12 +89,18 @@ class ItemKNN(Recommender):
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
         s = self.similarity
-        return {"sim_indptr": s.indptr.astype(np.int64), "sim_indices": s.indices.astype(np.int32),
-                "sim_data": s.data.astype(np.float32)}
+        return {
+            "sim_indptr": s.indptr.astype(np.int64),
+            "sim_indices": s.indices.astype(np.int32),
+            "sim_data": s.data.astype(np.float32),
+        }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.similarity = sp.csr_matrix((arrays["sim_data"], arrays["sim_indices"], arrays["sim_indptr"]),
-                                        shape=(self.n_items, self.n_items), dtype=np.float32)
+        self.similarity = sp.csr_matrix(
+            (arrays["sim_data"], arrays["sim_indices"], arrays["sim_indptr"]),
+            shape=(self.n_items, self.n_items),
+            dtype=np.float32,
+        )
 
 
 def _weight(matrix: sp.csr_matrix, cfg: ItemKNNConfig) -> sp.csr_matrix:

@@ -122,8 +122,12 @@ class ChatBackend:
         headers = {"Content-Type": "application/json"}
         if self.endpoint.api_key:
             headers["Authorization"] = f"Bearer {self.endpoint.api_key.get_secret_value()}"
-        body = {"model": self.endpoint.model, "messages": messages, "temperature": self.temperature,
-                "max_tokens": self.max_new_tokens}
+        body = {
+            "model": self.endpoint.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_new_tokens,
+        }
         url = self.endpoint.url.rstrip("/") + "/chat/completions"
         resp = httpx.post(url, json=body, headers=headers, timeout=timeout_s)
         resp.raise_for_status()
@@ -154,10 +158,15 @@ class LocalBackend:
         inputs = tok(text, return_tensors="pt")
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=self.temperature > 0,
-                                      temperature=self.temperature or None, max_time=timeout_s,
-                                      pad_token_id=pad)
-        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=self.temperature > 0,
+                temperature=self.temperature or None,
+                max_time=timeout_s,
+                pad_token_id=pad,
+            )
+        return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="llm-rerank")
@@ -191,8 +200,9 @@ class LLMRerank(Recommender):
                 self._backend = LocalBackend(cfg.model_path, cfg.temperature, cfg.max_new_tokens)
         return self._backend
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> LLMRerank:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> LLMRerank:
         self._remember(train)
         self.base.fit(train, valid, context)
         texts = context.items.texts if context is not None else None
@@ -203,7 +213,7 @@ class LLMRerank(Recommender):
         """Ask the LLM to reorder `candidates` for a user with `history`; never exceeds the budget."""
         cfg = self.config
         cut = cfg.max_text_chars
-        hist_text = [self.item_texts[i][:cut] for i in history[-cfg.history_items:]]
+        hist_text = [self.item_texts[i][:cut] for i in history[-cfg.history_items :]]
         messages = build_prompt(hist_text, [(c, self.item_texts[c][:cut]) for c in candidates])
         started = time.perf_counter()
         try:
@@ -263,11 +273,11 @@ class LLMRerank(Recommender):
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         raw = arrays["texts.bytes"].tobytes()
         off = arrays["texts.offsets"]
-        self.item_texts = [raw[off[i]:off[i + 1]].decode("utf-8") for i in range(len(off) - 1)]
+        self.item_texts = [raw[off[i] : off[i + 1]].decode("utf-8") for i in range(len(off) - 1)]
         self.base.n_users, self.base.n_items = self.n_users, self.n_items
         self.base.train_histories = self.train_histories
         self.base.id_map_ref = self.id_map_ref
-        self.base._set_state({k[len("base."):]: v for k, v in arrays.items() if k.startswith("base.")})
+        self.base._set_state({k[len("base.") :]: v for k, v in arrays.items() if k.startswith("base.")})
 
     def _extra_manifest(self) -> dict:
         return {"base": self.base._extra_manifest()}

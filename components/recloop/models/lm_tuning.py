@@ -13,14 +13,15 @@ without gradients after each epoch. Imported only when tuning is on (torch, tran
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from recloop.errors import ConfigError
 from recloop.config.models import EncoderConfig
+from recloop.errors import ConfigError
 from recloop.models.text_encoder import TextEncoder
 
 TuningMode = Literal["top_layers", "lora"]
@@ -36,8 +37,13 @@ def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return name, module
-    raise ConfigError("encoder", [f"lm_finetune: cannot find the transformer layers of "
-                                  f"{type(model).__name__}; use lm_finetune: off for this encoder"])
+    raise ConfigError(
+        "encoder",
+        [
+            f"lm_finetune: cannot find the transformer layers of "
+            f"{type(model).__name__}; use lm_finetune: off for this encoder"
+        ],
+    )
 
 
 class EncoderTuner:
@@ -47,8 +53,17 @@ class EncoderTuner:
     the frozen encoder (whose output the embedding cache holds) does.
     """
 
-    def __init__(self, encoder_cfg: EncoderConfig, texts: Sequence[str], mode: TuningMode, layers: int,
-                 device: str, lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0):
+    def __init__(
+        self,
+        encoder_cfg: EncoderConfig,
+        texts: Sequence[str],
+        mode: TuningMode,
+        layers: int,
+        device: str,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+    ):
         self.encoder = TextEncoder(encoder_cfg.model_copy(update={"device": device}))
         self.mode = mode
         model = self.encoder.model.float()
@@ -72,8 +87,7 @@ class EncoderTuner:
 
     def trained_state(self) -> dict[str, np.ndarray]:
         """The weights tuning changed (top-layer weights, or the LoRA adapters), by parameter name."""
-        return {name: p.detach().float().cpu().numpy() for name, p in self.model.named_parameters()
-                if p.requires_grad}
+        return {name: p.detach().float().cpu().numpy() for name, p in self.model.named_parameters() if p.requires_grad}
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """(len(items), dim) embeddings of these item indices (0-based), with gradients to the tuned weights."""
@@ -86,17 +100,24 @@ class EncoderTuner:
         return torch.from_numpy(self.encoder.encode(self.texts))
 
 
-def _with_lora(model: nn.Module, layer_path: str, layers: list[int], rank: int, alpha: float,
-               dropout: float) -> nn.Module:
+def _with_lora(
+    model: nn.Module, layer_path: str, layers: list[int], rank: int, alpha: float, dropout: float
+) -> nn.Module:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise ConfigError("model", ["lm_finetune: 'lora' needs the peft package: pip install 'recloop[lm-tuning]' "
-                                    "(or peft), or use lm_finetune: top_layers"]) from None
+        raise ConfigError(
+            "model",
+            [
+                "lm_finetune: 'lora' needs the peft package: pip install 'recloop[lm-tuning]' "
+                "(or peft), or use lm_finetune: top_layers"
+            ],
+        ) from None
     # Adapters on every linear layer inside the chosen transformer layers (attention and feed-forward).
     prefixes = tuple(f"{layer_path}.{i}." for i in layers)
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.startswith(prefixes)]
+    targets = [
+        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.startswith(prefixes)
+    ]
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     with warnings.catch_warnings():
         # peft asks transformers for a deprecated attribute (is_gradient_checkpointing); nothing for users to do.

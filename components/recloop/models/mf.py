@@ -43,8 +43,9 @@ class MatrixFactorization(Recommender):
         self.best_valid_ndcg: float | None = None
 
     # ------------------------------------------------------------------ training
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> MatrixFactorization:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> MatrixFactorization:
         self._remember(train)
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
@@ -69,13 +70,14 @@ class MatrixFactorization(Recommender):
                 metrics["valid_ndcg@10"] = ndcg
                 if stopper.update(ndcg, epoch):
                     best = (users.copy(), items.copy())
-            log(f"epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()
-                                                                 if k != "epoch"))
+            log(f"epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items() if k != "epoch"))
             if progress is not None:
                 progress("epoch", epoch / cfg.epochs, metrics)
             if use_valid and stopper.should_stop:
-                log(f"early stop after epoch {epoch}; best valid ndcg@10={stopper.best:.5g} "
-                    f"at epoch {stopper.best_epoch}")
+                log(
+                    f"early stop after epoch {epoch}; best valid ndcg@10={stopper.best:.5g} "
+                    f"at epoch {stopper.best_epoch}"
+                )
                 break
         if best is not None:
             self.user_factors, self.item_factors = best
@@ -145,8 +147,11 @@ class MatrixFactorization(Recommender):
         self.item_factors = arrays["item_factors"].astype(np.float32, copy=False)
 
     def _extra_manifest(self) -> dict[str, Any]:
-        return {"epochs_trained": self.epochs_trained, "best_epoch": self.best_epoch,
-                "best_valid_ndcg@10": self.best_valid_ndcg}
+        return {
+            "epochs_trained": self.epochs_trained,
+            "best_epoch": self.best_epoch,
+            "best_valid_ndcg@10": self.best_valid_ndcg,
+        }
 
     def _load_extra(self, extra: dict[str, Any]) -> None:
         self.epochs_trained = int(extra.get("epochs_trained", 0))
@@ -218,8 +223,7 @@ def _solve_exact(conf: sp.csr_matrix, fixed: np.ndarray, reg: float) -> np.ndarr
     return out
 
 
-def _solve_cg(conf: sp.csr_matrix, fixed: np.ndarray, current: np.ndarray, reg: float,
-              steps: int) -> np.ndarray:
+def _solve_cg(conf: sp.csr_matrix, fixed: np.ndarray, current: np.ndarray, reg: float, steps: int) -> np.ndarray:
     """A few conjugate-gradient steps from `current`, for all rows at once."""
     # float32 like the factors: the per-pair arrays dominate memory, and CG steps are approximate anyway.
     gram = _gram(fixed, reg).astype(np.float32)
@@ -255,6 +259,6 @@ def _loss(conf: sp.csr_matrix, users: np.ndarray, items: np.ndarray, cfg: MFConf
     all_pairs = float(np.sum((x64.T @ x64) * (y64.T @ y64)))
     rows = np.repeat(np.arange(conf.shape[0]), np.diff(conf.indptr))
     s = np.einsum("nf,nf->n", x64[rows], y64[conf.indices])
-    observed = float(np.sum((1.0 + conf.data) * (1.0 - s) ** 2 - s ** 2))
-    penalty = cfg.regularization * float(np.sum(x64 ** 2) + np.sum(y64 ** 2))
+    observed = float(np.sum((1.0 + conf.data) * (1.0 - s) ** 2 - s**2))
+    penalty = cfg.regularization * float(np.sum(x64**2) + np.sum(y64**2))
     return (all_pairs + observed + penalty) / max(conf.nnz, 1)

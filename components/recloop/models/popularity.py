@@ -23,8 +23,9 @@ class Popularity(Recommender):
         super().__init__(config)
         self.item_scores = np.zeros(0, np.float32)
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> Popularity:
+    def fit(
+        self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None
+    ) -> Popularity:
         self._remember(train)
         cfg = self.config
         weight = train.weight.astype(np.float64) if cfg.use_weights else np.ones(len(train), np.float64)

@@ -36,8 +36,9 @@ def register(config_cls: type[ModelConfig]):
     """Class decorator registering a Recommender for the model `type` its config class accepts."""
     type_name = model_type_name(config_cls)
     if not isinstance(type_name, str) or not type_name:
-        raise ValueError(f"{config_cls.__qualname__} needs a model type: declare "
-                         "`type: Literal[\"name\"] = \"name\"` on it")
+        raise ValueError(
+            f'{config_cls.__qualname__} needs a model type: declare `type: Literal["name"] = "name"` on it'
+        )
 
     def deco(cls: type[Recommender]) -> type[Recommender]:
         existing = _REGISTRY.get(type_name)
@@ -73,11 +74,12 @@ def _check_builtins() -> None:
         type_name = model_type_name(config_cls)
         registered = _REGISTRY.get(type_name)
         if registered is None or registered[1] is not config_cls:
-            got = ("nothing" if registered is None
-                   else f"{registered[0].__qualname__} with {registered[1].__qualname__}")
-            raise RuntimeError(f"model type {type_name!r} ({config_cls.__qualname__} in recloop.config.models) "
-                               f"has no Recommender registered for it (got {got}); decorate the model class "
-                               f"with @register({config_cls.__qualname__}) in a module of BUILTIN_MODULES")
+            got = "nothing" if registered is None else f"{registered[0].__qualname__} with {registered[1].__qualname__}"
+            raise RuntimeError(
+                f"model type {type_name!r} ({config_cls.__qualname__} in recloop.config.models) "
+                f"has no Recommender registered for it (got {got}); decorate the model class "
+                f"with @register({config_cls.__qualname__}) in a module of BUILTIN_MODULES"
+            )
 
 
 def available() -> list[str]:

@@ -22,8 +22,6 @@ from recloop.models.registry import register
 from recloop.models.text_knn import embed_item_texts
 
 
-
-
 def _lr_schedule(cfg: SASRecConfig, steps_per_epoch: int):
     """Step -> learning-rate multiplier: linear warm-up, then constant or cosine decay to 0 at `epochs`."""
     import math
@@ -64,9 +62,9 @@ def _full_softmax_backward(hidden, table, targets, known_mask, dtype=None) -> fl
     total = 0.0
     w_low = w if dtype is None else w.to(dtype)
     for start in range(0, n, chunk):
-        h_low = h[start:start + chunk] if dtype is None else h[start:start + chunk].to(dtype)
+        h_low = h[start : start + chunk] if dtype is None else h[start : start + chunk].to(dtype)
         logits = (h_low @ w_low.T).float().masked_fill(~known_mask, float("-inf"))
-        loss = torch.nn.functional.cross_entropy(logits, targets[start:start + chunk] - 1, reduction="sum") / n
+        loss = torch.nn.functional.cross_entropy(logits, targets[start : start + chunk] - 1, reduction="sum") / n
         loss.backward()
         total += float(loss.detach())
     torch.autograd.backward([hidden, items], [h.grad, w.grad])
@@ -150,9 +148,9 @@ class SASRec(Recommender):
         return select_device(self.config.device, f"model {self.config.candidate_name!r} (type {self.type_name})")
 
     def _build(self):
-        from recloop.models.sequential_net import SequentialRecommenderNet
-
         import torch
+
+        from recloop.models.sequential_net import SequentialRecommenderNet
 
         cfg = self.config
         text = torch.from_numpy(self.text_embeddings) if self.uses_text else None
@@ -160,10 +158,20 @@ class SASRec(Recommender):
         id_dropout = getattr(cfg, "id_dropout", 0.0)
         projection = getattr(cfg, "text_projection", "mlp")
         match = torch.from_numpy(self.text_match) if self.uses_text and self.text_match is not None else None
-        net = SequentialRecommenderNet(self.n_items, cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len,
-                                       text_embeddings=text, use_id=use_id, id_dropout=id_dropout,
-                                       text_projection=projection, text_match=match,
-                                       match_half_life=getattr(cfg, "text_match_half_life", 1.0))
+        net = SequentialRecommenderNet(
+            self.n_items,
+            cfg.dim,
+            cfg.layers,
+            cfg.heads,
+            cfg.dropout,
+            cfg.max_len,
+            text_embeddings=text,
+            use_id=use_id,
+            id_dropout=id_dropout,
+            text_projection=projection,
+            text_match=match,
+            match_half_life=getattr(cfg, "text_match_half_life", 1.0),
+        )
         return net
 
     def _training_windows(self, histories: Histories) -> np.ndarray:
@@ -197,17 +205,16 @@ class SASRec(Recommender):
         order = rng.permutation(len(windows))
         chunk = bs * 50
         for s in range(0, len(order), chunk):
-            part = order[s:s + chunk]
-            order[s:s + chunk] = part[np.argsort(-filled[part], kind="stable")]
-        batches = [order[s:s + bs] for s in range(0, len(order), bs)]
+            part = order[s : s + chunk]
+            order[s : s + chunk] = part[np.argsort(-filled[part], kind="stable")]
+        batches = [order[s : s + bs] for s in range(0, len(order), bs)]
         for b in rng.permutation(len(batches)):
             batch = windows[batches[b]]
             width = int(filled[batches[b]].max())
-            batch = batch[:, batch.shape[1] - width:]
+            batch = batch[:, batch.shape[1] - width :]
             yield batch[:, :-1], batch[:, 1:]
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> SASRec:
+    def fit(self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None) -> SASRec:
         import torch
 
         cfg = self.config
@@ -261,8 +268,9 @@ class SASRec(Recommender):
                 # Every position with a real input predicts the item after it.
                 mask = (x > 0) & (y > 0)
                 opt.zero_grad()
-                with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                    enabled=cfg.mixed_precision):
+                with torch.autocast(
+                    device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.mixed_precision
+                ):
                     text = None
                     if tuner is not None:
                         text = self._text_with_fresh_rows(net, tuner, y[mask], text_mean, text_std, rng)
@@ -280,8 +288,9 @@ class SASRec(Recommender):
                     negative = (h.to(low) @ table[negs].to(low).T).float() if low else h @ table[negs].T
                     negative = negative.masked_fill(negs.unsqueeze(0) == t.unsqueeze(1), float("-inf"))
                     logits = torch.cat([positive, negative], dim=1)
-                    loss_t = torch.nn.functional.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long,
-                                                                                    device=device))
+                    loss_t = torch.nn.functional.cross_entropy(
+                        logits, torch.zeros(len(t), dtype=torch.long, device=device)
+                    )
                     loss_t.backward()
                     loss = float(loss_t.detach())
                 # Clipped apart: the encoder's gradient norm (through the standardization) can be far larger
@@ -301,8 +310,10 @@ class SASRec(Recommender):
                     encoded = tuner.encode_all().numpy()
                     text_mean, text_std = (torch.from_numpy(a).to(device) for a in _catalog_statistics(encoded))
                     fresh = torch.from_numpy(_standardized(encoded)).to(device, net.items.text.dtype)
-                    drift = float(torch.linalg.vector_norm(fresh - net.items.text[1:], dim=1).mean()
-                                  / torch.linalg.vector_norm(net.items.text[1:], dim=1).mean().clamp(min=1e-12))
+                    drift = float(
+                        torch.linalg.vector_norm(fresh - net.items.text[1:], dim=1).mean()
+                        / torch.linalg.vector_norm(net.items.text[1:], dim=1).mean().clamp(min=1e-12)
+                    )
                     net.items.text[1:] = fresh
                 msg += f", text table moved {drift:.3f}"
             if valid is not None and len(valid) and epoch % cfg.eval_every == 0:
@@ -313,11 +324,14 @@ class SASRec(Recommender):
                     if tuner is not None:
                         self.encoder_tuning = tuner.trained_state()
                 if context and context.progress:
-                    context.progress("train", epoch / cfg.epochs, {"epoch": epoch, "loss": total / max(steps, 1),
-                                                                   "ndcg@10": ndcg})
+                    context.progress(
+                        "train", epoch / cfg.epochs, {"epoch": epoch, "loss": total / max(steps, 1), "ndcg@10": ndcg}
+                    )
             log(msg)
             if stopper.should_stop:
-                log(f"{cfg.candidate_name}: early stop at epoch {epoch} (best {stopper.best:.4f} at {stopper.best_epoch})")
+                log(
+                    f"{cfg.candidate_name}: early stop at epoch {epoch} (best {stopper.best:.4f} at {stopper.best_epoch})"
+                )
                 break
             if cfg.max_seconds and time.perf_counter() - started > cfg.max_seconds:
                 log(f"{cfg.candidate_name}: stopping at epoch {epoch}, max_seconds {cfg.max_seconds} reached")
@@ -341,11 +355,14 @@ class SASRec(Recommender):
         texts = context.items.texts if context is not None else None
         if texts is None or len(texts) != n_items:
             raise ValueError("lm_finetune needs the item texts (configure data.items with a text template)")
-        tuner = EncoderTuner(cfg.encoder, texts, self.lm_finetune, cfg.lm_layers, device, cfg.lora_rank,
-                             cfg.lora_alpha, cfg.lora_dropout)
+        tuner = EncoderTuner(
+            cfg.encoder, texts, self.lm_finetune, cfg.lm_layers, device, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout
+        )
         if context is not None:
-            context.log(f"{cfg.candidate_name}: fine-tuning the text encoder ({self.lm_finetune}, last "
-                        f"{cfg.lm_layers} layer(s), {sum(p.numel() for p in tuner.parameters()):,} weights)")
+            context.log(
+                f"{cfg.candidate_name}: fine-tuning the text encoder ({self.lm_finetune}, last "
+                f"{cfg.lm_layers} layer(s), {sum(p.numel() for p in tuner.parameters()):,} weights)"
+            )
         return tuner
 
     def _text_with_fresh_rows(self, net, tuner, targets, text_mean, text_std, rng: np.random.Generator):
@@ -377,7 +394,7 @@ class SASRec(Recommender):
             table = net.items.all_items()
             out = np.empty((len(histories), self.n_items), dtype=np.float32)
             for start, hidden in self._last_hidden(histories, table):
-                out[start:start + len(hidden)] = (hidden @ table[1:].T).float().cpu().numpy()
+                out[start : start + len(hidden)] = (hidden @ table[1:].T).float().cpu().numpy()
         if was_training:
             net.train()
         return out
@@ -390,10 +407,10 @@ class SASRec(Recommender):
         seqs = _left_padded(histories, self.config.max_len)
         device = next(self.net.parameters()).device
         for start in range(0, len(seqs), 512):
-            batch = seqs[start:start + 512]
+            batch = seqs[start : start + 512]
             # Leading all-padding columns change nothing (padding keys are masked): skip their work.
             width = max(int((batch > 0).sum(axis=1).max()) if len(batch) else 1, 1)
-            trimmed = torch.from_numpy(batch[:, batch.shape[1] - width:]).to(device)
+            trimmed = torch.from_numpy(batch[:, batch.shape[1] - width :]).to(device)
             yield start, self.net.last_hidden(trimmed, table)
 
     def item_vectors(self) -> np.ndarray:
@@ -414,7 +431,7 @@ class SASRec(Recommender):
             out = np.empty((len(histories), table.shape[1]), dtype=np.float32)
             with torch.inference_mode():
                 for start, hidden in self._last_hidden(histories, table):
-                    out[start:start + len(hidden)] = hidden.float().cpu().numpy()
+                    out[start : start + len(hidden)] = hidden.float().cpu().numpy()
             return out
 
         return VectorSpace(table[1:].float().cpu().numpy(), encode)
@@ -428,8 +445,9 @@ class SASRec(Recommender):
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         import torch
 
-        self.encoder_tuning = {k[len("encoder."):]: np.asarray(v) for k, v in arrays.items()
-                               if k.startswith("encoder.")}
+        self.encoder_tuning = {
+            k[len("encoder.") :]: np.asarray(v) for k, v in arrays.items() if k.startswith("encoder.")
+        }
         arrays = {k: v for k, v in arrays.items() if k.startswith("net.")}
         if self.uses_text:
             self.text_embeddings = arrays["net.items.text"][1:].astype(np.float32)
@@ -437,13 +455,17 @@ class SASRec(Recommender):
             self.text_match = None if match is None else np.asarray(match)[1:].astype(np.float32)
         self.known_items = arrays["net.items.known"]
         net = self._build()
-        net.load_state_dict({k[len("net."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        net.load_state_dict({k[len("net.") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         net.to(self._device()).eval()
         self.net = net
 
     def _extra_manifest(self) -> dict:
-        return {"best_epoch": self.best_epoch, "epochs_trained": self.epochs_trained,
-                "best_valid_ndcg": self.best_valid_ndcg, "lm_finetune": self.lm_finetune}
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_trained": self.epochs_trained,
+            "best_valid_ndcg": self.best_valid_ndcg,
+            "lm_finetune": self.lm_finetune,
+        }
 
     def _load_extra(self, extra: dict) -> None:
         self.lm_finetune = str(extra.get("lm_finetune", "off"))

@@ -29,16 +29,24 @@ from torch import nn
 
 
 class ItemRepresentation(nn.Module):
-    def __init__(self, n_items: int, dim: int, text_embeddings: torch.Tensor | None, use_id: bool,
-                 id_dropout: float, text_projection: Literal["linear", "mlp"] = "mlp",
-                 text_match: torch.Tensor | None = None):
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        text_embeddings: torch.Tensor | None,
+        use_id: bool,
+        id_dropout: float,
+        text_projection: Literal["linear", "mlp"] = "mlp",
+        text_match: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.n_items = n_items
         self.dim = dim
         self.match_dims = 0 if text_match is None else int(text_match.shape[1])
         if text_match is not None:
-            self.register_buffer("match", torch.cat([torch.zeros(1, self.match_dims), text_match.float()]),
-                                 persistent=True)
+            self.register_buffer(
+                "match", torch.cat([torch.zeros(1, self.match_dims), text_match.float()]), persistent=True
+            )
         self.use_text = text_embeddings is not None
         self.use_id = use_id or not self.use_text
         self.id_dropout = id_dropout
@@ -88,16 +96,26 @@ class ItemRepresentation(nn.Module):
 
 
 class SequentialRecommenderNet(nn.Module):
-    def __init__(self, n_items: int, dim: int, layers: int, heads: int, dropout: float, max_len: int,
-                 text_embeddings: torch.Tensor | None = None, use_id: bool = True, id_dropout: float = 0.0,
-                 text_projection: Literal["linear", "mlp"] = "mlp", text_match: torch.Tensor | None = None,
-                 match_half_life: float = 1.0):
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        layers: int,
+        heads: int,
+        dropout: float,
+        max_len: int,
+        text_embeddings: torch.Tensor | None = None,
+        use_id: bool = True,
+        id_dropout: float = 0.0,
+        text_projection: Literal["linear", "mlp"] = "mlp",
+        text_match: torch.Tensor | None = None,
+        match_half_life: float = 1.0,
+    ):
         super().__init__()
         self.max_len = max_len
         self.heads = heads
         self.dim = dim
-        self.items = ItemRepresentation(n_items, dim, text_embeddings, use_id, id_dropout, text_projection,
-                                        text_match)
+        self.items = ItemRepresentation(n_items, dim, text_embeddings, use_id, id_dropout, text_projection, text_match)
         if self.items.match_dims:
             # beta = exp(match_log_scale); 5 puts a perfect text match on the scale of typical logits.
             self.match_log_scale = nn.Parameter(torch.tensor(math.log(5.0)))
@@ -107,12 +125,12 @@ class SequentialRecommenderNet(nn.Module):
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
-        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 4, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        block = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=dim * 4, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1),
-                             persistent=False)
+        self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1), persistent=False)
 
     def attention_mask(self, seqs: torch.Tensor) -> torch.Tensor:
         """(batch * heads, L, L) bool, True = blocked: causal, padding keys blocked, self always allowed.
@@ -132,7 +150,7 @@ class SequentialRecommenderNet(nn.Module):
         table = self.items.all_items() if table is None else table
         length = seqs.shape[1]
         rows = table[seqs]
-        x = rows[..., :self.dim] * (self.dim ** 0.5) + self.positions.weight[-length:].unsqueeze(0)
+        x = rows[..., : self.dim] * (self.dim**0.5) + self.positions.weight[-length:].unsqueeze(0)
         x = self.dropout(x) * (seqs != 0).unsqueeze(-1).to(x.dtype)
         h = self.norm(self.encoder(x, mask=self.attention_mask(seqs)))
         if not self.items.match_dims:

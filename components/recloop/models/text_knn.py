@@ -35,8 +35,7 @@ def embed_item_texts(encoder_cfg: EncoderConfig, context: FitContext | None, n_i
     return (emb / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def recency_weighted_mean(histories: Histories, vectors: np.ndarray, half_life: float,
-                          max_history: int) -> np.ndarray:
+def recency_weighted_mean(histories: Histories, vectors: np.ndarray, half_life: float, max_history: int) -> np.ndarray:
     """(n_rows, dim) recency-weighted mean of each row's item vectors, vectorized over all rows."""
     n = len(histories)
     lengths = histories.lengths()
@@ -61,8 +60,7 @@ class TextKNN(Recommender):
         self.item_embeddings = np.zeros((0, 0), np.float32)
         self.log_popularity = np.zeros(0, np.float32)
 
-    def fit(self, train: Interactions, valid: Interactions | None = None,
-            context: FitContext | None = None) -> TextKNN:
+    def fit(self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None) -> TextKNN:
         self._remember(train)
         self.item_embeddings = embed_item_texts(self.config.encoder, context, train.n_items)
         counts = np.bincount(train.item, minlength=train.n_items).astype(np.float32)
@@ -71,8 +69,9 @@ class TextKNN(Recommender):
         return self
 
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
-        user_vecs = recency_weighted_mean(histories, self.item_embeddings, self.config.half_life,
-                                          self.config.max_history)
+        user_vecs = recency_weighted_mean(
+            histories, self.item_embeddings, self.config.half_life, self.config.max_history
+        )
         scores = user_vecs @ self.item_embeddings.T
         b = self.config.popularity_blend
         if b > 0:

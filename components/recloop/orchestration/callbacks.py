@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from recloop.artifacts import run_prefix
@@ -70,13 +71,17 @@ class FailureRecorder:
         map_index = getattr(ti, "map_index", -1)
         map_index = map_index if isinstance(map_index, int) else -1
         record = {
-            "dag_id": ti.dag_id, "task_id": ti.task_id, "map_index": map_index, "run_id": run_id,
+            "dag_id": ti.dag_id,
+            "task_id": ti.task_id,
+            "map_index": map_index,
+            "run_id": run_id,
             "try_number": try_number,
-            "max_tries": int(getattr(ti, "max_tries", 0) or 0), "final": self.final,
+            "max_tries": int(getattr(ti, "max_tries", 0) or 0),
+            "final": self.final,
             "will_retry": not self.final,
             "error_type": type(exc).__name__ if exc is not None else None,
             "error": str(exc) if exc is not None else str(context.get("reason") or "unknown"),
-            "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "config": self.config_path,
         }
         cfg = load_run_config(self.config_path, context.get("params"))
@@ -84,13 +89,21 @@ class FailureRecorder:
         key = failure_record_key(run_id, ti.task_id, None if self.final else try_number, map_index)
         store.put_bytes(key, json.dumps(record, indent=2, sort_keys=True).encode())
         what = "failed" if self.final else f"failed attempt {try_number} (Airflow will retry)"
-        log.error("%s %s in run %s: %s: %s; recorded at %s", ti.task_id, what, run_id,
-                  record["error_type"], record["error"], store.uri(key))
+        log.error(
+            "%s %s in run %s: %s: %s; recorded at %s",
+            ti.task_id,
+            what,
+            run_id,
+            record["error_type"],
+            record["error"],
+            store.uri(key),
+        )
         return store.uri(key)
 
 
-def set_run_note(api: AirflowApiConfig | None, dag_id: str, run_id: str, note: str,
-                 say: Callable[[str], None] = log.info) -> bool:
+def set_run_note(
+    api: AirflowApiConfig | None, dag_id: str, run_id: str, note: str, say: Callable[[str], None] = log.info
+) -> bool:
     """Best effort: PATCH the run's note; says why when it cannot (never raises)."""
     if api is None:
         say("run note not written: set execution.airflow_api (url and credentials) to let tasks write it")
@@ -103,14 +116,17 @@ def set_run_note(api: AirflowApiConfig | None, dag_id: str, run_id: str, note: s
             if api.token is not None:
                 token = api.token.get_secret_value()
             else:
-                body = {"username": api.username or "",
-                        "password": api.password.get_secret_value() if api.password else ""}
+                body = {
+                    "username": api.username or "",
+                    "password": api.password.get_secret_value() if api.password else "",
+                }
                 response = client.post(f"{base}/auth/token", json=body)
                 response.raise_for_status()
                 token = response.json()["access_token"]
             response = client.patch(
                 f"{base}/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}",
-                params={"update_mask": "note"}, json={"note": note[:NOTE_MAX_CHARS]},
+                params={"update_mask": "note"},
+                json={"note": note[:NOTE_MAX_CHARS]},
                 headers={"Authorization": f"Bearer {token}"},
             )
             response.raise_for_status()

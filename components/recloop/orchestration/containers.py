@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from recloop.config import ContainerResources, PipelineConfig
 
 
-def step_arguments(step: str, config_path: str, run_id: str, request: RunRequest,
-                   candidate: str | None = None) -> list[str]:
+def step_arguments(
+    step: str, config_path: str, run_id: str, request: RunRequest, candidate: str | None = None
+) -> list[str]:
     """Arguments after the `recloop` entrypoint for one step (one candidate of a per-candidate step) of a run."""
     return ["step", step, "--config", config_path, "--run-id", run_id, *request.cli_flags(step, candidate)]
 
@@ -53,8 +54,16 @@ class RecloopContainerOperator(BaseOperator):
     template_fields_renderers = {"container_settings": "json"}
     ui_color = "#dbeafe"
 
-    def __init__(self, *, recloop_step: str, recloop_config_path: str, recloop_container_config: str,
-                 container_settings: dict[str, Any], recloop_candidate: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        recloop_step: str,
+        recloop_config_path: str,
+        recloop_container_config: str,
+        container_settings: dict[str, Any],
+        recloop_candidate: str | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.recloop_step = recloop_step
         self.recloop_candidate = recloop_candidate  # set on each mapped instance of a per-candidate step
@@ -67,8 +76,9 @@ class RecloopContainerOperator(BaseOperator):
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
         request = RunRequest.from_params(context.get("params") or {})
-        self.arguments = step_arguments(self.recloop_step, self.recloop_container_config,
-                                        str(context["run_id"]), request, self.recloop_candidate)
+        self.arguments = step_arguments(
+            self.recloop_step, self.recloop_container_config, str(context["run_id"]), request, self.recloop_candidate
+        )
 
     def build_operator(self) -> BaseOperator:
         raise NotImplementedError
@@ -127,11 +137,14 @@ class RecloopPodOperator(RecloopContainerOperator):
             resources = k8s.V1ResourceRequirements(requests=s["requests"] or None, limits=s["limits"] or None)
         volumes, mounts = [], []
         if s["config_map"]:
-            volumes.append(k8s.V1Volume(name="recloop-config",
-                                        config_map=k8s.V1ConfigMapVolumeSource(name=s["config_map"])))
+            volumes.append(
+                k8s.V1Volume(name="recloop-config", config_map=k8s.V1ConfigMapVolumeSource(name=s["config_map"]))
+            )
             mounts.append(k8s.V1VolumeMount(name="recloop-config", mount_path=s["config_dir"], read_only=True))
-        secrets = [Secret("env", x["env"] or x["key"], x["secret"], x["key"]) if x["key"]
-                   else Secret("env", None, x["secret"]) for x in s["secrets"]]
+        secrets = [
+            Secret("env", x["env"] or x["key"], x["secret"], x["key"]) if x["key"] else Secret("env", None, x["secret"])
+            for x in s["secrets"]
+        ]
         return KubernetesPodOperator(
             task_id=self.task_id,
             cmds=["recloop"],
@@ -160,8 +173,9 @@ class RecloopPodOperator(RecloopContainerOperator):
         )
 
 
-def pod_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any],
-                 candidates: list[str] | None = None) -> Any:
+def pod_operator(
+    cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any], candidates: list[str] | None = None
+) -> Any:
     """The pod task of one step, configured from `execution` (+ `execution.steps.<step>`)."""
     ex, kube = cfg.execution, cfg.execution.kubernetes
     override = ex.steps.get(step)
@@ -178,25 +192,44 @@ def pod_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs:
         "in_cluster": kube.in_cluster,
         "service_account": kube.service_account,
         "node_selector": dict(node_selector),
-        "tolerations": [{"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
-                         "toleration_seconds": t.toleration_seconds} for t in tolerations],
+        "tolerations": [
+            {
+                "key": t.key,
+                "operator": t.operator,
+                "value": t.value,
+                "effect": t.effect,
+                "toleration_seconds": t.toleration_seconds,
+            }
+            for t in tolerations
+        ],
         "requests": _k8s_quantities(resources.requests),
         "limits": _k8s_quantities(resources.limits),
         "secrets": [{"secret": x.secret, "key": x.key, "env": x.env} for x in kube.secrets],
         "env": dict(ex.env),
-        "labels": {"app.kubernetes.io/name": "recloop", "app.kubernetes.io/component": "step",
-                   "recloop.io/pipeline": cfg.name, "recloop.io/step": step, **kube.labels},
+        "labels": {
+            "app.kubernetes.io/name": "recloop",
+            "app.kubernetes.io/component": "step",
+            "recloop.io/pipeline": cfg.name,
+            "recloop.io/step": step,
+            **kube.labels,
+        },
         "annotations": dict(kube.annotations),
         "config_map": kube.config_map,
         "config_dir": kube.config_dir,
         "startup_timeout_seconds": kube.startup_timeout_seconds,
         "on_finish_action": kube.on_finish_action,
     }
-    return _instantiate(RecloopPodOperator, candidates, dict(
-        recloop_step=step, recloop_config_path=str(config_path),
-        recloop_container_config=f"{kube.config_dir.rstrip('/')}/{kube.config_file or config_path.name}",
-        container_settings=settings, **task_kwargs,
-    ))
+    return _instantiate(
+        RecloopPodOperator,
+        candidates,
+        dict(
+            recloop_step=step,
+            recloop_config_path=str(config_path),
+            recloop_container_config=f"{kube.config_dir.rstrip('/')}/{kube.config_file or config_path.name}",
+            container_settings=settings,
+            **task_kwargs,
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ docker
@@ -235,7 +268,7 @@ def local_mount_paths(cfg: PipelineConfig, config_path: Path) -> list[tuple[str,
                 paths.append((str(Path(literal) if literal.endswith("/") else Path(literal).parent), True))
     if cfg.store.root.startswith("file://"):
         # A relative root (the built-in default) is relative to the worker's working directory.
-        paths.append((str(Path(cfg.store.root[len("file://"):]).resolve()), False))
+        paths.append((str(Path(cfg.store.root[len("file://") :]).resolve()), False))
     merged: dict[str, bool] = {}
     for path, read_only in paths:
         merged[path] = merged.get(path, True) and read_only
@@ -261,8 +294,10 @@ class RecloopDockerOperator(RecloopContainerOperator):
             network_mode=s["network_mode"],
             environment=dict(s["env"]),
             private_environment=private_env,
-            mounts=[Mount(target=m["target"], source=m["source"], type="bind", read_only=m["read_only"])
-                    for m in s["mounts"]],
+            mounts=[
+                Mount(target=m["target"], source=m["source"], type="bind", read_only=m["read_only"])
+                for m in s["mounts"]
+            ],
             mount_tmp_dir=False,
             auto_remove=s["auto_remove"],
             user=s["user"],
@@ -273,8 +308,9 @@ class RecloopDockerOperator(RecloopContainerOperator):
         )
 
 
-def docker_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any],
-                    candidates: list[str] | None = None) -> Any:
+def docker_operator(
+    cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any], candidates: list[str] | None = None
+) -> Any:
     """The container task of one step, configured from `execution` (+ `execution.steps.<step>`)."""
     ex, dock = cfg.execution, cfg.execution.docker
     resources = _step_resources(cfg, step)
@@ -299,18 +335,23 @@ def docker_operator(cfg: PipelineConfig, config_path: Path, step: str, task_kwar
         "mem_limit": mem_limit,
         "gpus": resources.limits.gpu or resources.requests.gpu,
     }
-    return _instantiate(RecloopDockerOperator, candidates, dict(
-        recloop_step=step, recloop_config_path=str(config_path),
-        # With mount_local_paths the container sees the config at the worker's path; otherwise mount it
-        # yourself (docker.mounts) at /etc/recloop.
-        recloop_container_config=str(config_path) if dock.mount_local_paths else f"/etc/recloop/{config_path.name}",
-        container_settings=settings, **task_kwargs,
-    ))
+    return _instantiate(
+        RecloopDockerOperator,
+        candidates,
+        dict(
+            recloop_step=step,
+            recloop_config_path=str(config_path),
+            # With mount_local_paths the container sees the config at the worker's path; otherwise mount it
+            # yourself (docker.mounts) at /etc/recloop.
+            recloop_container_config=str(config_path) if dock.mount_local_paths else f"/etc/recloop/{config_path.name}",
+            container_settings=settings,
+            **task_kwargs,
+        ),
+    )
 
 
 def _instantiate(cls: type[RecloopContainerOperator], candidates: list[str] | None, kwargs: dict[str, Any]) -> Any:
     """The operator, or for a per-candidate step one mapped instance per candidate, named by it."""
     if candidates is None:
         return cls(**kwargs)
-    return cls.partial(map_index_template="{{ task.recloop_candidate }}", **kwargs).expand(
-        recloop_candidate=candidates)
+    return cls.partial(map_index_template="{{ task.recloop_candidate }}", **kwargs).expand(recloop_candidate=candidates)

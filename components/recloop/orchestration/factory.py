@@ -22,7 +22,7 @@ Feedback DAG `{name}_feedback`: feedback → check → emit, where `emit` update
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
 # A fixed past start: with catchup off, nothing is backfilled, and the DAG is valid from its first parse.
-START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 _RETRY_HELP = (
     "**Retry:** clear this task in the Grid view (or `airflow tasks clear DAG_ID -t TASK_REGEX -s DATE -e DATE`). "
@@ -74,22 +74,31 @@ class _UnexpandedEnv(dict):
 
 def config_files(config_dir: Path) -> list[Path]:
     if not config_dir.is_dir():
-        raise ConfigError(str(config_dir), [
-            "RECLOOP_CONFIG_DIR: this folder does not exist; point it at the folder holding the pipeline configs"
-        ])
-    return sorted(p for p in config_dir.iterdir()
-                  if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(("_", ".")))
+        raise ConfigError(
+            str(config_dir),
+            ["RECLOOP_CONFIG_DIR: this folder does not exist; point it at the folder holding the pipeline configs"],
+        )
+    return sorted(
+        p
+        for p in config_dir.iterdir()
+        if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(("_", "."))
+    )
 
 
 def load_for_parsing(path: Path) -> PipelineConfig:
     """Load and validate a config without expanding secrets, and check the orchestration settings."""
     cfg = load(path, env=_UnexpandedEnv())
     known = set(TRAINING.names) | set(FEEDBACK.names)
-    errors = [f"execution.steps.{name}: unknown step; steps are {', '.join(sorted(known))}"
-              for name in cfg.execution.steps if name not in known]
+    errors = [
+        f"execution.steps.{name}: unknown step; steps are {', '.join(sorted(known))}"
+        for name in cfg.execution.steps
+        if name not in known
+    ]
     fault = cfg.execution.fault_injection
     if fault is not None and fault.step not in known:
-        errors.append(f"execution.fault_injection.step: unknown step {fault.step!r}; steps are {', '.join(sorted(known))}")
+        errors.append(
+            f"execution.fault_injection.step: unknown step {fault.step!r}; steps are {', '.join(sorted(known))}"
+        )
     if errors:
         raise ConfigError(str(path), errors)
     return cfg
@@ -102,10 +111,13 @@ def build_dags(config_dir: str | Path) -> dict[str, DAG]:
     for path in config_files(Path(config_dir).resolve()):
         cfg = load_for_parsing(path)
         if cfg.name in owners:
-            raise ConfigError(str(path), [
-                f"name: {cfg.name!r} is also the name of {owners[cfg.name]}; each pipeline needs its own name "
-                "(it names the DAGs, the store paths and the model)"
-            ])
+            raise ConfigError(
+                str(path),
+                [
+                    f"name: {cfg.name!r} is also the name of {owners[cfg.name]}; each pipeline needs its own name "
+                    "(it names the DAGs, the store paths and the model)"
+                ],
+            )
         owners[cfg.name] = path
         for dag in (build_training_dag(cfg, path), build_feedback_dag(cfg, path)):
             dags[dag.dag_id] = dag
@@ -219,8 +231,9 @@ def _step_doc(step: str) -> str:
     return f"### {step}\n\n{TRAINING[step].doc()}\n\n{_RETRY_HELP}"
 
 
-def _container_task(cfg: PipelineConfig, config_path: Path, step: str, settings: dict[str, Any],
-                    candidates: list[str] | None) -> Any:
+def _container_task(
+    cfg: PipelineConfig, config_path: Path, step: str, settings: dict[str, Any], candidates: list[str] | None
+) -> Any:
     from recloop.orchestration import containers
 
     task_kwargs = {"task_id": step, "doc_md": _step_doc(step), **settings}
@@ -244,10 +257,16 @@ def _step_task(cfg: PipelineConfig, config_path: Path, step: str) -> Any:
     if cfg.execution.mode != "inprocess":
         return _container_task(cfg, config_path, step, settings, candidates)
     if candidates is not None:
-        return task(task_id=step, doc_md=_step_doc(step), map_index_template="{{ recloop_candidate }}", **settings)(
-            tasks.run_pipeline_step).partial(step=step, config_path=str(config_path)).expand(candidate=candidates)
+        return (
+            task(task_id=step, doc_md=_step_doc(step), map_index_template="{{ recloop_candidate }}", **settings)(
+                tasks.run_pipeline_step
+            )
+            .partial(step=step, config_path=str(config_path))
+            .expand(candidate=candidates)
+        )
     return task(task_id=step, doc_md=_step_doc(step), **settings)(tasks.run_pipeline_step)(
-        step=step, config_path=str(config_path))
+        step=step, config_path=str(config_path)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ DAGs
@@ -276,7 +295,9 @@ def build_training_dag(cfg: PipelineConfig, config_path: Path) -> DAG:
     )
     upstreams = TRAINING.task_upstreams()
     with dag:
-        prepare = task(task_id="prepare", doc_md=PREPARE_DOC, retries=0)(tasks.prepare_run)(config_path=str(config_path))
+        prepare = task(task_id="prepare", doc_md=PREPARE_DOC, retries=0)(tasks.prepare_run)(
+            config_path=str(config_path)
+        )
         ops: dict[str, Any] = {}
         for group, tooltip in TRAINING.groups.items():
             with TaskGroup(group, tooltip=tooltip):
@@ -285,7 +306,8 @@ def build_training_dag(cfg: PipelineConfig, config_path: Path) -> DAG:
                     if step.name == "publish":
                         # The short-circuit that lets publish run stands between it and its upstreams.
                         decide = task.short_circuit(task_id="decide", doc_md=DECIDE_DOC)(tasks.decide_publish)(
-                            config_path=str(config_path))
+                            config_path=str(config_path)
+                        )
                         before, decide_after = [decide], before
                         for upstream in decide_after:
                             upstream >> decide
@@ -325,15 +347,27 @@ to `feedback.output` (include it in `data.interactions.path`); see docs/learning
         default_args=default_args(cfg, config_path),
     )
     with dag:
-        collected = task(task_id="feedback", doc_md=(
-            "Runs the `feedback` step (serving logs → interactions for the next training run). **Writes** "
-            "`runs/{run}/feedback/` and appends clean interactions to `feedback.output`."), **task_settings(cfg, "feedback"),
+        collected = task(
+            task_id="feedback",
+            doc_md=(
+                "Runs the `feedback` step (serving logs → interactions for the next training run). **Writes** "
+                "`runs/{run}/feedback/` and appends clean interactions to `feedback.output`."
+            ),
+            **task_settings(cfg, "feedback"),
         )(tasks.run_feedback_step)(config_path=path)
-        news = task.short_circuit(task_id="check", doc_md=(
-            "Lets `emit` run only when the feedback brought new interactions, so an idle day does not retrain."
-        ))(tasks.feedback_has_news)(collected)
-        emitted = task(task_id="emit", outlets=[Asset(asset_uri)], doc_md=(
-            f"Updates the Asset `{asset_uri}` (extra: the feedback artifact URI and summary); "
-            f"`{train_id}` is scheduled on it."))(tasks.emit_feedback_asset)(collected, asset_uri)
+        news = task.short_circuit(
+            task_id="check",
+            doc_md=(
+                "Lets `emit` run only when the feedback brought new interactions, so an idle day does not retrain."
+            ),
+        )(tasks.feedback_has_news)(collected)
+        emitted = task(
+            task_id="emit",
+            outlets=[Asset(asset_uri)],
+            doc_md=(
+                f"Updates the Asset `{asset_uri}` (extra: the feedback artifact URI and summary); "
+                f"`{train_id}` is scheduled on it."
+            ),
+        )(tasks.emit_feedback_asset)(collected, asset_uri)
         news >> emitted
     return dag

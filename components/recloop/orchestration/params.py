@@ -9,9 +9,10 @@ run triggered by an Asset event or through `dags test -c` may carry values the f
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from recloop.errors import ConfigError
 from recloop.steps.base import RunParams
@@ -35,33 +36,46 @@ def training_params(cfg: PipelineConfig) -> dict[str, Any]:
         model_items["enum"] = candidates
     return {
         "models": Param(
-            [], type="array", items=model_items, examples=candidates, uniqueItems=True,
+            [],
+            type="array",
+            items=model_items,
+            examples=candidates,
+            uniqueItems=True,
             title="Models to train",
             description="Candidate names to train and evaluate; empty trains every model in the config "
             f"({', '.join(candidates) or 'none configured'}).",
             section="Run",
         ),
         "since": Param(
-            None, type=["null", "string"], format="date-time", title="Since (watermark)",
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="Since (watermark)",
             description="Ingest only events strictly after this ISO-8601 time (an incremental run); "
             "empty uses `data.since` from the config. The last run's watermark is the ingest manifest's "
             "`max_timestamp`.",
             section="Run",
         ),
         "dry_run": Param(
-            False, type="boolean", title="Dry run",
+            False,
+            type="boolean",
+            title="Dry run",
             description="Run every step but publish: the production model is left untouched.",
             section="Run",
         ),
         "overrides": Param(
-            [], type="array", items={"type": "string", "pattern": OVERRIDE_PATTERN},
+            [],
+            type="array",
+            items={"type": "string", "pattern": OVERRIDE_PATTERN},
             title="Config overrides",
             description="One KEY.PATH=VALUE per line, the value parsed as YAML, applied on top of the "
             "config file for this run only (e.g. `evaluation.k=[5,10]`, `gate.absolute={ndcg@10: 0.05}`).",
             section="Advanced",
         ),
         "force": Param(
-            False, type="boolean", title="Recompute committed steps",
+            False,
+            type="boolean",
+            title="Recompute committed steps",
             description="Recompute a step even when this run already committed its artifact (normally a "
             "retried or cleared step reuses it).",
             section="Advanced",
@@ -92,7 +106,7 @@ def _parse_since(value: Any, errors: list[str]) -> datetime | None:
             errors.append(f"since: not an ISO-8601 time like 2024-01-31T00:00:00Z (got {value!r})")
             return None
     # A watermark without a zone means UTC, as everywhere in recloop's artifacts.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -117,8 +131,10 @@ class RunRequest:
         if candidates is not None:
             unknown = [m for m in models if m not in candidates]
             if unknown:
-                errors.append(f"models: unknown candidate(s) {', '.join(unknown)}; this config has "
-                              f"{', '.join(candidates) or 'no models'}")
+                errors.append(
+                    f"models: unknown candidate(s) {', '.join(unknown)}; this config has "
+                    f"{', '.join(candidates) or 'no models'}"
+                )
         flags = {}
         for name in ("dry_run", "force"):
             value = params.get(name, False)
@@ -137,8 +153,11 @@ class RunRequest:
 
     def to_xcom(self) -> dict[str, Any]:
         return {
-            "overrides": list(self.overrides), "since": self.since.isoformat() if self.since else None,
-            "models": list(self.models) if self.models else None, "dry_run": self.dry_run, "force": self.force,
+            "overrides": list(self.overrides),
+            "since": self.since.isoformat() if self.since else None,
+            "models": list(self.models) if self.models else None,
+            "dry_run": self.dry_run,
+            "force": self.force,
         }
 
     @classmethod

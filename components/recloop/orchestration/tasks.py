@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from recloop.errors import ConfigError, RecloopError
 from recloop.orchestration.params import RunRequest
@@ -86,10 +87,13 @@ def load_checked_config(config_path: str, run: Mapping[str, Any]) -> tuple[Pipel
     request = RunRequest.from_xcom(run["request"])
     cfg = load(config_path, list(request.overrides))
     if cfg.config_hash() != run["config_hash"]:
-        raise ConfigError(config_path, [
-            f"the config changed after this run started (hash {cfg.config_hash()[:12]}, the run began with "
-            f"{run['config_hash'][:12]}); restore the file to retry this run, or trigger a new run"
-        ])
+        raise ConfigError(
+            config_path,
+            [
+                f"the config changed after this run started (hash {cfg.config_hash()[:12]}, the run began with "
+                f"{run['config_hash'][:12]}); restore the file to retry this run, or trigger a new run"
+            ],
+        )
     return cfg, request
 
 
@@ -103,8 +107,13 @@ def prepared_run(context: Mapping[str, Any]) -> Mapping[str, Any]:
     """What `prepare` returned for this DAG run (read from XCom, not passed along an edge)."""
     run = context["ti"].xcom_pull(task_ids="prepare")
     if not run:
-        raise ConfigError("DAG run", ["the `prepare` task of this run has no result; clear `prepare` and its "
-                                      "downstream tasks to re-validate the run"])
+        raise ConfigError(
+            "DAG run",
+            [
+                "the `prepare` task of this run has no result; clear `prepare` and its "
+                "downstream tasks to re-validate the run"
+            ],
+        )
     return run
 
 
@@ -113,8 +122,9 @@ def skip_unselected_candidate(request: RunRequest, candidate: str | None) -> Non
     if candidate is not None and request.models and candidate not in request.models:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        raise AirflowSkipException(f"candidate {candidate!r} is not selected by this run's `models` param "
-                                   f"({', '.join(request.models)})")
+        raise AirflowSkipException(
+            f"candidate {candidate!r} is not selected by this run's `models` param ({', '.join(request.models)})"
+        )
 
 
 def prepare_run(config_path: str) -> dict[str, Any]:
@@ -130,12 +140,20 @@ def prepare_run(config_path: str) -> dict[str, Any]:
     run_id = str(context["run_id"])
     _say(f"pipeline {cfg.name} from {config_path} (config hash {cfg.config_hash()[:12]})")
     _say(f"run {run_id}: artifacts under {cfg.store.root}/runs/{safe_run_id(run_id)}/")
-    _say("models: " + ", ".join(request.models or candidates or ["none configured"])
-         + (f"; since {request.since.isoformat()}" if request.since else "")
-         + ("; DRY RUN (publish will be skipped)" if request.dry_run else "")
-         + (f"; overrides: {', '.join(request.overrides)}" if request.overrides else ""))
-    return {"run_id": run_id, "config_path": config_path, "config_hash": cfg.config_hash(),
-            "store_root": cfg.store.root, "request": request.to_xcom()}
+    _say(
+        "models: "
+        + ", ".join(request.models or candidates or ["none configured"])
+        + (f"; since {request.since.isoformat()}" if request.since else "")
+        + ("; DRY RUN (publish will be skipped)" if request.dry_run else "")
+        + (f"; overrides: {', '.join(request.overrides)}" if request.overrides else "")
+    )
+    return {
+        "run_id": run_id,
+        "config_path": config_path,
+        "config_hash": cfg.config_hash(),
+        "store_root": cfg.store.root,
+        "request": request.to_xcom(),
+    }
 
 
 def _load_step_or_explain(step: str) -> None:
@@ -144,15 +162,18 @@ def _load_step_or_explain(step: str) -> None:
     try:
         spec = find_step(step)
     except KeyError:
-        raise StepUnavailable(f"step {step!r} is not declared in recloop.steps.graph; "
-                              "upgrade recloop or remove the step from the DAG") from None
+        raise StepUnavailable(
+            f"step {step!r} is not declared in recloop.steps.graph; upgrade recloop or remove the step from the DAG"
+        ) from None
     try:
         spec.load()
     except ModuleNotFoundError as exc:
         if exc.name != spec.module:
             raise
-        raise StepUnavailable(f"step {step!r}: module {exc.name} is not installed in this recloop version; "
-                              "upgrade recloop on the Airflow workers") from None
+        raise StepUnavailable(
+            f"step {step!r}: module {exc.name} is not installed in this recloop version; "
+            "upgrade recloop on the Airflow workers"
+        ) from None
 
 
 def run_pipeline_step(step: str, config_path: str, candidate: str | None = None) -> dict[str, Any]:
@@ -212,8 +233,11 @@ def decide_publish(config_path: str) -> bool:
     reasons = [str(r) for r in blessing.get("reasons") or []]
     if decision != "blessed":
         publish = False
-        note = (f"Not published: the gate rejected {candidate}. "
-                + ("; ".join(reasons) if reasons else "No reason recorded") + f". Blessing: {gate_uri}")
+        note = (
+            f"Not published: the gate rejected {candidate}. "
+            + ("; ".join(reasons) if reasons else "No reason recorded")
+            + f". Blessing: {gate_uri}"
+        )
     elif request.dry_run:
         publish = False
         note = f"Dry run: {candidate} was blessed but publish was skipped (params.dry_run). Blessing: {gate_uri}"
@@ -223,8 +247,11 @@ def decide_publish(config_path: str) -> bool:
     _say(note)
     for threshold in blessing.get("thresholds") or []:
         if isinstance(threshold, Mapping):
-            _say("threshold {metric} ({kind}): required {required}, value {value}, passed {passed}".format(
-                **{k: threshold.get(k) for k in ("metric", "kind", "required", "value", "passed")}))
+            _say(
+                "threshold {metric} ({kind}): required {required}, value {value}, passed {passed}".format(
+                    **{k: threshold.get(k) for k in ("metric", "kind", "required", "value", "passed")}
+                )
+            )
     if not publish:
         set_run_note(cfg.execution.airflow_api, context["dag"].dag_id, ctx.run_id, note, _say)
     return publish
@@ -236,6 +263,7 @@ def decide_publish(config_path: str) -> bool:
 def run_feedback_step(config_path: str) -> dict[str, Any]:
     """The feedback DAG's step. Until the serving issue ships `recloop.steps.feedback`, it skips (green)."""
     from airflow.sdk.exceptions import AirflowSkipException
+
     from recloop.config import load
     from recloop.steps.base import run_step
 
@@ -268,8 +296,11 @@ def feedback_has_news(brief: Mapping[str, Any]) -> bool:
 def emit_feedback_asset(brief: Mapping[str, Any], asset_uri: str) -> dict[str, Any]:
     """Runs with `outlets=[Asset(asset_uri)]`: its success is the Asset event that triggers training."""
     context = _current_context()
-    extra = {"feedback_uri": brief.get("uri"), "run_id": brief.get("run_id"),
-             "summary": dict(brief.get("summary") or {})}
+    extra = {
+        "feedback_uri": brief.get("uri"),
+        "run_id": brief.get("run_id"),
+        "summary": dict(brief.get("summary") or {}),
+    }
     from airflow.sdk import Asset
 
     context["outlet_events"][Asset(asset_uri)].extra = extra

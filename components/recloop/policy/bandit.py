@@ -20,8 +20,9 @@ and `arrays.safetensors` (A, b and the feature tables). No pickle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,8 +39,13 @@ class Policy(Protocol):
 
     name: str
 
-    def rank(self, candidates: Sequence[Any] | np.ndarray, features: np.ndarray,
-             rng: np.random.Generator | None, k: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+    def rank(
+        self,
+        candidates: Sequence[Any] | np.ndarray,
+        features: np.ndarray,
+        rng: np.random.Generator | None,
+        k: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class LinUCBPolicy:
@@ -117,8 +123,13 @@ class LinUCBPolicy:
             p[idx[int(np.argmax(s[avail]))]] += 1.0 - eps
         return p
 
-    def rank(self, candidates: Sequence[Any] | np.ndarray, features: np.ndarray,
-             rng: np.random.Generator | None, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def rank(
+        self,
+        candidates: Sequence[Any] | np.ndarray,
+        features: np.ndarray,
+        rng: np.random.Generator | None,
+        k: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Fill up to k slots from `candidates` (rows of `features`, best base score first).
 
         Returns (order, propensities): indices into `candidates` in slot order, and for each the exact
@@ -150,9 +161,14 @@ class LinUCBPolicy:
         from recloop import __version__
 
         arrays = {"A": self.A, "b": self.b, **self.space.arrays()}
-        manifest = {"type": self.type_name, "format_version": POLICY_FORMAT_VERSION, "recloop_version": __version__,
-                    "config": self.config.model_dump(mode="json"), "n_updates": self.n_updates,
-                    "features": self.space.meta()}
+        manifest = {
+            "type": self.type_name,
+            "format_version": POLICY_FORMAT_VERSION,
+            "recloop_version": __version__,
+            "config": self.config.model_dump(mode="json"),
+            "n_updates": self.n_updates,
+            "features": self.space.meta(),
+        }
         return POLICY_BUNDLE.save(path, manifest, arrays)
 
     @classmethod
@@ -162,8 +178,10 @@ class LinUCBPolicy:
         path = Path(path)
         manifest = POLICY_BUNDLE.read_manifest(path)
         if manifest.get("type") != cls.type_name or manifest.get("format_version") != POLICY_FORMAT_VERSION:
-            raise ArtifactError(f"{path}: a {manifest.get('type')} policy in format {manifest.get('format_version')} "
-                                f"cannot be read (this recloop reads {cls.type_name} format {POLICY_FORMAT_VERSION})")
+            raise ArtifactError(
+                f"{path}: a {manifest.get('type')} policy in format {manifest.get('format_version')} "
+                f"cannot be read (this recloop reads {cls.type_name} format {POLICY_FORMAT_VERSION})"
+            )
         arrays = POLICY_BUNDLE.read_arrays(path)
         try:
             space = FeatureSpace.restore(manifest["features"], arrays)

@@ -19,8 +19,9 @@ The per-item tables (popularity, categories) are frozen into the policy when it 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,13 @@ class FeatureSpace:
         self.index = {item: i for i, item in enumerate(self.item_ids)}
 
     @classmethod
-    def build(cls, item_ids: Sequence[str], interaction_counts: np.ndarray,
-              item_categories: Sequence[Sequence[str]] | None, max_categories: int) -> FeatureSpace:
+    def build(
+        cls,
+        item_ids: Sequence[str],
+        interaction_counts: np.ndarray,
+        item_categories: Sequence[Sequence[str]] | None,
+        max_categories: int,
+    ) -> FeatureSpace:
         """From the base model's items: interaction counts (popularity) and categories per item."""
         counts = np.asarray(interaction_counts, np.float64)
         if len(counts) != len(item_ids):
@@ -75,8 +81,9 @@ class FeatureSpace:
         """Row of each item id in the item tables; -1 for items unknown when the policy was built."""
         return np.array([self.index.get(str(i), -1) for i in items], dtype=np.int64)
 
-    def features(self, items: Sequence[str], scores: np.ndarray, history_length: int,
-                 reference_scores: np.ndarray | None = None) -> np.ndarray:
+    def features(
+        self, items: Sequence[str], scores: np.ndarray, history_length: int, reference_scores: np.ndarray | None = None
+    ) -> np.ndarray:
         """(len(items), dim) float64 features; scaling and rank are relative to `reference_scores` (the
         candidate pool), which default to `scores` themselves."""
         s = np.asarray(scores, np.float64)
@@ -99,7 +106,7 @@ class FeatureSpace:
         x[:, 4] = activity
         x[:, 5] = activity * scaled
         if self.categories:
-            x[known, len(BASE_FEATURES):] = self.category_hot[rows[known]]
+            x[known, len(BASE_FEATURES) :] = self.category_hot[rows[known]]
         return x
 
     # ------------------------------------------------------------------ persistence
@@ -107,8 +114,10 @@ class FeatureSpace:
         return {"item_ids": self.item_ids, "categories": self.categories, "names": self.names}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"features.popularity": np.ascontiguousarray(self.popularity, np.float32),
-                "features.category_hot": np.ascontiguousarray(self.category_hot, np.float32)}
+        return {
+            "features.popularity": np.ascontiguousarray(self.popularity, np.float32),
+            "features.category_hot": np.ascontiguousarray(self.category_hot, np.float32),
+        }
 
     @classmethod
     def restore(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> FeatureSpace:
@@ -117,6 +126,8 @@ class FeatureSpace:
         hot = np.asarray(arrays["features.category_hot"], np.float32).reshape(len(items), -1)
         categories = [str(c) for c in meta["categories"]]
         if len(popularity) != len(items) or hot.shape[1] != len(categories):
-            raise ValueError(f"feature tables do not match: {len(items)} items, {len(popularity)} popularity "
-                             f"values, {hot.shape[1]} category columns for {len(categories)} categories")
+            raise ValueError(
+                f"feature tables do not match: {len(items)} items, {len(popularity)} popularity "
+                f"values, {hot.shape[1]} category columns for {len(categories)} categories"
+            )
         return cls(items, popularity, categories, hot)

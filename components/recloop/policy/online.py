@@ -13,8 +13,9 @@ import logging
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,8 +26,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("recloop.serving")
 
 
-def rerank(policy: LinUCBPolicy, pool_items: Sequence[str], pool_scores: np.ndarray, history_length: int, k: int,
-           rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+def rerank(
+    policy: LinUCBPolicy,
+    pool_items: Sequence[str],
+    pool_scores: np.ndarray,
+    history_length: int,
+    k: int,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(positions into the pool in slot order, propensity of each shown item)."""
     features = policy.space.features(list(pool_items), np.asarray(pool_scores, np.float64), history_length)
     return policy.rank(pool_items, features, rng, k)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -109,8 +110,9 @@ class Pool:
     history_length: int  # the training history the pool was computed from
 
 
-def candidate_pools(base: BaseVersion, user_ids: Sequence[str], size: int,
-                    excluded_items: Sequence[str] = ()) -> dict[str, Pool]:
+def candidate_pools(
+    base: BaseVersion, user_ids: Sequence[str], size: int, excluded_items: Sequence[str] = ()
+) -> dict[str, Pool]:
     """The top `size` unseen items of each known user under `base` (unknown users are skipped)."""
     known = [(u, base.user_index[u]) for u in dict.fromkeys(user_ids) if u in base.user_index]
     if not known:
@@ -119,14 +121,14 @@ def candidate_pools(base: BaseVersion, user_ids: Sequence[str], size: int,
     if excluded_items:
         blocked = set(excluded_items)
         candidates = np.array([i for i, item in enumerate(base.item_ids) if item not in blocked], np.int64)
-    recs = base.model.recommend(users=np.array([idx for _, idx in known], np.int64), k=size,
-                                exclude_seen=True, candidates=candidates)
+    recs = base.model.recommend(
+        users=np.array([idx for _, idx in known], np.int64), k=size, exclude_seen=True, candidates=candidates
+    )
     lengths = base.model.train_histories.lengths()  # type: ignore[union-attr]
     pools = {}
     for row, (user, idx) in enumerate(known):
         ok = (recs.ids[row] >= 0) & np.isfinite(recs.scores[row])
-        pools[user] = Pool(base.item_ids[recs.ids[row][ok]], recs.scores[row][ok].astype(np.float64),
-                           int(lengths[idx]))
+        pools[user] = Pool(base.item_ids[recs.ids[row][ok]], recs.scores[row][ok].astype(np.float64), int(lengths[idx]))
     return pools
 
 
@@ -168,7 +170,8 @@ def build_bandit_data(slots: pd.DataFrame, pools: dict[tuple[int, str], Pool], s
     skipped: dict[str, int] = {}
     out: list[LoggedImpression] = []
     for request_id, rows in slots.sort_values(["served_at", "request_id", "position"]).groupby(
-            "request_id", sort=False):
+        "request_id", sort=False
+    ):
         first = rows.iloc[0]
         if first["fallback_reason"] is not None and not _isna(first["fallback_reason"]):
             reason = "fallback_slate"
@@ -191,15 +194,17 @@ def build_bandit_data(slots: pd.DataFrame, pools: dict[tuple[int, str], Pool], s
         where = {item: j for j, item in enumerate(pool.items)}
         items = rows["item_id"].astype(str).to_numpy()
         scores = rows["score"].to_numpy(np.float64)
-        out.append(LoggedImpression(
-            request_id=str(request_id),
-            served_at=int(first["served_at"].value // 1_000_000) if hasattr(first["served_at"], "value") else 0,
-            pool_x=space.features(pool.items, pool.scores, hist),
-            shown_x=space.features(items, scores, hist, reference_scores=pool.scores),
-            shown_in_pool=np.array([where.get(i, -1) for i in items], np.int64),
-            rewards=rows["reward"].to_numpy(np.float64),
-            propensities=rows["propensity"].to_numpy(np.float64),
-        ))
+        out.append(
+            LoggedImpression(
+                request_id=str(request_id),
+                served_at=int(first["served_at"].value // 1_000_000) if hasattr(first["served_at"], "value") else 0,
+                pool_x=space.features(pool.items, pool.scores, hist),
+                shown_x=space.features(items, scores, hist, reference_scores=pool.scores),
+                shown_in_pool=np.array([where.get(i, -1) for i in items], np.int64),
+                rewards=rows["reward"].to_numpy(np.float64),
+                propensities=rows["propensity"].to_numpy(np.float64),
+            )
+        )
     return BanditData(out, skipped)
 
 
@@ -228,8 +233,14 @@ def decisions_for(policy: LinUCBPolicy, impressions: Sequence[LoggedImpression])
             group.append(g)
             if idx >= 0:
                 available[idx] = False
-    return LoggedDecisions(np.asarray(rewards), np.asarray(logged), np.asarray(target), np.asarray(q_logged),
-                           np.asarray(q_target), np.asarray(group, np.int64))
+    return LoggedDecisions(
+        np.asarray(rewards),
+        np.asarray(logged),
+        np.asarray(target),
+        np.asarray(q_logged),
+        np.asarray(q_target),
+        np.asarray(group, np.int64),
+    )
 
 
 def fit(policy: LinUCBPolicy, impressions: Sequence[LoggedImpression]) -> LinUCBPolicy:
@@ -248,18 +259,26 @@ class PolicyOutcome:
     warm_started: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy.name, "decision": "blessed" if self.gate.passed else "rejected",
-                "gate": self.gate.to_dict(), "ope": self.report.to_dict(), "fit_slots": self.n_fit_slots,
-                "holdout_slots": self.n_holdout_slots, "warm_started": self.warm_started,
-                "features": self.policy.space.names, "theta": [float(v) for v in self.policy.theta]}
+        return {
+            "policy": self.policy.name,
+            "decision": "blessed" if self.gate.passed else "rejected",
+            "gate": self.gate.to_dict(),
+            "ope": self.report.to_dict(),
+            "fit_slots": self.n_fit_slots,
+            "holdout_slots": self.n_holdout_slots,
+            "warm_started": self.warm_started,
+            "features": self.policy.space.names,
+            "theta": [float(v) for v in self.policy.theta],
+        }
 
 
-def train_and_evaluate(config: PolicyConfig, data: BanditData, space: FeatureSpace,
-                       warm_start: LinUCBPolicy | None = None) -> PolicyOutcome:
+def train_and_evaluate(
+    config: PolicyConfig, data: BanditData, space: FeatureSpace, warm_start: LinUCBPolicy | None = None
+) -> PolicyOutcome:
     """Fit on the older requests, evaluate on the newest `holdout_share`, then (if it passes) fit on all."""
     ordered = sorted(data.impressions, key=lambda i: (i.served_at, i.request_id))
     n_hold = max(1, math.ceil(config.holdout_share * len(ordered))) if len(ordered) > 1 else 0
-    fit_part, holdout = ordered[: len(ordered) - n_hold], ordered[len(ordered) - n_hold:]
+    fit_part, holdout = ordered[: len(ordered) - n_hold], ordered[len(ordered) - n_hold :]
     candidate = LinUCBPolicy(config, space)
     warm = warm_start is not None and warm_start.space.names == space.names
     if warm:
@@ -268,13 +287,25 @@ def train_and_evaluate(config: PolicyConfig, data: BanditData, space: FeatureSpa
         candidate.n_updates = warm_start.n_updates
     fit(candidate, fit_part)
     gate_cfg = config.gate
-    report = estimate(decisions_for(candidate, holdout), bootstrap=gate_cfg.bootstrap, confidence=gate_cfg.confidence,
-                      max_weight=gate_cfg.max_weight, min_lift=gate_cfg.min_lift, seed=config.seed)
+    report = estimate(
+        decisions_for(candidate, holdout),
+        bootstrap=gate_cfg.bootstrap,
+        confidence=gate_cfg.confidence,
+        max_weight=gate_cfg.max_weight,
+        min_lift=gate_cfg.min_lift,
+        seed=config.seed,
+    )
     decision = policy_gate(report, gate_cfg.estimator, gate_cfg.use_lower_bound)
     if decision.passed:
         fit(candidate, holdout)
-    return PolicyOutcome(candidate, report, decision, int(sum(len(i.rewards) for i in fit_part)),
-                         int(sum(len(i.rewards) for i in holdout)), warm)
+    return PolicyOutcome(
+        candidate,
+        report,
+        decision,
+        int(sum(len(i.rewards) for i in fit_part)),
+        int(sum(len(i.rewards) for i in holdout)),
+        warm,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- alias
@@ -297,23 +328,39 @@ def read_policy_alias(store: ArtifactStore, model_name: str) -> tuple[dict[str, 
     except FileNotFoundError:
         return None, None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{store.uri(key)} is corrupt ({exc}); delete it to fall back to the model's own "
-                            "ranking, then re-run the feedback step") from None
+        raise ArtifactError(
+            f"{store.uri(key)} is corrupt ({exc}); delete it to fall back to the model's own "
+            "ranking, then re-run the feedback step"
+        ) from None
     return alias, info.etag
 
 
-def promote_policy(store: ArtifactStore, model_name: str, artifact_uri: str, run_id: str,
-                   outcome: PolicyOutcome, expected_etag: str | None) -> dict[str, Any]:
+def promote_policy(
+    store: ArtifactStore,
+    model_name: str,
+    artifact_uri: str,
+    run_id: str,
+    outcome: PolicyOutcome,
+    expected_etag: str | None,
+) -> dict[str, Any]:
     """Point the policy alias at `{artifact_uri}/policy`, if it is still the alias read before training."""
     previous, _ = read_policy_alias(store, model_name)
-    alias = {"artifact": artifact_uri, "folder": POLICY_FOLDER, "run_id": run_id, "policy": outcome.policy.name,
-             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-             "previous_run_id": (previous or {}).get("run_id"), "gate": outcome.gate.to_dict()}
+    alias = {
+        "artifact": artifact_uri,
+        "folder": POLICY_FOLDER,
+        "run_id": run_id,
+        "policy": outcome.policy.name,
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "previous_run_id": (previous or {}).get("run_id"),
+        "gate": outcome.gate.to_dict(),
+    }
     try:
         store.put_if_match(alias_key(model_name), json.dumps(alias, indent=2, sort_keys=True).encode(), expected_etag)
     except ConflictError:
-        raise ConflictError(f"the policy alias {store.uri(alias_key(model_name))} changed while this feedback run "
-                            "trained its policy (another run published one); re-run the feedback step") from None
+        raise ConflictError(
+            f"the policy alias {store.uri(alias_key(model_name))} changed while this feedback run "
+            "trained its policy (another run published one); re-run the feedback step"
+        ) from None
     return alias
 
 
@@ -326,6 +373,6 @@ def load_production_policy(store: ArtifactStore, model_name: str, work_dir: Path
         return None
     root = store.root.rstrip("/") + "/"
     uri = str(alias["artifact"])
-    key = uri[len(root):] if uri.startswith(root) else uri
+    key = uri[len(root) :] if uri.startswith(root) else uri
     art = Artifact.open(store, key)
     return LinUCBPolicy.load(art.download_dir(str(alias.get("folder", POLICY_FOLDER)), work_dir / "policy"))

@@ -20,8 +20,9 @@ id, load shedding, body limit, metrics and access log in front of everything).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from recloop.config import ServingConfig
 from recloop.eventlog.pseudonym import Pseudonymizer
@@ -47,8 +48,12 @@ class ServeRuntime:
     pseudonymize: Pseudonymizer
 
 
-def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: EventLogs | None = None,
-               metrics: ServingMetrics | None = None) -> FastAPI:
+def create_app(
+    runtime: ServeRuntime,
+    holder: ModelHolder | None = None,
+    logs: EventLogs | None = None,
+    metrics: ServingMetrics | None = None,
+) -> FastAPI:
     """The FastAPI application. `holder`/`logs` default to ones over `runtime.store` (tests may pass their
     own); their threads start with the app (lifespan) and stop, flushing the logs, when it shuts down."""
     import anyio.to_thread
@@ -57,8 +62,14 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
     from recloop.policy.online import PolicyHolder
     from recloop.serving.middleware import ServingMiddleware
     from recloop.serving.ranking import SlateEngine
-    from recloop.serving.routes import (API_KEY_HEADER, ServingState, feedback_routes, key_check,
-                                        operation_routes, recommendation_routes)
+    from recloop.serving.routes import (
+        API_KEY_HEADER,
+        ServingState,
+        feedback_routes,
+        key_check,
+        operation_routes,
+        recommendation_routes,
+    )
     from recloop.serving.schemas import request_models
 
     settings = runtime.settings
@@ -90,7 +101,7 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
         title="recloop serving API",
         version="1",
         description="Recommendations from the model registry's production version, with explanations, "
-                    "impression logging and feedback. Raw ids in and out.",
+        "impression logging and feedback. Raw ids in and out.",
         lifespan=lifespan,
     )
     app.state.holder = holder
@@ -99,10 +110,15 @@ def create_app(runtime: ServeRuntime, holder: ModelHolder | None = None, logs: E
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=[API_KEY_HEADER, "Authorization", "Content-Type", "X-Request-ID"])
-    app.add_middleware(ServingMiddleware, max_concurrency=limits.max_concurrency,
-                       max_body_bytes=limits.max_body_bytes, metrics=metrics)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[API_KEY_HEADER, "Authorization", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(
+        ServingMiddleware, max_concurrency=limits.max_concurrency, max_body_bytes=limits.max_body_bytes, metrics=metrics
+    )
     bodies = request_models(limits)
     app.include_router(recommendation_routes(state, bodies, read_access))
     app.include_router(feedback_routes(state, bodies, require_key))

@@ -24,9 +24,11 @@ _TOKEN_RE = re.compile(r"[^\W\d_][\w'-]*[^\W_]|[^\W\d_]", re.UNICODE)
 # Words that carry no topic: a short list is enough, since idf already discounts what is everywhere.
 _MAX_CACHED_MASKS = 1024
 _MAX_DOC_SHARE = 0.8
-_STOPWORDS = frozenset("""a an and are as at be by for from has have in is it its of on or that the this to was
+_STOPWORDS = frozenset(
+    """a an and are as at be by for from has have in is it its of on or that the this to was
 were will with not no but into about than then there their they them these those you your our we he she
-his her i me my so if out up do does did can could would should may might also just more most""".split())
+his her i me my so if out up do does did can could would should may might also just more most""".split()
+)
 
 
 def tokens(text: str) -> list[str]:
@@ -66,8 +68,10 @@ class TextIndex:
             indptr.append(len(indices))
         if not vocab:
             return None
-        m = sp.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
-                          shape=(len(texts), len(vocab)))
+        m = sp.csr_matrix(
+            (np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
+            shape=(len(texts), len(vocab)),
+        )
         df = np.bincount(m.indices, minlength=len(vocab)).astype(np.float32)
         idf = np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0
         # Words in most texts are template boilerplate ("Genres:", "Tags:"), not content.
@@ -121,10 +125,10 @@ class Catalog:
         return len(self.item_ids)
 
     def categories_of(self, item: int) -> list[str]:
-        return [self.category_names[c] for c in self.cat_ids[self.cat_indptr[item]:self.cat_indptr[item + 1]]]
+        return [self.category_names[c] for c in self.cat_ids[self.cat_indptr[item] : self.cat_indptr[item + 1]]]
 
     def category_ids_of(self, item: int) -> np.ndarray:
-        return self.cat_ids[self.cat_indptr[item]:self.cat_indptr[item + 1]]
+        return self.cat_ids[self.cat_indptr[item] : self.cat_indptr[item + 1]]
 
     def items_in_category(self, category: int) -> np.ndarray:
         """Boolean (n_items,) mask of items carrying the category (read-only, cached)."""
@@ -161,8 +165,10 @@ class Catalog:
                 raise ArtifactError(f"{where}: {path.name} lacks item_idx / item_id columns; re-publish the model")
             idx = np.asarray(table.column("item_idx").to_numpy(), dtype=np.int64)
             if len(idx) != n_items or (len(idx) and (idx.min() < 0 or idx.max() >= n_items)):
-                raise ArtifactError(f"{where}: {path.name} maps {len(idx)} items but the model has {n_items}; "
-                                    "the version is inconsistent: re-publish it")
+                raise ArtifactError(
+                    f"{where}: {path.name} maps {len(idx)} items but the model has {n_items}; "
+                    "the version is inconsistent: re-publish it"
+                )
             raw = table.column("item_id").to_pylist()
             for i, value in zip(idx.tolist(), raw):
                 item_ids[i] = str(value)
@@ -190,8 +196,15 @@ class Catalog:
         # Texts that only repeat the item id (no catalog configured) say nothing.
         if texts is not None and all(t == item_ids[i] for i, t in enumerate(texts)):
             texts = None
-        catalog = cls(item_ids, index_of, texts, names, np.asarray(indptr, np.int64), np.asarray(cat_ids, np.int32),
-                      category_index)
+        catalog = cls(
+            item_ids,
+            index_of,
+            texts,
+            names,
+            np.asarray(indptr, np.int64),
+            np.asarray(cat_ids, np.int32),
+            category_index,
+        )
         if texts is not None:
             catalog.text_index = TextIndex.build(texts)
         return catalog
@@ -213,8 +226,9 @@ class UserIndex:
         idx = table.column("user_idx").to_pylist()
         raw = table.column("user_id").to_pylist()
         if len(idx) != n_users:
-            raise ArtifactError(f"{where}: users.parquet maps {len(idx)} users but the model has {n_users}; "
-                                "re-publish the model")
+            raise ArtifactError(
+                f"{where}: users.parquet maps {len(idx)} users but the model has {n_users}; re-publish the model"
+            )
         return cls({str(r): int(i) for i, r in zip(idx, raw)})
 
     def get(self, user_id: str) -> int | None:

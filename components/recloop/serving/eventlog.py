@@ -22,7 +22,7 @@ import secrets
 import socket
 import threading
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,16 +51,26 @@ class LogFull(Exception):
 
 
 def _to_json(record: dict[str, Any]) -> str:
-    return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in record.items()},
-                      separators=(",", ":"))
+    return json.dumps(
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in record.items()}, separators=(",", ":")
+    )
 
 
 class EventLog:
     """One buffered log (impressions or feedback)."""
 
-    def __init__(self, store: ArtifactStore, name: str, schema: pa.Schema, time_field: str,
-                 settings: ServingLogsConfig, instance: str, metrics: ServingMetrics | None,
-                 refuse_when_full: bool, spool_dir: Path | None = None):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        name: str,
+        schema: pa.Schema,
+        time_field: str,
+        settings: ServingLogsConfig,
+        instance: str,
+        metrics: ServingMetrics | None,
+        refuse_when_full: bool,
+        spool_dir: Path | None = None,
+    ):
         self.store = store
         self.name = name
         self.schema = schema
@@ -93,8 +103,10 @@ class EventLog:
             room = self.settings.max_buffer_rows - len(self._buffer)
             if len(records) > room:
                 if self.refuse_when_full:
-                    raise LogFull(f"the {self.name} log holds {len(self._buffer)} unwritten records (the store "
-                                  "is unreachable); retry later")
+                    raise LogFull(
+                        f"the {self.name} log holds {len(self._buffer)} unwritten records (the store "
+                        "is unreachable); retry later"
+                    )
                 # Impressions: keep the newest; count what was dropped.
                 drop = len(records) - max(room, 0)
                 del self._buffer[:drop]
@@ -109,7 +121,8 @@ class EventLog:
     def due(self, now: float) -> bool:
         n = len(self._buffer)
         return n >= self.settings.flush_rows or (
-            n > 0 and now - self._last_flush >= self.settings.flush_interval.total_seconds())
+            n > 0 and now - self._last_flush >= self.settings.flush_interval.total_seconds()
+        )
 
     # ------------------------------------------------------------------ spool
     def _spool_current(self) -> Path:
@@ -130,8 +143,9 @@ class EventLog:
             self._spool_file = None
             current = self._spool_current()
             if current.exists():
-                pending = current.with_name(f"{self.name}-{self.instance}-{self._seq:06d}-{secrets.token_hex(2)}"
-                                            ".pending.jsonl")
+                pending = current.with_name(
+                    f"{self.name}-{self.instance}-{self._seq:06d}-{secrets.token_hex(2)}.pending.jsonl"
+                )
                 os.replace(current, pending)
                 self._pending_spools.append(pending)
         return list(self._pending_spools)
@@ -174,7 +188,7 @@ class EventLog:
                 return 0
             by_day: dict[date, list[dict[str, Any]]] = {}
             for record in records:
-                by_day.setdefault(record[self.time_field].astimezone(timezone.utc).date(), []).append(record)
+                by_day.setdefault(record[self.time_field].astimezone(UTC).date(), []).append(record)
             written = 0
             failed: list[dict[str, Any]] = []
             error: Exception | None = None
@@ -192,8 +206,13 @@ class EventLog:
                     self._buffer[:0] = failed
                 if self.metrics is not None:
                     self.metrics.log_failures.labels(log=self.name).inc()
-                log.warning("writing %d %s records to %s failed (%s); they stay buffered for the next attempt",
-                            len(failed), self.name, self.store.root, error)
+                log.warning(
+                    "writing %d %s records to %s failed (%s); they stay buffered for the next attempt",
+                    len(failed),
+                    self.name,
+                    self.store.root,
+                    error,
+                )
             else:
                 self._delete_spools(spools)
             if self.metrics is not None:
@@ -221,8 +240,12 @@ class EventLog:
                     pa.Table.from_pylist([row], schema=self.schema)
                     good.append(row)
                 except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-                    log.error("dropping a %s record that cannot be stored (%s): %s", self.name, exc,
-                              {k: row.get(k) for k in ("request_id", "feedback_id")})
+                    log.error(
+                        "dropping a %s record that cannot be stored (%s): %s",
+                        self.name,
+                        exc,
+                        {k: row.get(k) for k in ("request_id", "feedback_id")},
+                    )
                     if self.metrics is not None:
                         self.metrics.log_dropped.labels(log=self.name).inc()
             return pa.Table.from_pylist(good, schema=self.schema)
@@ -237,7 +260,7 @@ class EventLog:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         self._seq += 1
-        key = log_file_key(self.settings.prefix, self.name, day, self.instance, self._seq, datetime.now(timezone.utc))
+        key = log_file_key(self.settings.prefix, self.name, day, self.instance, self._seq, datetime.now(UTC))
         self.store.put_bytes(key, sink.getvalue().to_pybytes())
 
     def close(self) -> None:
@@ -249,15 +272,37 @@ class EventLog:
 class EventLogs:
     """The impression and feedback logs of one server, and the thread that flushes them."""
 
-    def __init__(self, store: ArtifactStore, settings: ServingLogsConfig, metrics: ServingMetrics | None = None,
-                 instance: str | None = None):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        settings: ServingLogsConfig,
+        metrics: ServingMetrics | None = None,
+        instance: str | None = None,
+    ):
         self.settings = settings
         self.instance = instance or instance_id()
         spool = Path(settings.spool_dir) if settings.spool_dir else None
-        self.impressions = EventLog(store, IMPRESSIONS, impression_schema(), "served_at", settings, self.instance,
-                                    metrics, refuse_when_full=False)
-        self.feedback = EventLog(store, FEEDBACK, feedback_schema(), "received_at", settings, self.instance,
-                                 metrics, refuse_when_full=True, spool_dir=spool)
+        self.impressions = EventLog(
+            store,
+            IMPRESSIONS,
+            impression_schema(),
+            "served_at",
+            settings,
+            self.instance,
+            metrics,
+            refuse_when_full=False,
+        )
+        self.feedback = EventLog(
+            store,
+            FEEDBACK,
+            feedback_schema(),
+            "received_at",
+            settings,
+            self.instance,
+            metrics,
+            refuse_when_full=True,
+            spool_dir=spool,
+        )
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -295,6 +340,5 @@ class EventLogs:
                 time.sleep(0.5 * (attempt + 1))
             if log_.buffered:
                 kept = " (kept in the spool; replayed at the next start)" if log_._spool_dir else ""
-                log.error("shutting down with %d %s records not written to the store%s", log_.buffered,
-                          log_.name, kept)
+                log.error("shutting down with %d %s records not written to the store%s", log_.buffered, log_.name, kept)
             log_.close()

@@ -110,8 +110,11 @@ class Explainer:
             contrib = self._contributions(recent, np.asarray(items, np.int64))
             for col, expl in enumerate(out):
                 order = np.argsort(-contrib[:, col], kind="stable")[: self.n]
-                expl.because = [(int(recent[r]), round(float(contrib[r, col]), 6)) for r in order
-                                if contrib[r, col] > 0 and recent[r] != items[col]]
+                expl.because = [
+                    (int(recent[r]), round(float(contrib[r, col]), 6))
+                    for r in order
+                    if contrib[r, col] > 0 and recent[r] != items[col]
+                ]
         catalog = self.catalog
         if catalog.category_names:
             history_cats = catalog.category_counts(recent)

@@ -96,8 +96,9 @@ _OVERFETCH = 2
 _ROUNDS = 3
 
 
-def ann_top(index: AnnIndex, item_vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray,
-            want: int) -> tuple[np.ndarray, np.ndarray] | None:
+def ann_top(
+    index: AnnIndex, item_vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray, want: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The `want` allowed items with the largest exact inner product among the index's candidates for one
     query, best first; None when even the last round finds too few allowed items."""
     n_items = index.n_items
@@ -126,7 +127,7 @@ def exact_top(queries: np.ndarray, items: np.ndarray, k: int, block: int = 256) 
 
     out = []
     for start in range(0, len(queries), block):
-        ids, _ = top_k((queries[start:start + block] @ items.T).astype(np.float32), k)
+        ids, _ = top_k((queries[start : start + block] @ items.T).astype(np.float32), k)
         out.append(ids)
     return np.vstack(out) if out else np.zeros((0, k), np.int64)
 
@@ -163,8 +164,9 @@ def _exact_unseen(queries: np.ndarray, items: np.ndarray, seen: list[np.ndarray]
     return out
 
 
-def _served_recall(index: AnnIndex, items: np.ndarray, queries: np.ndarray, seen: list[np.ndarray],
-                   exact: np.ndarray, k: int) -> float:
+def _served_recall(
+    index: AnnIndex, items: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], exact: np.ndarray, k: int
+) -> float:
     """recall@k of what serving returns (seen items excluded, `ann_top`'s candidates) against exact search."""
     allowed = np.ones(len(items), dtype=bool)
     hits = []
@@ -180,8 +182,9 @@ def _served_recall(index: AnnIndex, items: np.ndarray, queries: np.ndarray, seen
     return float(np.mean(hits)) if hits else 1.0
 
 
-def build_ann_index(model: Recommender, bundle_dir: str | Path, settings: ServingAnnConfig | None = None,
-                    force: bool = False) -> dict[str, Any]:
+def build_ann_index(
+    model: Recommender, bundle_dir: str | Path, settings: ServingAnnConfig | None = None, force: bool = False
+) -> dict[str, Any]:
     """Build the HNSW index of `model` into `bundle_dir/ann/` when the catalog needs one; returns what
     was recorded in `ann.json` (`built: false` with a `reason` when no index was written).
 
@@ -194,22 +197,28 @@ def build_ann_index(model: Recommender, bundle_dir: str | Path, settings: Servin
         return {"built": False, "reason": "serving.ann.enabled is false"}
     space = model.vector_space()
     if space is None:
-        return {"built": False, "reason": f"{model.type_name} scores are not inner products of item vectors; "
-                                          "it is always searched exactly"}
+        return {
+            "built": False,
+            "reason": f"{model.type_name} scores are not inner products of item vectors; it is always searched exactly",
+        }
     n_items, dim = space.item_vectors.shape
     if n_items < settings.min_items and not force:
-        return {"built": False, "reason": f"{n_items} items is below serving.ann.min_items "
-                                          f"({settings.min_items}); exact search is used"}
+        return {
+            "built": False,
+            "reason": f"{n_items} items is below serving.ann.min_items ({settings.min_items}); exact search is used",
+        }
     try:
         import hnswlib
     except ImportError:
-        return {"built": False, "reason": "hnswlib is not installed (pip install 'recloop[serve]'); "
-                                          "`recloop serve` builds the index when it loads the model"}
+        return {
+            "built": False,
+            "reason": "hnswlib is not installed (pip install 'recloop[serve]'); "
+            "`recloop serve` builds the index when it loads the model",
+        }
     started = time.perf_counter()
     augmented, max_sq = _augment_items(space.item_vectors)
     index = hnswlib.Index(space="l2", dim=dim + 1)
-    index.init_index(max_elements=n_items, ef_construction=settings.ef_construction, M=settings.m,
-                     random_seed=_SEED)
+    index.init_index(max_elements=n_items, ef_construction=settings.ef_construction, M=settings.m, random_seed=_SEED)
     index.add_items(augmented, np.arange(n_items), num_threads=settings.build_threads)
     build_seconds = time.perf_counter() - started
 
@@ -241,7 +250,7 @@ def build_ann_index(model: Recommender, bundle_dir: str | Path, settings: Servin
         "ef_search": int(ef),
         f"recall@{RECALL_K}": round(recall, 6),
         "recall_protocol": "sampled training users' top-10 as served (their training items excluded, the "
-                           "serving candidate procedure) against exact search",
+        "serving candidate procedure) against exact search",
         "recall_queries": int(len(queries)),
         "target_recall": settings.target_recall,
         "target_met": bool(recall >= settings.target_recall),
@@ -249,5 +258,4 @@ def build_ann_index(model: Recommender, bundle_dir: str | Path, settings: Servin
     folder.mkdir(parents=True, exist_ok=True)
     index.save_index(str(folder / INDEX_FILE))
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return {**meta, "build_seconds": round(build_seconds, 3),
-            "total_seconds": round(time.perf_counter() - started, 3)}
+    return {**meta, "build_seconds": round(build_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3)}

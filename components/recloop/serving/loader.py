@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +63,7 @@ class ServedModel:
     ann: AnnIndex | None
     ann_info: dict[str, Any]
     explainer: Explainer
-    loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
     def model_type(self) -> str:
@@ -74,11 +74,21 @@ class ServedModel:
         return "ann" if self.ann is not None else "exact"
 
     def describe(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "version": self.version, "model_type": self.model_type,
-                "candidate": self.info.candidate, "run_id": self.info.run_id, "uri": self.info.uri,
-                "created_at": self.info.created_at, "loaded_at": self.loaded_at, "n_users": self.model.n_users,
-                "n_items": self.model.n_items, "search": self.search, "ann": self.ann_info,
-                "explanations": self.explainer.method}
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "model_type": self.model_type,
+            "candidate": self.info.candidate,
+            "run_id": self.info.run_id,
+            "uri": self.info.uri,
+            "created_at": self.info.created_at,
+            "loaded_at": self.loaded_at,
+            "n_users": self.model.n_users,
+            "n_items": self.model.n_items,
+            "search": self.search,
+            "ann": self.ann_info,
+            "explanations": self.explainer.method,
+        }
 
 
 def _fallback_rankings(model: Recommender, half_life_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +105,9 @@ def _fallback_rankings(model: Recommender, half_life_s: float) -> tuple[np.ndarr
     return popular, trending
 
 
-def load_version(store: ArtifactStore, registry: ModelRegistry, version: int, settings: ServingConfig,
-                 work_dir: Path) -> ServedModel:
+def load_version(
+    store: ArtifactStore, registry: ModelRegistry, version: int, settings: ServingConfig, work_dir: Path
+) -> ServedModel:
     """Download, verify and load one registry version into a ready-to-serve object."""
     from recloop.models.base import Recommender
 
@@ -128,8 +139,9 @@ def load_version(store: ArtifactStore, registry: ModelRegistry, version: int, se
         ann, ann_info = None, {"built": False, "reason": "serving.ann.enabled is false"}
         if settings.ann.enabled:
             ann = AnnIndex.load(bundle)
-            if ann is not None and (space is None or ann.n_items != model.n_items
-                                    or int(ann.meta["dim"]) != space.item_vectors.shape[1]):
+            if ann is not None and (
+                space is None or ann.n_items != model.n_items or int(ann.meta["dim"]) != space.item_vectors.shape[1]
+            ):
                 log.warning("%s: the bundle's ANN index does not fit the model; building a new one", where)
                 ann = None
             if ann is not None:
@@ -140,8 +152,13 @@ def load_version(store: ArtifactStore, registry: ModelRegistry, version: int, se
                 if ann_info.get("built"):
                     ann = AnnIndex.load(tmp / "lazy")
                     ann_info["source"] = "built_at_load"
-                    log.info("%s: built the ANN index at load (recall@10 %.3f, ef_search %s) in %.1fs",
-                             where, ann_info["recall@10"], ann_info["ef_search"], ann_info["total_seconds"])
+                    log.info(
+                        "%s: built the ANN index at load (recall@10 %.3f, ef_search %s) in %.1fs",
+                        where,
+                        ann_info["recall@10"],
+                        ann_info["ef_search"],
+                        ann_info["total_seconds"],
+                    )
 
     cold = None if model.scores_cold_items else model.cold_item_mask()
     if cold is not None and not cold.any():
@@ -150,15 +167,30 @@ def load_version(store: ArtifactStore, registry: ModelRegistry, version: int, se
     allowed = static_allowed(catalog, settings.rules)
     allowed.setflags(write=False)
     explainer = Explainer(model, catalog, space.item_vectors if space is not None else None, settings.explain_items)
-    return ServedModel(registry.name, version, info, model, users, catalog, allowed, cold, popular, trending,
-                       space, ann, ann_info, explainer)
+    return ServedModel(
+        registry.name,
+        version,
+        info,
+        model,
+        users,
+        catalog,
+        allowed,
+        cold,
+        popular,
+        trending,
+        space,
+        ann,
+        ann_info,
+        explainer,
+    )
 
 
 class ModelHolder:
     """The current ServedModel, replaced atomically when the production alias moves."""
 
-    def __init__(self, store: ArtifactStore, model_name: str, settings: ServingConfig,
-                 metrics: ServingMetrics | None = None):
+    def __init__(
+        self, store: ArtifactStore, model_name: str, settings: ServingConfig, metrics: ServingMetrics | None = None
+    ):
         self.store = store
         self.registry = ModelRegistry(store, model_name, actor="recloop serve")
         self.settings = settings
@@ -172,7 +204,9 @@ class ModelHolder:
         self._thread: threading.Thread | None = None
         self._failed: dict[int, tuple[float, float]] = {}  # version -> (retry at, current delay)
         self._own_dir = settings.cache_dir is None
-        self.work_dir = Path(settings.cache_dir) if settings.cache_dir else Path(tempfile.mkdtemp(prefix="recloop-serve-"))
+        self.work_dir = (
+            Path(settings.cache_dir) if settings.cache_dir else Path(tempfile.mkdtemp(prefix="recloop-serve-"))
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -210,7 +244,7 @@ class ModelHolder:
 
     def check_once(self) -> bool:
         """Read the alias; load and swap to its version if that is not the one served. True if swapped."""
-        self.last_check_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.last_check_at = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             alias = self.registry.production()
         except RecloopError as exc:
@@ -220,8 +254,10 @@ class ModelHolder:
             self._note_error(f"cannot read the production alias of {self.registry.name!r}: {exc!r}")
             return False
         if alias is None:
-            self._note_error(f"model {self.registry.name!r} has no production version in {self.store.root} yet; "
-                             "publish one (`recloop step publish`) or promote one (`recloop model promote`)")
+            self._note_error(
+                f"model {self.registry.name!r} has no production version in {self.store.root} yet; "
+                "publish one (`recloop step publish`) or promote one (`recloop model promote`)"
+            )
             return False
         self.production_version = alias.version
         current = self.current
@@ -235,13 +271,16 @@ class ModelHolder:
         try:
             served = load_version(self.store, self.registry, alias.version, self.settings, self.work_dir)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version whatever went wrong
-            delay = min(_MAX_RETRY_DELAY_S, (retry[1] * 2) if retry else max(self.settings.poll_interval.total_seconds(), 1.0))
+            delay = min(
+                _MAX_RETRY_DELAY_S, (retry[1] * 2) if retry else max(self.settings.poll_interval.total_seconds(), 1.0)
+            )
             self._failed[alias.version] = (time.monotonic() + delay, delay)
             if self.metrics is not None:
                 self.metrics.load_failures.inc()
             kept = f"; still serving v{current.version}" if current is not None else ""
-            self._note_error(f"loading {self.registry.name} v{alias.version} failed: {exc}{kept}; "
-                             f"retrying in {delay:.0f}s")
+            self._note_error(
+                f"loading {self.registry.name} v{alias.version} failed: {exc}{kept}; retrying in {delay:.0f}s"
+            )
             return False
         self._failed.pop(alias.version, None)
         self.current = served  # the swap: one reference assignment
@@ -250,9 +289,16 @@ class ModelHolder:
             self.metrics.set_model(served.model_name, served.version, served.model_type, served.search)
             if current is not None:
                 self.metrics.swaps.inc()
-        log.info("serving %s v%d (%s, %d items, %s search), loaded in %.2fs%s", served.model_name, served.version,
-                 served.model_type, served.model.n_items, served.search, time.perf_counter() - started,
-                 f"; replaced v{current.version}" if current is not None else "")
+        log.info(
+            "serving %s v%d (%s, %d items, %s search), loaded in %.2fs%s",
+            served.model_name,
+            served.version,
+            served.model_type,
+            served.model.n_items,
+            served.search,
+            time.perf_counter() - started,
+            f"; replaced v{current.version}" if current is not None else "",
+        )
         return True
 
     def _note_error(self, message: str) -> None:

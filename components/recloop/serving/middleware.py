@@ -13,7 +13,8 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from recloop.serving.metrics import ServingMetrics
@@ -23,8 +24,21 @@ access_log = logging.getLogger("recloop.serving.access")
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
 _UNSHED = frozenset({"/healthz", "/readyz", "/metrics"})
-_ROUTES = frozenset({"/v1/recommendations", "/v1/feedback", "/v1/model", "/v1/admin/status", "/v1/admin/reload",
-                     "/v1/admin/flush", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+_ROUTES = frozenset(
+    {
+        "/v1/recommendations",
+        "/v1/feedback",
+        "/v1/model",
+        "/v1/admin/status",
+        "/v1/admin/reload",
+        "/v1/admin/flush",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+    }
+)
 
 
 def _route_label(path: str) -> str:
@@ -38,8 +52,9 @@ def _route_label(path: str) -> str:
 class ServingMiddleware:
     """Request id, load shedding, body size limit, metrics and access log, in one pass."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_concurrency: int, max_body_bytes: int,
-                 metrics: ServingMetrics):
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], max_concurrency: int, max_body_bytes: int, metrics: ServingMetrics
+    ):
         self.app = app
         self.max_concurrency = max_concurrency
         self.max_body_bytes = max_body_bytes
@@ -71,25 +86,42 @@ class ServingMiddleware:
         try:
             if shed:
                 self.metrics.shed.inc()
-                await _plain_json(send_wrapped, 429, {
-                    "detail": f"the server is at its limit of {self.max_concurrency} concurrent requests; "
-                              "retry after a short delay", "request_id": request_id}, retry_after="1")
+                await _plain_json(
+                    send_wrapped,
+                    429,
+                    {
+                        "detail": f"the server is at its limit of {self.max_concurrency} concurrent requests; "
+                        "retry after a short delay",
+                        "request_id": request_id,
+                    },
+                    retry_after="1",
+                )
                 return
             self.in_flight += 1
             self.metrics.in_flight.set(self.in_flight)
             try:
                 declared = headers.get(b"content-length")
                 if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                    await _plain_json(send_wrapped, 413, {
-                        "detail": f"the request body has {int(declared)} bytes; the limit is {self.max_body_bytes}",
-                        "request_id": request_id})
+                    await _plain_json(
+                        send_wrapped,
+                        413,
+                        {
+                            "detail": f"the request body has {int(declared)} bytes; the limit is {self.max_body_bytes}",
+                            "request_id": request_id,
+                        },
+                    )
                     return
                 if method in ("POST", "PUT", "PATCH"):
                     body, too_large = await _read_body(receive, self.max_body_bytes)
                     if too_large:
-                        await _plain_json(send_wrapped, 413, {
-                            "detail": f"the request body exceeds the limit of {self.max_body_bytes} bytes",
-                            "request_id": request_id})
+                        await _plain_json(
+                            send_wrapped,
+                            413,
+                            {
+                                "detail": f"the request body exceeds the limit of {self.max_body_bytes} bytes",
+                                "request_id": request_id,
+                            },
+                        )
                         return
                     receive = _replay(body)
                 await self.app(scope, receive, send_wrapped)
@@ -103,8 +135,14 @@ class ServingMiddleware:
             self.metrics.latency.labels(method=method, route=route).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO) and route != "/metrics":
                 # The path only: query strings can hold user ids, which must never reach a log.
-                access_log.info('%s %s %d %.1fms rid=%s', method, path if route != "other" else route, status,
-                                elapsed * 1000, request_id)
+                access_log.info(
+                    "%s %s %d %.1fms rid=%s",
+                    method,
+                    path if route != "other" else route,
+                    status,
+                    elapsed * 1000,
+                    request_id,
+                )
 
 
 async def _read_body(receive: Callable, limit: int) -> tuple[bytes, bool]:

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("recloop.serving")
 
 
-
 @dataclass
 class SlateQuery:
     user: int | None  # contiguous user id when the model knows the user
@@ -86,11 +85,25 @@ class SlateEngine:
             allowed &= ~served.cold
         return allowed
 
-    def _finish(self, served: ServedModel, pool_ids: np.ndarray, pool_scores: np.ndarray, policy: Policy,
-                history: np.ndarray, request_id: str, explain_method: str | None,
-                anchor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Explanation]]:
-        filled = fill_slate(pool_ids, pool_scores, policy, served.catalog,
-                            served.explainer.similarity, self._rng(request_id) if policy.epsilon > 0 else None)
+    def _finish(
+        self,
+        served: ServedModel,
+        pool_ids: np.ndarray,
+        pool_scores: np.ndarray,
+        policy: Policy,
+        history: np.ndarray,
+        request_id: str,
+        explain_method: str | None,
+        anchor: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Explanation]]:
+        filled = fill_slate(
+            pool_ids,
+            pool_scores,
+            policy,
+            served.catalog,
+            served.explainer.similarity,
+            self._rng(request_id) if policy.epsilon > 0 else None,
+        )
         items = pool_ids[filled.positions]
         scores = pool_scores[filled.positions].astype(np.float64)
         explanations = served.explainer.explain(history if anchor is None else anchor, items, explain_method)
@@ -106,27 +119,37 @@ class SlateEngine:
                 bandit = self.bandit.current if self.bandit is not None else None
                 if bandit is not None and query.category is None and query.history_is_training:
                     return self._bandit_slate(served, query, allowed, bandit)
-                pool_ids, pool_scores, search = self._personalized_pool(served, query, allowed,
-                                                                        self._pool_size(policy))
-                items, scores, props, expl = self._finish(served, pool_ids, pool_scores, policy, query.history,
-                                                          query.request_id, None)
+                pool_ids, pool_scores, search = self._personalized_pool(served, query, allowed, self._pool_size(policy))
+                items, scores, props, expl = self._finish(
+                    served, pool_ids, pool_scores, policy, query.history, query.request_id, None
+                )
                 return Slate(items, scores, props, expl, policy.name, None, search)
             except Exception:  # noqa: BLE001 - a request still gets a (fallback) slate; the error is logged
-                log.exception("model %s v%d failed to score request %s; serving the fallback",
-                              served.model_name, served.version, query.request_id)
+                log.exception(
+                    "model %s v%d failed to score request %s; serving the fallback",
+                    served.model_name,
+                    served.version,
+                    query.request_id,
+                )
                 reason = "model_error"
         return self._fallback(served, query, policy, reason)
 
-    def _bandit_slate(self, served: ServedModel, query: SlateQuery, allowed: np.ndarray,
-                      bandit: LinUCBPolicy) -> Slate:
+    def _bandit_slate(self, served: ServedModel, query: SlateQuery, allowed: np.ndarray, bandit: LinUCBPolicy) -> Slate:
         """The bandit reranks the model's top `candidates` (the pool the feedback step reconstructs to train
         and evaluate it); each shown item's propensity is the bandit's exact slot probability."""
         from recloop.policy.online import rerank
 
-        pool_ids, pool_scores, search = self._personalized_pool(served, query, allowed,
-                                                                max(bandit.config.candidates, query.k))
-        order, props = rerank(bandit, [served.catalog.item_ids[int(i)] for i in pool_ids], pool_scores,
-                              len(query.history), query.k, self._rng(query.request_id))
+        pool_ids, pool_scores, search = self._personalized_pool(
+            served, query, allowed, max(bandit.config.candidates, query.k)
+        )
+        order, props = rerank(
+            bandit,
+            [served.catalog.item_ids[int(i)] for i in pool_ids],
+            pool_scores,
+            len(query.history),
+            query.k,
+            self._rng(query.request_id),
+        )
         items = pool_ids[order]
         explanations = served.explainer.explain(query.history, items, None)
         return Slate(items, pool_scores[order].astype(np.float64), props, explanations, bandit.name, None, search)
@@ -143,11 +166,13 @@ class SlateEngine:
     def _histories(self, served: ServedModel, query: SlateQuery) -> Histories:
         h = query.history.astype(np.int32)
         n = len(h)
-        return Histories(np.array([0, n], np.int64), h, np.ones(n, np.float32), np.arange(n, dtype=np.int64),
-                         served.model.n_items)
+        return Histories(
+            np.array([0, n], np.int64), h, np.ones(n, np.float32), np.arange(n, dtype=np.int64), served.model.n_items
+        )
 
-    def _personalized_pool(self, served: ServedModel, query: SlateQuery, allowed: np.ndarray,
-                           pool: int) -> tuple[np.ndarray, np.ndarray, str]:
+    def _personalized_pool(
+        self, served: ServedModel, query: SlateQuery, allowed: np.ndarray, pool: int
+    ) -> tuple[np.ndarray, np.ndarray, str]:
         model = served.model
         if query.history_is_training and query.user is not None:
             histories = model.train_histories.select(np.array([query.user]))  # type: ignore[union-attr]
@@ -159,8 +184,7 @@ class SlateEngine:
         if want == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "exact"
         if served.ann is not None and served.space is not None:
-            found = self._ann_pool(served, histories, users if query.history_is_training else None,
-                                   allowed, want)
+            found = self._ann_pool(served, histories, users if query.history_is_training else None, allowed, want)
             if found is not None:
                 return found[0], found[1], "ann"
             search = "ann_exhausted"
@@ -172,8 +196,9 @@ class SlateEngine:
         keep = np.isfinite(top[0])
         return ids[0][keep], top[0][keep], search
 
-    def _ann_pool(self, served: ServedModel, histories: Histories, users: np.ndarray | None,
-                  allowed: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _ann_pool(
+        self, served: ServedModel, histories: Histories, users: np.ndarray | None, allowed: np.ndarray, want: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Top `want` allowed items among ANN candidates; None when the index cannot supply enough
         allowed items (then the caller searches exactly)."""
         assert served.ann is not None and served.space is not None
@@ -196,8 +221,9 @@ class SlateEngine:
         want = min(self._pool_size(policy), int(allowed.sum()))
         ids, top = top_k(scores[None, :], want)
         keep = np.isfinite(top[0])
-        items, values, props, expl = self._finish(served, ids[0][keep], top[0][keep], policy, query.history,
-                                                  query.request_id, used)
+        items, values, props, expl = self._finish(
+            served, ids[0][keep], top[0][keep], policy, query.history, query.request_id, used
+        )
         return Slate(items, values, props, expl, policy.name, reason, f"fallback:{used}")
 
     # ------------------------------------------------------------------ similar items

@@ -13,8 +13,8 @@ Each shown item's propensity is the probability that this policy put it in its s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -67,8 +67,14 @@ class Filled:
     propensities: np.ndarray  # float64, one per shown item
 
 
-def fill_slate(pool_ids: np.ndarray, pool_scores: np.ndarray, policy: Policy, catalog: Catalog,
-               similarity: SimilarityFn | None, rng: np.random.Generator | None) -> Filled:
+def fill_slate(
+    pool_ids: np.ndarray,
+    pool_scores: np.ndarray,
+    policy: Policy,
+    catalog: Catalog,
+    similarity: SimilarityFn | None,
+    rng: np.random.Generator | None,
+) -> Filled:
     """Choose up to k pool items (pool sorted best first) slot by slot under the policy."""
     p = len(pool_ids)
     if p == 0 or policy.k == 0:

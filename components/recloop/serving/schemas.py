@@ -49,13 +49,16 @@ class SlateResponse(BaseModel):
     request_id: str = Field(description="Echo it in feedback (request_id) to link the event to this slate.")
     model: ModelRef
     policy: str = Field(description="greedy | epsilon_greedy")
-    fallback: str | None = Field(description="Why the fallback served (unknown_user, no_history, cold_history, "
-                                             "model_error); null for personalized slates.")
+    fallback: str | None = Field(
+        description="Why the fallback served (unknown_user, no_history, cold_history, "
+        "model_error); null for personalized slates."
+    )
     search: str = Field(description="exact | ann | ann_exhausted | fallback:<policy> | similar")
     user_known: bool
     items: list[RecommendedItem]
-    ignored_history_items: list[str] = Field(default_factory=list,
-                                             description="Posted history items the model does not know.")
+    ignored_history_items: list[str] = Field(
+        default_factory=list, description="Posted history items the model does not know."
+    )
 
 
 class FeedbackAccepted(BaseModel):
@@ -93,8 +96,9 @@ def request_models(limits: ServingLimitsConfig) -> RequestModels:
         model_config = ConfigDict(extra="forbid", regex_engine="python-re")
         user_id: IdStr | None = Field(None, description="A known user's events come first in the history.")
         session_id: IdStr | None = Field(None, description="Logged (pseudonymized) to link a session's slates.")
-        history: list[IdStr] = Field(default_factory=list, max_length=limits.max_history,
-                                     description="Raw item ids, oldest first.")
+        history: list[IdStr] = Field(
+            default_factory=list, max_length=limits.max_history, description="Raw item ids, oldest first."
+        )
         k: int = Field(limits.default_k, ge=1, le=limits.max_k)
         exclude_seen: bool = True
         category: CategoryStr | None = None
@@ -103,8 +107,11 @@ def request_models(limits: ServingLimitsConfig) -> RequestModels:
         model_config = ConfigDict(extra="forbid", regex_engine="python-re")
         item_id: IdStr
         event_type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)] = Field(
-            description="click, view, add_to_cart, purchase, rating, dismiss, ... (lower-case, <= 32 chars)")
-        request_id: RequestIdStr | None = Field(None, description="The slate's request_id, if the event responds to one.")
+            description="click, view, add_to_cart, purchase, rating, dismiss, ... (lower-case, <= 32 chars)"
+        )
+        request_id: RequestIdStr | None = Field(
+            None, description="The slate's request_id, if the event responds to one."
+        )
         user_id: IdStr | None = None
         session_id: IdStr | None = None
         value: float | None = Field(None, allow_inf_nan=False, description="e.g. a rating or an amount.")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from recloop.errors import ConfigError
 from recloop.eventlog.pseudonym import GENERATE_SECRET_HINT, MIN_SECRET_CHARS
+
 _HASHED_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 
 
@@ -43,8 +44,10 @@ class ApiKeys:
                 problems.append(f"entry {position + 1}: a `sha256:` entry must hold 64 hex digits")
             elif len(entry) < MIN_SECRET_CHARS:
                 # Never echo the key itself: the message may end up in logs.
-                problems.append(f"entry {position + 1}: API keys must have at least {MIN_SECRET_CHARS} "
-                                f"characters (this one has {len(entry)}); generate one with {GENERATE_SECRET_HINT}")
+                problems.append(
+                    f"entry {position + 1}: API keys must have at least {MIN_SECRET_CHARS} "
+                    f"characters (this one has {len(entry)}); generate one with {GENERATE_SECRET_HINT}"
+                )
             else:
                 digests.add(sha256_hex(entry))
         if problems:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from recloop.artifacts import MANIFEST, Artifact, Manifest, run_prefix
 from recloop.errors import ArtifactError, ConfigError
@@ -64,19 +65,31 @@ class StepContext:
     step_name: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_config(cls, config: PipelineConfig, run_id: str, params: RunParams | None = None,
-                    log: Callable[[str], None] | None = None, progress: Progress | None = None) -> StepContext:
+    def from_config(
+        cls,
+        config: PipelineConfig,
+        run_id: str,
+        params: RunParams | None = None,
+        log: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
+    ) -> StepContext:
         """The context of one run of `config`, on the store the config names."""
         from recloop.store import open_store
 
-        return cls(config=config, store=open_store(config.store), run_id=run_id, params=params or RunParams(),
-                   log=log or _logger.info, progress=progress or _no_progress)
+        return cls(
+            config=config,
+            store=open_store(config.store),
+            run_id=run_id,
+            params=params or RunParams(),
+            log=log or _logger.info,
+            progress=progress or _no_progress,
+        )
 
     def key(self, uri: str) -> str:
         """Store key for a URI under this store's root (inputs arrive as URIs)."""
         root = self.store.root.rstrip("/") + "/"
         if uri.startswith(root):
-            return uri[len(root):]
+            return uri[len(root) :]
         if "://" in uri:
             raise ArtifactError(f"{uri} is outside the configured store root {self.store.root}")
         return uri.strip("/")
@@ -88,8 +101,15 @@ class StepContext:
         from recloop.artifacts import ArtifactWriter
 
         key = self.key(output)
-        return ArtifactWriter(self.store, key, step=self.step_name or key.rsplit("/", 1)[-1], run_id=self.run_id,
-                              config_hash=self.config.config_hash(), parents=parents, reuse_key=self.reuse_key)
+        return ArtifactWriter(
+            self.store,
+            key,
+            step=self.step_name or key.rsplit("/", 1)[-1],
+            run_id=self.run_id,
+            config_hash=self.config.config_hash(),
+            parents=parents,
+            reuse_key=self.reuse_key,
+        )
 
     @property
     def candidates(self) -> list[ModelConfig]:
@@ -101,34 +121,46 @@ class StepContext:
         `train/`), in config order: those `params.models` selects, else every configured one (a folder
         may still hold a candidate an earlier config of the run had; it is not this run's)."""
         prefix = self.key(folder)
-        names = {k[len(prefix) + 1:].split("/", 1)[0] for k in self.store.list(prefix) if k.endswith("/" + MANIFEST)}
+        names = {k[len(prefix) + 1 :].split("/", 1)[0] for k in self.store.list(prefix) if k.endswith("/" + MANIFEST)}
         configured = _configured_names(self.config)
         if self.params.models is not None:
             names &= set(self.params.models)
         elif configured:
             names &= set(configured)
         order = {name: i for i, name in enumerate(configured)}
-        return {name: f"{folder.rstrip('/')}/{name}" for name in sorted(names, key=lambda n: (order.get(n, len(order)), n))}
+        return {
+            name: f"{folder.rstrip('/')}/{name}" for name in sorted(names, key=lambda n: (order.get(n, len(order)), n))
+        }
 
 
 def _configured_names(config: PipelineConfig) -> list[str]:
-    return [m.candidate_name if hasattr(m, "candidate_name") else str(m.get("name") or m.get("type"))
-            for m in config.models]
+    return [
+        m.candidate_name if hasattr(m, "candidate_name") else str(m.get("name") or m.get("type")) for m in config.models
+    ]
 
 
 def select_candidates(models: Sequence[ModelConfig], names: Sequence[str] | None, source: str) -> list[ModelConfig]:
     """The configured candidates, or those named in `names` (config order kept)."""
     if not models:
-        raise ConfigError(source, ["models: no candidate models are configured; add at least one, e.g. "
-                                   "`models: [{type: popularity}, {type: ease, lambda: 200}]`"])
+        raise ConfigError(
+            source,
+            [
+                "models: no candidate models are configured; add at least one, e.g. "
+                "`models: [{type: popularity}, {type: ease, lambda: 200}]`"
+            ],
+        )
     configured = [m.candidate_name for m in models]
     if not names:
         return list(models)
     unknown = [n for n in names if n not in configured]
     if unknown:
-        raise ConfigError(source, [
-            f"--models: unknown candidate(s) {', '.join(repr(n) for n in unknown)}; configured candidates: "
-            f"{', '.join(configured)} (a candidate's name is its `name:`, else its `type:`)"])
+        raise ConfigError(
+            source,
+            [
+                f"--models: unknown candidate(s) {', '.join(repr(n) for n in unknown)}; configured candidates: "
+                f"{', '.join(configured)} (a candidate's name is its `name:`, else its `type:`)"
+            ],
+        )
     wanted = set(names)
     return [m for m in models if m.candidate_name in wanted]
 
@@ -148,14 +180,16 @@ def resolve_inputs(ctx: StepContext, step: Step, given: dict[str, str] | None = 
     given = {role: uri.rstrip("/") for role, uri in (given or {}).items()}
     unknown = sorted(set(given) - set(step.inputs))
     if unknown:
-        raise ArtifactError(f"{step.name} has no input {', '.join(map(repr, unknown))}; its inputs: "
-                            f"{', '.join(step.inputs) or 'none'}")
+        raise ArtifactError(
+            f"{step.name} has no input {', '.join(map(repr, unknown))}; its inputs: {', '.join(step.inputs) or 'none'}"
+        )
     resolved: dict[str, str] = {}
     problems: list[str] = []
     for role, channel in step.inputs.items():
         uri = given.get(role) or ctx.store.uri(run_prefix(ctx.run_id, role))
-        missing = (_missing_candidates(ctx, uri) if channel.many
-                   else [] if Artifact.exists(ctx.store, ctx.key(uri)) else [uri])
+        missing = (
+            _missing_candidates(ctx, uri) if channel.many else [] if Artifact.exists(ctx.store, ctx.key(uri)) else [uri]
+        )
         if missing and channel.optional:
             ctx.log(f"{step.name}: optional input {role} has no committed artifact at {uri}; running without it")
             continue
@@ -177,11 +211,15 @@ def _missing_candidates(ctx: StepContext, folder: str) -> list[str]:
 
 def _missing_input(role: str, channel: Input, uri: str) -> str:
     if channel.many and uri.rstrip("/").endswith(f"/{role}"):
-        what = (f"{uri} holds no committed {channel.kind.title} (no {uri}/NAME/{MANIFEST}); run "
-                f"`recloop step {role}` with this run id first")
+        what = (
+            f"{uri} holds no committed {channel.kind.title} (no {uri}/NAME/{MANIFEST}); run "
+            f"`recloop step {role}` with this run id first"
+        )
     else:
-        what = (f"{uri} has no {MANIFEST}: the step that writes it has not completed; run it first "
-                f"(`recloop step {role}`{' --model NAME' if channel.many else ''} with this run id)")
+        what = (
+            f"{uri} has no {MANIFEST}: the step that writes it has not completed; run it first "
+            f"(`recloop step {role}`{' --model NAME' if channel.many else ''} with this run id)"
+        )
     return f"input {role!r} ({channel.kind.title}): {what}, or pass --input {role}=URI"
 
 
@@ -203,8 +241,9 @@ def reuse_key(ctx: StepContext, step: Step, inputs: dict[str, str], candidate: s
                 digests[f"{role}/{name}".rstrip("/")] = None
     params = {
         "since": ctx.params.since.isoformat() if ctx.params.since else None,
-        "models": ([candidate] if step.per_candidate
-                   else sorted(ctx.params.models) if ctx.params.models is not None else None),
+        "models": (
+            [candidate] if step.per_candidate else sorted(ctx.params.models) if ctx.params.models is not None else None
+        ),
         "dry_run": ctx.params.dry_run,
     }
     payload = json.dumps({"params": params, "inputs": digests}, sort_keys=True)
@@ -220,16 +259,26 @@ class StepResult:
     reused: bool
 
 
-def execute_step(step: str | Step, ctx: StepContext, inputs: dict[str, str] | None = None,
-                 output: str | None = None, candidate: str | None = None) -> StepResult:
+def execute_step(
+    step: str | Step,
+    ctx: StepContext,
+    inputs: dict[str, str] | None = None,
+    output: str | None = None,
+    candidate: str | None = None,
+) -> StepResult:
     """Run one step (one candidate of a per-candidate step), or reuse its committed artifact."""
     spec = find_step(step) if isinstance(step, str) else step
     if spec.per_candidate and not candidate:
         raise ValueError(f"step {spec.name} runs once per candidate; name the candidate")
     if spec.per_candidate and candidate not in {m.candidate_name for m in ctx.candidates}:
         select_candidates(ctx.config.models, [candidate], ctx.config.source)  # names the configured ones
-        raise ConfigError(ctx.config.source, [f"--model: candidate {candidate!r} is not selected for this run "
-                                              f"(params.models: {', '.join(ctx.params.models or ())})"])
+        raise ConfigError(
+            ctx.config.source,
+            [
+                f"--model: candidate {candidate!r} is not selected for this run "
+                f"(params.models: {', '.join(ctx.params.models or ())})"
+            ],
+        )
     run = spec.load()
     inputs = resolve_inputs(ctx, spec, inputs)
     output = output or step_output(ctx, spec, candidate)
@@ -253,7 +302,12 @@ def execute_step(step: str | Step, ctx: StepContext, inputs: dict[str, str] | No
     return StepResult(manifest, reused=False)
 
 
-def run_step(step: str | Step, ctx: StepContext, inputs: dict[str, str] | None = None,
-             output: str | None = None, candidate: str | None = None) -> Manifest:
+def run_step(
+    step: str | Step,
+    ctx: StepContext,
+    inputs: dict[str, str] | None = None,
+    output: str | None = None,
+    candidate: str | None = None,
+) -> Manifest:
     """Run one step (or reuse its committed artifact) and return its manifest."""
     return execute_step(step, ctx, inputs, output, candidate).manifest

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recloop.artifacts import Artifact, Manifest
+from recloop.artifacts.kinds import Dataset, Evaluation
 from recloop.errors import ArtifactError, ConfigError
-from recloop.artifacts.kinds import Dataset, Evaluation, TrainedModel
 from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
-    from recloop.config import EvaluationConfig
-    from recloop.evaluation.evaluator import EvalSetup, ModelResult
     import pandas as pd
 
+    from recloop.config import EvaluationConfig
+    from recloop.evaluation.evaluator import EvalSetup, ModelResult
     from recloop.evaluation.protocols import ScoreFn, SplitData
     from recloop.models.base import Recommender
 
@@ -52,13 +52,17 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     if cfg.sampled_negatives:
         queries = with_sampled_negatives(queries, cfg.sampled_negatives, cfg.seed)
     if len(queries) == 0:
-        raise ArtifactError(f"no user in the {cfg.split} split of {preprocess.uri} has a target left to evaluate "
-                            f"({queries.stats}); check preprocess.split and the data")
+        raise ArtifactError(
+            f"no user in the {cfg.split} split of {preprocess.uri} has a target left to evaluate "
+            f"({queries.stats}); check preprocess.split and the data"
+        )
     setup = make_setup(data, queries, cfg.k, cfg.bootstrap, cfg.seed, cold_mask)
     fingerprint = queries.fingerprint()
     names = list(trained)
-    ctx.log(f"evaluate: {len(names)} candidate(s) on {len(queries)} {cfg.split} users, {data.n_items} items, "
-            f"{queries.protocol} ranking, k={list(setup.ks)}")
+    ctx.log(
+        f"evaluate: {len(names)} candidate(s) on {len(queries)} {cfg.split} users, {data.n_items} items, "
+        f"{queries.protocol} ranking, k={list(setup.ks)}"
+    )
     advance = ctx.progress("evaluate", total=len(names) + 1)
 
     results: dict[str, ModelResult] = {}
@@ -66,13 +70,14 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     with tempfile.TemporaryDirectory(prefix="recloop-evaluate-") as tmp:
         for name in names:
             model = load_candidate(trained[name], name, Path(tmp) / "candidates" / name, data)
-            info = {"type": model.type_name, "bundle_uri": trained[name].uri,
-                    "train": trained[name].manifest.summary}
+            info = {"type": model.type_name, "bundle_uri": trained[name].uri, "train": trained[name].manifest.summary}
             result = evaluate_scores(setup, name, _direct_scorer(model), info=info)
             results[name] = result
             blocks[name] = result_json(setup, result)
-            ctx.log(f"evaluate: {name}: {cfg.primary} = {_fmt(blocks[name]['metrics'].get(cfg.primary))} "
-                    f"({result.seconds:.1f}s)")
+            ctx.log(
+                f"evaluate: {name}: {cfg.primary} = {_fmt(blocks[name]['metrics'].get(cfg.primary))} "
+                f"({result.seconds:.1f}s)"
+            )
             advance(1)
         champion_result, champion_block = evaluate_champion(ctx, setup, data, Path(tmp) / "champion")
         advance(1)
@@ -104,16 +109,18 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         writer.put_json(Evaluation.METRICS, doc)
         writer.put_parquet(Evaluation.PER_USER, per_user)
         writer.put_bytes(Evaluation.REPORT, render_report(doc).encode("utf-8"))
-        writer.summary.update({
-            "split": cfg.split,
-            "split_fingerprint": fingerprint,
-            "primary": cfg.primary,
-            "users": len(queries),
-            "candidates": {n: _value(blocks[n], cfg.primary) for n in names},
-            "best_candidate": doc["best_candidate"],
-            "champion_version": champion_block.get("version") if champion_block else None,
-            "champion_primary": _value(champion_block, cfg.primary) if champion_block else None,
-        })
+        writer.summary.update(
+            {
+                "split": cfg.split,
+                "split_fingerprint": fingerprint,
+                "primary": cfg.primary,
+                "users": len(queries),
+                "candidates": {n: _value(blocks[n], cfg.primary) for n in names},
+                "best_candidate": doc["best_candidate"],
+                "champion_version": champion_block.get("version") if champion_block else None,
+                "champion_primary": _value(champion_block, cfg.primary) if champion_block else None,
+            }
+        )
     return writer.manifest
 
 
@@ -132,9 +139,11 @@ def load_candidate(trained: Artifact, name: str, dest: Path, data: SplitData) ->
     except (KeyError, ValueError) as exc:
         raise ArtifactError(f"candidate {name!r} in {trained.uri} cannot be loaded ({exc}); re-run train") from None
     if (model.n_users, model.n_items) != (data.n_users, data.n_items):
-        raise ArtifactError(f"candidate {name!r} knows {model.n_users} users and {model.n_items} items but "
-                            f"{data.uri} maps {data.n_users} users and {data.n_items} items: it was trained on "
-                            "another preprocess artifact; re-run train on this one")
+        raise ArtifactError(
+            f"candidate {name!r} knows {model.n_users} users and {model.n_items} items but "
+            f"{data.uri} maps {data.n_users} users and {data.n_items} items: it was trained on "
+            "another preprocess artifact; re-run train on this one"
+        )
     return model
 
 
@@ -145,8 +154,9 @@ def _direct_scorer(model: Recommender) -> ScoreFn:
 # ---------------------------------------------------------------------------------------------- champion
 
 
-def evaluate_champion(ctx: StepContext, setup: EvalSetup, data: SplitData,
-                      workdir: Path) -> tuple[ModelResult | None, dict[str, Any] | None]:
+def evaluate_champion(
+    ctx: StepContext, setup: EvalSetup, data: SplitData, workdir: Path
+) -> tuple[ModelResult | None, dict[str, Any] | None]:
     """The registry's production model measured on this split: (result, metrics.json block).
 
     (None, None) when no version was ever promoted; (None, {version, error}) when one exists but cannot be
@@ -171,11 +181,20 @@ def evaluate_champion(ctx: StepContext, setup: EvalSetup, data: SplitData,
         bundle = registry.champion_bundle(workdir)
         if bundle is None:  # demoted between the two reads
             return None, None
-        block.update({"version": bundle.version, "uri": bundle.info.uri, "candidate": bundle.info.candidate,
-                      "type": bundle.info.model_type, "run_id": bundle.info.run_id})
+        block.update(
+            {
+                "version": bundle.version,
+                "uri": bundle.info.uri,
+                "candidate": bundle.info.candidate,
+                "type": bundle.info.model_type,
+                "run_id": bundle.info.run_id,
+            }
+        )
         if bundle.id_maps_dir is None:
-            raise ArtifactError(f"version v{bundle.version} has no id maps, so its ids cannot be matched to this "
-                                "split's; re-publish it or promote a version that has them")
+            raise ArtifactError(
+                f"version v{bundle.version} has no id maps, so its ids cannot be matched to this "
+                "split's; re-publish it or promote a version that has them"
+            )
         model = Recommender.load(bundle.path)
         user_ids, item_ids = read_id_maps(bundle.id_maps_dir)
         scorer = RemappedScorer.build(model, user_ids, item_ids, data.user_ids, data.item_ids)
@@ -185,12 +204,20 @@ def evaluate_champion(ctx: StepContext, setup: EvalSetup, data: SplitData,
         block["error"] = message
         return None, block
     result = evaluate_scores(setup, f"champion v{bundle.version}", scorer)
-    block.update({"known_users": scorer.known_users, "known_items": scorer.known_items,
-                  "split_users": data.n_users, "split_items": data.n_items})
+    block.update(
+        {
+            "known_users": scorer.known_users,
+            "known_items": scorer.known_items,
+            "split_users": data.n_users,
+            "split_items": data.n_items,
+        }
+    )
     block.update(result_json(setup, result))
-    ctx.log(f"evaluate: champion v{bundle.version} ({block['type']}): {ctx.config.evaluation.primary} = "
-            f"{_fmt(block['metrics'].get(ctx.config.evaluation.primary))}; knows {scorer.known_items} of "
-            f"{data.n_items} items")
+    ctx.log(
+        f"evaluate: champion v{bundle.version} ({block['type']}): {ctx.config.evaluation.primary} = "
+        f"{_fmt(block['metrics'].get(ctx.config.evaluation.primary))}; knows {scorer.known_items} of "
+        f"{data.n_items} items"
+    )
     return result, block
 
 
@@ -207,16 +234,19 @@ def cold_start_mask(preprocess: Artifact, data: SplitData, cfg: EvaluationConfig
         return None
     idx = Dataset(preprocess).cold_items()
     if idx is None:
-        raise ConfigError("evaluation.cold_start", [
-            f"evaluation.cold_start.item_share: {preprocess.uri} was made without a cold-start hold-out; "
-            "re-run preprocess with this config (e.g. `recloop step preprocess --force`)"])
+        raise ConfigError(
+            "evaluation.cold_start",
+            [
+                f"evaluation.cold_start.item_share: {preprocess.uri} was made without a cold-start hold-out; "
+                "re-run preprocess with this config (e.g. `recloop step preprocess --force`)"
+            ],
+        )
     mask = np.zeros(data.n_items, dtype=bool)
     mask[idx] = True
     return mask
 
 
-def per_user_frame(setup: EvalSetup, results: dict[str, ModelResult],
-                   champion: ModelResult | None) -> pd.DataFrame:
+def per_user_frame(setup: EvalSetup, results: dict[str, ModelResult], champion: ModelResult | None) -> pd.DataFrame:
     import pandas as pd
 
     q = setup.queries

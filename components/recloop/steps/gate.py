@@ -12,12 +12,12 @@ verdict, and the gate settings used.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from recloop.artifacts import Manifest
-from recloop.errors import ArtifactError
 from recloop.artifacts.kinds import Blessing, Evaluation
+from recloop.errors import ArtifactError
 from recloop.steps.base import StepContext
 
 
@@ -30,8 +30,10 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     except ValueError as exc:
         raise ArtifactError(f"{evaluate.uri}/metrics.json is not valid JSON ({exc}); re-run evaluate") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("candidates"), dict) or not doc.get("split_fingerprint"):
-        raise ArtifactError(f"{evaluate.uri}/metrics.json is not an evaluate report (no candidates or split "
-                            "fingerprint); point gate at the evaluate step's output and re-run evaluate")
+        raise ArtifactError(
+            f"{evaluate.uri}/metrics.json is not an evaluate report (no candidates or split "
+            "fingerprint); point gate at the evaluate step's output and re-run evaluate"
+        )
     primary = ctx.config.evaluation.primary
     if doc.get("primary") not in (None, primary):
         ctx.log(f"gate: metrics.json ranked candidates by {doc['primary']}; this config's primary is {primary}")
@@ -56,13 +58,24 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         "reasons": decision.reasons,
         "candidates": {name: v.to_json() for name, v in decision.verdicts.items()},
         "gate": ctx.config.gate.model_dump(mode="json"),
-        "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with ctx.writer(output, parents=[evaluate.uri]) as writer:
         writer.put_json(Blessing.BLESSING, blessing)
-        writer.summary.update({k: blessing[k] for k in (
-            "decision", "candidate", "model_type", "primary_metric", "primary_value", "champion_version",
-            "split_fingerprint")})
+        writer.summary.update(
+            {
+                k: blessing[k]
+                for k in (
+                    "decision",
+                    "candidate",
+                    "model_type",
+                    "primary_metric",
+                    "primary_value",
+                    "champion_version",
+                    "split_fingerprint",
+                )
+            }
+        )
         writer.summary["reasons"] = decision.reasons[:5]
     verb = "BLESSED" if decision.decision == "blessed" else "REJECTED"
     ctx.log(f"gate: {verb} {decision.candidate or ''}".rstrip())

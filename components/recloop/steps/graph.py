@@ -16,8 +16,9 @@ an input from such a step (`many=True`) is the folder holding one artifact per s
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from recloop.artifacts.kinds import (
     ArtifactKind,
@@ -81,8 +82,11 @@ class Step:
 
     def doc(self) -> str:
         """Markdown for the Airflow task doc and the CLI help: description, inputs, output, notes."""
-        parts = [self.description.strip(), f"**Reads:** {self.describe_inputs()}.",
-                 f"**Writes** {self.describe_output()}."]
+        parts = [
+            self.description.strip(),
+            f"**Reads:** {self.describe_inputs()}.",
+            f"**Writes** {self.describe_output()}.",
+        ]
         return "\n\n".join(parts + ([self.notes.strip()] if self.notes else []))
 
     def describe_output(self) -> str:
@@ -105,9 +109,11 @@ class StepGraph:
                 if upstream is None:
                     raise ValueError(f"step {step.name!r} reads {role!r}, which is not an earlier step")
                 if upstream.output is not i.kind or upstream.per_candidate != i.many:
-                    raise ValueError(f"step {step.name!r} reads {role!r} as {i.kind.__name__}"
-                                     f"{' (many)' if i.many else ''}, but {role!r} writes "
-                                     f"{upstream.output.__name__}{' per candidate' if upstream.per_candidate else ''}")
+                    raise ValueError(
+                        f"step {step.name!r} reads {role!r} as {i.kind.__name__}"
+                        f"{' (many)' if i.many else ''}, but {role!r} writes "
+                        f"{upstream.output.__name__}{' per candidate' if upstream.per_candidate else ''}"
+                    )
             seen[step.name] = step
 
     def __iter__(self) -> Iterator[Step]:
@@ -141,42 +147,104 @@ class StepGraph:
 
 TRAINING = StepGraph(
     steps=(
-        Step("ingest", "recloop.steps.ingest", group="data", output=RawEvents, notes=(
-            "Honours the `since` watermark; the manifest summary holds `max_timestamp`, the next incremental "
-            "run's watermark."), description=(
-            "Read raw interaction events (and the item catalog, tags and users, if configured) from local files "
-            "or S3 into recloop's Parquet tables; unparseable rows are kept and flagged for validation.")),
-        Step("validate", "recloop.steps.validate", group="data", output=ValidationReport,
-             inputs={"ingest": Input(RawEvents)}, notes=(
-                 "With `validation.on_failure: fail` a failed check fails the task (the report goes to "
-                 "`runs/{run}/validate-failed/`): fix the data or the thresholds, then clear it."), description=(
-                 "Check ingested interactions with a great-expectations suite; fail, quarantine bad rows, or warn.")),
-        Step("preprocess", "recloop.steps.preprocess", group="data", output=Dataset,
-             inputs={"ingest": Input(RawEvents), "validate": Input(ValidationReport, optional=True)}, notes=(
-                 "Reads validate's valid rows when it quarantined some, else ingest's rows; without a validate "
-                 "artifact (validation skipped) it reads ingest's rows and logs so."), description=(
-                 "Implicit feedback, dedupe, min-count / k-core filters, contiguous ids and time-based splits.")),
-        Step("train", "recloop.steps.train", group="model", output=TrainedModel, per_candidate=True,
-             inputs={"preprocess": Input(Dataset)}, notes=(
-                 "A candidate not selected by the run's `models` param is skipped."), description=(
-                 "Train one candidate model of `models:` on the preprocess splits and save its bundle; one task "
-                 "per candidate (retry one alone), or those chosen with --model.")),
-        Step("evaluate", "recloop.steps.evaluate", group="model", output=Evaluation,
-             inputs={"preprocess": Input(Dataset), "train": Input(TrainedModel, many=True)}, description=(
-                 "Rank the held-out users with every candidate and the production champion; metrics with "
-                 "bootstrap CIs, segments and beyond-accuracy measures to metrics.json and report.html.")),
-        Step("gate", "recloop.steps.gate", group="release", output=Blessing,
-             inputs={"evaluate": Input(Evaluation)}, description=(
-                 "Judge every candidate against the gate thresholds (absolute, relative to the champion, "
-                 "significance) and bless the best one that passes, or reject with reasons.")),
-        Step("publish", "recloop.steps.publish", group="release", output=Publication,
-             inputs={"preprocess": Input(Dataset), "train": Input(TrainedModel, many=True),
-                     "evaluate": Input(Evaluation), "gate": Input(Blessing)}, notes=(
-                 "Registers the blessed bundle as `models/{name}/v{N}/` and moves the `production` alias "
-                 "(compare-and-swap). In the DAG it runs only when `decide` let it (blessed, not a dry run). "
-                 "Retrying is safe: the alias moves at most once per version."), description=(
-                 "Check the blessing, register the blessed candidate as a new model version and move the "
-                 "production alias.")),
+        Step(
+            "ingest",
+            "recloop.steps.ingest",
+            group="data",
+            output=RawEvents,
+            notes=(
+                "Honours the `since` watermark; the manifest summary holds `max_timestamp`, the next incremental "
+                "run's watermark."
+            ),
+            description=(
+                "Read raw interaction events (and the item catalog, tags and users, if configured) from local files "
+                "or S3 into recloop's Parquet tables; unparseable rows are kept and flagged for validation."
+            ),
+        ),
+        Step(
+            "validate",
+            "recloop.steps.validate",
+            group="data",
+            output=ValidationReport,
+            inputs={"ingest": Input(RawEvents)},
+            notes=(
+                "With `validation.on_failure: fail` a failed check fails the task (the report goes to "
+                "`runs/{run}/validate-failed/`): fix the data or the thresholds, then clear it."
+            ),
+            description=(
+                "Check ingested interactions with a great-expectations suite; fail, quarantine bad rows, or warn."
+            ),
+        ),
+        Step(
+            "preprocess",
+            "recloop.steps.preprocess",
+            group="data",
+            output=Dataset,
+            inputs={"ingest": Input(RawEvents), "validate": Input(ValidationReport, optional=True)},
+            notes=(
+                "Reads validate's valid rows when it quarantined some, else ingest's rows; without a validate "
+                "artifact (validation skipped) it reads ingest's rows and logs so."
+            ),
+            description=(
+                "Implicit feedback, dedupe, min-count / k-core filters, contiguous ids and time-based splits."
+            ),
+        ),
+        Step(
+            "train",
+            "recloop.steps.train",
+            group="model",
+            output=TrainedModel,
+            per_candidate=True,
+            inputs={"preprocess": Input(Dataset)},
+            notes=("A candidate not selected by the run's `models` param is skipped."),
+            description=(
+                "Train one candidate model of `models:` on the preprocess splits and save its bundle; one task "
+                "per candidate (retry one alone), or those chosen with --model."
+            ),
+        ),
+        Step(
+            "evaluate",
+            "recloop.steps.evaluate",
+            group="model",
+            output=Evaluation,
+            inputs={"preprocess": Input(Dataset), "train": Input(TrainedModel, many=True)},
+            description=(
+                "Rank the held-out users with every candidate and the production champion; metrics with "
+                "bootstrap CIs, segments and beyond-accuracy measures to metrics.json and report.html."
+            ),
+        ),
+        Step(
+            "gate",
+            "recloop.steps.gate",
+            group="release",
+            output=Blessing,
+            inputs={"evaluate": Input(Evaluation)},
+            description=(
+                "Judge every candidate against the gate thresholds (absolute, relative to the champion, "
+                "significance) and bless the best one that passes, or reject with reasons."
+            ),
+        ),
+        Step(
+            "publish",
+            "recloop.steps.publish",
+            group="release",
+            output=Publication,
+            inputs={
+                "preprocess": Input(Dataset),
+                "train": Input(TrainedModel, many=True),
+                "evaluate": Input(Evaluation),
+                "gate": Input(Blessing),
+            },
+            notes=(
+                "Registers the blessed bundle as `models/{name}/v{N}/` and moves the `production` alias "
+                "(compare-and-swap). In the DAG it runs only when `decide` let it (blessed, not a dry run). "
+                "Retrying is safe: the alias moves at most once per version."
+            ),
+            description=(
+                "Check the blessing, register the blessed candidate as a new model version and move the "
+                "production alias."
+            ),
+        ),
     ),
     groups={
         "data": "Read raw events, check them, and split them into train/valid/test",
@@ -186,11 +254,19 @@ TRAINING = StepGraph(
 )
 
 # Runs on its own schedule (the feedback DAG), outside the training order.
-FEEDBACK = StepGraph(steps=(
-    Step("feedback", "recloop.steps.feedback", output=FeedbackBatch, description=(
-        "Join served slates with feedback events into labelled interactions and bandit logs, quarantine abuse, "
-        "append clean interactions for the next ingest, and train the bandit policy (policy.enabled).")),
-))
+FEEDBACK = StepGraph(
+    steps=(
+        Step(
+            "feedback",
+            "recloop.steps.feedback",
+            output=FeedbackBatch,
+            description=(
+                "Join served slates with feedback events into labelled interactions and bandit logs, quarantine abuse, "
+                "append clean interactions for the next ingest, and train the bandit policy (policy.enabled)."
+            ),
+        ),
+    )
+)
 
 
 def find_step(name: str) -> Step:

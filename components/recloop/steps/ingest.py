@@ -10,9 +10,10 @@ no event was newer, so the caller keeps the previous one).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from recloop.config import template_fields
 from recloop.data.normalize import (
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from recloop.config import DataConfig, ItemSource
 
 
-
 @dataclass
 class _Sources:
     interactions: list[SourceFile]
@@ -56,13 +56,13 @@ class _Sources:
 def _as_utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _iso_ms(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def _schema_dict(schema: pa.Schema) -> dict[str, str]:
@@ -71,8 +71,7 @@ def _schema_dict(schema: pa.Schema) -> dict[str, str]:
 
 def _resolve(ctx: StepContext) -> _Sources:
     data, store = ctx.config.data, ctx.config.store
-    sources = _Sources(resolve_sources(data.interactions.path, data.interactions.format, store,
-                                       "data.interactions"))
+    sources = _Sources(resolve_sources(data.interactions.path, data.interactions.format, store, "data.interactions"))
     if data.items is not None:
         sources.items = resolve_sources(data.items.path, data.items.format, store, "data.items")
         if data.items.tags is not None:
@@ -92,10 +91,13 @@ def _check_template(ctx: StepContext, items: ItemSource, columns: list[str], uri
     found = ", ".join(repr(c) for c in columns) or "none"
     names = ", ".join("{" + f + "}" for f in missing)
     tag_hint = "" if items.tags is not None else "; {tags} needs a tag source in data.items.tags"
-    raise ConfigError(ctx.config.source, [
-        f"data.items.text: the template uses {names} but the catalog {uri} has no such column "
-        f"(columns found: {found}{tag_hint}); use the columns found or fix the catalog"
-    ])
+    raise ConfigError(
+        ctx.config.source,
+        [
+            f"data.items.text: the template uses {names} but the catalog {uri} has no such column "
+            f"(columns found: {found}{tag_hint}); use the columns found or fix the catalog"
+        ],
+    )
 
 
 def _item_requirements(items: ItemSource) -> dict[str, str]:
@@ -112,14 +114,16 @@ def _precheck(ctx: StepContext, sources: _Sources) -> None:
     """
     data = ctx.config.data
 
-    def check(files: list[SourceFile], key: str, delimiter: str | None, encoding: str,
-              verify: Callable[[TableReader], None]) -> None:
+    def check(
+        files: list[SourceFile], key: str, delimiter: str | None, encoding: str, verify: Callable[[TableReader], None]
+    ) -> None:
         if not files or files[0].s3_store is not None:
             return
         src = files[0]
         with src.local() as path:
-            reader = open_table(src, path, chunk_rows=data.chunk_rows, config_key=key,
-                                delimiter=delimiter, encoding=encoding)
+            reader = open_table(
+                src, path, chunk_rows=data.chunk_rows, config_key=key, delimiter=delimiter, encoding=encoding
+            )
             try:
                 verify(reader)
             finally:
@@ -127,26 +131,53 @@ def _precheck(ctx: StepContext, sources: _Sources) -> None:
 
     if data.items is not None:
         items = data.items
-        check(sources.items, "data.items", items.delimiter, items.encoding, lambda r: (
-            _check_template(ctx, items, r.columns, r.src.uri), r.require(_item_requirements(items))))
+        check(
+            sources.items,
+            "data.items",
+            items.delimiter,
+            items.encoding,
+            lambda r: (_check_template(ctx, items, r.columns, r.src.uri), r.require(_item_requirements(items))),
+        )
         if items.tags is not None:
             tags = items.tags
-            check(sources.tags, "data.items.tags", tags.delimiter, tags.encoding, lambda r: r.require(
-                {"data.items.tags.item": tags.item, "data.items.tags.tag": tags.tag}))
+            check(
+                sources.tags,
+                "data.items.tags",
+                tags.delimiter,
+                tags.encoding,
+                lambda r: r.require({"data.items.tags.item": tags.item, "data.items.tags.tag": tags.tag}),
+            )
     if data.users is not None:
         users = data.users
-        check(sources.users, "data.users", users.delimiter, users.encoding,
-              lambda r: r.require({"data.users.id": users.id}))
+        check(
+            sources.users,
+            "data.users",
+            users.delimiter,
+            users.encoding,
+            lambda r: r.require({"data.users.id": users.id}),
+        )
     inter = data.interactions
-    check(sources.interactions, "data.interactions", inter.delimiter, inter.encoding,
-          lambda r: r.require(interaction_columns(inter)))
+    check(
+        sources.interactions,
+        "data.interactions",
+        inter.delimiter,
+        inter.encoding,
+        lambda r: r.require(interaction_columns(inter)),
+    )
 
 
 class _Reading:
     """Iterate the files of one source with byte-based progress."""
 
-    def __init__(self, ctx: StepContext, files: list[SourceFile], description: str, key: str,
-                 delimiter: str | None, encoding: str) -> None:
+    def __init__(
+        self,
+        ctx: StepContext,
+        files: list[SourceFile],
+        description: str,
+        key: str,
+        delimiter: str | None,
+        encoding: str,
+    ) -> None:
         self.ctx, self.files, self.key = ctx, files, key
         self.delimiter, self.encoding = delimiter, encoding
         self.advance = ctx.progress(description, float(sum(f.size for f in files)) or None)
@@ -155,8 +186,14 @@ class _Reading:
         chunk_rows = self.ctx.config.data.chunk_rows
         for src in self.files:
             with src.local() as path:
-                reader = open_table(src, path, chunk_rows=chunk_rows, config_key=self.key,
-                                    delimiter=self.delimiter, encoding=self.encoding)
+                reader = open_table(
+                    src,
+                    path,
+                    chunk_rows=chunk_rows,
+                    config_key=self.key,
+                    delimiter=self.delimiter,
+                    encoding=self.encoding,
+                )
                 try:
                     yield reader
                 finally:
@@ -173,8 +210,10 @@ class _Reading:
 def _require_same_header(reader: TableReader, columns: list[str], first: SourceFile, key: str) -> None:
     missing = [c for c in columns if c not in reader.columns]
     if missing:
-        raise DataError(f"{reader.src.uri}: lacks column(s) {', '.join(map(repr, missing))} that the first file "
-                        f"{first.uri} has; all files matched by {key}.path must share one header")
+        raise DataError(
+            f"{reader.src.uri}: lacks column(s) {', '.join(map(repr, missing))} that the first file "
+            f"{first.uri} has; all files matched by {key}.path must share one header"
+        )
 
 
 def _fold_tags(ctx: StepContext, items: ItemSource, files: list[SourceFile]) -> dict[str, str] | None:
@@ -235,8 +274,10 @@ def _ingest_items(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
             out_writer.close()
     assert layout is not None
     if stats["duplicate_id"] or stats["missing_id"] or stats["broken_rows"]:
-        ctx.log(f"ingest: catalog: dropped {stats['duplicate_id']} duplicate id(s) (first kept), "
-                f"{stats['missing_id']} row(s) without an id, {stats['broken_rows']} unreadable row(s)")
+        ctx.log(
+            f"ingest: catalog: dropped {stats['duplicate_id']} duplicate id(s) (first kept), "
+            f"{stats['missing_id']} row(s) without an id, {stats['broken_rows']} unreadable row(s)"
+        )
     writer.add_file("items.parquet", path, rows=stats["rows"], schema=_schema_dict(layout.schema()))
     return stats
 
@@ -283,8 +324,9 @@ def _ingest_users(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
     return stats
 
 
-def _ingest_interactions(ctx: StepContext, writer: ArtifactWriter, sources: _Sources,
-                         since: datetime | None) -> dict[str, object]:
+def _ingest_interactions(
+    ctx: StepContext, writer: ArtifactWriter, sources: _Sources, since: datetime | None
+) -> dict[str, object]:
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -294,8 +336,9 @@ def _ingest_interactions(ctx: StepContext, writer: ArtifactWriter, sources: _Sou
     wanted = interaction_columns(inter)
     columns = list(dict.fromkeys(wanted.values()))
     since_us = int(since.timestamp() * 1_000_000) if since is not None else None
-    reading = _Reading(ctx, sources.interactions, "ingest interactions", "data.interactions",
-                       inter.delimiter, inter.encoding)
+    reading = _Reading(
+        ctx, sources.interactions, "ingest interactions", "data.interactions", inter.delimiter, inter.encoding
+    )
     stats: dict[str, int] = {"rows": 0, "read_rows": 0, "issue_rows": 0, "before_since": 0}
     min_ms: int | None = None
     max_ms: int | None = None
@@ -328,8 +371,10 @@ def _ingest_interactions(ctx: StepContext, writer: ArtifactWriter, sources: _Sou
                 stats["rows"] += table.num_rows
                 reading.progress(reader, consumed)
             if file_rows == 0:
-                raise DataError(f"{reader.src.uri}: no rows (the file has a header but no data); "
-                                "remove the file or point data.interactions.path at the data")
+                raise DataError(
+                    f"{reader.src.uri}: no rows (the file has a header but no data); "
+                    "remove the file or point data.interactions.path at the data"
+                )
             stats["read_rows"] += file_rows
     writer.add_file("interactions.parquet", path, rows=stats["rows"], schema=_schema_dict(schema))
     return {**stats, "min_ms": min_ms, "max_ms": max_ms}
@@ -353,17 +398,19 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             dropped["users"] = user_stats
         inter = _ingest_interactions(ctx, writer, sources, since)
         rows["interactions"] = int(inter["rows"])  # type: ignore[arg-type]
-        writer.summary.update({
-            "rows": rows,
-            "min_timestamp": _iso_ms(inter["min_ms"]),  # type: ignore[arg-type]
-            "max_timestamp": _iso_ms(inter["max_ms"]),  # type: ignore[arg-type]
-            "since": since.isoformat() if since is not None else None,
-            "read_rows": inter["read_rows"],
-            "skipped_before_since": inter["before_since"],
-            "issue_rows": inter["issue_rows"],
-            "dropped": dropped,
-            "sources": sources.as_dict(),
-        })
+        writer.summary.update(
+            {
+                "rows": rows,
+                "min_timestamp": _iso_ms(inter["min_ms"]),  # type: ignore[arg-type]
+                "max_timestamp": _iso_ms(inter["max_ms"]),  # type: ignore[arg-type]
+                "since": since.isoformat() if since is not None else None,
+                "read_rows": inter["read_rows"],
+                "skipped_before_since": inter["before_since"],
+                "issue_rows": inter["issue_rows"],
+                "dropped": dropped,
+                "sources": sources.as_dict(),
+            }
+        )
     ctx.log(
         f"ingest: {rows['interactions']} interactions"
         + (f" ({inter['before_since']} at or before {since.isoformat()} skipped)" if since else "")

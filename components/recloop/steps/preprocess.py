@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from recloop.data.preprocess import PreprocessResult
 
 
-
 # ---------------------------------------------------------------------------------------------- I/O
 
 
@@ -66,14 +65,22 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
 
     source, ingest, parents = _choose_source(ctx, inputs)
     advance = ctx.progress("preprocess", total=5)
-    result = preprocess(source.read_parquet("interactions.parquet"), _catalog(ingest), ctx.config.preprocess,
-                        ctx.config.evaluation.cold_start, source=source.uri, progress=advance)
+    result = preprocess(
+        source.read_parquet("interactions.parquet"),
+        _catalog(ingest),
+        ctx.config.preprocess,
+        ctx.config.evaluation.cold_start,
+        source=source.uri,
+        progress=advance,
+    )
     with ctx.writer(output, parents=parents) as writer:
         _write(writer, result)
     advance(1)
     train, valid, test = (len(result.splits[name]) for name in ("train", "valid", "test"))
-    ctx.log(f"preprocess: {len(result.user_ids)} users, {len(result.item_ids)} items, train/valid/test = "
-            f"{train}/{valid}/{test} -> {output}")
+    ctx.log(
+        f"preprocess: {len(result.user_ids)} users, {len(result.item_ids)} items, train/valid/test = "
+        f"{train}/{valid}/{test} -> {output}"
+    )
     return writer.manifest
 
 
@@ -83,26 +90,51 @@ def _write(writer: ArtifactWriter, result: PreprocessResult) -> None:
     import pandas as pd
     import pyarrow as pa
 
-    id_schema = {kind: pa.schema([(f"{kind}_idx", pa.int32()), (f"{kind}_id", pa.string())])
-                 for kind in ("user", "item")}
-    split_schema = pa.schema([("user_idx", pa.int32()), ("item_idx", pa.int32()), ("timestamp", pa.int64()),
-                              ("weight", pa.float32()), ("rating", pa.float64())])
+    id_schema = {
+        kind: pa.schema([(f"{kind}_idx", pa.int32()), (f"{kind}_id", pa.string())]) for kind in ("user", "item")
+    }
+    split_schema = pa.schema(
+        [
+            ("user_idx", pa.int32()),
+            ("item_idx", pa.int32()),
+            ("timestamp", pa.int64()),
+            ("weight", pa.float32()),
+            ("rating", pa.float64()),
+        ]
+    )
     for name, frame in result.splits.items():
         _put_parquet(writer, f"{name}.parquet", frame, split_schema)
     for kind, ids in (("user", result.user_ids), ("item", result.item_ids)):
-        _put_parquet(writer, f"id_maps/{kind}s.parquet",
-                     pd.DataFrame({f"{kind}_idx": np.arange(len(ids), dtype=np.int32), f"{kind}_id": ids}),
-                     id_schema[kind])
-    _put_parquet(writer, "items.parquet", result.items,
-                 pa.schema([("item_idx", pa.int32()), ("item_id", pa.string()), ("text", pa.string()),
-                            ("categories", pa.list_(pa.string()))]))
+        _put_parquet(
+            writer,
+            f"id_maps/{kind}s.parquet",
+            pd.DataFrame({f"{kind}_idx": np.arange(len(ids), dtype=np.int32), f"{kind}_id": ids}),
+            id_schema[kind],
+        )
+    _put_parquet(
+        writer,
+        "items.parquet",
+        result.items,
+        pa.schema(
+            [
+                ("item_idx", pa.int32()),
+                ("item_id", pa.string()),
+                ("text", pa.string()),
+                ("categories", pa.list_(pa.string())),
+            ]
+        ),
+    )
     if result.cold_items is not None:
         _put_parquet(writer, "cold_items.parquet", result.cold_items, id_schema["item"])
         writer.summary["n_cold_items"] = len(result.cold_items)
     writer.put_json("stats.json", result.stats)
-    writer.summary.update({
-        "n_users": len(result.user_ids), "n_items": len(result.item_ids),
-        **{f"n_{name}": len(frame) for name, frame in result.splits.items()},
-        "density": result.stats["density"], "split": result.split_info["method"],
-        **{k: v for k, v in result.split_info.items() if k != "method"},
-    })
+    writer.summary.update(
+        {
+            "n_users": len(result.user_ids),
+            "n_items": len(result.item_ids),
+            **{f"n_{name}": len(frame) for name, frame in result.splits.items()},
+            "density": result.stats["density"],
+            "split": result.split_info["method"],
+            **{k: v for k, v in result.split_info.items() if k != "method"},
+        }
+    )

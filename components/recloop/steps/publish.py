@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from recloop.artifacts import Artifact, Manifest, safe_run_id
+from recloop.artifacts.kinds import Blessing, Dataset, Evaluation, Publication, TrainedModel
 from recloop.errors import ArtifactError, NotBlessedError
 from recloop.registry import AliasChange, ModelRegistry, VersionSource, format_version
-from recloop.artifacts.kinds import Blessing, Dataset, Evaluation, Publication, TrainedModel
 from recloop.steps.base import StepContext
 
 DRY_RUN_SUFFIX = "-dry-run"
@@ -64,7 +64,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         source = _version_source(ctx, checked, inputs, Path(tmp))
         existing = registry.find_version(source)
         if existing is not None:
-            ctx.log(f"publish: {existing.uri} already holds this run's {checked.candidate}; reusing v{existing.version}")
+            ctx.log(
+                f"publish: {existing.uri} already holds this run's {checked.candidate}; reusing v{existing.version}"
+            )
             version = existing
         else:
             version = registry.register(source)
@@ -74,17 +76,31 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     if dry_run:
         current = registry.production()
         current_v = current.version if current else None
-        registry.record("publish", "dry_run", version=version.version, previous_version=current_v,
-                        expected_version=checked.champion_version, run_id=ctx.run_id,
-                        message=f"dry run: v{version.version} registered, production alias not moved")
-        ctx.log(f"publish: dry run, production alias NOT moved (still {format_version(current_v)}); "
-                f"promote with `recloop model promote {registry.name} {version.version}`")
+        registry.record(
+            "publish",
+            "dry_run",
+            version=version.version,
+            previous_version=current_v,
+            expected_version=checked.champion_version,
+            run_id=ctx.run_id,
+            message=f"dry run: v{version.version} registered, production alias not moved",
+        )
+        ctx.log(
+            f"publish: dry run, production alias NOT moved (still {format_version(current_v)}); "
+            f"promote with `recloop model promote {registry.name} {version.version}`"
+        )
     else:
-        change = registry.promote(version.version, expected=checked.champion_version, run_id=ctx.run_id,
-                                  action="publish", reason=_reason(checked))
-        ctx.log(f"publish: production of {registry.name!r}: {format_version(change.from_version)} -> "
-                f"{format_version(change.to_version)}"
-                + ("" if change.changed else " (already production)"))
+        change = registry.promote(
+            version.version,
+            expected=checked.champion_version,
+            run_id=ctx.run_id,
+            action="publish",
+            reason=_reason(checked),
+        )
+        ctx.log(
+            f"publish: production of {registry.name!r}: {format_version(change.from_version)} -> "
+            f"{format_version(change.to_version)}" + ("" if change.changed else " (already production)")
+        )
 
     report = {
         "model_name": registry.name,
@@ -104,8 +120,20 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     parents = [checked.gate.uri, checked.train.uri, checked.preprocess.uri, checked.evaluate.uri]
     with ctx.writer(target, parents=parents) as writer:
         writer.put_json(Publication.PUBLISH, report)
-        writer.summary.update({k: report[k] for k in (
-            "model_name", "version", "version_uri", "candidate", "dry_run", "promoted", "previous_version")})
+        writer.summary.update(
+            {
+                k: report[k]
+                for k in (
+                    "model_name",
+                    "version",
+                    "version_uri",
+                    "candidate",
+                    "dry_run",
+                    "promoted",
+                    "previous_version",
+                )
+            }
+        )
     return writer.manifest
 
 
@@ -118,8 +146,9 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
     try:
         blessing = gate.read_json(Blessing.BLESSING)
     except (ArtifactError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NotBlessedError(f"refusing to publish: the gate artifact {gate.uri} has no readable blessing "
-                              f"({exc}); re-run the gate step") from None
+        raise NotBlessedError(
+            f"refusing to publish: the gate artifact {gate.uri} has no readable blessing ({exc}); re-run the gate step"
+        ) from None
     if not isinstance(blessing, dict):
         raise NotBlessedError(f"refusing to publish: {gate.uri}/blessing.json is not a JSON object; re-run the gate")
     preprocess = ctx.open(inputs["preprocess"])
@@ -131,8 +160,10 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
         # The gate's own reasons say it all; checking the rest of a rejection would only add noise.
         gate_reasons = [str(r) for r in blessing.get("reasons") or []] or ["no reason given"]
         lines = "\n".join(f"  - {r}" for r in gate_reasons)
-        raise NotBlessedError(f"refusing to publish run {ctx.run_id!r} to model {model_name!r}: the gate's decision "
-                              f"in {gate.uri} is {decision!r}, not 'blessed':\n{lines}")
+        raise NotBlessedError(
+            f"refusing to publish run {ctx.run_id!r} to model {model_name!r}: the gate's decision "
+            f"in {gate.uri} is {decision!r}, not 'blessed':\n{lines}"
+        )
 
     run_id = blessing.get("run_id")
     if not run_id or (run_id != ctx.run_id and safe_run_id(str(run_id)) != safe_run_id(ctx.run_id)):
@@ -149,16 +180,20 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
     if not isinstance(candidate, str) or not candidate:
         reasons.append("the blessing names no candidate")
     elif candidate not in trained_uris:
-        reasons.append(f"the blessed candidate {candidate!r} is not among this run's trained candidates in "
-                       f"{inputs['train']} (it has: {', '.join(trained_uris) or 'none'})")
+        reasons.append(
+            f"the blessed candidate {candidate!r} is not among this run's trained candidates in "
+            f"{inputs['train']} (it has: {', '.join(trained_uris) or 'none'})"
+        )
     else:
         train = ctx.open(trained_uris[candidate])
         trained_type = TrainedModel(train).model_type
         if model_type is None:
             reasons.append("the blessing does not name the model type")
         elif trained_type is not None and trained_type != model_type:
-            reasons.append(f"the blessing is for a {model_type!r} model, but candidate {candidate!r} in {train.uri} "
-                           f"is a {trained_type!r} model")
+            reasons.append(
+                f"the blessing is for a {model_type!r} model, but candidate {candidate!r} in {train.uri} "
+                f"is a {trained_type!r} model"
+            )
 
     blessed_eval = blessing.get("evaluate_uri")
     if blessed_eval is None:
@@ -188,8 +223,10 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
     if not metrics_fp:
         reasons.append(f"{evaluate.uri}/metrics.json has no split fingerprint")
     if blessed_fp and metrics_fp and blessed_fp != metrics_fp:
-        reasons.append(f"{evaluate.uri}/metrics.json is from another split (fingerprint {str(metrics_fp)[:12]}…) "
-                       f"than the blessing (fingerprint {str(blessed_fp)[:12]}…)")
+        reasons.append(
+            f"{evaluate.uri}/metrics.json is from another split (fingerprint {str(metrics_fp)[:12]}…) "
+            f"than the blessing (fingerprint {str(blessed_fp)[:12]}…)"
+        )
     candidates_block = metrics.get("candidates")
     if isinstance(candidates_block, dict) and isinstance(candidate, str) and candidate not in candidates_block:
         reasons.append(f"{evaluate.uri}/metrics.json has no metrics for candidate {candidate!r}")
@@ -202,21 +239,31 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
     for role, art in (("preprocess", preprocess), ("train", train)):
         parents = evaluate.manifest.parents
         if art is not None and parents and not any(_same_artifact(ctx, p, art.uri) for p in parents):
-            reasons.append(f"the evaluate artifact {evaluate.uri} was computed from another {role} artifact "
-                           f"({', '.join(parents)}), not {art.uri}")
-    if train is not None and train.manifest.parents and not any(
-            _same_artifact(ctx, p, preprocess.uri) for p in train.manifest.parents):
-        reasons.append(f"the train artifact {train.uri} was trained on another preprocess artifact "
-                       f"({', '.join(train.manifest.parents)}), not {preprocess.uri}")
+            reasons.append(
+                f"the evaluate artifact {evaluate.uri} was computed from another {role} artifact "
+                f"({', '.join(parents)}), not {art.uri}"
+            )
+    if (
+        train is not None
+        and train.manifest.parents
+        and not any(_same_artifact(ctx, p, preprocess.uri) for p in train.manifest.parents)
+    ):
+        reasons.append(
+            f"the train artifact {train.uri} was trained on another preprocess artifact "
+            f"({', '.join(train.manifest.parents)}), not {preprocess.uri}"
+        )
 
     if reasons:
         lines = "\n".join(f"  - {r}" for r in reasons)
-        raise NotBlessedError(f"refusing to publish run {ctx.run_id!r} to model {model_name!r}: "
-                              f"the blessing in {gate.uri} does not hold:\n{lines}\n"
-                              "Re-run evaluate and gate for this run, or fix the inputs passed to publish.")
+        raise NotBlessedError(
+            f"refusing to publish run {ctx.run_id!r} to model {model_name!r}: "
+            f"the blessing in {gate.uri} does not hold:\n{lines}\n"
+            "Re-run evaluate and gate for this run, or fix the inputs passed to publish."
+        )
     assert isinstance(candidate, str) and isinstance(model_type, str) and train is not None
-    return CheckedBlessing(blessing, candidate, model_type, champion, metrics, str(blessed_fp),
-                           gate, train, preprocess, evaluate)
+    return CheckedBlessing(
+        blessing, candidate, model_type, champion, metrics, str(blessed_fp), gate, train, preprocess, evaluate
+    )
 
 
 def _same_artifact(ctx: StepContext, a: str, b: str) -> bool:
@@ -238,26 +285,34 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
     try:
         bundle_dir = checked.train.download_all(tmp / "model")
     except ArtifactError as exc:
-        raise ArtifactError(f"cannot publish candidate {candidate!r}: its bundle in {checked.train.uri} is "
-                            f"missing or corrupt ({exc}); re-run the train step") from None
+        raise ArtifactError(
+            f"cannot publish candidate {candidate!r}: its bundle in {checked.train.uri} is "
+            f"missing or corrupt ({exc}); re-run the train step"
+        ) from None
     try:
         model = Recommender.load(bundle_dir)
     except ArtifactError as exc:
         raise ArtifactError(f"cannot publish candidate {candidate!r}: {exc}") from None
     except (KeyError, ValueError, OSError) as exc:
-        raise ArtifactError(f"cannot publish candidate {candidate!r}: the bundle in {checked.train.uri} "
-                            f"does not load ({exc}); re-run the train step") from None
+        raise ArtifactError(
+            f"cannot publish candidate {candidate!r}: the bundle in {checked.train.uri} "
+            f"does not load ({exc}); re-run the train step"
+        ) from None
     if model.type_name != checked.model_type:
-        raise ArtifactError(f"cannot publish candidate {candidate!r}: its bundle holds a {model.type_name!r} model "
-                            f"but the blessing is for {checked.model_type!r}; re-run train, evaluate and gate")
+        raise ArtifactError(
+            f"cannot publish candidate {candidate!r}: its bundle holds a {model.type_name!r} model "
+            f"but the blessing is for {checked.model_type!r}; re-run train, evaluate and gate"
+        )
     # Large catalogs get an approximate top-k index inside the bundle for `recloop serve` (built
     # deterministically, so re-publishing the same bundle stays idempotent; small ones are skipped).
     from recloop.serving.index import build_ann_index
 
     ann = build_ann_index(model, bundle_dir, ctx.config.serving.ann)
     if ann.get("built"):
-        ctx.log(f"publish: ANN index over {ann['n_items']} items, recall@10 {ann['recall@10']:.3f} against exact "
-                f"search (ef_search {ann['ef_search']}), built in {ann['total_seconds']:.1f}s")
+        ctx.log(
+            f"publish: ANN index over {ann['n_items']} items, recall@10 {ann['recall@10']:.3f} against exact "
+            f"search (ef_search {ann['ef_search']}), built in {ann['total_seconds']:.1f}s"
+        )
 
     files = checked.preprocess.manifest.files
     id_maps_dir = None
@@ -271,7 +326,8 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
             raise ArtifactError(
                 f"cannot publish candidate {candidate!r}: the bundle knows {model.n_users} users and "
                 f"{model.n_items} items but {checked.preprocess.uri} maps {n_users} users and {n_items} items; "
-                "it was trained on other data: re-run train, evaluate and gate on this preprocess artifact")
+                "it was trained on other data: re-run train, evaluate and gate on this preprocess artifact"
+            )
     else:
         ctx.log(f"publish: {checked.preprocess.uri} has no id_maps/; the version will hold ids only")
     items_file = None
@@ -281,15 +337,29 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
             items_file.write_bytes(p.read_bytes())
 
     primary_name, primary_value = _primary(checked)
-    lineage = {"gate": checked.gate.uri, "evaluate": checked.evaluate.uri, "train": checked.train.uri,
-               "preprocess": checked.preprocess.uri}
+    lineage = {
+        "gate": checked.gate.uri,
+        "evaluate": checked.evaluate.uri,
+        "train": checked.train.uri,
+        "preprocess": checked.preprocess.uri,
+    }
     for parent in checked.preprocess.manifest.parents:
         lineage.setdefault(parent.rstrip("/").rsplit("/", 1)[-1], parent)
     return VersionSource(
-        bundle_dir=bundle_dir, candidate=candidate, model_type=checked.model_type, run_id=ctx.run_id,
-        id_maps_dir=id_maps_dir, items_file=items_file, config=ctx.config, metrics=checked.metrics,
-        blessing=checked.blessing, lineage=lineage, split_fingerprint=checked.split_fingerprint,
-        primary_metric=primary_name, primary_value=primary_value)
+        bundle_dir=bundle_dir,
+        candidate=candidate,
+        model_type=checked.model_type,
+        run_id=ctx.run_id,
+        id_maps_dir=id_maps_dir,
+        items_file=items_file,
+        config=ctx.config,
+        metrics=checked.metrics,
+        blessing=checked.blessing,
+        lineage=lineage,
+        split_fingerprint=checked.split_fingerprint,
+        primary_metric=primary_name,
+        primary_value=primary_value,
+    )
 
 
 def _primary(checked: CheckedBlessing) -> tuple[str | None, float | None]:

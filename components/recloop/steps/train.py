@@ -24,14 +24,15 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recloop.data.interactions import Interactions
 from recloop.artifacts.kinds import Dataset, TrainedModel
+from recloop.data.interactions import Interactions
 from recloop.errors import ArtifactError, DataError
 from recloop.models.base import FitContext, ItemSide
 from recloop.steps.base import StepContext
@@ -74,17 +75,23 @@ class CandidateResult:
     history: list[dict[str, float | None]] = field(default_factory=list)
 
     def brief(self) -> dict[str, Any]:
-        return {"type": self.model_type, "train_seconds": self.train_seconds, "epochs": self.epochs,
-                "best_valid_metric": self.best_valid_metric}
+        return {
+            "type": self.model_type,
+            "train_seconds": self.train_seconds,
+            "epochs": self.epochs,
+            "best_valid_metric": self.best_valid_metric,
+        }
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -> Manifest:
     model_cfg = next(m for m in ctx.candidates if m.candidate_name == candidate)
     preprocess = ctx.open(inputs["preprocess"])
     data = load_training_data(preprocess)
-    ctx.log(f"train: {candidate} ({model_cfg.type}) on {len(data.train)} train / "
-            f"{0 if data.valid is None else len(data.valid)} valid events, {data.n_users} users, "
-            f"{data.n_items} items")
+    ctx.log(
+        f"train: {candidate} ({model_cfg.type}) on {len(data.train)} train / "
+        f"{0 if data.valid is None else len(data.valid)} valid events, {data.n_users} users, "
+        f"{data.n_items} items"
+    )
     with tempfile.TemporaryDirectory(prefix="recloop-train-") as tmp:
         bundle_dir = Path(tmp) / candidate
         result = train_candidate(model_cfg, data, ctx, StoreTextEmbedder(ctx), bundle_dir)
@@ -103,8 +110,10 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
         with ctx.writer(output, parents=[preprocess.uri]) as writer:
             TrainedModel.write(writer, bundle_dir, report)
     metric = "n/a" if result.best_valid_metric is None else f"{result.best_valid_metric:.4f}"
-    ctx.log(f"train: {result.name} ({result.model_type}) {result.train_seconds:.1f}s, epochs={result.epochs}, "
-            f"valid {VALID_METRIC}={metric}")
+    ctx.log(
+        f"train: {result.name} ({result.model_type}) {result.train_seconds:.1f}s, epochs={result.epochs}, "
+        f"valid {VALID_METRIC}={metric}"
+    )
     return writer.manifest
 
 
@@ -119,18 +128,23 @@ def load_training_data(preprocess: Artifact) -> TrainingData:
     try:
         n_users, n_items = int(summary["n_users"]), int(summary["n_items"])
     except (KeyError, TypeError, ValueError):
-        raise ArtifactError(f"{preprocess.uri}: the manifest summary lacks n_users / n_items; re-run preprocess") from None
+        raise ArtifactError(
+            f"{preprocess.uri}: the manifest summary lacks n_users / n_items; re-run preprocess"
+        ) from None
     train_df = dataset.split("train", columns=_SPLIT_COLUMNS)
     valid_df = dataset.split("valid", columns=_SPLIT_COLUMNS)
     try:
         train = Interactions.from_frame(train_df, n_users, n_items)
         valid = Interactions.from_frame(valid_df, n_users, n_items) if len(valid_df) else None
     except ValueError as exc:
-        raise ArtifactError(f"{preprocess.uri}: splits disagree with n_users={n_users}, n_items={n_items} "
-                            f"({exc}); re-run preprocess") from None
+        raise ArtifactError(
+            f"{preprocess.uri}: splits disagree with n_users={n_users}, n_items={n_items} ({exc}); re-run preprocess"
+        ) from None
     if len(train) == 0:
-        raise DataError(f"the train split of {preprocess.uri} is empty: nothing to learn from; loosen the "
-                        "preprocess filters (min_user_interactions, implicit.min_rating) or add data")
+        raise DataError(
+            f"the train split of {preprocess.uri} is empty: nothing to learn from; loosen the "
+            "preprocess filters (min_user_interactions, implicit.min_rating) or add data"
+        )
     return TrainingData(train, valid, _item_side(dataset, n_items), preprocess.uri)
 
 
@@ -164,8 +178,13 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def train_candidate(model_cfg: ModelConfig, data: TrainingData, ctx: StepContext,
-                    embedder: Callable[[Any, Sequence[str]], np.ndarray] | None, bundle_dir: Path) -> CandidateResult:
+def train_candidate(
+    model_cfg: ModelConfig,
+    data: TrainingData,
+    ctx: StepContext,
+    embedder: Callable[[Any, Sequence[str]], np.ndarray] | None,
+    bundle_dir: Path,
+) -> CandidateResult:
     """Fit one candidate, save its bundle to `bundle_dir` and measure it on the validation split."""
     from recloop.models import registry
     from recloop.models.early_stopping import validation_ndcg
@@ -184,8 +203,9 @@ def train_candidate(model_cfg: ModelConfig, data: TrainingData, ctx: StepContext
         if metrics:
             history.append({"phase": phase, **{k: _finite(v) for k, v in metrics.items()}})  # type: ignore[dict-item]
 
-    context = FitContext(items=data.items, progress=on_progress, log=lambda msg: ctx.log(f"{name}: {msg}"),
-                         text_embedder=embedder)
+    context = FitContext(
+        items=data.items, progress=on_progress, log=lambda msg: ctx.log(f"{name}: {msg}"), text_embedder=embedder
+    )
     seed_everything(model_cfg.seed)
     ctx.log(f"train: fitting {name} ({model_cfg.type})")
     start = time.perf_counter()
@@ -196,9 +216,15 @@ def train_candidate(model_cfg: ModelConfig, data: TrainingData, ctx: StepContext
     model.id_map_ref = data.uri
     model.save(bundle_dir)
     metric = None if data.valid is None else _finite(validation_ndcg(model, data.valid))
-    return CandidateResult(name=name, model_type=model_cfg.type, config=model_cfg.model_dump(mode="json", by_alias=True),
-                           train_seconds=round(seconds, 3), epochs=_epochs(model, history),
-                           best_valid_metric=metric, history=history)
+    return CandidateResult(
+        name=name,
+        model_type=model_cfg.type,
+        config=model_cfg.model_dump(mode="json", by_alias=True),
+        train_seconds=round(seconds, 3),
+        epochs=_epochs(model, history),
+        best_valid_metric=metric,
+        history=history,
+    )
 
 
 def _epochs(model: Recommender, history: list[dict[str, Any]]) -> int | None:
@@ -237,6 +263,8 @@ class StoreTextEmbedder:
         encoder = self._encoders[key]
         advance = self.ctx.progress("embed item texts", total=float(len(texts)))
         vectors, n_new = EmbeddingCache(self.ctx.store, encoder.model_id).embed(list(texts), encoder, progress=advance)
-        self.ctx.log(f"train: embedded {len(texts)} item texts with {encoder.model_id} "
-                     f"({n_new} encoded, {len(texts) - n_new} from the cache)")
+        self.ctx.log(
+            f"train: embedded {len(texts)} item texts with {encoder.model_id} "
+            f"({n_new} encoded, {len(texts) - n_new} from the cache)"
+        )
         return vectors

@@ -15,7 +15,7 @@ writes `result.json` plus GX Data Docs (`data_docs/`). What happens on failure i
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from recloop.artifacts import ArtifactWriter, Manifest
-    from recloop.data.quality import QualityReport
 
 FAILED_SUFFIX = "-failed"
 
@@ -70,11 +69,14 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         raise ArtifactError(f"{ingest_uri} has no interactions.parquet; re-run ingest")
     items_table = _read_table(ctx, ingest_uri, "items.parquet")
     interactions: pd.DataFrame = table.to_pandas()
-    items = items_table.select([c for c in items_table.column_names if c == "item_id"]).to_pandas() \
-        if items_table is not None else None
+    items = (
+        items_table.select([c for c in items_table.column_names if c == "item_id"]).to_pandas()
+        if items_table is not None
+        else None
+    )
 
     advance = ctx.progress("validate: running expectations", total=3)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="recloop-validate-") as tmp:
         docs_dir = Path(tmp, "data_docs") if cfg.data_docs else None
         report = check_interactions(interactions, items, cfg, now, docs_dir, run_name=ctx.run_id)
@@ -93,8 +95,10 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         if quarantine:
             unfixable = [c for c in report.failed if not c.row_level]
             if n_rows and valid_share < cfg.min_valid_share:
-                problems.append(f"only {n_valid} of {n_rows} rows ({valid_share:.2%}) are valid; "
-                                f"validation.min_valid_share is {cfg.min_valid_share:.2%}")
+                problems.append(
+                    f"only {n_valid} of {n_rows} rows ({valid_share:.2%}) are valid; "
+                    f"validation.min_valid_share is {cfg.min_valid_share:.2%}"
+                )
             if n_valid < cfg.min_rows:
                 problems.append(f"{n_valid} valid rows remain; validation.min_rows is {cfg.min_rows}")
             success = not unfixable and not problems
@@ -102,14 +106,25 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             success = report.success
 
         result = report.to_json()
-        result.update({
-            "input": ingest_uri, "on_failure": cfg.on_failure, "success": success,
-            "rows": n_rows, "valid_rows": n_valid, "quarantined_rows": n_bad,
-            "invalid_rows": n_invalid, "valid_share": valid_share, "problems": problems,
-            "data_docs": "data_docs/index.html" if docs_dir is not None else None,
-        })
+        result.update(
+            {
+                "input": ingest_uri,
+                "on_failure": cfg.on_failure,
+                "success": success,
+                "rows": n_rows,
+                "valid_rows": n_valid,
+                "quarantined_rows": n_bad,
+                "invalid_rows": n_invalid,
+                "valid_share": valid_share,
+                "problems": problems,
+                "data_docs": "data_docs/index.html" if docs_dir is not None else None,
+            }
+        )
         summary = {
-            "success": success, "rows": n_rows, "valid_rows": n_valid, "quarantined_rows": n_bad,
+            "success": success,
+            "rows": n_rows,
+            "valid_rows": n_valid,
+            "quarantined_rows": n_bad,
             "invalid_rows": n_invalid,
             "failed_expectations": [c.name for c in report.failed],
         }
@@ -121,7 +136,8 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             reasons = report.quarantine_reasons()
             positions = np.flatnonzero(invalid)
             quarantined = table.take(pa.array(positions)).append_column(
-                "quarantine_reason", pa.array(reasons.reindex(positions).tolist(), pa.string()))
+                "quarantine_reason", pa.array(reasons.reindex(positions).tolist(), pa.string())
+            )
 
         if not success and cfg.on_failure in ("fail", "quarantine"):
             _uncommit(ctx, ctx.key(output))  # an older success of this step must not be read downstream
@@ -129,15 +145,18 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             where = f"{failed_uri}/result.json"
             if docs_dir is not None:
                 where += f" (Data Docs: {failed_uri}/data_docs/index.html)"
-            raise ValidationFailed(format_failure(report, ingest_uri, where,
-                                                  quarantined=n_bad if quarantine else None, problems=problems))
+            raise ValidationFailed(
+                format_failure(report, ingest_uri, where, quarantined=n_bad if quarantine else None, problems=problems)
+            )
         if not report.success:
             failed = ", ".join(c.name for c in report.failed)
             if quarantine:
                 ctx.log(f"validate: quarantined {n_bad} of {n_rows} rows (failed: {failed})")
             else:
-                ctx.log(f"validate: WARNING data failed {len(report.failed)} checks ({failed}); "
-                        "continuing because validation.on_failure is 'warn'")
+                ctx.log(
+                    f"validate: WARNING data failed {len(report.failed)} checks ({failed}); "
+                    "continuing because validation.on_failure is 'warn'"
+                )
         advance(1)
 
         stale_failure = ctx.key(output) + FAILED_SUFFIX
@@ -161,8 +180,15 @@ def _uncommit(ctx: StepContext, key: str) -> None:
     ctx.store.delete_prefix(key)
 
 
-def _commit_failure(ctx: StepContext, output: str, ingest_uri: str, result: dict[str, Any],
-                    summary: dict[str, Any], docs_dir: Path | None, quarantined: pa.Table | None) -> str:
+def _commit_failure(
+    ctx: StepContext,
+    output: str,
+    ingest_uri: str,
+    result: dict[str, Any],
+    summary: dict[str, Any],
+    docs_dir: Path | None,
+    quarantined: pa.Table | None,
+) -> str:
     """Commit the report to the sibling `validate-failed` artifact so a failed run can be inspected."""
     key = ctx.key(output)
     failed_key = key + FAILED_SUFFIX

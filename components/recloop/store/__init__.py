@@ -17,8 +17,17 @@ from recloop.store.s3 import S3Store, s3_client, with_retries
 if TYPE_CHECKING:
     from recloop.config import StoreConfig
 
-__all__ = ["ArtifactStore", "FileStore", "ObjectInfo", "S3Store", "local_copy", "open_store", "s3_client",
-           "sha256_file", "with_retries"]
+__all__ = [
+    "ArtifactStore",
+    "FileStore",
+    "ObjectInfo",
+    "S3Store",
+    "local_copy",
+    "open_store",
+    "s3_client",
+    "sha256_file",
+    "with_retries",
+]
 
 
 def open_store(cfg: StoreConfig, root: str | None = None) -> ArtifactStore:
@@ -28,7 +37,7 @@ def open_store(cfg: StoreConfig, root: str | None = None) -> ArtifactStore:
         return FileStore(root)
     if root.startswith("s3://"):
         # model_copy(update=...) skips validation: the root is re-checked here instead.
-        if not root[len("s3://"):].split("/", 1)[0]:
+        if not root[len("s3://") :].split("/", 1)[0]:
             raise StoreError(f"store root {root!r} names no bucket: use s3://bucket or s3://bucket/prefix")
         return S3Store(cfg if root == cfg.root else cfg.model_copy(update={"root": root}))
     raise StoreError(f"unsupported store root {root!r}: use file:// or s3://")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 CHUNK = 8 * 1024 * 1024
 LOCK_PREFIX = ".lock-"  # hidden lock objects next to a compare-and-swap key

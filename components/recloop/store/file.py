@@ -14,8 +14,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from recloop.errors import ConflictError, StoreError
 from recloop.store import base as store_base  # read at call time: tests shorten the waits
@@ -27,7 +28,7 @@ class FileStore:
 
     def __init__(self, root: str):
         self.root = root.rstrip("/")
-        self.base = Path(root[len("file://"):] if root.startswith("file://") else root)
+        self.base = Path(root[len("file://") :] if root.startswith("file://") else root)
 
     def uri(self, key: str) -> str:
         return f"{self.root}/{clean_key(key)}"
@@ -128,8 +129,10 @@ class FileStore:
         try:
             current = self.stat(key)
             if (current.etag if current else None) != etag:
-                raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag}, "
-                                    f"found {current.etag if current else 'none'}); read it again and retry")
+                raise ConflictError(
+                    f"{self.uri(key)} changed since it was read (expected version {etag}, "
+                    f"found {current.etag if current else 'none'}); read it again and retry"
+                )
             self.put_bytes(key, data)
             new = self.stat(key)
             assert new is not None
@@ -151,8 +154,10 @@ class FileStore:
             except BlockingIOError:
                 os.close(fd)
                 if time.monotonic() > deadline:
-                    raise StoreError(f"timed out after {store_base.LOCK_WAIT_S:g} s waiting for another writer's "
-                                     f"lock on {self.uri(key)}; retry when it has finished") from None
+                    raise StoreError(
+                        f"timed out after {store_base.LOCK_WAIT_S:g} s waiting for another writer's "
+                        f"lock on {self.uri(key)}; retry when it has finished"
+                    ) from None
                 time.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 0.1)
                 continue

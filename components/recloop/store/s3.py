@@ -21,8 +21,9 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from recloop.errors import ConflictError, StoreError
 from recloop.store import base as store_base  # read at call time: tests shorten the waits
@@ -35,8 +36,17 @@ T = TypeVar("T")
 
 
 _TRANSIENT_CODES = {
-    "Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
-    "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+    "Throttling",
+    "ThrottlingException",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "502",
+    "504",
 }
 
 
@@ -73,9 +83,13 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and getattr(exc, "errno", None) in (errno.ECONNRESET, errno.EPIPE)
 
 
-def with_retries(fn: Callable[[], T], retry: RetryConfig, what: str,
-                 is_transient: Callable[[BaseException], bool] = _is_transient,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    retry: RetryConfig,
+    what: str,
+    is_transient: Callable[[BaseException], bool] = _is_transient,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call fn, retrying transient errors with exponential back-off and full jitter.
 
     At most `retry.max_attempts` calls; a transient error on the last one becomes a StoreError naming
@@ -90,8 +104,10 @@ def with_retries(fn: Callable[[], T], retry: RetryConfig, what: str,
             if not is_transient(exc):
                 raise
             if attempt >= retry.max_attempts:
-                raise StoreError(f"{what} failed after {attempt} attempts ({_describe(exc)}); the store is "
-                                 "unreachable or overloaded: check store.endpoint_url and retry later") from exc
+                raise StoreError(
+                    f"{what} failed after {attempt} attempts ({_describe(exc)}); the store is "
+                    "unreachable or overloaded: check store.endpoint_url and retry later"
+                ) from exc
             delay = min(retry.max_delay_s, retry.base_delay_s * 2 ** (attempt - 1))
             sleep(random.uniform(0, delay))
 
@@ -141,7 +157,7 @@ class S3Store:
     def __init__(self, cfg: StoreConfig):
         from boto3.s3.transfer import TransferConfig
 
-        rest = cfg.root[len("s3://"):]
+        rest = cfg.root[len("s3://") :]
         self.bucket, _, prefix = rest.partition("/")
         self.prefix = prefix.strip("/")
         self.root = cfg.root
@@ -150,8 +166,12 @@ class S3Store:
         # One call per request: store.retry.max_attempts then bounds the requests made.
         self.client = s3_client(cfg, attempts=1)
         threshold = cfg.multipart_threshold_mb * 1024 * 1024
-        self.transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold // 4, 8 << 20),
-                                       max_concurrency=4, use_threads=True)
+        self.transfer = TransferConfig(
+            multipart_threshold=threshold,
+            multipart_chunksize=max(threshold // 4, 8 << 20),
+            max_concurrency=4,
+            use_threads=True,
+        )
 
     def _k(self, key: str) -> str:
         key = clean_key(key)
@@ -194,8 +214,10 @@ class S3Store:
     def _sse_hint(self, writes: bool) -> str:
         if not (writes and self.sse):
             return ""
-        return (f"; store.server_side_encryption is {self.sse!r}: if this server does not support it, set it "
-                "to a supported value (e.g. AES256) or remove it")
+        return (
+            f"; store.server_side_encryption is {self.sse!r}: if this server does not support it, set it "
+            "to a supported value (e.g. AES256) or remove it"
+        )
 
     def ensure_bucket(self) -> None:
         from botocore.exceptions import ClientError
@@ -206,30 +228,40 @@ class S3Store:
             self._call(f"create bucket {self.bucket}", lambda: self.client.create_bucket(Bucket=self.bucket))
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._call(f"put {self.uri(key)}",
-                   lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **self._extra()),
-                   writes=True)
+        self._call(
+            f"put {self.uri(key)}",
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **self._extra()),
+            writes=True,
+        )
 
     def get_bytes(self, key: str) -> bytes:
-        return self._call(f"get {self.uri(key)}",
-                          lambda: self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read())
+        return self._call(
+            f"get {self.uri(key)}", lambda: self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+        )
 
     def put_file(self, key: str, path: str | Path) -> None:
-        self._call(f"upload {self.uri(key)}", lambda: self.client.upload_file(
-            str(path), self.bucket, self._k(key), ExtraArgs=self._extra() or None, Config=self.transfer),
-            writes=True)
+        self._call(
+            f"upload {self.uri(key)}",
+            lambda: self.client.upload_file(
+                str(path), self.bucket, self._k(key), ExtraArgs=self._extra() or None, Config=self.transfer
+            ),
+            writes=True,
+        )
 
     def get_file(self, key: str, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._call(f"download {self.uri(key)}", lambda: self.client.download_file(
-            self.bucket, self._k(key), str(path), Config=self.transfer))
+        self._call(
+            f"download {self.uri(key)}",
+            lambda: self.client.download_file(self.bucket, self._k(key), str(path), Config=self.transfer),
+        )
         return path
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
-            head = self._call(f"head {self.uri(key)}",
-                              lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key)))
+            head = self._call(
+                f"head {self.uri(key)}", lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            )
         except FileNotFoundError:
             return None
         return ObjectInfo(clean_key(key), int(head["ContentLength"]), head["ETag"])
@@ -259,15 +291,19 @@ class S3Store:
     def delete_prefix(self, prefix: str) -> int:
         keys = self._list_all(prefix)
         for i in range(0, len(keys), 1000):
-            batch = [{"Key": self._k(k)} for k in keys[i:i + 1000]]
-            resp = self._call(f"delete {self.root}/{prefix.strip('/')}",
-                              lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
+            batch = [{"Key": self._k(k)} for k in keys[i : i + 1000]]
+            resp = self._call(
+                f"delete {self.root}/{prefix.strip('/')}",
+                lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}),
+            )
             errors = resp.get("Errors") or []
             if errors:
                 first = errors[0]
-                raise StoreError(f"delete {self.root}/{prefix.strip('/')}: {len(errors)} object(s) were not deleted "
-                                 f"(first: {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}); "
-                                 "check the store permissions and retry")
+                raise StoreError(
+                    f"delete {self.root}/{prefix.strip('/')}: {len(errors)} object(s) were not deleted "
+                    f"(first: {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}); "
+                    "check the store permissions and retry"
+                )
         return len(keys)
 
     # -- compare-and-swap ------------------------------------------------------------------------
@@ -279,8 +315,10 @@ class S3Store:
         try:
             current = self.stat(key)
             if (current.etag if current else None) != etag:
-                raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag}, "
-                                    f"found {current.etag if current else 'none'}); read it again and retry")
+                raise ConflictError(
+                    f"{self.uri(key)} changed since it was read (expected version {etag}, "
+                    f"found {current.etag if current else 'none'}); read it again and retry"
+                )
             return self._conditional_put(key, data, etag)
         finally:
             self._release(lock, token)
@@ -293,13 +331,13 @@ class S3Store:
         while True:
             attempt += 1
             try:
-                resp = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond,
-                                              **self._extra())
+                resp = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond, **self._extra())
                 return str(resp["ETag"])
             except Exception as exc:
                 if isinstance(exc, ClientError) and _is_precondition_failure(exc):
-                    raise ConflictError(f"{self.uri(key)} changed since it was read (expected version {etag}); "
-                                        "read it again and retry") from None
+                    raise ConflictError(
+                        f"{self.uri(key)} changed since it was read (expected version {etag}); read it again and retry"
+                    ) from None
                 if not _is_transient(exc):
                     raise StoreError(f"put {self.uri(key)}: {_describe(exc)}{self._sse_hint(True)}") from None
                 # The write may have landed before the connection broke. We hold the lock, so a changed
@@ -308,13 +346,15 @@ class S3Store:
                 if (now.etag if now else None) != etag:
                     if now is not None and self.get_bytes(key) == data:
                         return now.etag
-                    raise ConflictError(f"{self.uri(key)} changed while it was being written; read it again "
-                                        "and retry") from None
+                    raise ConflictError(
+                        f"{self.uri(key)} changed while it was being written; read it again and retry"
+                    ) from None
                 if attempt >= self.retry.max_attempts:
-                    raise StoreError(f"put {self.uri(key)} failed after {attempt} attempts ({_describe(exc)}); "
-                                     "it was not changed: retry later") from None
-                time.sleep(random.uniform(0, min(self.retry.max_delay_s,
-                                                 self.retry.base_delay_s * 2 ** (attempt - 1))))
+                    raise StoreError(
+                        f"put {self.uri(key)} failed after {attempt} attempts ({_describe(exc)}); "
+                        "it was not changed: retry later"
+                    ) from None
+                time.sleep(random.uniform(0, min(self.retry.max_delay_s, self.retry.base_delay_s * 2 ** (attempt - 1))))
 
     def _lock_key(self, key: str) -> str:
         head, _, name = clean_key(key).rpartition("/")
@@ -326,8 +366,14 @@ class S3Store:
         deadline = time.monotonic() + store_base.LOCK_WAIT_S
         delay = 0.01
         while True:
-            body = json.dumps({"owner": token, "host": socket.gethostname(), "pid": os.getpid(),
-                               "expires": time.time() + store_base.LOCK_LEASE_S}).encode()
+            body = json.dumps(
+                {
+                    "owner": token,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "expires": time.time() + store_base.LOCK_LEASE_S,
+                }
+            ).encode()
             if self._create_only(lock, body, token, f"lock {self.uri(key)}"):
                 return token
             holder = self._read_lock(lock)
@@ -335,9 +381,11 @@ class S3Store:
                 self._break(lock, holder)
                 continue
             if time.monotonic() > deadline:
-                raise StoreError(f"timed out after {store_base.LOCK_WAIT_S:g} s waiting for another writer's lock on "
-                                 f"{self.uri(key)}; retry when it has finished (a crashed writer's lock expires "
-                                 f"after {store_base.LOCK_LEASE_S:g} s)")
+                raise StoreError(
+                    f"timed out after {store_base.LOCK_WAIT_S:g} s waiting for another writer's lock on "
+                    f"{self.uri(key)}; retry when it has finished (a crashed writer's lock expires "
+                    f"after {store_base.LOCK_LEASE_S:g} s)"
+                )
             time.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 0.2)
 
@@ -347,8 +395,9 @@ class S3Store:
         while True:
             attempt += 1
             try:
-                self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=body, IfNoneMatch="*",
-                                       **self._extra())
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._k(key), Body=body, IfNoneMatch="*", **self._extra()
+                )
                 return True
             except Exception as exc:
                 client_error = _client_error(exc)
@@ -363,16 +412,18 @@ class S3Store:
                 if not _is_transient(exc):
                     raise self._map_error(what, exc, writes=True) from None
                 if attempt >= self.retry.max_attempts:
-                    raise StoreError(f"{what} failed after {attempt} attempts ({_describe(exc)}); the store is "
-                                     "unreachable or overloaded: retry later") from None
-                time.sleep(random.uniform(0, min(self.retry.max_delay_s,
-                                                 self.retry.base_delay_s * 2 ** (attempt - 1))))
+                    raise StoreError(
+                        f"{what} failed after {attempt} attempts ({_describe(exc)}); the store is "
+                        "unreachable or overloaded: retry later"
+                    ) from None
+                time.sleep(random.uniform(0, min(self.retry.max_delay_s, self.retry.base_delay_s * 2 ** (attempt - 1))))
 
     def _read_lock(self, lock: str) -> tuple[str, float, str] | None:
         """(etag, lease expiry, owner token) of the lock object, or None if it is gone."""
         try:
-            resp = self._call(f"read lock {self.uri(lock)}",
-                              lambda: self.client.get_object(Bucket=self.bucket, Key=self._k(lock)))
+            resp = self._call(
+                f"read lock {self.uri(lock)}", lambda: self.client.get_object(Bucket=self.bucket, Key=self._k(lock))
+            )
             raw = resp["Body"].read()
         except FileNotFoundError:
             return None
