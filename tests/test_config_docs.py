@@ -48,7 +48,7 @@ def test_the_description_check_walks_nested_lists_maps_and_unions() -> None:
         "Leaf.bare",
         "Other.hidden",
     ]
-    assert [path for path, _ in docs.sections(Root)] == ["", "leaves[]", "by_name.*", "either", "either"]
+    assert [path for path, _ in docs.sections(Root)] == ["", "leaves[]", "by_name.*", "either (Leaf)", "either (Other)"]
 
 
 def test_the_walk_reaches_every_model_config_and_nested_section() -> None:

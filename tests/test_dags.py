@@ -219,7 +219,7 @@ def test_unknown_steps_in_execution_settings_are_config_errors(tmp_path):
     )
     with pytest.raises(ConfigError) as err:
         build_dags(tmp_path)
-    steps = "evaluate, feedback, gate, ingest, preprocess, publish, train, validate"
+    steps = "evaluate, feedback, gate, ingest, preprocess, publish, train, tune, validate"
     assert err.value.errors == [
         f"execution.steps.trian: unknown step; steps are {steps}",
         f"execution.fault_injection.step: unknown step 'publsh'; steps are {steps}",
@@ -264,6 +264,7 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
         "data.ingest",
         "data.validate",
         "data.preprocess",
+        "model.tune",
         "model.train",
         "model.evaluate",
         "release.gate",
@@ -271,28 +272,30 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
         "release.publish",
     ]
     upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
-    # The graph draws the loop itself: one edge per link of the chain (8 for 9 tasks); inputs that skip a
+    # The graph draws the loop itself: one edge per link of the chain (9 for 10 tasks); inputs that skip a
     # link (publish reads train, preprocess and evaluate) and prepare's run-wide values travel otherwise.
     assert upstream == {
         "prepare": [],
         "data.ingest": ["prepare"],
         "data.validate": ["data.ingest"],
         "data.preprocess": ["data.validate"],
-        "model.train": ["data.preprocess"],
+        "model.tune": ["data.preprocess"],
+        "model.train": ["model.tune"],
         "model.evaluate": ["model.train"],
         "release.gate": ["model.evaluate"],
         "release.decide": ["release.gate"],
         "release.publish": ["release.decide"],
     }
-    assert sum(len(t.upstream_task_ids) for t in dag.tasks) == 8
+    assert sum(len(t.upstream_task_ids) for t in dag.tasks) == 9
     # Training is mapped: one task instance per configured candidate, named by it.
     from recloop.config import load
 
-    train = dag.get_task("model.train")
-    assert train.op_kwargs_expand_input.value == {
-        "candidate": [m.candidate_name for m in load(mode_configs / "local.yaml").models]
-    }
-    assert train.partial_kwargs["map_index_template"] == "{{ recloop_candidate }}"
+    for task_id in ("model.tune", "model.train"):
+        mapped = dag.get_task(task_id)
+        assert mapped.op_kwargs_expand_input.value == {
+            "candidate": [m.candidate_name for m in load(mode_configs / "local.yaml").models]
+        }
+        assert mapped.partial_kwargs["map_index_template"] == "{{ recloop_candidate }}"
     assert dag.get_task("model.evaluate").trigger_rule == "none_failed_min_one_success"
     assert sorted(dag.task_group.children) == ["data", "model", "prepare", "release"]
     assert dag.max_active_runs == 1 and dag.catchup is False

@@ -7,31 +7,42 @@ from typing import Any
 import pytest
 
 from recloop.artifacts import Manifest
-from recloop.artifacts.kinds import ArtifactKind, Blessing, Dataset, Evaluation, RawEvents, TrainedModel
+from recloop.artifacts.kinds import (
+    ArtifactKind,
+    Blessing,
+    Dataset,
+    Evaluation,
+    RawEvents,
+    TrainedModel,
+    TuningStudy,
+)
 from recloop.errors import ArtifactError
 from recloop.steps.base import StepContext, resolve_inputs, run_step
 from recloop.steps.graph import FEEDBACK, TRAINING, Input, Step, StepGraph, find_step
 
 
 def test_training_graph_declares_the_loop_in_order() -> None:
-    assert TRAINING.names == ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
+    assert TRAINING.names == ("ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "publish")
     assert FEEDBACK.names == ("feedback",)
     assert {s.name: tuple(s.inputs) for s in TRAINING} == {
         "ingest": (),
         "validate": ("ingest",),
         "preprocess": ("ingest", "validate"),
-        "train": ("preprocess",),
-        "evaluate": ("preprocess", "train"),
+        "tune": ("preprocess",),
+        "train": ("preprocess", "tune"),
+        "evaluate": ("preprocess", "tune", "train"),
         "gate": ("evaluate",),
         "publish": ("preprocess", "train", "evaluate", "gate"),
     }
-    assert [s.name for s in TRAINING if s.per_candidate] == ["train"]
+    assert [s.name for s in TRAINING if s.per_candidate] == ["tune", "train"]
     assert TRAINING["evaluate"].inputs["train"] == Input(TrainedModel, many=True)
+    assert TRAINING["train"].inputs["tune"] == Input(TuningStudy, optional=True, same_candidate=True)
     assert TRAINING["preprocess"].inputs["validate"].optional is True
     assert {s.name: s.group for s in TRAINING} == {
         "ingest": "data",
         "validate": "data",
         "preprocess": "data",
+        "tune": "model",
         "train": "model",
         "evaluate": "model",
         "gate": "release",
@@ -44,7 +55,8 @@ def test_task_edges_are_the_transitive_reduction() -> None:
         "ingest": (),
         "validate": ("ingest",),
         "preprocess": ("validate",),
-        "train": ("preprocess",),
+        "tune": ("preprocess",),
+        "train": ("tune",),
         "evaluate": ("train",),
         "gate": ("evaluate",),
         "publish": ("gate",),
@@ -73,7 +85,7 @@ def test_find_step_names_every_step_when_unknown() -> None:
     assert find_step("feedback") is FEEDBACK["feedback"]
     with pytest.raises(
         KeyError,
-        match="unknown step 'nope'; steps: ingest, validate, preprocess, train, evaluate, gate, publish, feedback",
+        match="unknown step 'nope'; steps: ingest, validate, preprocess, tune, train, evaluate, gate, publish, feedback",
     ):
         find_step("nope")
 

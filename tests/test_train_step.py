@@ -238,7 +238,10 @@ def test_a_candidate_is_reused_whichever_others_the_run_selects(store: FileStore
     only = make_ctx(store, FAST_MODELS[:2], log=log, params=RunParams(models=("itemknn",)))
     again = run_step("train", only, candidate="itemknn")
     assert again.created_at == first["itemknn"].created_at
-    assert log == [f"train itemknn: reusing committed artifact {store.uri('runs/r1/train/itemknn')}"]
+    assert log == [
+        f"train: optional input tune has no committed artifact at {store.uri('runs/r1/tune/itemknn')}; running without it",
+        f"train itemknn: reusing committed artifact {store.uri('runs/r1/train/itemknn')}",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- errors

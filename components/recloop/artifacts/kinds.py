@@ -170,6 +170,42 @@ class TrainedModel(ArtifactKind):
         return self.summary.get("type")
 
 
+class TuningStudy(ArtifactKind):
+    """One candidate's hyper-parameter search: every trial, the best parameters, and the Optuna journal."""
+
+    title = "tuning study"
+    description = "One candidate's hyper-parameter search on validation NDCG@10: trials, best parameters."
+    STUDY = "study.json"
+    TRIALS = "trials.parquet"
+    JOURNAL = "journal.log"
+    files = {
+        STUDY: "whether it was tuned, budget, seed, space, best parameters and value, parameter importances",
+        TRIALS: "every trial: number, state, value, seconds, parameters, validation curve",
+        JOURNAL: "the Optuna journal the study replays from (optional)",
+    }
+    SUMMARY_KEYS = ("tuned", "best_value", "n_trials", "seconds")
+
+    @classmethod
+    def write(
+        cls, writer: ArtifactWriter, study: Mapping[str, Any], trials: pd.DataFrame, journal: Path | None
+    ) -> None:
+        writer.put_json(cls.STUDY, dict(study))
+        writer.put_parquet(cls.TRIALS, trials)
+        if journal is not None and journal.exists():
+            writer.add_file(cls.JOURNAL, journal)
+        writer.summary.update({k: study.get(k) for k in cls.SUMMARY_KEYS})
+
+    def study(self) -> dict[str, Any]:
+        return self.artifact.read_json(self.STUDY)
+
+    def trials(self) -> pd.DataFrame:
+        return self.artifact.read_parquet(self.TRIALS)
+
+    def best_params(self) -> dict[str, Any]:
+        """The parameters train applies over the configured ones ({} when the candidate was not tuned)."""
+        return dict(self.study().get("best_params") or {})
+
+
 class Evaluation(ArtifactKind):
     title = "evaluation"
     description = "Metrics of every candidate and the production champion on one leakage-free split."

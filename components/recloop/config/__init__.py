@@ -65,11 +65,13 @@ from recloop.config.serving import (
     ServingRulesConfig,
 )
 from recloop.config.store import RetryConfig, StoreConfig
+from recloop.config.tuning import Budget, TuningConfig
 
 __all__ = [
     "CRON_PRESETS",
     "SECRET_KEYS",
     "AirflowApiConfig",
+    "Budget",
     "ColdStartConfig",
     "ContainerResources",
     "DataConfig",
@@ -111,6 +113,7 @@ __all__ = [
     "StrictModel",
     "TagSource",
     "Toleration",
+    "TuningConfig",
     "UserSource",
     "ValidationConfig",
     "apply_overrides",

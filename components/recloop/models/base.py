@@ -54,6 +54,13 @@ class FitContext:
     # Embeds texts with a given encoder config, through the store's embedding cache (set by the train
     # step); models fall back to encoding directly when it is None.
     text_embedder: Callable[[Any, Sequence[str]], np.ndarray] | None = None
+    # Called by models that validate while training, after each check, with (epoch, validation NDCG@10).
+    # It may raise to end the fit (the tune step prunes unpromising trials this way).
+    on_validation: Callable[[int, float], None] | None = None
+
+    def report_validation(self, epoch: int, ndcg: float) -> None:
+        if self.on_validation is not None:
+            self.on_validation(epoch, ndcg)
 
 
 @dataclass

@@ -73,6 +73,8 @@ class MatrixFactorization(Recommender):
             log(f"epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items() if k != "epoch"))
             if progress is not None:
                 progress("epoch", epoch / cfg.epochs, metrics)
+            if context is not None and "valid_ndcg@10" in metrics:
+                context.report_validation(epoch, metrics["valid_ndcg@10"])
             if use_valid and stopper.should_stop:
                 log(
                     f"early stop after epoch {epoch}; best valid ndcg@10={stopper.best:.5g} "

@@ -327,6 +327,8 @@ class SASRec(Recommender):
                     context.progress(
                         "train", epoch / cfg.epochs, {"epoch": epoch, "loss": total / max(steps, 1), "ndcg@10": ndcg}
                     )
+                if context is not None:
+                    context.report_validation(epoch, ndcg)
             log(msg)
             if stopper.should_stop:
                 log(

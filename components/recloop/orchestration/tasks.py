@@ -191,7 +191,7 @@ def run_pipeline_step(step: str, config_path: str, candidate: str | None = None)
     check_fault(cfg.execution.fault_injection, step, attempt, "start")
     _load_step_or_explain(step)
     ctx = step_context(cfg, request, str(context["run_id"]))
-    inputs = resolve_inputs(ctx, find_step(step))
+    inputs = resolve_inputs(ctx, find_step(step), candidate=candidate)
     for role, uri in sorted(inputs.items()):
         _say(f"{step}: input {role} = {uri}")
     started = time.monotonic()

@@ -174,9 +174,12 @@ def step_output(ctx: StepContext, step: Step, candidate: str | None = None) -> s
     return ctx.store.uri(f"{prefix}/{candidate}" if step.per_candidate and candidate else prefix)
 
 
-def resolve_inputs(ctx: StepContext, step: Step, given: dict[str, str] | None = None) -> dict[str, str]:
-    """Every declared input role's URI: `given` ones, the rest from this run's layout; an optional input
-    with nothing committed is left out. Raises ArtifactError naming each missing required input."""
+def resolve_inputs(
+    ctx: StepContext, step: Step, given: dict[str, str] | None = None, candidate: str | None = None
+) -> dict[str, str]:
+    """Every declared input role's URI: `given` ones, the rest from this run's layout (a `same_candidate`
+    input: `candidate`'s artifact); an optional input with nothing committed is left out. Raises
+    ArtifactError naming each missing required input."""
     given = {role: uri.rstrip("/") for role, uri in (given or {}).items()}
     unknown = sorted(set(given) - set(step.inputs))
     if unknown:
@@ -186,7 +189,8 @@ def resolve_inputs(ctx: StepContext, step: Step, given: dict[str, str] | None = 
     resolved: dict[str, str] = {}
     problems: list[str] = []
     for role, channel in step.inputs.items():
-        uri = given.get(role) or ctx.store.uri(run_prefix(ctx.run_id, role))
+        layout = run_prefix(ctx.run_id, role) + (f"/{candidate}" if channel.same_candidate and candidate else "")
+        uri = given.get(role) or ctx.store.uri(layout)
         missing = (
             _missing_candidates(ctx, uri) if channel.many else [] if Artifact.exists(ctx.store, ctx.key(uri)) else [uri]
         )
@@ -280,7 +284,7 @@ def execute_step(
             ],
         )
     run = spec.load()
-    inputs = resolve_inputs(ctx, spec, inputs)
+    inputs = resolve_inputs(ctx, spec, inputs, candidate)
     output = output or step_output(ctx, spec, candidate)
     label = f"{spec.name} {candidate}" if candidate else spec.name
     key = reuse_key(ctx, spec, inputs, candidate)

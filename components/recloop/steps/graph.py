@@ -29,6 +29,7 @@ from recloop.artifacts.kinds import (
     Publication,
     RawEvents,
     TrainedModel,
+    TuningStudy,
     ValidationReport,
 )
 
@@ -38,12 +39,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Input:
-    """A typed input channel: the artifact kind it carries, whether the step runs without it, and
-    whether it is one artifact per candidate (`many`)."""
+    """A typed input channel: the artifact kind it carries, whether the step runs without it, whether
+    it is one artifact per candidate (`many`), or, for a per-candidate step reading a per-candidate
+    step, the same candidate's artifact (`same_candidate`: tune/{c} → train/{c})."""
 
     kind: type[ArtifactKind]
     optional: bool = False
     many: bool = False
+    same_candidate: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,13 @@ class Step:
             return "none (reads the configured data sources)"
         parts = []
         for role, i in self.inputs.items():
-            what = f"one {i.kind.title} per candidate" if i.many else i.kind.title
+            what = (
+                f"one {i.kind.title} per candidate"
+                if i.many
+                else f"this candidate's {i.kind.title}"
+                if i.same_candidate
+                else i.kind.title
+            )
             parts.append(f"{role} ({what}{', optional' if i.optional else ''})")
         return ", ".join(parts)
 
@@ -108,7 +117,12 @@ class StepGraph:
                 upstream = seen.get(role)
                 if upstream is None:
                     raise ValueError(f"step {step.name!r} reads {role!r}, which is not an earlier step")
-                if upstream.output is not i.kind or upstream.per_candidate != i.many:
+                pairing_ok = (
+                    upstream.per_candidate and step.per_candidate and not i.many
+                    if i.same_candidate
+                    else upstream.per_candidate == i.many
+                )
+                if upstream.output is not i.kind or not pairing_ok:
                     raise ValueError(
                         f"step {step.name!r} reads {role!r} as {i.kind.__name__}"
                         f"{' (many)' if i.many else ''}, but {role!r} writes "
@@ -190,13 +204,36 @@ TRAINING = StepGraph(
             ),
         ),
         Step(
+            "tune",
+            "recloop.steps.tune",
+            group="model",
+            output=TuningStudy,
+            per_candidate=True,
+            inputs={"preprocess": Input(Dataset)},
+            notes=(
+                "Without `tuning.budget`, or for a candidate not tuned, it commits at once and train uses the "
+                "configured parameters. A rerun with the same run id resumes the study from its journal "
+                "(or from `tuning.storage`)."
+            ),
+            description=(
+                "Search one candidate's hyper-parameters with Optuna (TPE; pruning on the validation curve) on "
+                "validation NDCG@10 within its share of `tuning.budget`; the test split is never read."
+            ),
+        ),
+        Step(
             "train",
             "recloop.steps.train",
             group="model",
             output=TrainedModel,
             per_candidate=True,
-            inputs={"preprocess": Input(Dataset)},
-            notes=("A candidate not selected by the run's `models` param is skipped."),
+            inputs={
+                "preprocess": Input(Dataset),
+                "tune": Input(TuningStudy, optional=True, same_candidate=True),
+            },
+            notes=(
+                "Applies the candidate's tuned parameters over the configured ones (none without a tune "
+                "artifact). A candidate not selected by the run's `models` param is skipped."
+            ),
             description=(
                 "Train one candidate model of `models:` on the preprocess splits and save its bundle; one task "
                 "per candidate (retry one alone), or those chosen with --model."
@@ -207,7 +244,11 @@ TRAINING = StepGraph(
             "recloop.steps.evaluate",
             group="model",
             output=Evaluation,
-            inputs={"preprocess": Input(Dataset), "train": Input(TrainedModel, many=True)},
+            inputs={
+                "preprocess": Input(Dataset),
+                "tune": Input(TuningStudy, many=True, optional=True),
+                "train": Input(TrainedModel, many=True),
+            },
             description=(
                 "Rank the held-out users with every candidate and the production champion; metrics with "
                 "bootstrap CIs, segments and beyond-accuracy measures to metrics.json and report.html."
@@ -248,7 +289,7 @@ TRAINING = StepGraph(
     ),
     groups={
         "data": "Read raw events, check them, and split them into train/valid/test",
-        "model": "Train every candidate model and evaluate it (and the production champion) on the same split",
+        "model": "Tune and train every candidate model and evaluate it (and the production champion) on the same split",
         "release": "Gate the best candidate on thresholds and publish it as the production model",
     },
 )

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recloop.artifacts.kinds import Dataset, TrainedModel
+from recloop.artifacts.kinds import Dataset, TrainedModel, TuningStudy
 from recloop.data.interactions import Interactions
 from recloop.errors import ArtifactError, DataError
 from recloop.models.base import FitContext, ItemSide
@@ -86,6 +86,12 @@ class CandidateResult:
 def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -> Manifest:
     model_cfg = next(m for m in ctx.candidates if m.candidate_name == candidate)
     preprocess = ctx.open(inputs["preprocess"])
+    tuned_params = tuned_parameters(ctx, inputs)
+    if tuned_params:
+        from recloop.tuning.space import apply_params
+
+        model_cfg = apply_params(model_cfg, tuned_params)
+        ctx.log(f"train: {candidate} with tuned parameters {tuned_params}")
     data = load_training_data(preprocess)
     ctx.log(
         f"train: {candidate} ({model_cfg.type}) on {len(data.train)} train / "
@@ -105,9 +111,11 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
             "candidate": result.name,
             **result.brief(),
             "config": result.config,
+            "tuned_params": tuned_params,
             "history": result.history,
         }
-        with ctx.writer(output, parents=[preprocess.uri]) as writer:
+        parents = [preprocess.uri] + ([inputs["tune"]] if "tune" in inputs else [])
+        with ctx.writer(output, parents=parents) as writer:
             TrainedModel.write(writer, bundle_dir, report)
     metric = "n/a" if result.best_valid_metric is None else f"{result.best_valid_metric:.4f}"
     ctx.log(
@@ -118,6 +126,13 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+
+
+def tuned_parameters(ctx: StepContext, inputs: dict[str, str]) -> dict[str, Any]:
+    """The candidate's best parameters from its tune artifact ({} without one, or when it was not tuned)."""
+    if "tune" not in inputs:
+        return {}
+    return TuningStudy(ctx.open(inputs["tune"])).best_params()
 
 
 def load_training_data(preprocess: Artifact) -> TrainingData:
