@@ -532,6 +532,10 @@ def render_report(doc: dict[str, Any]) -> str:
         + "</section>"
     )
 
+    from recloop.evaluation.report_tuning import tuning_section  # it draws with this module's helpers
+
+    body.append(tuning_section(doc, {name: color for name, _, color, _ in models}))
+
     # Protocol and definitions
     proto_rows = "".join(
         f"<tr><td>{_e(k.replace('_', ' '))}</td><td>{_e(v)}</td></tr>"

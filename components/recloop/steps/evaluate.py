@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recloop.artifacts import Artifact, Manifest
-from recloop.artifacts.kinds import Dataset, Evaluation
+from recloop.artifacts.kinds import Dataset, Evaluation, TuningStudy
 from recloop.errors import ArtifactError, ConfigError
 from recloop.steps.base import StepContext
 
@@ -100,6 +100,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         "ranking": ranking,
         "best_candidate": ranking[0] if ranking else None,
         "champion": champion_block,
+        "tuning": tuning_summary(ctx, inputs.get("tune"), names),
     }
     per_user = per_user_frame(setup, results, champion_result)
     # The report is rendered from exactly what metrics.json will hold, so it can be re-rendered from it.
@@ -283,3 +284,30 @@ def _fmt(entry: dict[str, Any] | None) -> str:
     if entry.get("ci_low") is None:
         return f"{entry['value']:.4f}"
     return f"{entry['value']:.4f} [{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
+
+
+def tuning_summary(ctx: StepContext, tune_folder: str | None, names: list[str]) -> dict[str, Any]:
+    """Per tuned candidate: the study's headline facts and its trials' values, for the report's plots."""
+    if tune_folder is None:
+        return {}
+    summary: dict[str, Any] = {}
+    for name, uri in ctx.candidate_uris(tune_folder).items():
+        study = TuningStudy(ctx.open(uri))
+        record = study.study()
+        if name not in names or not record.get("tuned"):
+            continue
+        trials = study.trials()
+        summary[name] = {
+            **{k: record.get(k) for k in ("best_value", "best_params", "best_trial", "budget", "seconds", "states")},
+            "importances": record.get("importances") or {},
+            "trials": [[int(t.number), _trial_value(t.value, t.curve), str(t.state)] for t in trials.itertuples()],
+        }
+    return summary
+
+
+def _trial_value(value: float, curve: str) -> float | None:
+    """A trial's score; a pruned or stopped one (no value) is shown at its last validation check."""
+    if value == value:  # not NaN
+        return float(value)
+    points = json.loads(curve or "[]")
+    return float(points[-1][1]) if points else None

@@ -89,11 +89,12 @@ def run_study(
     return _outcome(study, settings, time.monotonic() - started + spent, resumed)
 
 
-def _open_study(settings: StudySettings) -> optuna.Study:
+def _open_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
+    """The study on its storage; each worker process opens its own (own connections, own sampler seed)."""
     import optuna
 
     sampler = optuna.samplers.TPESampler(
-        seed=_sampler_seed(settings),
+        seed=_sampler_seed(settings) + worker,
         n_startup_trials=settings.startup_trials,
         multivariate=True,
         constant_liar=settings.parallel > 1,
@@ -156,16 +157,19 @@ def _optimize(
     trial_fn = _trial_function(space, objective, settings, deadline)
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
-    def work() -> None:
-        study.optimize(trial_fn, n_trials=n_trials, timeout=timeout, callbacks=callbacks, catch=(Exception,))
+    def work(worker: int) -> None:
+        own = study if worker == 0 and settings.parallel <= 1 else _open_study(settings, worker)
+        own.optimize(trial_fn, n_trials=n_trials, timeout=timeout, callbacks=callbacks, catch=(Exception,))
 
     if settings.parallel <= 1 or (settings.storage_url is None and settings.journal_path is None):
-        work()
+        work(0)
         return
     # Workers share the study through its storage. fork keeps the objective's loaded data without
-    # pickling it; trials never start torch threads in this process before the fork.
+    # pickling it; each worker opens the storage anew rather than sharing the parent's connections.
     context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=work, name=f"tune-{settings.name}-{i}") for i in range(settings.parallel)]
+    workers = [
+        context.Process(target=work, args=(i,), name=f"tune-{settings.name}-{i}") for i in range(settings.parallel)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
