@@ -30,9 +30,11 @@ from recloop.config.models import (
     model_type_name,
 )
 from recloop.config.pipeline import PipelineConfig
+from recloop.config.search import describe_range
 
 CONFIG_DOC = Path("docs/config.md")
 MODELS_DOC = Path("docs/models.md")
+TUNING_DOC = Path("docs/tuning.md")
 REGENERATE = "recloop config docs --write"  # what `make docs` runs
 
 _BEGIN_RE = re.compile(r"<!-- BEGIN GENERATED: ([a-z0-9_.]+) -->\n")
@@ -252,21 +254,38 @@ def model_tables() -> dict[str, str]:
     return blocks
 
 
-def render_models_doc(text: str) -> str:
-    """`text` (docs/models.md) with every generated block replaced by its current table.
+def search_space_tables() -> dict[str, str]:
+    """Generated block of docs/tuning.md: every model type's default search space."""
+    lines = ["| model type | cost | parameter | range |", "| --- | --- | --- | --- |"]
+    for cls in MODEL_CONFIG_TYPES:
+        space = cls.search_space or {}
+        if not space:
+            lines.append(f"| `{model_type_name(cls)}` | – | – | not tuned (no default space) |")
+        for i, (param, spec) in enumerate(space.items()):
+            name, cost = (f"`{model_type_name(cls)}`", f"{cls.tuning_cost:g}") if i == 0 else ("", "")
+            lines.append(f"| {name} | {cost} | `{param}` | {describe_range(spec)} |")
+    return {"default_spaces": "\n".join(lines) + "\n"}
 
-    Raises ValueError for an unknown block name, an unterminated block, or a model type without a block."""
-    blocks = model_tables()
+
+def render_models_doc(text: str) -> str:
+    """`text` (docs/models.md) with every generated block replaced by its current table."""
+    return render_blocks(text, model_tables(), MODELS_DOC)
+
+
+def render_blocks(text: str, blocks: dict[str, str], doc: str) -> str:
+    """`text` with every generated block replaced by its current content.
+
+    Raises ValueError for an unknown block name, an unterminated block, or a block without a place."""
     out, pos, seen = [], 0, set()
     for match in _BEGIN_RE.finditer(text):
         if match.start() < pos:
             continue
         name = match.group(1)
         if name not in blocks:
-            raise ValueError(f"docs/models.md: unknown generated block {name!r}; known: {', '.join(blocks)}")
+            raise ValueError(f"{doc}: unknown generated block {name!r}; known: {', '.join(blocks)}")
         end = text.find(_END, match.end())
         if end < 0:
-            raise ValueError(f"docs/models.md: block {name!r} has no `{_END}` line")
+            raise ValueError(f"{doc}: block {name!r} has no `{_END}` line")
         out += [text[pos : match.end()], blocks[name]]
         pos = end
         seen.add(name)
@@ -274,7 +293,7 @@ def render_models_doc(text: str) -> str:
     missing = [name for name in blocks if name not in seen]
     if missing:
         raise ValueError(
-            f"docs/models.md: no generated block for {', '.join(missing)}; add "
+            f"{doc}: no generated block for {', '.join(missing)}; add "
             f"`<!-- BEGIN GENERATED: NAME -->` / `{_END}` lines where each table belongs"
         )
     return "".join(out)
@@ -283,7 +302,12 @@ def render_models_doc(text: str) -> str:
 def generated_docs(root: Path) -> dict[Path, str]:
     """Path (under the repository `root`) -> the content it should have."""
     models_text = (root / MODELS_DOC).read_text(encoding="utf-8")
-    return {root / CONFIG_DOC: render_config_reference(), root / MODELS_DOC: render_models_doc(models_text)}
+    tuning_text = (root / TUNING_DOC).read_text(encoding="utf-8")
+    return {
+        root / CONFIG_DOC: render_config_reference(),
+        root / MODELS_DOC: render_models_doc(models_text),
+        root / TUNING_DOC: render_blocks(tuning_text, search_space_tables(), TUNING_DOC),
+    }
 
 
 def stale_docs(root: Path) -> dict[Path, str]:
