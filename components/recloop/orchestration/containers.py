@@ -1,5 +1,7 @@
-"""Step tasks for `execution.mode: kubernetes` and `docker`: one container per step (per candidate for a
-per-candidate step such as train: a mapped task, one instance per candidate, named by it) running
+"""Step tasks for `execution.mode: kubernetes` and `docker`: each step runs `recloop step` in a container.
+
+A per-candidate step such as train is a mapped task: one instance (and container) per candidate, named by
+it. Each container runs
 
     recloop step NAME --config CONFIG --run-id RUN_ID [--since ISO] [--model NAME | --models NAME...] [--force] [--set k=v]...
 
