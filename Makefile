@@ -29,9 +29,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow" tests
 
 # docs/config.md and the parameter tables of docs/models.md, generated from the config classes' field
-# descriptions (tests/test_config_docs.py fails when the committed files differ).
+# descriptions (tests/test_config_docs.py fails when the committed files differ); the steps table and code
+# map of docs/architecture.md, from the step graph, module docstrings and import contracts
+# (tests/test_architecture_doc.py).
 docs: $(STAMP)
 	$(BIN)/recloop config docs --write
+	$(BIN)/python -m recloop_dev.code_map --write
 
 # Speed benchmarks, each printing a table (ratios against a baseline measured in the same run).
 bench: $(STAMP)
