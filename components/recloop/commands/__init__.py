@@ -1,0 +1,1 @@
+"""The `recloop` command groups, one module each, mounted by `recloop.cli`."""

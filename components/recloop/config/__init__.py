@@ -3,10 +3,10 @@
 `load(path)` returns a `PipelineConfig` or raises `ConfigError` listing every problem as
 `path.to.key: what is wrong (got X)`. Everything downstream receives typed objects, never dicts.
 
-This package is the bottom layer: it imports nothing else of recloop but `recloop.errors`. One module per
-group of sections (`store`, `data`, `evaluation`, `execution`, `serving`, `feedback`, `models`), the
-whole file in `pipeline`, file reading in `loader`, and `docs` renders the reference pages from the
-field descriptions. The names below are the public API; model configs are imported from
+This package sits just above `recloop.errors`, the only other part of recloop it imports. One module
+per group of sections (`store`, `data`, `evaluation`, `execution`, `serving`, `feedback`, `models`),
+the whole file in `pipeline`, file reading in `loader`, and `docs` renders the reference pages from
+the field descriptions. The names below are the public API; model configs are imported from
 `recloop.config.models`.
 """
 

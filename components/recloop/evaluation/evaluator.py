@@ -25,6 +25,7 @@ from recloop.evaluation.protocols import (
     item_segments,
     rank,
 )
+from recloop.models.ranking_metrics import ranking_metrics
 
 PER_USER_BEYOND = ("novelty", "diversity", "arp", "head_share")
 CONFIDENCE = 0.95
@@ -145,7 +146,7 @@ def evaluate_scores(
 
 def evaluate_recs(setup: EvalSetup, name: str, recs: np.ndarray, info: dict[str, Any] | None = None) -> ModelResult:
     q = setup.queries
-    per_user = M.ranking_metrics(recs, q.targets, setup.ks)
+    per_user = ranking_metrics(recs, q.targets, setup.ks)
     coverage: dict[int, float] = {}
     for k in setup.ks:
         per_user[f"novelty@{k}"] = M.novelty(recs, k, setup.pop_share)
@@ -163,7 +164,7 @@ def evaluate_recs(setup: EvalSetup, name: str, recs: np.ndarray, info: dict[str,
         sizes[label] = len(rows)
     for label, (rows, targets) in item_segments(q, setup.head_mask, setup.cold_mask).items():
         segments[label] = (
-            M.ranking_metrics(recs[rows], targets, setup.ks) if len(rows) else {m: np.zeros(0) for m in accuracy_names}
+            ranking_metrics(recs[rows], targets, setup.ks) if len(rows) else {m: np.zeros(0) for m in accuracy_names}
         )
         sizes[label] = len(rows)
     curve = M.popularity_curve(recs, setup.max_k, setup.interaction_counts)

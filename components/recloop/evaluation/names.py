@@ -1,5 +1,5 @@
 """Metric names as written in configs (`ndcg@10`). They are defined in `recloop.config.metrics` (config
-validation needs them and config is the bottom layer); evaluation code imports them from here."""
+validation needs them and config is a layer below evaluation); evaluation code imports them from here."""
 
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ import scipy.sparse as sp
 from recloop.artifacts.kinds import Dataset
 from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ArtifactError
-from recloop.evaluation.metrics import Targets
 from recloop.models.base import top_k
+from recloop.models.ranking_metrics import Targets
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -4,7 +4,7 @@ Models that train in epochs (mf, sequential models) call `validation_ndcg` every
 best weights; the train step uses it to report every candidate's `best_valid_metric` the same way.
 
 Binary relevance, full ranking, the user's history excluded from both the ranking and the relevant set;
-the NDCG itself is `recloop.evaluation.metrics.ranking_metrics`, so model selection here and the evaluate
+the NDCG itself is `recloop.models.ranking_metrics.ranking_metrics`, so model selection here and the evaluate
 step's reported metrics share one definition.
 """
 
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recloop.data.interactions import Histories, Interactions
+from recloop.models.ranking_metrics import Targets, ranking_metrics
 
 if TYPE_CHECKING:
     from recloop.models.base import Recommender
@@ -35,8 +36,6 @@ def ndcg_at_k(
     """
     if k < 1:
         raise ValueError(f"k must be positive (got {k})")
-    from recloop.evaluation.metrics import Targets, ranking_metrics
-
     if len(targets) == 0:
         return 0.0
     target_csr = targets.to_csr(binary=True)

@@ -2,9 +2,11 @@
 
 `FailureRecorder` is the DAGs' `on_failure_callback` / `on_retry_callback`: it writes
 `runs/{run_id}/_failures/{task_id}.json` (final failure) or `{task_id}.try-{n}.json` (a failed attempt
-Airflow will retry); a mapped task instance (one candidate of train) adds its index,
-`{task_id}[{map_index}]...`, and records it as `map_index` to the pipeline's store and logs it, so a failure is found next to the run's
-artifacts. Callbacks must never raise: a store outage (often the very cause of the failure) is logged.
+Airflow will retry) to the pipeline's store and logs it, so a failure is found next to the run's
+artifacts. A mapped task instance (one candidate of train) adds its map index to the name,
+`{task_id}[{map_index}].json` / `{task_id}[{map_index}].try-{n}.json`, and records it as `map_index`
+(-1 for an unmapped task). Callbacks must never raise: a store outage (often the very cause of the
+failure) is logged.
 
 `set_run_note` writes the DAG run's note through Airflow's public REST API: the Task SDK has no call for
 it, so it needs `execution.airflow_api`; without it the note is skipped and the log says so.

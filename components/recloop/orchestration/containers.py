@@ -1,6 +1,12 @@
-"""Step tasks for `execution.mode: kubernetes` and `docker`: one container per step running
+"""Step tasks for `execution.mode: kubernetes` and `docker`: each step runs `recloop step` in a container.
 
-    recloop step NAME --config CONFIG --run-id RUN_ID [--since ISO] [--models NAME]... [--force] [--set k=v]...
+A per-candidate step such as train is a mapped task: one instance (and container) per candidate, named by
+it. Each container runs
+
+    recloop step NAME --config CONFIG --run-id RUN_ID [--since ISO] [--model NAME | --models NAME...] [--force] [--set k=v]...
+
+`--model` names the candidate of a mapped instance; steps reading every candidate (evaluate, publish) get
+the run's selection as `--models`, once per name.
 
 `RecloopPodOperator` / `RecloopDockerOperator` hold the container settings as plain data and build the
 provider's operator (`KubernetesPodOperator`, `DockerOperator`) only when the task runs: importing the

@@ -261,18 +261,13 @@ def decide_publish(config_path: str) -> bool:
 
 
 def run_feedback_step(config_path: str) -> dict[str, Any]:
-    """The feedback DAG's step. Until the serving issue ships `recloop.steps.feedback`, it skips (green)."""
-    from airflow.sdk.exceptions import AirflowSkipException
-
+    """The feedback DAG's step, in the task process; returns its manifest brief (URI + summary) for XCom."""
     from recloop.config import load
     from recloop.steps.base import run_step
 
     context = _current_context()
     cfg = load(config_path)
-    try:
-        _load_step_or_explain("feedback")
-    except StepUnavailable as exc:
-        raise AirflowSkipException(f"{exc}. Nothing collected; the feedback Asset is not updated.") from None
+    _load_step_or_explain("feedback")
     check_fault(cfg.execution.fault_injection, "feedback", int(context["ti"].try_number), "start")
     ctx = step_context(cfg, RunRequest(), str(context["run_id"]))
     manifest = run_step("feedback", ctx)
