@@ -210,7 +210,8 @@ TRAINING = StepGraph(
             inputs={"preprocess": Input(Dataset), "train": Input(TrainedModel, many=True)},
             description=(
                 "Rank the held-out users with every candidate and the production champion; metrics with "
-                "bootstrap CIs, segments and beyond-accuracy measures to metrics.json and report.html."
+                "bootstrap CIs, segments and beyond-accuracy measures to "
+                f"{Evaluation.METRICS} and {Evaluation.REPORT}."
             ),
         ),
         Step(
