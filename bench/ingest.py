@@ -53,6 +53,7 @@ def generate_csv(path: Path, rows: int, seed: int = 0) -> None:
 def child(config_path: str) -> None:
     """Runs inside the measured process: ingest only, then print the manifest summary as JSON."""
     from recloop import config
+    from recloop.artifacts.kinds import RawEvents
     from recloop.steps.base import RunParams, StepContext, run_step
     from recloop.store import open_store
 
@@ -68,7 +69,7 @@ def child(config_path: str) -> None:
                 "baseline_mb": before_mb,
                 "rows": manifest.summary["rows"]["interactions"],
                 "issue_rows": manifest.summary["issue_rows"],
-                "parquet_bytes": manifest.files["interactions.parquet"].size,
+                "parquet_bytes": manifest.files[RawEvents.INTERACTIONS].size,
             }
         )
     )

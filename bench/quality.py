@@ -395,6 +395,7 @@ def cold_start(
     """Hold `share` of the items out of training; choose each family's cold-start settings on a validation
     proxy, refit on the whole cold-start split and measure the evaluate step's cold-start segment (same full
     ranking, only targets on held-out items count)."""
+    from recloop.artifacts.kinds import Dataset
     from recloop.evaluation.metrics import head_items
     from recloop.evaluation.protocols import COLD_SEGMENT, HEAD_SHARE, build_queries, item_segments, load_split, rank
     from recloop.models import registry
@@ -411,7 +412,10 @@ def cold_start(
     split = load_split(preprocess)
     queries = build_queries(split, "test", exclude_seen=True)
     cold_mask = np.zeros(split.n_items, dtype=bool)
-    cold_mask[preprocess.read_parquet("cold_items.parquet")["item_idx"].to_numpy(np.int64)] = True
+    cold_items = Dataset(preprocess).cold_items()
+    if cold_items is None:
+        raise SystemExit(f"{preprocess.uri} holds no {Dataset.COLD_ITEMS} although cold_share is {share}")
+    cold_mask[cold_items] = True
     counts = np.bincount(data.train.item, minlength=data.n_items)
     rows, cold_targets = item_segments(queries, head_items(counts, HEAD_SHARE), cold_mask)[COLD_SEGMENT]
     log(

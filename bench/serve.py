@@ -84,22 +84,23 @@ def build_model(n_items: int, seed: int = 0):
 def publish(store_dir: Path, model, n_items: int) -> dict:
     import pandas as pd
 
+    from recloop.artifacts.kinds import RegisteredModel
     from recloop.config import ServingAnnConfig
     from recloop.registry import ModelRegistry, VersionSource
     from recloop.serving.index import build_ann_index
     from recloop.store import FileStore
 
     work = store_dir.parent / "publish"
-    bundle = model.save(work / "model")
+    bundle = model.save(work / RegisteredModel.BUNDLE)
     ann = build_ann_index(model, bundle, ServingAnnConfig(build_threads=2), force=True)
-    id_maps = work / "id_maps"
+    id_maps = work / RegisteredModel.ID_MAPS
     id_maps.mkdir(parents=True, exist_ok=True)
     item_ids = [f"i{i}" for i in range(n_items)]
     pd.DataFrame(
         {"user_idx": np.arange(N_USERS, dtype=np.int32), "user_id": [f"u{u}" for u in range(N_USERS)]}
-    ).to_parquet(id_maps / "users.parquet", index=False)
+    ).to_parquet(id_maps / RegisteredModel.USER_MAP, index=False)
     pd.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "item_id": item_ids}).to_parquet(
-        id_maps / "items.parquet", index=False
+        id_maps / RegisteredModel.ITEM_MAP, index=False
     )
     genres = [f"genre{g}" for g in range(20)]
     pd.DataFrame(
@@ -109,7 +110,7 @@ def publish(store_dir: Path, model, n_items: int) -> dict:
             "text": [f"Title {i} about {genres[i % 20]} and topic{i % 97}" for i in range(n_items)],
             "categories": [[genres[i % 20]] for i in range(n_items)],
         }
-    ).to_parquet(work / "items.parquet", index=False)
+    ).to_parquet(work / RegisteredModel.ITEMS, index=False)
     store = FileStore(f"file://{store_dir}")
     registry = ModelRegistry(store, "bench")
     version = registry.register(
@@ -119,7 +120,7 @@ def publish(store_dir: Path, model, n_items: int) -> dict:
             model_type="mf",
             run_id="bench",
             id_maps_dir=id_maps,
-            items_file=work / "items.parquet",
+            items_file=work / RegisteredModel.ITEMS,
         )
     )
     registry.promote(version.version)

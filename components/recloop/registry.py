@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from recloop.artifacts import MANIFEST, Artifact, ArtifactWriter
+from recloop.artifacts.kinds import RegisteredModel
 from recloop.errors import ArtifactError, ConfigError, ConflictError, RecloopError, StoreError
 from recloop.store import sha256_file
 
@@ -44,9 +45,6 @@ if TYPE_CHECKING:
 
 MODELS_PREFIX = "models"
 ALIAS_NAME = "production.json"
-VERSION_FILE = "version.json"
-BUNDLE_DIR = "model"
-ID_MAPS_DIR = "id_maps"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 _VERSION_DIR_RE = re.compile(r"^v(\d+)$")
 _CLAIM_RE = re.compile(r"^v(\d+)\.json$")
@@ -289,7 +287,7 @@ class ModelRegistry:
     def exists(self) -> bool:
         return bool(self.store.list(self.prefix))
 
-    def _open_version(self, version: int) -> Artifact:
+    def _open_version(self, version: int) -> RegisteredModel:
         prefix = self.version_prefix(version)
         if not Artifact.exists(self.store, prefix):
             known = self._committed_numbers()
@@ -298,16 +296,15 @@ class ModelRegistry:
                 f"model {self.name!r} has no version {version} in {self.uri} "
                 f"(versions: {listing}); see `recloop model list {self.name}`"
             )
-        return Artifact.open(self.store, prefix)
+        return RegisteredModel.open(self.store, prefix)
 
     def get(self, version: int) -> ModelVersion:
         """A version with its metrics, blessing and config snapshot (each verified against the manifest)."""
         art = self._open_version(version)
-        info = ModelVersion.from_summary(art.manifest.summary, art.uri, art.manifest.created_at)
-        files = art.manifest.files
-        info.metrics = art.read_json("metrics.json") if "metrics.json" in files else None
-        info.blessing = art.read_json("blessing.json") if "blessing.json" in files else None
-        info.config = art.read_json("config.json") if "config.json" in files else None
+        info = ModelVersion.from_summary(art.summary, art.uri, art.created_at)
+        info.metrics = art.metrics()
+        info.blessing = art.blessing()
+        info.config = art.config()
         return info
 
     def _read_alias(self) -> tuple[Alias | None, str | None, bytes | None]:
@@ -339,16 +336,14 @@ class ModelRegistry:
             return None
         art = self._open_version(alias.version)
         local_dir = Path(local_dir)
-        bundle = art.download_dir(BUNDLE_DIR, local_dir / BUNDLE_DIR)
-        id_maps = None
-        if any(name.startswith(ID_MAPS_DIR + "/") for name in art.manifest.files):
-            id_maps = art.download_dir(ID_MAPS_DIR, local_dir / ID_MAPS_DIR)
-        info = ModelVersion.from_summary(art.manifest.summary, art.uri, art.manifest.created_at)
+        bundle = art.download_bundle(local_dir / RegisteredModel.BUNDLE)
+        id_maps = art.download_id_maps(local_dir / RegisteredModel.ID_MAPS)
+        info = ModelVersion.from_summary(art.summary, art.uri, art.created_at)
         return ChampionBundle(alias.version, bundle, id_maps, info)
 
     def download(self, version: int, local_dir: str | Path) -> Path:
         """Download one version's model bundle (verified) into `local_dir`; returns that folder."""
-        return self._open_version(version).download_dir(BUNDLE_DIR, Path(local_dir))
+        return self._open_version(version).download_bundle(Path(local_dir))
 
     def history(self) -> list[HistoryEvent]:
         """Every recorded event, in the order they were recorded."""
@@ -372,17 +367,12 @@ class ModelRegistry:
             if p.is_file()
         }
         for number in reversed(self._committed_numbers()):
-            art = Artifact.open(self.store, self.version_prefix(number))
-            summary = art.manifest.summary
+            art = RegisteredModel.open(self.store, self.version_prefix(number))
+            summary = art.summary
             if summary.get("run_id") != source.run_id or summary.get("candidate") != source.candidate:
                 continue
-            stored = {
-                name[len(BUNDLE_DIR) + 1 :]: entry.sha256
-                for name, entry in art.manifest.files.items()
-                if name.startswith(BUNDLE_DIR + "/")
-            }
-            if stored == local:
-                return ModelVersion.from_summary(summary, art.uri, art.manifest.created_at)
+            if art.bundle_hashes() == local:
+                return ModelVersion.from_summary(summary, art.uri, art.created_at)
         return None
 
     def _claim_version(self, run_id: str) -> int:
@@ -435,18 +425,18 @@ class ModelRegistry:
                 config_hash=info.config_hash,
                 parents=parents,
             ) as writer:
-                writer.add_dir(BUNDLE_DIR, source.bundle_dir)
+                writer.add_dir(RegisteredModel.BUNDLE, source.bundle_dir)
                 if source.id_maps_dir is not None:
-                    writer.add_dir(ID_MAPS_DIR, source.id_maps_dir)
+                    writer.add_dir(RegisteredModel.ID_MAPS, source.id_maps_dir)
                 if source.items_file is not None:
-                    writer.add_file("items.parquet", source.items_file)
+                    writer.add_file(RegisteredModel.ITEMS, source.items_file)
                 if source.config is not None:
-                    writer.put_json("config.json", source.config.model_dump(mode="json"))
+                    writer.put_json(RegisteredModel.CONFIG, source.config.model_dump(mode="json"))
                 if source.metrics is not None:
-                    writer.put_json("metrics.json", source.metrics)
+                    writer.put_json(RegisteredModel.METRICS, source.metrics)
                 if source.blessing is not None:
-                    writer.put_json("blessing.json", source.blessing)
-                writer.put_json(VERSION_FILE, info.summary())
+                    writer.put_json(RegisteredModel.BLESSING, source.blessing)
+                writer.put_json(RegisteredModel.VERSION, info.summary())
                 writer.summary.update(info.summary())
         except BaseException:
             # The claim stays (numbers are never reused); drop the uncommitted files if the store lets us.

@@ -144,11 +144,12 @@ def read_source_events(
     cfg: PipelineConfig, store: ArtifactStore, sim_id: str, log: Callable[[str], None]
 ) -> pd.DataFrame:
     """All interactions the config names, through the ingest step (any format, local or S3)."""
+    from recloop.artifacts.kinds import RawEvents
     from recloop.steps.base import StepContext, run_step
 
     ctx = StepContext(config=cfg, store=store, run_id=f"{sim_id}-source", log=log)
     manifest = run_step("ingest", ctx)
-    frame = ctx.open(manifest.uri).read_parquet("interactions.parquet")
+    frame = RawEvents(ctx.open(manifest.uri)).interactions()
     frame = frame[frame["user_id"].notna() & frame["item_id"].notna() & frame["timestamp"].notna()]
     if frame.empty:
         raise DataError(f"{cfg.data.interactions.path}: no usable interactions to simulate with")

@@ -4,7 +4,8 @@ A kind is to an artifact folder what KFP's `Dataset`/`Model` types are to a path
 (`recloop.steps.graph`) types every step input and output with one, `recloop step NAME --help` and the
 Airflow task docs list the files from it, and each kind's class names its files as constants, so no
 module spells a file name of another step's artifact. `Kind.open(store, prefix)` opens a committed
-artifact as that kind (a hash-checked `core.Artifact` underneath).
+artifact as that kind (a hash-checked `core.Artifact` underneath). `RegisteredModel` is the registry's
+version folder: publish writes it; serving, feedback and the champion's evaluation read it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from recloop.errors import ArtifactError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from recloop.artifacts.core import ArtifactWriter
     from recloop.store import ArtifactStore
@@ -48,6 +50,10 @@ class ArtifactKind:
     def summary(self) -> dict[str, Any]:
         return self.artifact.manifest.summary
 
+    @property
+    def created_at(self) -> str:
+        return self.artifact.manifest.created_at
+
     def has(self, name: str) -> bool:
         return name in self.artifact.manifest.files
 
@@ -64,6 +70,27 @@ class ArtifactKind:
     def describe_files(cls) -> str:
         return ", ".join(f"`{name}`" for name in cls.files)
 
+    def _optional_parquet(self, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:
+        return self.artifact.read_parquet(name, columns=columns) if self.has(name) else None
+
+    def _optional_json(self, name: str) -> Any:
+        return self.artifact.read_json(name) if self.has(name) else None
+
+    def _table(self, name: str) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        with self.artifact.path(name) as p:
+            return pq.read_table(p)
+
+
+def _put_table(writer: ArtifactWriter, name: str, table: pa.Table) -> None:
+    """Commit an Arrow table as Parquet, recording its rows and Arrow schema in the manifest."""
+    import pyarrow.parquet as pq
+
+    path = writer.local(name)
+    pq.write_table(table, path)
+    writer.add_file(name, path, rows=table.num_rows, schema={f.name: str(f.type) for f in table.schema})
+
 
 class RawEvents(ArtifactKind):
     title = "raw events"
@@ -76,6 +103,16 @@ class RawEvents(ArtifactKind):
         ITEMS: "the item catalog with tags (optional)",
         USERS: "user attributes (optional)",
     }
+
+    def interactions(self) -> pd.DataFrame:
+        return self.artifact.read_parquet(self.INTERACTIONS)
+
+    def interactions_table(self) -> pa.Table:
+        return self._table(self.INTERACTIONS)
+
+    def items(self) -> pd.DataFrame | None:
+        """The item catalog, None when ingest had no `data.items`."""
+        return self._optional_parquet(self.ITEMS)
 
 
 class ValidationReport(ArtifactKind):
@@ -91,6 +128,37 @@ class ValidationReport(ArtifactKind):
         INTERACTIONS: "the valid rows, only when some were quarantined",
         QUARANTINE: "the quarantined rows with the failed checks (optional)",
     }
+    DATA_DOCS_INDEX = f"{DATA_DOCS}/index.html"
+
+    @classmethod
+    def write(
+        cls,
+        writer: ArtifactWriter,
+        result: Mapping[str, Any],
+        docs_dir: Path | None,
+        valid_rows: pa.Table | None = None,
+        quarantined: pa.Table | None = None,
+    ) -> None:
+        """Commit the result, the Data Docs folder when it was rendered, and the rows when some were set aside."""
+        writer.put_json(cls.RESULT, dict(result))
+        if docs_dir is not None and docs_dir.is_dir():
+            writer.add_dir(cls.DATA_DOCS, docs_dir)
+        if valid_rows is not None:
+            _put_table(writer, cls.INTERACTIONS, valid_rows)
+        if quarantined is not None:
+            _put_table(writer, cls.QUARANTINE, quarantined)
+
+    def result(self) -> dict[str, Any]:
+        return self.artifact.read_json(self.RESULT)
+
+    @property
+    def has_valid_rows(self) -> bool:
+        """Whether validate set rows aside and wrote the valid ones (else its input's rows are the valid ones)."""
+        return self.has(self.INTERACTIONS)
+
+    def interactions(self) -> pd.DataFrame:
+        """The valid rows; only when `has_valid_rows`."""
+        return self.artifact.read_parquet(self.INTERACTIONS)
 
 
 class Dataset(ArtifactKind):
@@ -99,10 +167,14 @@ class Dataset(ArtifactKind):
     TRAIN = "train.parquet"
     VALID = "valid.parquet"
     TEST = "test.parquet"
+    SPLIT_FILES: ClassVar[Mapping[str, str]] = {"train": TRAIN, "valid": VALID, "test": TEST}
     SPLITS = (TRAIN, VALID, TEST)
-    USER_IDS = "id_maps/users.parquet"
-    ITEM_IDS = "id_maps/items.parquet"
     ID_MAPS = "id_maps"
+    # The id maps' names inside `ID_MAPS/`, also where a downloaded copy of that folder holds them.
+    USER_MAP = "users.parquet"
+    ITEM_MAP = "items.parquet"
+    USER_IDS = f"{ID_MAPS}/{USER_MAP}"
+    ITEM_IDS = f"{ID_MAPS}/{ITEM_MAP}"
     ITEMS = "items.parquet"
     COLD_ITEMS = "cold_items.parquet"
     STATS = "stats.json"
@@ -118,7 +190,7 @@ class Dataset(ArtifactKind):
     }
 
     def split(self, name: Literal["train", "valid", "test"], columns: list[str] | None = None) -> pd.DataFrame:
-        return self.artifact.read_parquet(f"{name}.parquet", columns=columns)
+        return self.artifact.read_parquet(self.SPLIT_FILES[name], columns=columns)
 
     def user_ids(self) -> pd.DataFrame:
         return self.artifact.read_parquet(self.USER_IDS)
@@ -128,7 +200,7 @@ class Dataset(ArtifactKind):
 
     def items(self) -> pd.DataFrame | None:
         """Item side information (item_idx, item_id, text, categories), None when preprocess had none."""
-        return self.artifact.read_parquet(self.ITEMS) if self.has(self.ITEMS) else None
+        return self._optional_parquet(self.ITEMS)
 
     def cold_items(self) -> Any:
         """int64 item_idx of the items held out of training, None without a cold-start hold-out."""
@@ -241,6 +313,7 @@ class FeedbackBatch(ArtifactKind):
     QUARANTINE = "quarantine/feedback.parquet"
     REPORT = "report.json"
     SUMMARY = "report.md"
+    POLICY = "policy"
     POLICY_REPORT = "policy_report.json"
     files = {
         INTERACTIONS: "labelled interactions for the next training run",
@@ -248,5 +321,77 @@ class FeedbackBatch(ArtifactKind):
         QUARANTINE: "events quarantined by the abuse rules (optional)",
         REPORT: "counts and windows",
         SUMMARY: "the report for people",
+        f"{POLICY}/": "the bandit policy bundle (optional)",
         POLICY_REPORT: "the bandit policy's training (optional)",
     }
+
+
+class RegisteredModel(ArtifactKind):
+    """One immutable registry version (`models/{name}/v{N}/`); publish writes it, serving and feedback read it."""
+
+    title = "registered model version"
+    description = "A published model bundle with the id maps and item information it serves with."
+    BUNDLE = "model"
+    ID_MAPS = Dataset.ID_MAPS
+    USER_MAP = Dataset.USER_MAP
+    ITEM_MAP = Dataset.ITEM_MAP
+    USER_IDS = Dataset.USER_IDS
+    ITEM_IDS = Dataset.ITEM_IDS
+    ITEMS = Dataset.ITEMS
+    CONFIG = "config.json"
+    METRICS = Evaluation.METRICS
+    BLESSING = Blessing.BLESSING
+    VERSION = "version.json"
+    files = {
+        f"{BUNDLE}/": "the Recommender bundle (model.json, arrays.safetensors, optional ANN index)",
+        f"{ID_MAPS}/": "user_idx -> user_id and item_idx -> item_id of the model's id space (optional)",
+        ITEMS: "item side information by item_idx (optional)",
+        CONFIG: "the pipeline config that trained it, secrets masked (optional)",
+        METRICS: "the evaluation that blessed it (optional)",
+        BLESSING: "the gate's decision (optional)",
+        VERSION: "version number, candidate, run, lineage, primary metric",
+    }
+
+    def bundle_hashes(self) -> dict[str, str]:
+        """sha256 of each bundle file by its path inside the bundle folder."""
+        folder = self.BUNDLE + "/"
+        files = self.artifact.manifest.files
+        return {name[len(folder) :]: entry.sha256 for name, entry in files.items() if name.startswith(folder)}
+
+    def download_bundle(self, dest: Path) -> Path:
+        """The verified model bundle copied into folder `dest`, for `Recommender.load`."""
+        return self.artifact.download_dir(self.BUNDLE, dest)
+
+    def download_id_maps(self, dest: Path) -> Path | None:
+        """The verified id maps copied into folder `dest` (as `USER_MAP`, `ITEM_MAP`); None without id maps."""
+        if not any(name.startswith(self.ID_MAPS + "/") for name in self.artifact.manifest.files):
+            return None
+        return self.artifact.download_dir(self.ID_MAPS, dest)
+
+    def download_items(self, dest: Path) -> Path | None:
+        """The verified item side information copied to file `dest`; None when the version has none."""
+        import shutil
+
+        if not self.has(self.ITEMS):
+            return None
+        with self.artifact.path(self.ITEMS) as src:
+            shutil.copyfile(src, dest)
+        return dest
+
+    def user_ids(self, columns: list[str] | None = None) -> pd.DataFrame | None:
+        return self._optional_parquet(self.USER_IDS, columns)
+
+    def item_ids(self) -> pd.DataFrame | None:
+        return self._optional_parquet(self.ITEM_IDS)
+
+    def items(self) -> pd.DataFrame | None:
+        return self._optional_parquet(self.ITEMS)
+
+    def config(self) -> dict[str, Any] | None:
+        return self._optional_json(self.CONFIG)
+
+    def metrics(self) -> dict[str, Any] | None:
+        return self._optional_json(self.METRICS)
+
+    def blessing(self) -> dict[str, Any] | None:
+        return self._optional_json(self.BLESSING)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recloop.artifacts.kinds import RegisteredModel
 from recloop.data.interactions import Histories
 from recloop.errors import ArtifactError
 
@@ -24,13 +25,16 @@ if TYPE_CHECKING:
 
 
 def read_id_maps(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(user ids by index, item ids by index) from a folder holding users.parquet and items.parquet."""
+    """(user ids by index, item ids by index) from a version's downloaded id maps folder."""
     import pandas as pd
 
     folder = Path(folder)
     out = []
-    for name, idx_col, id_col in (("users", "user_idx", "user_id"), ("items", "item_idx", "item_id")):
-        path = folder / f"{name}.parquet"
+    for name, idx_col, id_col in (
+        (RegisteredModel.USER_MAP, "user_idx", "user_id"),
+        (RegisteredModel.ITEM_MAP, "item_idx", "item_id"),
+    ):
+        path = folder / name
         try:
             df = pd.read_parquet(path, columns=[idx_col, id_col])
         except (FileNotFoundError, OSError, KeyError, ValueError) as exc:

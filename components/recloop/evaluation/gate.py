@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from recloop.artifacts.kinds import Evaluation
+
 if TYPE_CHECKING:
     from recloop.config import GateConfig
 
@@ -116,7 +118,7 @@ def judge(doc: dict[str, Any], gate: GateConfig, primary: str) -> Decision:
             value = _metric_value(block, metric)
             if value is None:
                 detail = (
-                    f"{metric} was not evaluated (metrics.json has k={evaluated_k}); add its cut-off to "
+                    f"{metric} was not evaluated ({Evaluation.METRICS} has k={evaluated_k}); add its cut-off to "
                     "evaluation.k and re-run evaluate"
                 )
                 verdict.thresholds.append(Threshold(metric, "absolute", required, None, False, detail))
@@ -142,7 +144,7 @@ def judge(doc: dict[str, Any], gate: GateConfig, primary: str) -> Decision:
     blessed = [v for v in ordered if v.blessed]
     reasons: list[str] = []
     if not candidates:
-        reasons.append("metrics.json holds no candidate; re-run train and evaluate")
+        reasons.append(f"{Evaluation.METRICS} holds no candidate; re-run train and evaluate")
         return Decision("rejected", None, verdicts, reasons, champ_version, champ_ok)
     if champion is None:
         reasons.append("no production champion yet: judged on absolute thresholds only")
@@ -227,7 +229,7 @@ def _significance(
     p, diff = vs.get("p_value"), vs.get("diff")
     if p is None or diff is None:
         detail = (
-            f"no paired bootstrap of {primary} against champion v{champ_version} in metrics.json; set "
+            f"no paired bootstrap of {primary} against champion v{champ_version} in {Evaluation.METRICS}; set "
             "evaluation.bootstrap > 0 and re-run evaluate"
         )
         return Threshold(primary, "significance", alpha, None, False, detail)

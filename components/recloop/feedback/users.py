@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from recloop.artifacts import Artifact
+from recloop.artifacts.kinds import RegisteredModel
 
 if TYPE_CHECKING:
     from recloop.config import PipelineConfig
@@ -54,7 +55,7 @@ def user_resolver(store: ArtifactStore, cfg: PipelineConfig, model_versions: lis
     if key is None:
         return UserResolver(None)
     from recloop.eventlog.pseudonym import Pseudonymizer
-    from recloop.registry import ID_MAPS_DIR, ModelRegistry
+    from recloop.registry import ModelRegistry
 
     pseudonym = Pseudonymizer(key.get_secret_value(), "serving.privacy.hmac_key")
     registry = ModelRegistry(store, cfg.serving.model_name or cfg.model_name)
@@ -67,9 +68,9 @@ def user_resolver(store: ArtifactStore, cfg: PipelineConfig, model_versions: lis
         prefix = registry.version_prefix(version)
         if not Artifact.exists(store, prefix):
             continue
-        art = Artifact.open(store, prefix)
-        if f"{ID_MAPS_DIR}/users.parquet" not in art.manifest.files:
+        users = RegisteredModel.open(store, prefix).user_ids(columns=["user_id"])
+        if users is None:
             continue
-        for user_id in art.read_parquet(f"{ID_MAPS_DIR}/users.parquet", columns=["user_id"])["user_id"].astype(str):
+        for user_id in users["user_id"].astype(str):
             mapping.setdefault(pseudonym(user_id) or "", user_id)
     return UserResolver(mapping)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from recloop.artifacts import Artifact, run_prefix
+from recloop.artifacts.kinds import FeedbackBatch
 from recloop.errors import ConflictError, DataError
 from recloop.eventlog.records import (
     FEEDBACK,
@@ -76,7 +77,7 @@ def claim_window(
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(
                 f"{store.uri(key)} is not valid JSON ({exc}); delete it to reprocess every log, or "
-                "restore it from the newest feedback artifact's report.json (window)"
+                f"restore it from the newest feedback artifact's {FeedbackBatch.REPORT} (window)"
             ) from None
     if state is not None and state.get("run_id") == run_id:
         return Window(

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recloop.artifacts.kinds import Blessing, FeedbackBatch
 from recloop.config import PipelineConfig, load
 from recloop.errors import ConfigError
 from recloop.steps.graph import FEEDBACK, TRAINING
@@ -47,7 +48,7 @@ PREPARE_DOC = (
     "mid-run is refused instead of mixing two configs in one run. Reads only the config file."
 )
 DECIDE_DOC = (
-    "Short-circuit before publish. **Reads** `runs/{run}/gate/blessing.json`. Lets publish run only for "
+    f"Short-circuit before publish. **Reads** `runs/{{run}}/gate/{Blessing.BLESSING}`. Lets publish run only for "
     "a blessed candidate outside a dry run; otherwise publish is skipped, the run ends green, and the "
     "reason is logged here and written as the run note (when `execution.airflow_api` is set)."
 )
@@ -336,7 +337,7 @@ there are new interactions, updates the Asset `{asset_uri}`; with `execution.sch
 triggers `{train_id}`. Schedule: {describe_schedule(cfg.execution.feedback_schedule)}.
 
 The `feedback` step processes the serving logs whose attribution window (`feedback.attribution_window`)
-has closed, quarantines abuse, writes `runs/<run id>/feedback/report.md` and appends the clean interactions
+has closed, quarantines abuse, writes `runs/<run id>/feedback/{FeedbackBatch.SUMMARY}` and appends the clean interactions
 to `feedback.output` (include it in `data.interactions.path`); see docs/learning-loop.md. {_RETRY_HELP}
 """,
         schedule=feedback_schedule(cfg),

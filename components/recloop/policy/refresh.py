@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recloop.artifacts.kinds import FeedbackBatch
 from recloop.policy import training
 
 if TYPE_CHECKING:
@@ -93,9 +94,9 @@ def refresh_policy(
             "pool_size": cfg.policy.candidates,
             "alias_key": training.alias_key(model_name) if outcome.gate.passed else None,
         }
-        outcome.policy.save(tmp / training.POLICY_FOLDER)
-        writer.add_dir(training.POLICY_FOLDER, tmp / training.POLICY_FOLDER)
-        writer.put_json("policy_report.json", details)
+        outcome.policy.save(tmp / FeedbackBatch.POLICY)
+        writer.add_dir(FeedbackBatch.POLICY, tmp / FeedbackBatch.POLICY)
+        writer.put_json(FeedbackBatch.POLICY_REPORT, details)
     promote = None
     if outcome.gate.passed:
         # Run last, just before the manifest commits, so the alias never names a folder still being written.

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recloop.artifacts.kinds import FeedbackBatch, RegisteredModel
 from recloop.config import PolicyConfig
 from recloop.errors import ConflictError
 from recloop.evaluation.ope import GateDecision, LoggedDecisions, OffPolicyReport, estimate, policy_gate
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 POLICIES_PREFIX = "policies"
 POLICY_ALIAS = "production.json"
-POLICY_FOLDER = "policy"
 
 
 # ---------------------------------------------------------------------------------------------- base model
@@ -72,26 +72,25 @@ def load_base_version(store: ArtifactStore, model_name: str, version: int, work_
     from recloop.artifacts import Artifact
     from recloop.errors import ArtifactError
     from recloop.models.base import Recommender
-    from recloop.registry import BUNDLE_DIR, ID_MAPS_DIR, ModelRegistry
+    from recloop.registry import ModelRegistry
 
     registry = ModelRegistry(store, model_name)
     prefix = registry.version_prefix(version)
     if not Artifact.exists(store, prefix):
         raise ArtifactError(f"model {model_name!r} has no version {version} in {registry.uri}")
-    art = Artifact.open(store, prefix)
+    art = RegisteredModel.open(store, prefix)
     local = work_dir / f"v{version}"
-    model = Recommender.load(art.download_dir(BUNDLE_DIR, local / BUNDLE_DIR))
-    files = art.manifest.files
-    if f"{ID_MAPS_DIR}/users.parquet" not in files or f"{ID_MAPS_DIR}/items.parquet" not in files:
+    model = Recommender.load(art.download_bundle(local / RegisteredModel.BUNDLE))
+    users, items = art.user_ids(), art.item_ids()
+    if users is None or items is None:
         raise ArtifactError(f"{art.uri} has no id maps; it cannot be matched with logged user and item ids")
-    users = art.read_parquet(f"{ID_MAPS_DIR}/users.parquet")
-    items = art.read_parquet(f"{ID_MAPS_DIR}/items.parquet").sort_values("item_idx")
+    items = items.sort_values("item_idx")
     item_ids = np.empty(model.n_items, dtype=object)
     item_ids[:] = [str(i) for i in range(model.n_items)]
     item_ids[items["item_idx"].to_numpy(np.int64)] = items["item_id"].astype(str).to_numpy()
     categories = None
-    if "items.parquet" in files:
-        side = art.read_parquet("items.parquet")
+    side = art.items()
+    if side is not None:
         if "categories" in side.columns:
             categories = [[] for _ in range(model.n_items)]
             for idx, cats in zip(side["item_idx"].to_numpy(np.int64), side["categories"]):
@@ -347,7 +346,7 @@ def promote_policy(
     previous, _ = read_policy_alias(store, model_name)
     alias = {
         "artifact": artifact_uri,
-        "folder": POLICY_FOLDER,
+        "folder": FeedbackBatch.POLICY,
         "run_id": run_id,
         "policy": outcome.policy.name,
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -375,4 +374,5 @@ def load_production_policy(store: ArtifactStore, model_name: str, work_dir: Path
     uri = str(alias["artifact"])
     key = uri[len(root) :] if uri.startswith(root) else uri
     art = Artifact.open(store, key)
-    return LinUCBPolicy.load(art.download_dir(str(alias.get("folder", POLICY_FOLDER)), work_dir / "policy"))
+    folder = str(alias.get("folder", FeedbackBatch.POLICY))
+    return LinUCBPolicy.load(art.download_dir(folder, work_dir / FeedbackBatch.POLICY))

@@ -227,7 +227,7 @@ class UserIndex:
         raw = table.column("user_id").to_pylist()
         if len(idx) != n_users:
             raise ArtifactError(
-                f"{where}: users.parquet maps {len(idx)} users but the model has {n_users}; re-publish the model"
+                f"{where}: {id_map.name} maps {len(idx)} users but the model has {n_users}; re-publish the model"
             )
         return cls({str(r): int(i) for i, r in zip(idx, raw)})
 

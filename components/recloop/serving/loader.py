@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recloop.artifacts import Artifact
+from recloop.artifacts.kinds import RegisteredModel
 from recloop.config import ServingConfig
 from recloop.errors import ArtifactError, RecloopError
-from recloop.registry import BUNDLE_DIR, ID_MAPS_DIR, ModelRegistry, ModelVersion
+from recloop.registry import ModelRegistry, ModelVersion
 from recloop.serving.catalog import Catalog, UserIndex
 from recloop.serving.explain import Explainer
 from recloop.serving.index import AnnIndex, build_ann_index
@@ -112,28 +112,22 @@ def load_version(
     from recloop.models.base import Recommender
 
     prefix = registry.version_prefix(version)
-    art = Artifact.open(store, prefix)
-    info = ModelVersion.from_summary(art.manifest.summary, art.uri, art.manifest.created_at)
+    art = RegisteredModel.open(store, prefix)
+    info = ModelVersion.from_summary(art.summary, art.uri, art.created_at)
     where = f"{registry.name} v{version} ({art.uri})"
-    files = art.manifest.files
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix=f"v{version}-") as tmp_name:
         tmp = Path(tmp_name)
-        bundle = art.download_dir(BUNDLE_DIR, tmp / BUNDLE_DIR)
-        id_maps = None
-        if any(name.startswith(ID_MAPS_DIR + "/") for name in files):
-            id_maps = art.download_dir(ID_MAPS_DIR, tmp / ID_MAPS_DIR)
-        items_file = None
-        if "items.parquet" in files:
-            items_file = tmp / "items.parquet"
-            with art.path("items.parquet") as src:
-                shutil.copyfile(src, items_file)
+        bundle = art.download_bundle(tmp / RegisteredModel.BUNDLE)
+        id_maps = art.download_id_maps(tmp / RegisteredModel.ID_MAPS)
+        items_file = art.download_items(tmp / RegisteredModel.ITEMS)
         try:
             model = Recommender.load(bundle)
         except (KeyError, ValueError) as exc:
             raise ArtifactError(f"{where}: the model bundle does not load ({exc})") from None
-        catalog = Catalog.load(model.n_items, id_maps / "items.parquet" if id_maps else None, items_file, where)
-        users = UserIndex.load(model.n_users, id_maps / "users.parquet" if id_maps else None, where)
+        item_map = id_maps / RegisteredModel.ITEM_MAP if id_maps else None
+        catalog = Catalog.load(model.n_items, item_map, items_file, where)
+        users = UserIndex.load(model.n_users, id_maps / RegisteredModel.USER_MAP if id_maps else None, where)
 
         space = model.vector_space()
         ann, ann_info = None, {"built": False, "reason": "serving.ann.enabled is false"}

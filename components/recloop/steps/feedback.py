@@ -26,6 +26,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from recloop.artifacts.kinds import FeedbackBatch
 from recloop.feedback.abuse import ABUSE_RULES, flag_abuse, impressions_per_item_day, top_offenders
 from recloop.feedback.join import join_logs, label_interactions, reward_slots
 from recloop.feedback.report import online_stats, render_summary
@@ -116,19 +117,19 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             f"{appended.destination}"
         )
     with ctx.writer(output) as writer:
-        writer.put_parquet("interactions.parquet", interactions)
-        writer.put_parquet("bandit_log.parquet", slots)
+        writer.put_parquet(FeedbackBatch.INTERACTIONS, interactions)
+        writer.put_parquet(FeedbackBatch.BANDIT_LOG, slots)
         if len(quarantined):
             q = quarantined.drop(columns=["integrity"]).reset_index(drop=True)
-            writer.put_parquet("quarantine/feedback.parquet", q)
+            writer.put_parquet(FeedbackBatch.QUARANTINE, q)
         policy = None
         if cfg.policy.enabled:
             from recloop.policy.refresh import refresh_policy
 
             policy = refresh_policy(ctx.store, cfg, ctx.run_id, slots, writer, ctx.log)
             report["policy"] = policy.summary
-        writer.put_json("report.json", report)
-        writer.put_bytes("report.md", render_summary(cfg.name, ctx.run_id, report).encode())
+        writer.put_json(FeedbackBatch.REPORT, report)
+        writer.put_bytes(FeedbackBatch.SUMMARY, render_summary(cfg.name, ctx.run_id, report).encode())
         writer.summary.update(
             {
                 "new_interactions": len(interactions),

@@ -28,15 +28,15 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     try:
         doc = evaluate.read_json(Evaluation.METRICS)
     except ValueError as exc:
-        raise ArtifactError(f"{evaluate.uri}/metrics.json is not valid JSON ({exc}); re-run evaluate") from None
+        raise ArtifactError(f"{evaluate.uri}/{Evaluation.METRICS} is not valid JSON ({exc}); re-run evaluate") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("candidates"), dict) or not doc.get("split_fingerprint"):
         raise ArtifactError(
-            f"{evaluate.uri}/metrics.json is not an evaluate report (no candidates or split "
+            f"{evaluate.uri}/{Evaluation.METRICS} is not an evaluate report (no candidates or split "
             "fingerprint); point gate at the evaluate step's output and re-run evaluate"
         )
     primary = ctx.config.evaluation.primary
     if doc.get("primary") not in (None, primary):
-        ctx.log(f"gate: metrics.json ranked candidates by {doc['primary']}; this config's primary is {primary}")
+        ctx.log(f"gate: {Evaluation.METRICS} ranked candidates by {doc['primary']}; this config's primary is {primary}")
     decision = judge(doc, ctx.config.gate, primary)
     chosen = decision.chosen
     candidate_block = (doc["candidates"].get(decision.candidate) or {}) if decision.candidate else {}

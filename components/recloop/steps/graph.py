@@ -251,7 +251,8 @@ TRAINING = StepGraph(
             },
             description=(
                 "Rank the held-out users with every candidate and the production champion; metrics with "
-                "bootstrap CIs, segments and beyond-accuracy measures to metrics.json and report.html."
+                "bootstrap CIs, segments and beyond-accuracy measures to "
+                f"{Evaluation.METRICS} and {Evaluation.REPORT}."
             ),
         ),
         Step(

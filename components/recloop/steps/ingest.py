@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from recloop.artifacts.kinds import RawEvents
 from recloop.config import template_fields
 from recloop.data.normalize import (
     ItemLayout,
@@ -243,7 +244,7 @@ def _ingest_items(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
     out_writer: pq.ParquetWriter | None = None
     seen: set[str] = set()
     stats = {"rows": 0, "missing_id": 0, "duplicate_id": 0, "broken_rows": 0}
-    path = writer.local("items.parquet")
+    path = writer.local(RawEvents.ITEMS)
     try:
         for reader in reading.each():
             _check_template(ctx, items, reader.columns, reader.src.uri)
@@ -278,7 +279,7 @@ def _ingest_items(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
             f"ingest: catalog: dropped {stats['duplicate_id']} duplicate id(s) (first kept), "
             f"{stats['missing_id']} row(s) without an id, {stats['broken_rows']} unreadable row(s)"
         )
-    writer.add_file("items.parquet", path, rows=stats["rows"], schema=_schema_dict(layout.schema()))
+    writer.add_file(RawEvents.ITEMS, path, rows=stats["rows"], schema=_schema_dict(layout.schema()))
     return stats
 
 
@@ -293,7 +294,7 @@ def _ingest_users(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
     out_writer: pq.ParquetWriter | None = None
     seen: set[str] = set()
     stats = {"rows": 0, "missing_id": 0, "duplicate_id": 0, "broken_rows": 0}
-    path = writer.local("users.parquet")
+    path = writer.local(RawEvents.USERS)
     try:
         for reader in reading.each():
             reader.require({"data.users.id": users.id})
@@ -320,7 +321,7 @@ def _ingest_users(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
         if out_writer is not None:
             out_writer.close()
     assert schema is not None
-    writer.add_file("users.parquet", path, rows=stats["rows"], schema=_schema_dict(schema))
+    writer.add_file(RawEvents.USERS, path, rows=stats["rows"], schema=_schema_dict(schema))
     return stats
 
 
@@ -342,7 +343,7 @@ def _ingest_interactions(
     stats: dict[str, int] = {"rows": 0, "read_rows": 0, "issue_rows": 0, "before_since": 0}
     min_ms: int | None = None
     max_ms: int | None = None
-    path = writer.local("interactions.parquet")
+    path = writer.local(RawEvents.INTERACTIONS)
     with pq.ParquetWriter(path, schema) as out:
         for reader in reading.each():
             reader.require(wanted)
@@ -376,7 +377,7 @@ def _ingest_interactions(
                     "remove the file or point data.interactions.path at the data"
                 )
             stats["read_rows"] += file_rows
-    writer.add_file("interactions.parquet", path, rows=stats["rows"], schema=_schema_dict(schema))
+    writer.add_file(RawEvents.INTERACTIONS, path, rows=stats["rows"], schema=_schema_dict(schema))
     return {**stats, "min_ms": min_ms, "max_ms": max_ms}
 
 

@@ -15,36 +15,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from recloop.artifacts.kinds import Dataset, RawEvents, ValidationReport
 from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from recloop.artifacts import Artifact, ArtifactWriter, Manifest
+    from recloop.artifacts import ArtifactWriter, Manifest
     from recloop.data.preprocess import PreprocessResult
 
 
 # ---------------------------------------------------------------------------------------------- I/O
 
 
-def _choose_source(ctx: StepContext, inputs: dict[str, str]) -> tuple[Artifact, Artifact, list[str]]:
+def _choose_source(
+    ctx: StepContext, inputs: dict[str, str]
+) -> tuple[RawEvents | ValidationReport, RawEvents, list[str]]:
     """(interactions artifact, ingest artifact, parents): validate's valid rows when it wrote them."""
-    ingest = ctx.open(inputs["ingest"])
+    ingest = RawEvents(ctx.open(inputs["ingest"]))
     parents = [inputs["ingest"]]
     if "validate" in inputs:
-        validate = ctx.open(inputs["validate"])
+        validate = ValidationReport(ctx.open(inputs["validate"]))
         parents.append(inputs["validate"])
-        if validate.manifest.summary.get("success") is False:
+        if validate.summary.get("success") is False:
             ctx.log(f"preprocess: validation reported failures ({validate.uri}); continuing as configured")
-        if "interactions.parquet" in validate.manifest.files:
+        if validate.has_valid_rows:
             return validate, ingest, parents
     return ingest, ingest, parents
-
-
-def _catalog(ingest: Artifact) -> pd.DataFrame | None:
-    if "items.parquet" not in ingest.manifest.files:
-        return None
-    return ingest.read_parquet("items.parquet")
 
 
 def _put_parquet(writer: ArtifactWriter, name: str, df: pd.DataFrame, schema: Any) -> None:
@@ -66,8 +63,8 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     source, ingest, parents = _choose_source(ctx, inputs)
     advance = ctx.progress("preprocess", total=5)
     result = preprocess(
-        source.read_parquet("interactions.parquet"),
-        _catalog(ingest),
+        source.interactions(),
+        ingest.items(),
         ctx.config.preprocess,
         ctx.config.evaluation.cold_start,
         source=source.uri,
@@ -103,17 +100,17 @@ def _write(writer: ArtifactWriter, result: PreprocessResult) -> None:
         ]
     )
     for name, frame in result.splits.items():
-        _put_parquet(writer, f"{name}.parquet", frame, split_schema)
-    for kind, ids in (("user", result.user_ids), ("item", result.item_ids)):
+        _put_parquet(writer, Dataset.SPLIT_FILES[name], frame, split_schema)
+    for kind, name, ids in (("user", Dataset.USER_IDS, result.user_ids), ("item", Dataset.ITEM_IDS, result.item_ids)):
         _put_parquet(
             writer,
-            f"id_maps/{kind}s.parquet",
+            name,
             pd.DataFrame({f"{kind}_idx": np.arange(len(ids), dtype=np.int32), f"{kind}_id": ids}),
             id_schema[kind],
         )
     _put_parquet(
         writer,
-        "items.parquet",
+        Dataset.ITEMS,
         result.items,
         pa.schema(
             [
@@ -125,9 +122,9 @@ def _write(writer: ArtifactWriter, result: PreprocessResult) -> None:
         ),
     )
     if result.cold_items is not None:
-        _put_parquet(writer, "cold_items.parquet", result.cold_items, id_schema["item"])
+        _put_parquet(writer, Dataset.COLD_ITEMS, result.cold_items, id_schema["item"])
         writer.summary["n_cold_items"] = len(result.cold_items)
-    writer.put_json("stats.json", result.stats)
+    writer.put_json(Dataset.STATS, result.stats)
     writer.summary.update(
         {
             "n_users": len(result.user_ids),

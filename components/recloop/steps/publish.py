@@ -150,7 +150,9 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
             f"refusing to publish: the gate artifact {gate.uri} has no readable blessing ({exc}); re-run the gate step"
         ) from None
     if not isinstance(blessing, dict):
-        raise NotBlessedError(f"refusing to publish: {gate.uri}/blessing.json is not a JSON object; re-run the gate")
+        raise NotBlessedError(
+            f"refusing to publish: {gate.uri}/{Blessing.BLESSING} is not a JSON object; re-run the gate"
+        )
     preprocess = ctx.open(inputs["preprocess"])
     evaluate = ctx.open(inputs["evaluate"])
     reasons: list[str] = []
@@ -213,29 +215,29 @@ def check_blessing(ctx: StepContext, inputs: dict[str, str], model_name: str) ->
         loaded = evaluate.read_json(Evaluation.METRICS)
         metrics = loaded if isinstance(loaded, dict) else {}
         if not isinstance(loaded, dict):
-            reasons.append(f"{evaluate.uri}/metrics.json is not a JSON object")
+            reasons.append(f"{evaluate.uri}/{Evaluation.METRICS} is not a JSON object")
     except json.JSONDecodeError as exc:
-        reasons.append(f"{evaluate.uri}/metrics.json is not valid JSON ({exc})")
+        reasons.append(f"{evaluate.uri}/{Evaluation.METRICS} is not valid JSON ({exc})")
     blessed_fp = blessing.get("split_fingerprint")
     metrics_fp = metrics.get("split_fingerprint", evaluate.manifest.summary.get("split_fingerprint"))
     if not blessed_fp:
         reasons.append("the blessing has no split fingerprint")
     if not metrics_fp:
-        reasons.append(f"{evaluate.uri}/metrics.json has no split fingerprint")
+        reasons.append(f"{evaluate.uri}/{Evaluation.METRICS} has no split fingerprint")
     if blessed_fp and metrics_fp and blessed_fp != metrics_fp:
         reasons.append(
-            f"{evaluate.uri}/metrics.json is from another split (fingerprint {str(metrics_fp)[:12]}…) "
+            f"{evaluate.uri}/{Evaluation.METRICS} is from another split (fingerprint {str(metrics_fp)[:12]}…) "
             f"than the blessing (fingerprint {str(blessed_fp)[:12]}…)"
         )
     candidates_block = metrics.get("candidates")
     if isinstance(candidates_block, dict) and isinstance(candidate, str) and candidate not in candidates_block:
-        reasons.append(f"{evaluate.uri}/metrics.json has no metrics for candidate {candidate!r}")
+        reasons.append(f"{evaluate.uri}/{Evaluation.METRICS} has no metrics for candidate {candidate!r}")
 
     # Lineage: the metrics must come from the very preprocess and train artifacts being published.
     for role, uri in (("preprocess", preprocess.uri), ("train", inputs["train"])):
         recorded = metrics.get(f"{role}_uri")
         if isinstance(recorded, str) and not _same_artifact(ctx, recorded, uri):
-            reasons.append(f"{evaluate.uri}/metrics.json measured the {role} artifact {recorded}, not {uri}")
+            reasons.append(f"{evaluate.uri}/{Evaluation.METRICS} measured the {role} artifact {recorded}, not {uri}")
     for role, art in (("preprocess", preprocess), ("train", train)):
         parents = evaluate.manifest.parents
         if art is not None and parents and not any(_same_artifact(ctx, p, art.uri) for p in parents):
@@ -317,11 +319,11 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
     files = checked.preprocess.manifest.files
     id_maps_dir = None
     if Dataset.USER_IDS in files and Dataset.ITEM_IDS in files:
-        id_maps_dir = checked.preprocess.download_dir(Dataset.ID_MAPS, tmp / "id_maps")
+        id_maps_dir = checked.preprocess.download_dir(Dataset.ID_MAPS, tmp / Dataset.ID_MAPS)
         import pyarrow.parquet as pq
 
-        n_users = pq.read_metadata(id_maps_dir / "users.parquet").num_rows
-        n_items = pq.read_metadata(id_maps_dir / "items.parquet").num_rows
+        n_users = pq.read_metadata(id_maps_dir / Dataset.USER_MAP).num_rows
+        n_items = pq.read_metadata(id_maps_dir / Dataset.ITEM_MAP).num_rows
         if (model.n_users, model.n_items) != (n_users, n_items):
             raise ArtifactError(
                 f"cannot publish candidate {candidate!r}: the bundle knows {model.n_users} users and "
@@ -329,7 +331,7 @@ def _version_source(ctx: StepContext, checked: CheckedBlessing, inputs: dict[str
                 "it was trained on other data: re-run train, evaluate and gate on this preprocess artifact"
             )
     else:
-        ctx.log(f"publish: {checked.preprocess.uri} has no id_maps/; the version will hold ids only")
+        ctx.log(f"publish: {checked.preprocess.uri} has no {Dataset.ID_MAPS}/; the version will hold ids only")
     items_file = None
     if Dataset.ITEMS in files:
         items_file = tmp / Dataset.ITEMS

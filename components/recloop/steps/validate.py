@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recloop.artifacts import MANIFEST, Artifact
+from recloop.artifacts.kinds import RawEvents, ValidationReport
 from recloop.errors import ArtifactError, ValidationFailed
 from recloop.steps.base import StepContext
 
@@ -27,33 +28,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from recloop.artifacts import ArtifactWriter, Manifest
+    from recloop.artifacts import Manifest
 
 FAILED_SUFFIX = "-failed"
-
-
-def _read_table(ctx: StepContext, uri: str, name: str) -> pa.Table | None:
-    import pyarrow.parquet as pq
-
-    artifact = ctx.open(uri)
-    if name not in artifact.manifest.files:
-        return None
-    with artifact.path(name) as p:
-        return pq.read_table(p)
-
-
-def _put_table(writer: ArtifactWriter, name: str, table: pa.Table) -> None:
-    import pyarrow.parquet as pq
-
-    path = writer.local(name)
-    pq.write_table(table, path)
-    writer.add_file(name, path, rows=table.num_rows, schema={f.name: str(f.type) for f in table.schema})
-
-
-def _write_report(writer: ArtifactWriter, result: dict[str, Any], docs_dir: Path | None) -> None:
-    writer.put_json("result.json", result)
-    if docs_dir is not None and docs_dir.is_dir():
-        writer.add_dir("data_docs", docs_dir)
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
@@ -64,21 +41,18 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
 
     cfg = ctx.config.validation
     ingest_uri = inputs["ingest"]
-    table = _read_table(ctx, ingest_uri, "interactions.parquet")
-    if table is None:
-        raise ArtifactError(f"{ingest_uri} has no interactions.parquet; re-run ingest")
-    items_table = _read_table(ctx, ingest_uri, "items.parquet")
+    ingest = RawEvents(ctx.open(ingest_uri))
+    if not ingest.has(RawEvents.INTERACTIONS):
+        raise ArtifactError(f"{ingest_uri} has no {RawEvents.INTERACTIONS}; re-run ingest")
+    table = ingest.interactions_table()
+    catalog = ingest.items()
     interactions: pd.DataFrame = table.to_pandas()
-    items = (
-        items_table.select([c for c in items_table.column_names if c == "item_id"]).to_pandas()
-        if items_table is not None
-        else None
-    )
+    items = catalog[[c for c in catalog.columns if c == "item_id"]] if catalog is not None else None
 
     advance = ctx.progress("validate: running expectations", total=3)
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="recloop-validate-") as tmp:
-        docs_dir = Path(tmp, "data_docs") if cfg.data_docs else None
+        docs_dir = Path(tmp, ValidationReport.DATA_DOCS) if cfg.data_docs else None
         report = check_interactions(interactions, items, cfg, now, docs_dir, run_name=ctx.run_id)
         advance(1)
 
@@ -117,7 +91,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
                 "invalid_rows": n_invalid,
                 "valid_share": valid_share,
                 "problems": problems,
-                "data_docs": "data_docs/index.html" if docs_dir is not None else None,
+                "data_docs": ValidationReport.DATA_DOCS_INDEX if docs_dir is not None else None,
             }
         )
         summary = {
@@ -142,9 +116,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         if not success and cfg.on_failure in ("fail", "quarantine"):
             _uncommit(ctx, ctx.key(output))  # an older success of this step must not be read downstream
             failed_uri = _commit_failure(ctx, output, ingest_uri, result, summary, docs_dir, quarantined)
-            where = f"{failed_uri}/result.json"
+            where = f"{failed_uri}/{ValidationReport.RESULT}"
             if docs_dir is not None:
-                where += f" (Data Docs: {failed_uri}/data_docs/index.html)"
+                where += f" (Data Docs: {failed_uri}/{ValidationReport.DATA_DOCS_INDEX})"
             raise ValidationFailed(
                 format_failure(report, ingest_uri, where, quarantined=n_bad if quarantine else None, problems=problems)
             )
@@ -164,10 +138,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             ctx.log(f"validate: removing the report of an earlier failed attempt ({ctx.store.uri(stale_failure)})")
             _uncommit(ctx, stale_failure)
         with ctx.writer(output, parents=[ingest_uri]) as writer:
-            _write_report(writer, result, docs_dir)
-            if valid_table is not None and quarantined is not None:
-                _put_table(writer, "interactions.parquet", valid_table)
-                _put_table(writer, "quarantine/interactions.parquet", quarantined)
+            ValidationReport.write(writer, result, docs_dir, valid_rows=valid_table, quarantined=quarantined)
             writer.summary.update(summary)
         advance(1)
     ctx.log(f"validate: {n_valid} valid rows, {n_bad} quarantined -> {output}")
@@ -194,8 +165,6 @@ def _commit_failure(
     failed_key = key + FAILED_SUFFIX
     failed_uri = ctx.store.uri(failed_key)
     with ctx.writer(failed_uri, parents=[ingest_uri]) as writer:
-        _write_report(writer, result, docs_dir)
-        if quarantined is not None:
-            _put_table(writer, "quarantine/interactions.parquet", quarantined)
+        ValidationReport.write(writer, result, docs_dir, quarantined=quarantined)
         writer.summary.update(summary)
     return failed_uri
