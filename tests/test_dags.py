@@ -306,10 +306,10 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
         assert task.doc_md and len(task.doc_md) > 80, task.task_id
         assert task.owner == "recloop"
         assert task.on_failure_callback and task.on_retry_callback
-    for step in ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish"):
+    for step in STEPS:
         task = next(t for t in dag.tasks if t.task_id.endswith("." + step))
         assert task.python_callable is tasks.run_pipeline_step
-        op_kwargs = task.partial_kwargs["op_kwargs"] if step == "train" else task.op_kwargs
+        op_kwargs = task.partial_kwargs["op_kwargs"] if step in ("tune", "train") else task.op_kwargs
         assert op_kwargs == {"step": step, "config_path": str(mode_configs / "local.yaml")}
     assert "recloop pipeline `local`" in dag.doc_md and "airflow dags trigger local_train" in dag.doc_md
 
@@ -497,7 +497,7 @@ def test_feedback_dag_emits_the_asset_the_training_dag_waits_for(mode_configs):
 
 # ------------------------------------------------------------------------------------------------ containers
 
-STEPS = ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
+STEPS = ("ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "publish")
 
 
 def render(dag, task_id: str, candidate: str | None = None, **params):
@@ -532,7 +532,7 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
             RUN_ID,
             "--since",
             "2024-06-01T00:00:00+00:00",
-            *(["--model", "popularity"] if step == "train" else []),
+            *(["--model", "popularity"] if step in ("tune", "train") else []),
             "--set",
             "evaluation.k=[5]",
         ]
@@ -621,7 +621,7 @@ def test_docker_mode_containers_run_recloop_step_with_local_paths_mounted(mode_c
             str(mode_configs / "boxed.yaml"),
             "--run-id",
             RUN_ID,
-            *(["--model", "popularity"] if step == "train" else []),
+            *(["--model", "popularity"] if step in ("tune", "train") else []),
         ]
         assert container.image == "recloop:dev"
         assert container.environment == {"RECLOOP_LOG_LEVEL": "debug"}

@@ -34,14 +34,26 @@ REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 PIPELINE = "e2e"
 DAG_ID = f"{PIPELINE}_train"
-STEPS = ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
-# The committed artifacts of a run: one per step, and one per candidate for train.
-ARTIFACTS = ("ingest", "validate", "preprocess", "train/popularity", "train/ease", "evaluate", "gate", "publish")
+STEPS = ("ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "publish")
+# The committed artifacts of a run: one per step, and one per candidate for tune and train.
+ARTIFACTS = (
+    "ingest",
+    "validate",
+    "preprocess",
+    "tune/popularity",
+    "tune/ease",
+    "train/popularity",
+    "train/ease",
+    "evaluate",
+    "gate",
+    "publish",
+)
 TASKS = (
     "prepare",
     "data.ingest",
     "data.validate",
     "data.preprocess",
+    "model.tune",
     "model.train",
     "model.evaluate",
     "release.gate",
@@ -73,6 +85,7 @@ def write_config(folder: Path, data_dir: Path, store_root: str, endpoint: str, e
         models:
           - {{type: popularity}}
           - {{type: ease, lambda: 50}}
+        tuning: {{budget: 3 trials, candidates: [ease], startup_trials: 2}}
         evaluation: {{k: [10], primary: ndcg@10, bootstrap: 20}}
         gate: {{absolute: {{ndcg@10: 0.01}}}}
         execution: {{retries: 2, retry_delay: 1s, retry_backoff: 2, timeout_minutes: 10, schedule: null{execution_extra}}}
@@ -180,11 +193,19 @@ def test_training_dag_on_airflow_and_s3(airflow):
     state, tasks = run_state(airflow, run1)
     assert state == "success"
     assert {t: s for t, (s, _) in tasks.items()} == {t: "success" for t in TASKS}
-    # train is mapped: one task instance per candidate, each named by its candidate in the UI.
-    assert MAPPED_INSTANCES[run1] == {"model.train[popularity]": ("success", 1), "model.train[ease]": ("success", 1)}
+    # tune and train are mapped: one task instance per candidate, each named by its candidate in the UI.
+    assert MAPPED_INSTANCES[run1] == {
+        f"model.{step}[{name}]": ("success", 1) for step in ("tune", "train") for name in ("popularity", "ease")
+    }
     hashes1 = {step: verified_hashes(store, run1, step) for step in ARTIFACTS}
     assert "interactions.parquet" in hashes1["ingest"] and "train.parquet" in hashes1["preprocess"]
     assert {"arrays.safetensors", "model.json"} <= set(hashes1["train/popularity"]) & set(hashes1["train/ease"])
+    # ease was tuned (3 trials on validation) and trained with the best trial's lambda; popularity was not.
+    study1 = json.loads(store.get_bytes(f"{run_prefix(run1, 'tune/ease')}/study.json"))
+    train_report = json.loads(store.get_bytes(f"{run_prefix(run1, 'train/ease')}/train_report.json"))
+    assert study1["tuned"] is True and study1["n_trials"] == 3
+    assert train_report["tuned_params"] == study1["best_params"] and "lambda" in study1["best_params"]
+    assert json.loads(store.get_bytes(f"{run_prefix(run1, 'tune/popularity')}/study.json"))["tuned"] is False
     production = json.loads(store.get_bytes(alias_key))
     assert production["version"] == 1 and production["run_id"] == run1
     assert store.list(run_prefix(run1, "_failures")) == []
@@ -208,7 +229,10 @@ def test_training_dag_on_airflow_and_s3(airflow):
     assert {t: s for t, (s, _) in tasks.items()} == {t: "success" for t in TASKS}
     assert tasks["model.train"][1] == 2 and tasks["model.evaluate"][1] == 1
     # Each candidate's instance failed once and was retried on its own.
-    assert MAPPED_INSTANCES[run3] == {"model.train[popularity]": ("success", 2), "model.train[ease]": ("success", 2)}
+    assert MAPPED_INSTANCES[run3] == {
+        **{f"model.tune[{name}]": ("success", 1) for name in ("popularity", "ease")},
+        **{f"model.train[{name}]": ("success", 2) for name in ("popularity", "ease")},
+    }
     for map_index in (0, 1):
         record = json.loads(store.get_bytes(f"{run_prefix(run3, '_failures')}/model.train[{map_index}].try-1.json"))
         assert (

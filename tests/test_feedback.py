@@ -386,7 +386,7 @@ def test_feedback_is_not_part_of_the_training_order() -> None:
     from recloop.pipeline import TRAINING_STEPS
     from recloop.steps.graph import find_step
 
-    assert TRAINING_STEPS == ("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish")
+    assert TRAINING_STEPS == ("ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "publish")
     spec = find_step("feedback")
     assert spec.name == "feedback" and spec.inputs == {}
 

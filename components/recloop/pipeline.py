@@ -1,7 +1,7 @@
 """The main job: run the training graph's steps in order, in-process.
 
-ingest → validate → preprocess → train (each candidate) → evaluate → gate → publish, in the order
-`recloop.steps.graph.TRAINING` declares, through `execute_step`, so a re-run with the same run id resumes
+Every step of `recloop.steps.graph.TRAINING`, in the order it declares (per-candidate steps once per
+candidate), through `execute_step`, so a re-run with the same run id resumes
 after the last committed step. An unblessed candidate ends the run green with publish skipped and the
 reasons reported; `dry_run` skips publish too.
 """

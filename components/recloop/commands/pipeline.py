@@ -19,7 +19,16 @@ def _default_run_id() -> str:
     return "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-@app.command("run")
+def _loop() -> str:
+    from recloop.steps.graph import TRAINING
+
+    return " → ".join(f"{s.name} (each candidate)" if s.per_candidate else s.name for s in TRAINING)
+
+
+@app.command(
+    "run",
+    help=f"Run {_loop()} in-process.\n\nRe-running with the same --run-id resumes after the last completed step.",
+)
 def run(
     config: ConfigOpt,
     run_id: RunIdOpt = None,
@@ -29,10 +38,6 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Everything but publish.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Recompute steps already committed.")] = False,
 ) -> None:
-    """Run ingest → validate → preprocess → train → evaluate → gate → publish in-process.
-
-    Re-running with the same --run-id resumes after the last completed step.
-    """
     from recloop import config as config_mod
     from recloop.steps.base import RunParams
 
