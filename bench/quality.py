@@ -37,6 +37,8 @@ Checks (exit status 1 if one fails):
     tell a real lead from luck; the table also gives each model's median rank of the cold target.
 A missed target is printed with the gap (absolute and relative).
 
+`--tuned` runs bench/tuned.py instead: `recloop init` + the tune step against these hand-tuned settings.
+
 To add a model family: put its grid in GRIDS (and, for a new baseline check, extend check()).
 """
 
@@ -539,6 +541,12 @@ def table(results: dict[str, Result], ease_reference: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--tuned" in argv:  # tuned vs hand-tuned: bench/tuned.py, which takes the remaining options
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from tuned import main as tuned_main
+
+        return tuned_main([a for a in argv if a != "--tuned"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline config naming the data")
     parser.add_argument("--models", default=",".join(GRIDS), help="comma-separated model families to run")

@@ -1,0 +1,180 @@
+"""Tuned vs hand-tuned quality on MovieLens latest-small: does `recloop init` + the tune step find
+settings as good as the hand-tuned ones, and does it recover from bad ones?
+
+    .venv/bin/python bench/tuned.py [--budget 30m] [--models ease,mf] [--arms hand,init,init-tuned,bad-tuned]
+    .venv/bin/python bench/quality.py --tuned ...          (the same)
+
+Arms, each a real in-process pipeline run (ingest → ... → evaluate) on its own store under
+.recloop/bench/tuned/ (git ignores it):
+  hand        configs/movielens.yaml as committed (hand-tuned on this data set), no tuning;
+  init        the config `recloop init` writes for the raw files, with tuning off (model defaults);
+  init-tuned  the same config with `tuning.budget` (the default budget, or --budget);
+  bad-tuned   configs/movielens.yaml with deliberately bad parameters, tuned with the same budget
+              (parameters inside the search space are re-drawn by the search; the arm shows it recovers).
+Per candidate: validation NDCG@10 (train's `best_valid_metric`), test NDCG@10 (the evaluate step, full
+ranking, bootstrap CI), trials and tune seconds; the last column is the ratio of test NDCG@10 to the
+`hand` arm's, measured in the same run. Choices are made on validation only, by the tune step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+HAND_CONFIG = REPO / "configs" / "movielens.yaml"
+DATA = REPO.parent / "shared" / "datasets" / "ml-latest-small"
+STORE = REPO / ".recloop" / "bench" / "tuned"
+ARMS = ("hand", "init", "init-tuned", "bad-tuned")
+# Far from anything good on any data set: tiny or absurd values the search has to move away from.
+BAD_PARAMS: dict[str, dict[str, Any]] = {
+    "popularity": {"window": "1d"},
+    "itemknn": {"neighbours": 2, "shrinkage": 0.0},
+    "ease": {"lambda": 1_000_000.0},
+    "mf": {"factors": 2, "regularization": 50.0, "epochs": 1},
+    "text_knn": {"half_life": 0.1, "max_history": 1},
+    "sasrec": {"dim": 16, "lr": 1e-5, "epochs": 2},
+    "text_sasrec": {"dim": 16, "lr": 1e-5, "epochs": 2},
+}
+
+
+@dataclass
+class Row:
+    arm: str
+    candidate: str
+    valid: float | None
+    test: float | None
+    ci: tuple[float | None, float | None]
+    trials: int | None
+    tune_seconds: float | None
+    train_seconds: float | None
+    params: dict[str, Any]
+
+
+def init_config(out: Path, name: str) -> Path:
+    """`recloop init` on the raw MovieLens files (what a new user runs)."""
+    recloop = Path(sys.executable).parent / "recloop"
+    command = [
+        str(recloop), "init", "--interactions", str(DATA / "ratings.csv"), "--items", str(DATA / "movies.csv"),
+        "--name", name, "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"recloop init failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return out
+
+
+def arm_config(arm: str, budget: str, models: list[str] | None, work: Path) -> Any:
+    from recloop import config as config_mod
+
+    if arm in ("init", "init-tuned"):
+        source = init_config(work / "init.yaml", "movielens-init")
+    else:
+        source = HAND_CONFIG
+    raw = config_mod.load_raw(source)
+    if models:
+        raw["models"] = [m for m in raw["models"] if (m.get("name") or m["type"]) in models]
+    if arm == "bad-tuned":
+        raw["models"] = [{**m, **BAD_PARAMS.get(m["type"], {})} for m in raw["models"]]
+    raw["tuning"] = {**(raw.get("tuning") or {}), "budget": budget} if arm.endswith("tuned") else {}
+    raw["store"] = {"root": f"file://{STORE / arm}"}
+    raw["name"] = f"bench-{arm}"
+    return config_mod.from_dict(raw, source=str(source))
+
+
+def run_arm(arm: str, budget: str, models: list[str] | None, work: Path) -> list[Row]:
+    from recloop.pipeline import run_pipeline
+    from recloop.steps.base import StepContext
+
+    cfg = arm_config(arm, budget, models, work)
+    ctx = StepContext.from_config(cfg, run_id="bench", log=lambda m: print(f"  [{arm}] {m}", flush=True))
+    steps = ("ingest", "preprocess", "tune", "train", "evaluate")
+    result = run_pipeline(ctx, steps=steps)
+    candidates = (result.metrics or {}).get("candidates") or {}
+    rows = []
+    for name, block in candidates.items():
+        ndcg = (block.get("metrics") or {}).get("ndcg@10") or {}
+        train = block.get("train") or {}
+        study = _study(ctx, name)
+        rows.append(
+            Row(
+                arm=arm,
+                candidate=name,
+                valid=train.get("best_valid_metric"),
+                test=ndcg.get("value"),
+                ci=(ndcg.get("ci_low"), ndcg.get("ci_high")),
+                trials=study.get("n_trials"),
+                tune_seconds=study.get("seconds"),
+                train_seconds=train.get("train_seconds"),
+                params=study.get("best_params") or {},
+            )
+        )
+    return rows
+
+
+def _study(ctx: Any, candidate: str) -> dict[str, Any]:
+    from recloop.artifacts.kinds import TuningStudy
+
+    try:
+        return TuningStudy.open(ctx.store, f"runs/bench/tune/{candidate}").study()
+    except Exception:  # an arm without the tune step's artifact: nothing to show
+        return {}
+
+
+def table(rows: list[Row]) -> str:
+    hand = {r.candidate: r.test for r in rows if r.arm == "hand"}
+    lines = [
+        "| arm | candidate | valid NDCG@10 | test NDCG@10 (95 % CI) | vs hand | trials | tune s | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        ratio = f"{r.test / hand[r.candidate]:.3f}" if r.test and hand.get(r.candidate) else "–"
+        ci = f" ({r.ci[0]:.4f}–{r.ci[1]:.4f})" if None not in r.ci else ""
+        lines.append(
+            f"| {r.arm} | {r.candidate} | {_f(r.valid)} | {_f(r.test)}{ci} | {ratio} | {r.trials or '–'} | "
+            f"{_f(r.tune_seconds, 0)} | {_f(r.train_seconds, 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", default="30m", help="tuning budget of the tuned arms (default 30m)")
+    parser.add_argument("--models", help="comma-separated candidate names (default: every configured one)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arms of {', '.join(ARMS)}")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    if not (DATA / "ratings.csv").is_file():
+        print(f"MovieLens latest-small not found at {DATA}; see its README for where to get it", file=sys.stderr)
+        return 2
+    models = args.models.split(",") if args.models else None
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        print(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}", file=sys.stderr)
+        return 2
+    work = STORE / "configs"
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    for arm in arms:
+        started = time.perf_counter()
+        rows += run_arm(arm, args.budget, models, work)
+        print(f"{arm}: {time.perf_counter() - started:.0f}s", flush=True)
+    print(table(rows))
+    if args.out:
+        args.out.write_text(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
