@@ -56,14 +56,28 @@ def _history_chart(name: str, block: dict[str, Any], color: str) -> str:
     complete = [(n, v) for n, v, s in trials if s == "complete"]
     pruned = [(n, v) for n, v, s in trials if s != "complete"]
     if complete:
-        ax.scatter(*zip(*complete), s=18, color=color, label="complete", zorder=3)
+        ax.scatter([n for n, _ in complete], [v for _, v in complete], s=18, color=color, label="complete", zorder=3)
         best, line = float("-inf"), []
         for n, v in complete:
             best = max(best, v)
             line.append((n, best))
-        ax.step(*zip(*line), where="post", color="#24292f", linewidth=1.4, label="best so far")
+        ax.step(
+            [n for n, _ in line],
+            [b for _, b in line],
+            where="post",
+            color="#24292f",
+            linewidth=1.4,
+            label="best so far",
+        )
     if pruned:
-        ax.scatter(*zip(*pruned), s=14, facecolors="none", edgecolors="#8c959f", label="pruned / stopped")
+        ax.scatter(
+            [n for n, _ in pruned],
+            [v for _, v in pruned],
+            s=14,
+            facecolors="none",
+            edgecolors="#8c959f",
+            label="pruned / stopped",
+        )
     ax.set_title(f"{name}: optimization history", fontsize=10, loc="left")
     ax.set_xlabel("trial")
     ax.set_ylabel("valid NDCG@10")

@@ -98,6 +98,7 @@ def _search(
         name=f"{ctx.config.name}.{ctx.run_id}.{name}",
         share=share,
         seed=tuning.seed,
+        seed_key=name,
         startup_trials=tuning.startup_trials,
         pruning=tuning.pruning,
         parallel=tuning.parallel,

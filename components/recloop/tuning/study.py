@@ -38,6 +38,9 @@ class StudySettings:
 
     name: str
     share: Share
+    # What the sampler's seed is derived from besides `seed` (default: the name). The tune step gives the
+    # candidate's name, so runs with different run ids draw the same trials and find the same best.
+    seed_key: str | None = None
     seed: int = 0
     startup_trials: int = 5
     pruning: bool = True
@@ -127,7 +130,8 @@ def _storage(settings: StudySettings) -> Any:
 
 def _sampler_seed(settings: StudySettings) -> int:
     # One seed per candidate: two candidates never draw the same sequence by accident.
-    return (settings.seed * 1_000_003 + zlib.crc32(settings.name.encode())) % 2**31
+    key = settings.seed_key or settings.name
+    return (settings.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31
 
 
 def _close_stale_trials(study: optuna.Study) -> int:
@@ -153,7 +157,10 @@ def _optimize(
     import optuna
 
     total = len(study.trials) + n_trials
-    callbacks = [optuna.study.MaxTrialsCallback(total, states=None), _trial_logger(log, after_trial)]
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
+        optuna.study.MaxTrialsCallback(total, states=None),
+        _trial_logger(log, after_trial),
+    ]
     trial_fn = _trial_function(space, objective, settings, deadline)
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
