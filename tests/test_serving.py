@@ -379,7 +379,8 @@ def test_probes_metrics_and_openapi(store) -> None:
 def test_impressions_and_feedback_reach_the_store_pseudonymized(tmp_path: Path, data, mf) -> None:
     store = FileStore(f"file://{tmp_path / 'store'}")
     publish(store, mf, data, tmp_path, "run-1")
-    with running(store) as server:
+    # Only the admin flush below writes: the background flusher's 1 s interval could beat it under load.
+    with running(store, serving_config(logs={"flush_interval": "1h"})) as server:
         rec = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 3}).json()
         fb = httpx.post(
             f"{server.url}/v1/feedback",

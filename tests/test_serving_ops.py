@@ -331,7 +331,8 @@ def test_serving_from_s3_with_logs_written_back_encrypted(tmp_path: Path, s3_ser
     data = make_dataset()
     model = fit_mf(data)
     publish(store, model, data, tmp_path, "run-1")
-    with running(store) as server:
+    # Only the admin flush below writes: the background flusher's 1 s interval could beat it under load.
+    with running(store, serving_config(logs={"flush_interval": "1h"})) as server:
         r = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": "user-3", "k": 4})
         httpx.post(
             f"{server.url}/v1/feedback",
