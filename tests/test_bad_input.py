@@ -1,4 +1,4 @@
-"""The bad-input corpus (tests/data/bad/, see its README): every case through `recloop step`.
+"""The bad-input corpus (tests/corpus/bad_input/, see its README): every case through `recloop step`.
 
 Each case runs `recloop step ingest` and, if that succeeds, `recloop step validate` in-process via
 `recloop.cli.main`. Asserted: the exit code, one error message naming the file/row/key at fault and the
@@ -17,7 +17,7 @@ from recloop.artifacts import Artifact
 from recloop.cli import main
 from recloop.store import FileStore
 
-CORPUS = (Path(__file__).parent / "data" / "bad").resolve()
+CORPUS = (Path(__file__).parent / "corpus" / "bad_input").resolve()
 VALIDATION_FIX = "set validation.on_failure: quarantine to set bad rows aside"
 
 
