@@ -16,8 +16,9 @@ import pytest
 from recloop.artifacts import Artifact
 from recloop.cli import main
 from recloop.store import FileStore
+from support.paths import TESTS
 
-CORPUS = (Path(__file__).parent / "corpus" / "bad_input").resolve()
+CORPUS = TESTS / "corpus" / "bad_input"
 VALIDATION_FIX = "set validation.on_failure: quarantine to set bad rows aside"
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from recloop.data.interactions import Histories, Interactions
+from support.paths import REPO
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+BENCH = REPO / "bench" / "quality.py"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_contract import two_block_interactions
 from recloop.bundle import BundleFormat
 from recloop.config import PolicyConfig
 from recloop.errors import ArtifactError
@@ -18,6 +17,7 @@ from recloop.models.base import Recommender
 from recloop.models.popularity import Popularity, PopularityConfig
 from recloop.policy.bandit import LinUCBPolicy
 from recloop.policy.features import FeatureSpace
+from support.model_contract import two_block_interactions
 
 FORMAT = BundleFormat("widget", "widget.json", "arrays.safetensors", "re-run the widget step")
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from support.paths import REPO
+
 CHART = REPO / "charts" / "recloop"
 AIRFLOW_VALUES = REPO / "charts" / "airflow-values.yaml"
 KUBE_VERSION = "1.33.0"

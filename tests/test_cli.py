@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import S3Server
 from recloop.artifacts import Artifact
 from recloop.cli import main
 from recloop.commands import step as step_cmd
 from recloop.console import ProgressBars
 from recloop.steps.graph import FEEDBACK, TRAINING, find_step
 from recloop.store import FileStore
+from support.s3 import S3Server
 
 EVENTS = """user_id,item_id,timestamp,rating
 u1,i1,1700000000,4.0

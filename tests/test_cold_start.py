@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_config, make_context, write_ingest_artifact
 from recloop.artifacts import Artifact
 from recloop.steps import preprocess
+from support.helpers import make_config, make_context, write_ingest_artifact
 
 
 def _events() -> pd.DataFrame:

@@ -15,8 +15,7 @@ from recloop.cli import main
 from recloop.config import StrictModel, docs
 from recloop.config.models import MODEL_CONFIG_TYPES, ChatEndpoint, EncoderConfig, ModelConfig, model_type_name
 from recloop.models import registry
-
-REPO = Path(__file__).resolve().parents[1]
+from support.paths import REPO
 
 
 def test_every_config_field_has_a_description() -> None:

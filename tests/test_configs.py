@@ -11,8 +11,8 @@ import yaml
 from recloop import config
 from recloop.cli import main
 from recloop.errors import ConfigError
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 MINIMAL = {"name": "t", "data": {"interactions": {"path": "events.csv"}}}
 

@@ -20,10 +20,10 @@ from typing import IO, Any
 
 import pytest
 
-from conftest import S3Server
 from recloop.artifacts import MANIFEST, Artifact
 from recloop.errors import ArtifactError
 from recloop.store import S3Store
+from support.s3 import S3Server
 
 FILES = 5
 FILE_MB = 11  # above the 5 MiB multipart threshold configured below: two parts each

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from recloop.errors import ConfigError
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DAGS_DIR = REPO / "dags"
 RUN_ID = "manual__2025-03-01T12:00:00+00:00"
 PARSE_BUDGET_S = 2.0

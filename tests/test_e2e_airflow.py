@@ -28,9 +28,11 @@ from urllib.parse import quote
 
 import pytest
 
+from support.net import free_port
+from support.paths import REPO
+
 pytestmark = [pytest.mark.e2e, pytest.mark.s3, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 PIPELINE = "e2e"
 DAG_ID = f"{PIPELINE}_train"
@@ -256,12 +258,6 @@ def _postgres_listening() -> bool:
         return sock.connect_ex(("127.0.0.1", 5432)) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def postgres_database() -> Any:
     """A fresh database on the local PostgreSQL (trust auth), dropped afterwards."""
@@ -292,7 +288,7 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
     layout = local.Layout(tmp_path / "state")
     layout.logs.mkdir(parents=True)
     synth.generate(n_users=120, n_items=60, seed=3, events_per_user=20).write(tmp_path / "data")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     bucket = s3_server.new_bucket()
     write_config(

@@ -10,7 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval_helpers import (
+from recloop.artifacts import Artifact
+from recloop.config import StoreConfig
+from recloop.data.interactions import Histories, Interactions
+from recloop.errors import ArtifactError, ConfigError
+from recloop.evaluation.champion import RemappedScorer
+from recloop.evaluation.protocols import build_queries, load_split, with_sampled_negatives
+from recloop.steps.base import RunParams, run_step
+from recloop.store import ArtifactStore
+from support.eval_helpers import (
     ITEM_IDS,
     N_ITEMS,
     N_USERS,
@@ -25,15 +33,7 @@ from eval_helpers import (
     user_sequence,
     write_small_world,
 )
-from helpers import make_config, make_context
-from recloop.artifacts import Artifact
-from recloop.config import StoreConfig
-from recloop.data.interactions import Histories, Interactions
-from recloop.errors import ArtifactError, ConfigError
-from recloop.evaluation.champion import RemappedScorer
-from recloop.evaluation.protocols import build_queries, load_split, with_sampled_negatives
-from recloop.steps.base import RunParams, run_step
-from recloop.store import ArtifactStore
+from support.helpers import make_config, make_context
 
 K = [1, 5]
 
@@ -255,7 +255,7 @@ def test_a_corrupt_champion_is_recorded_not_fatal(tmp_path: Path) -> None:
 def test_a_candidate_from_another_preprocess_run_is_refused(tmp_path: Path) -> None:
     ctx, _ = setup_run(tmp_path, {"oracle": "oracle"})
     # Replace the preprocess artifact with one that has an extra item.
-    from eval_helpers import write_preprocess
+    from support.eval_helpers import write_preprocess
 
     train, valid, test = small_world_frames()
     write_preprocess(ctx.store, "r1", train, valid, test, USER_IDS, ITEM_IDS + ["i10"])

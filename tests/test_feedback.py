@@ -10,7 +10,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from helpers import make_config, make_context
 from recloop.config import ServingLogsConfig, StoreConfig
 from recloop.eventlog.records import feedback_schema, impression_schema
 from recloop.feedback.sink import appended_name
@@ -18,6 +17,7 @@ from recloop.feedback.window import claim_window
 from recloop.serving.eventlog import EventLog
 from recloop.steps import feedback as feedback_step
 from recloop.steps.base import RunParams, StepContext, run_step
+from support.helpers import make_config, make_context
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -348,8 +348,8 @@ def test_each_log_is_processed_once_retries_redo_their_window_and_crashed_claims
 
 
 def test_pseudonyms_map_back_to_known_user_ids_with_the_hmac_key(tmp_path: Path) -> None:
-    from policy_helpers import publish_popularity
     from recloop.eventlog.pseudonym import Pseudonymizer
+    from support.policy_helpers import publish_popularity
 
     key = "k" * 32
     cfg = make_config(tmp_path / "store", {"serving.privacy.hmac_key": key})

@@ -20,6 +20,7 @@ from recloop.config import PipelineConfig
 from recloop.errors import ConfigError, DataError
 from recloop.steps.base import RunParams, StepContext, run_step
 from recloop.store import FileStore
+from support.paths import REPO
 
 MOVIELENS = Path("/work/shared/datasets/ml-latest-small")
 
@@ -667,8 +668,7 @@ def test_users_table(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not MOVIELENS.is_dir(), reason="MovieLens small is not present")
 def test_movielens_row_counts_match_the_source_files(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parents[1]
-    cfg = config.load(repo / "configs" / "movielens.yaml", [f"store.root=file://{tmp_path / 'store'}"])
+    cfg = config.load(REPO / "configs" / "movielens.yaml", [f"store.root=file://{tmp_path / 'store'}"])
     art = ingest(cfg, tmp_path)
     summary = art.manifest.summary
     assert summary["rows"] == {"items": 9125, "interactions": 100004}

@@ -234,7 +234,7 @@ def test_local_backend_respects_latency_budget(tiny_causal_lm):
 
 # ------------------------------------------------------------------ the shared model contract
 
-from model_contract import ModelContract  # noqa: E402
+from support.model_contract import ModelContract  # noqa: E402
 
 
 class TestLLMRerankContract(ModelContract):

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import TINY_ENCODER_LAYERS
-from model_contract import BLOCK_B, N_ITEMS, ModelContract, held_out_interactions, two_block_interactions
 from recloop.config.models import EncoderConfig
 from recloop.data.interactions import Histories
 from recloop.errors import ConfigError
 from recloop.models import registry
 from recloop.models.base import FitContext, ItemSide, Recommender
 from recloop.models.text_encoder import TextEncoder
+from support.encoders import TINY_ENCODER_LAYERS
+from support.model_contract import BLOCK_B, N_ITEMS, ModelContract, held_out_interactions, two_block_interactions
 from test_text_models import ITEM_TEXTS, _cold_split, text_context
 
 SEQ = {

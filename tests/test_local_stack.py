@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from recloop_dev.local_stack import find_repo, main
-
-REPO = Path(__file__).resolve().parents[1]
+from support.paths import REPO
 
 
 def _checkout(root: Path) -> Path:

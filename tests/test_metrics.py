@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from eval_helpers import split_frame
 from recloop.evaluation import metrics as M
 from recloop.evaluation.bootstrap import bootstrap_means, paired_bootstrap, percentile_intervals
 from recloop.evaluation.metrics import Targets
@@ -19,6 +18,7 @@ from recloop.evaluation.protocols import (
     rank,
     with_sampled_negatives,
 )
+from support.eval_helpers import split_frame
 
 LOG2_3 = math.log2(3)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -12,12 +12,13 @@ import pytest
 import scipy.sparse as sp
 from pydantic import ValidationError
 
-from model_contract import ModelContract, held_out_interactions, two_block_interactions
 from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ConfigError
 from recloop.models import registry
 from recloop.models.base import FitContext
 from recloop.models.early_stopping import EarlyStopping, ndcg_at_k, validation_ndcg
+from support.model_contract import ModelContract, held_out_interactions, two_block_interactions
+from support.paths import TESTS
 
 DAY = 86_400
 
@@ -68,13 +69,10 @@ class TestMFCholeskyContract(ModelContract):
 
 
 def _contract_types() -> set[str]:
-    """model_type of every ModelContract subclass defined anywhere under tests/."""
-    tests_dir = Path(__file__).parent
-    if str(tests_dir) not in sys.path:
-        sys.path.insert(0, str(tests_dir))
-    for path in sorted(tests_dir.rglob("test_*.py")):
-        if "ModelContract" in path.read_text(encoding="utf-8") and path.parent == tests_dir:
-            importlib.import_module(path.stem)
+    """model_type of every ModelContract subclass defined in a test module anywhere under tests/."""
+    for path in sorted(TESTS.rglob("test_*.py")):
+        if path.stem not in sys.modules and "ModelContract" in path.read_text(encoding="utf-8"):
+            _import_test_module(path)
     found: set[str] = set()
     pending = list(ModelContract.__subclasses__())
     while pending:
@@ -83,6 +81,15 @@ def _contract_types() -> set[str]:
         if cls.model_type and cls.__name__.startswith("Test"):
             found.add(cls.model_type)
     return found
+
+
+def _import_test_module(path: Path) -> None:
+    # Under the name pytest's default import mode gives it (the file's stem), so collection reuses it.
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, f"cannot import {path}"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
 
 
 def test_every_registered_model_has_a_contract() -> None:

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import make_config, make_context
-from policy_helpers import publish_popularity
 from recloop.config import PolicyConfig
 from recloop.errors import ArtifactError
 from recloop.policy.bandit import LinUCBPolicy
 from recloop.policy.features import ACTIVITY_CAP, FeatureSpace
 from recloop.steps.base import run_step
+from support.helpers import make_config, make_context
+from support.policy_helpers import publish_popularity
 from test_feedback import event, slate, write_logs
 
 

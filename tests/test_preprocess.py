@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_config, make_context, utc, write_ingest_artifact
 from recloop.artifacts import Artifact
 from recloop.data.preprocess import filter_min_counts
 from recloop.data.splits import TEST, TRAIN, VALID, leave_last_out, resolve_cutoffs, time_cutoff
 from recloop.errors import DataError
 from recloop.steps import preprocess
 from recloop.steps.base import run_step
+from support.helpers import make_config, make_context, utc, write_ingest_artifact
 
 # Source order matters: rows 3 and 4 share a timestamp, row 11 repeats row 1 exactly.
 EVENTS = pd.DataFrame(

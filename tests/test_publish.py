@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import CountsModel, fit_counts
 from recloop import config as config_mod
 from recloop.artifacts import Artifact, ArtifactWriter, run_prefix
 from recloop.artifacts.kinds import TrainedModel
@@ -21,6 +20,7 @@ from recloop.models.base import Recommender
 from recloop.registry import AliasConflict, ModelRegistry
 from recloop.steps.base import RunParams, StepContext, run_step
 from recloop.store import FileStore
+from support.helpers import CountsModel, fit_counts
 
 N_USERS, N_ITEMS = 5, 9
 

@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import fit_counts
 from recloop.errors import ArtifactError, ConfigError, RecloopError, StoreError
 from recloop.models.base import Recommender
 from recloop.registry import AliasConflict, ModelRegistry, VersionSource, list_models
 from recloop.store import FileStore
-
-REPO = Path(__file__).resolve().parents[1]
+from support.helpers import fit_counts
+from support.paths import REPO
 
 
 def make_source(tmp: Path, seed: int, run_id: str | None = None) -> VersionSource:

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from eval_helpers import registered_test_models
 from recloop.artifacts import Artifact
 from recloop.evaluation.report import render_report
 from recloop.steps.base import run_step
+from support.eval_helpers import registered_test_models
 from test_evaluate_step import register_champion, setup_run
 
 

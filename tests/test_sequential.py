@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
 from recloop.data.interactions import Histories
 from recloop.models import registry
 from recloop.models.sasrec import _full_softmax_backward, _left_padded, _lr_schedule
 from recloop.models.sequential_net import SequentialRecommenderNet
+from support.model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
 from test_text_models import _cold_split, text_context
 
 

@@ -22,7 +22,7 @@ from recloop.eventlog.records import feedback_schema, impression_schema
 from recloop.serving.catalog import TextIndex
 from recloop.serving.security import sha256_hex
 from recloop.store import FileStore
-from serving_helpers import (
+from support.serving_helpers import (
     API_KEY,
     HMAC_KEY,
     MODEL_NAME,

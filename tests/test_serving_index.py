@@ -23,7 +23,7 @@ from recloop.serving.index import AnnIndex, build_ann_index, exact_top, recall_a
 from recloop.serving.rules import Policy, fill_slate
 from recloop.serving.security import ApiKeys
 from recloop.store import FileStore
-from serving_helpers import clustered_mf, fit_mf, fit_popularity, make_dataset, publish, running, serving_config
+from support.serving_helpers import clustered_mf, fit_mf, fit_popularity, make_dataset, publish, running, serving_config
 
 # ---------------------------------------------------------------------------------------------- vector spaces
 

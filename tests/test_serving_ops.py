@@ -27,7 +27,7 @@ from recloop.models.registry import register
 from recloop.registry import ModelRegistry
 from recloop.serving.eventlog import EventLog
 from recloop.store import FileStore
-from serving_helpers import (
+from support.serving_helpers import (
     API_KEY,
     HMAC_KEY,
     MODEL_NAME,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recloop.store import FileStore
-from serving_helpers import API_KEY, ServerThread, fit_mf, make_dataset, publish, running, serving_config
+from support.serving_helpers import API_KEY, ServerThread, fit_mf, make_dataset, publish, running, serving_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

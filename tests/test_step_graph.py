@@ -131,7 +131,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, str]]]:
 
 
 def _ctx(tmp_path: Any, log: list[str]) -> StepContext:
-    from helpers import make_config
+    from support.helpers import make_config
 
     return StepContext.from_config(make_config(tmp_path / "store"), "r1", log=log.append)
 

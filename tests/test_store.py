@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from conftest import S3Server, free_port
 from recloop.config import RetryConfig
 from recloop.errors import ConflictError, StoreError
 from recloop.store import FileStore, S3Store, local_copy, open_store, sha256_file, with_retries
 from recloop.store import base as store_base
 from recloop.store import s3 as store_s3
+from support.net import free_port
+from support.s3 import S3Server
 
 FAST_RETRY = {"max_attempts": 4, "base_delay_s": 0.01, "max_delay_s": 0.05}
 

@@ -16,8 +16,7 @@ from recloop.artifacts import Artifact, run_prefix
 from recloop.data.synth import DEFAULT_END, TOPICS, SynthData, generate, ground_truth_topics, period
 from recloop.steps.base import RunParams, StepContext, run_step
 from recloop.store import FileStore
-
-REPO = Path(__file__).resolve().parents[1]
+from support.paths import REPO
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
 from recloop.data.interactions import Histories, Interactions
 from recloop.models import registry
 from recloop.models.base import FitContext, ItemSide
+from support.model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
 
 # Block A items read like space adventures, block B like cooking: text predicts the blocks.
 BLOCK_TEXT = {

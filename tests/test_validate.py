@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import interactions_table, make_config, make_context, write_ingest_artifact
 from recloop.artifacts import Artifact, ArtifactWriter, run_prefix
 from recloop.errors import ValidationFailed
 from recloop.steps import validate
 from recloop.steps.base import run_step
+from support.helpers import interactions_table, make_config, make_context, write_ingest_artifact
 
 FUTURE = 4102444800  # 2100-01-01T00:00:00Z
 # source_row = position + 1. Comments name what is wrong with a row.

@@ -33,8 +33,8 @@ from recloop.registry import ModelRegistry, ModelVersion, VersionSource
 from recloop.serving.app import ServeRuntime, create_app
 from recloop.serving.security import ApiKeys
 from recloop.store import ArtifactStore
+from support.net import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 API_KEY = "test-api-key-0123456789abcdef"
 HMAC_KEY = "test-hmac-key-0123456789abcdef"
 MODEL_NAME = "shop"
@@ -171,12 +171,6 @@ def runtime(store: ArtifactStore, settings: ServingConfig | None = None, keys: s
         api_keys=ApiKeys.parse(keys, "test"),
         pseudonymize=Pseudonymizer(HMAC_KEY, "test"),
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:

@@ -2,7 +2,7 @@
 
 Usage, in a test module for a model:
 
-    from model_contract import ModelContract
+    from support.model_contract import ModelContract
 
     class TestEaseContract(ModelContract):
         model_type = "ease"
