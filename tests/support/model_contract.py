@@ -12,7 +12,9 @@ Usage, in a test module for a model:
 such class anywhere under tests/, so a new model cannot skip these checks.
 
 The fixture data are two disjoint co-occurrence blocks of items (block A is used by more users than
-block B). A history holding all of one block but one item makes that item the obvious next one.
+block B). A history holding all of one block but one item makes that item the obvious next one. For text
+models each block has its own text (`ITEM_TEXTS`, `text_context`), and `cold_split` leaves one item out of
+training entirely.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 
 from recloop.data.interactions import Histories, Interactions
 from recloop.models import registry
-from recloop.models.base import FitContext, Recommender
+from recloop.models.base import FitContext, ItemSide, Recommender
 
 N_ITEMS = 16
 BLOCK_A = np.arange(0, 8)
@@ -59,6 +61,28 @@ def held_out_interactions(train: Interactions) -> Interactions:
     return Interactions.from_arrays(
         users, items, np.full(len(users), 1_800_000_000), None, train.n_users, train.n_items
     )
+
+
+# Block A items read like space adventures, block B like cooking: text predicts the blocks.
+BLOCK_TEXT = {
+    0: "A space opera: starships, galaxy wars and alien empires.",
+    1: "Baking and cooking: bread recipes, kitchen tips and desserts.",
+}
+ITEM_TEXTS = [f"Title {i}. {BLOCK_TEXT[0 if i in BLOCK_A else 1]} Episode {i}." for i in range(N_ITEMS)]
+
+
+def text_context() -> FitContext:
+    """The fit context of text models: every item's text."""
+    return FitContext(items=ItemSide(texts=ITEM_TEXTS), log=lambda _msg: None)
+
+
+def cold_split() -> tuple[Interactions, int]:
+    """Training data in which the last item of block B never occurs: it exists only as text."""
+    full = two_block_interactions()
+    cold_item = int(BLOCK_B[-1])
+    keep = full.item != cold_item
+    train = full.subset(keep)
+    return train, cold_item
 
 
 class ModelContract:

@@ -17,9 +17,9 @@ from recloop.errors import ArtifactError
 from recloop.policy.bandit import LinUCBPolicy
 from recloop.policy.features import ACTIVITY_CAP, FeatureSpace
 from recloop.steps.base import run_step
+from support.feedback_helpers import event, slate, write_logs
 from support.helpers import make_config, make_context
 from support.policy_helpers import publish_popularity
-from test_feedback import event, slate, write_logs
 
 
 def space(categories: int = 0) -> FeatureSpace:

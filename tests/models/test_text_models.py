@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from recloop.data.interactions import Histories, Interactions
+from recloop.data.interactions import Histories
 from recloop.models import registry
-from recloop.models.base import FitContext, ItemSide
-from support.model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
-
-# Block A items read like space adventures, block B like cooking: text predicts the blocks.
-BLOCK_TEXT = {
-    0: "A space opera: starships, galaxy wars and alien empires.",
-    1: "Baking and cooking: bread recipes, kitchen tips and desserts.",
-}
-ITEM_TEXTS = [f"Title {i}. {BLOCK_TEXT[0 if i in BLOCK_A else 1]} Episode {i}." for i in range(N_ITEMS)]
-
-
-def text_context() -> FitContext:
-    return FitContext(items=ItemSide(texts=ITEM_TEXTS), log=lambda _msg: None)
+from recloop.models.base import FitContext
+from support.model_contract import (
+    BLOCK_B,
+    N_ITEMS,
+    ModelContract,
+    cold_split,
+    text_context,
+)
 
 
 class TestTextKNNContract(ModelContract):
@@ -63,15 +58,6 @@ class TestTextSASRecContract(ModelContract):
         return text_context()
 
 
-def _cold_split() -> tuple[Interactions, int]:
-    """Training data in which the last item of block B never occurs: it exists only as text."""
-    full = two_block_interactions()
-    cold_item = int(BLOCK_B[-1])
-    keep = full.item != cold_item
-    train = full.subset(keep)
-    return train, cold_item
-
-
 @pytest.mark.parametrize(
     "model_type,params",
     [
@@ -92,7 +78,7 @@ def _cold_split() -> tuple[Interactions, int]:
     ],
 )
 def test_text_models_recommend_an_item_nobody_has_interacted_with(model_type, params):
-    train, cold_item = _cold_split()
+    train, cold_item = cold_split()
     cls = registry.get(model_type)
     model = cls(cls.config_cls.model_validate({"type": model_type, **params})).fit(train, None, text_context())
     # A cooking fan who has seen every other block-B item: the only unseen cooking item is the cold one.
@@ -109,7 +95,7 @@ def test_text_models_recommend_an_item_nobody_has_interacted_with(model_type, pa
     ],
 )
 def test_id_only_models_rank_a_cold_item_last(model_type, params):
-    train, cold_item = _cold_split()
+    train, cold_item = cold_split()
     cls = registry.get(model_type)
     model = cls(cls.config_cls.model_validate({"type": model_type, **params})).fit(train, None, None)
     recs = model.recommend(histories=Histories.from_lists([BLOCK_B[:-1]], N_ITEMS), k=N_ITEMS)

@@ -10,8 +10,7 @@ import pytest
 from recloop.artifacts import Artifact
 from recloop.evaluation.report import render_report
 from recloop.steps.base import run_step
-from support.eval_helpers import registered_test_models
-from test_evaluate_step import register_champion, setup_run
+from support.eval_helpers import register_champion, registered_test_models, setup_run
 
 
 @pytest.fixture(scope="module")

@@ -7,58 +7,35 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from recloop.artifacts import Artifact
-from recloop.config import StoreConfig
 from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ArtifactError, ConfigError
 from recloop.evaluation.champion import RemappedScorer
 from recloop.evaluation.protocols import build_queries, load_split, with_sampled_negatives
 from recloop.steps.base import RunParams, run_step
-from recloop.store import ArtifactStore
 from support.eval_helpers import (
     ITEM_IDS,
     N_ITEMS,
     N_USERS,
     USER_IDS,
+    K,
     TableConfig,
     TableScores,
     decoy_of,
+    register_champion,
     registered_test_models,
+    setup_run,
     small_world_frames,
-    table_model,
-    target_of,
     user_sequence,
-    write_small_world,
 )
-from support.helpers import make_config, make_context
-
-K = [1, 5]
 
 
 @pytest.fixture(autouse=True)
 def _test_models():
     with registered_test_models():
         yield
-
-
-def setup_run(
-    tmp_path: Path,
-    candidates: dict[str, str],
-    overrides: dict | None = None,
-    run_id: str = "r1",
-    store: StoreConfig | None = None,
-):
-    cfg = make_config(
-        store or tmp_path / "store",
-        {"evaluation.k": K, "evaluation.primary": "ndcg@5", "evaluation.bootstrap": 200, **(overrides or {})},
-    )
-    log: list[str] = []
-    ctx = make_context(cfg, run_id, log=log)
-    write_small_world(ctx.store, run_id, tmp_path / "bundles", candidates, cfg.config_hash())
-    return ctx, log
 
 
 def metrics_doc(ctx) -> dict:
@@ -151,38 +128,6 @@ def test_valid_split_is_evaluated_on_train_history(tmp_path: Path) -> None:
     # The oracle aims at the test item; on the valid split that item is still unseen and outranks the
     # valid item, which the baseline puts after it: hr@1 = 0 for everyone.
     assert doc["candidates"]["oracle"]["metrics"]["hr@1"]["value"] == 0.0
-
-
-def register_champion(store: ArtifactStore, workdir: Path, drop_user: str = "u5", drop_item: str = "i3") -> int:
-    """A production version trained on other id maps: ids in reverse order, one user and one item fewer."""
-    from recloop.registry import ModelRegistry, VersionSource
-
-    c_users = [u for u in reversed(USER_IDS) if u != drop_user]
-    c_items = [i for i in reversed(ITEM_IDS) if i != drop_item]
-    cu = {u: n for n, u in enumerate(c_users)}
-    ci = {i: n for n, i in enumerate(c_items)}
-    table = np.zeros((len(c_users), len(c_items)), np.float32)
-    for u in range(N_USERS):
-        if USER_IDS[u] in cu and ITEM_IDS[target_of(u)] in ci:
-            table[cu[USER_IDS[u]], ci[ITEM_IDS[target_of(u)]]] = 10.0
-    empty = Interactions.from_arrays([], [], n_users=len(c_users), n_items=len(c_items))
-    model = table_model(empty, table, "champ")
-    root = workdir / "champion-source"
-    bundle = model.save(root / "bundle")
-    maps = root / "id_maps"
-    maps.mkdir(parents=True)
-    pd.DataFrame({"user_idx": np.arange(len(c_users), dtype=np.int32), "user_id": c_users}).to_parquet(
-        maps / "users.parquet"
-    )
-    pd.DataFrame({"item_idx": np.arange(len(c_items), dtype=np.int32), "item_id": c_items}).to_parquet(
-        maps / "items.parquet"
-    )
-    registry = ModelRegistry(store, "test")
-    version = registry.register(
-        VersionSource(bundle_dir=bundle, candidate="champ", model_type="evaltest_table", run_id="r0", id_maps_dir=maps)
-    )
-    registry.promote(version.version, expected=None)
-    return version.version
 
 
 def test_champion_is_re_indexed_through_both_id_maps(tmp_path: Path) -> None:

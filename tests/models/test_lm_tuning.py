@@ -20,8 +20,16 @@ from recloop.models import registry
 from recloop.models.base import FitContext, ItemSide, Recommender
 from recloop.models.text_encoder import TextEncoder
 from support.encoders import TINY_ENCODER_LAYERS
-from support.model_contract import BLOCK_B, N_ITEMS, ModelContract, held_out_interactions, two_block_interactions
-from test_text_models import ITEM_TEXTS, _cold_split, text_context
+from support.model_contract import (
+    BLOCK_B,
+    ITEM_TEXTS,
+    N_ITEMS,
+    ModelContract,
+    cold_split,
+    held_out_interactions,
+    text_context,
+    two_block_interactions,
+)
 
 SEQ = {
     "dim": 16,
@@ -125,7 +133,7 @@ def test_lora_trains_adapters_only(tiny_encoder: str) -> None:
 
 
 def test_tuned_model_recommends_an_item_nobody_has_interacted_with(tiny_encoder: str) -> None:
-    train, cold_item = _cold_split()
+    train, cold_item = cold_split()
     model = _tuned(tiny_encoder, lm_finetune="top_layers", lm_layers=1, epochs=30, patience=30)
     model.fit(train, None, text_context())
     recs = model.recommend(histories=Histories.from_lists([BLOCK_B[:-1]], N_ITEMS), k=1)

@@ -10,8 +10,15 @@ from recloop.data.interactions import Histories
 from recloop.models import registry
 from recloop.models.sasrec import _full_softmax_backward, _left_padded, _lr_schedule
 from recloop.models.sequential_net import SequentialRecommenderNet
-from support.model_contract import BLOCK_A, BLOCK_B, N_ITEMS, ModelContract, two_block_interactions
-from test_text_models import _cold_split, text_context
+from support.model_contract import (
+    BLOCK_A,
+    BLOCK_B,
+    N_ITEMS,
+    ModelContract,
+    cold_split,
+    text_context,
+    two_block_interactions,
+)
 
 
 def _model(model_type: str, **params):
@@ -147,7 +154,7 @@ class TestTextSASRecTextMatchContract(ModelContract):
 
 
 def test_text_match_scores_are_the_inner_product_the_serving_index_uses():
-    train, cold_item = _cold_split()
+    train, cold_item = cold_split()
     model = _model("text_sasrec", dim=16, heads=2, layers=1, max_len=8, epochs=3, text_match_dims=4)
     model.fit(train, None, text_context())
     histories = Histories.from_lists([BLOCK_A[:5], BLOCK_B[:2], [3]], N_ITEMS)

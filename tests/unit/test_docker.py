@@ -291,7 +291,7 @@ def test_build_context_leaves_out_local_state(dockerignore: DockerIgnore) -> Non
         ".venv/bin/python",
         ".git/HEAD",
         ".recloop/store/x",
-        "tests/test_docker.py",
+        "tests/unit/test_docker.py",
         "bench/embed.py",
         "components/recloop_dev/local_stack.py",
         "components/recloop_dev/__init__.py",

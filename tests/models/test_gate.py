@@ -11,9 +11,8 @@ from recloop.config import GateConfig, PipelineConfig, StoreConfig, from_dict
 from recloop.errors import ArtifactError, ConfigError, NotBlessedError
 from recloop.evaluation.gate import judge
 from recloop.steps.base import run_step
-from support.eval_helpers import registered_test_models, write_small_world
+from support.eval_helpers import register_champion, registered_test_models, write_small_world
 from support.helpers import make_config, make_context
-from test_evaluate_step import register_champion
 
 
 def entry(value: float | None) -> dict:
