@@ -29,7 +29,7 @@ from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, Recommender
 from recloop.steps.base import StepContext
 from recloop.store import ArtifactStore
-from support.helpers import make_config, make_context
+from support.helpers import make_config, make_context, restored_model_registry
 
 
 class TableConfig(ModelConfig):
@@ -88,14 +88,10 @@ def registered_test_models() -> Iterator[None]:
     """Register the test-only models for the duration of a test; the global registry is restored after."""
     from recloop.models import registry
 
-    saved = dict(registry._REGISTRY)
-    registry.register(TableConfig)(TableScores)
-    registry.register(RandomConfig)(RandomScores)
-    try:
+    with restored_model_registry():
+        registry.register(TableConfig)(TableScores)
+        registry.register(RandomConfig)(RandomScores)
         yield
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(saved)
 
 
 def split_frame(rows: Sequence[tuple[int, int, int]]) -> pd.DataFrame:

@@ -8,6 +8,8 @@ tiny registered model.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,7 @@ from recloop.artifacts import ArtifactWriter, run_prefix
 from recloop.config import PipelineConfig, StoreConfig, apply_overrides
 from recloop.config.models import ModelConfig
 from recloop.data.interactions import Histories, Interactions
+from recloop.models import registry
 from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 from recloop.steps.base import StepContext
@@ -212,3 +215,16 @@ def fit_counts(seed: int, n_users: int = 6, n_items: int = 12, per_user: int = 5
     users = np.repeat(np.arange(n_users), per_user)
     train = Interactions.from_arrays(users, rng.integers(0, n_items, len(users)), n_users=n_users, n_items=n_items)
     return CountsModel(CountsConfig(seed=seed)).fit(train)
+
+
+@contextlib.contextmanager
+def restored_model_registry() -> Iterator[None]:
+    """Model types registered inside the block are gone again after it."""
+    # The built-ins load lazily; loaded inside the block, the restore would drop them for every later test.
+    registry.available()
+    saved = dict(registry._REGISTRY)
+    try:
+        yield
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)

@@ -15,6 +15,7 @@ from recloop.cli import main
 from recloop.config import StrictModel, docs
 from recloop.config.models import MODEL_CONFIG_TYPES, ChatEndpoint, EncoderConfig, ModelConfig, model_type_name
 from recloop.models import registry
+from support.helpers import restored_model_registry
 from support.paths import REPO
 
 
@@ -162,10 +163,6 @@ def test_register_reads_the_type_from_the_config_class() -> None:
     class ProbeConfig(ModelConfig):
         type: Literal["probe_model"] = Field("probe_model", description="Test-only model type.")
 
-    saved = dict(registry._REGISTRY)
-    try:
+    with restored_model_registry():
         cls = registry.register(ProbeConfig)(type("Probe", (registry.get("popularity"),), {}))
         assert registry.get("probe_model") is cls and cls.type_name == "probe_model"
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(saved)
