@@ -14,6 +14,8 @@ Stores
 Never mock boto3 where S3 is meant: use these fixtures.
 
 Models
+  eval_test_models the test-only models `evaltest_table` and `evaltest_random` (support.eval_helpers) registered
+                   for one test; use with `pytestmark = pytest.mark.usefixtures("eval_test_models")`.
   tiny_encoder     a local text-encoder folder: a random-weight 2-layer BERT (hidden 32) with the packaged
                    MiniLM's tokenizer and pooling files, so encoder code runs for real on a CPU in seconds.
 """
@@ -71,6 +73,15 @@ def any_store(request: pytest.FixtureRequest) -> FileStore | S3Store:
 
 
 # ---------------------------------------------------------------------------------------------- models
+
+
+@pytest.fixture
+def eval_test_models() -> Iterator[None]:
+    """The test-only evaluation models registered for the test, and removed again after it."""
+    from support.eval_helpers import registered_test_models
+
+    with registered_test_models():
+        yield
 
 
 @pytest.fixture(scope="session")

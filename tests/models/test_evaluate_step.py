@@ -25,17 +25,12 @@ from support.eval_helpers import (
     TableScores,
     decoy_of,
     register_champion,
-    registered_test_models,
     setup_run,
     small_world_frames,
     user_sequence,
 )
 
-
-@pytest.fixture(autouse=True)
-def _test_models():
-    with registered_test_models():
-        yield
+pytestmark = pytest.mark.usefixtures("eval_test_models")
 
 
 def metrics_doc(ctx) -> dict:

@@ -11,8 +11,10 @@ from recloop.config import GateConfig, PipelineConfig, StoreConfig, from_dict
 from recloop.errors import ArtifactError, ConfigError, NotBlessedError
 from recloop.evaluation.gate import judge
 from recloop.steps.base import run_step
-from support.eval_helpers import register_champion, registered_test_models, write_small_world
+from support.eval_helpers import register_champion, write_small_world
 from support.helpers import make_config, make_context
+
+pytestmark = pytest.mark.usefixtures("eval_test_models")
 
 
 def entry(value: float | None) -> dict:
@@ -196,12 +198,6 @@ def test_config_accepts_valid_gate() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- step
-
-
-@pytest.fixture(autouse=True)
-def _test_models():
-    with registered_test_models():
-        yield
 
 
 def run_pipeline_tail(

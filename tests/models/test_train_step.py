@@ -132,11 +132,6 @@ def make_ctx(
     return ctx
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FileStore:
-    return FileStore(f"file://{tmp_path / 'store'}")
-
-
 def _valid_split(artifact: Artifact) -> Interactions:
     return Interactions.from_frame(artifact.read_parquet("valid.parquet"), N_USERS, N_ITEMS)
 
@@ -194,68 +189,68 @@ def test_trains_every_candidate_into_its_own_bundle(any_store: ArtifactStore, tm
         assert sum(n for d, n in bars if d == f"train {name}") == pytest.approx(100.0)
 
 
-def test_models_param_trains_only_the_named_candidates(store: FileStore) -> None:
-    write_preprocess(store)
+def test_models_param_trains_only_the_named_candidates(file_store: FileStore) -> None:
+    write_preprocess(file_store)
     models = [
         {"type": "popularity"},
         {"type": "ease", "name": "ease-strong", "lambda": 500},
         {"type": "ease", "name": "ease-weak", "lambda": 1},
     ]
-    ctx = make_ctx(store, models, params=RunParams(models=("ease-weak", "popularity")))
+    ctx = make_ctx(file_store, models, params=RunParams(models=("ease-weak", "popularity")))
     assert list(train_all(ctx)) == ["popularity", "ease-weak"]  # config order
-    assert not Artifact.exists(store, "runs/r1/train/ease-strong")
+    assert not Artifact.exists(file_store, "runs/r1/train/ease-strong")
     with pytest.raises(ConfigError, match="candidate 'ease-strong' is not selected for this run"):
         run_step("train", ctx, candidate="ease-strong")
 
 
-def test_same_config_gives_byte_identical_bundles(store: FileStore) -> None:
-    write_preprocess(store, "r1")
-    write_preprocess(store, "r2")
-    first = train_all(make_ctx(store, FAST_MODELS, run_id="r1"))
-    second = train_all(make_ctx(store, FAST_MODELS, run_id="r2"))
+def test_same_config_gives_byte_identical_bundles(file_store: FileStore) -> None:
+    write_preprocess(file_store, "r1")
+    write_preprocess(file_store, "r2")
+    first = train_all(make_ctx(file_store, FAST_MODELS, run_id="r1"))
+    second = train_all(make_ctx(file_store, FAST_MODELS, run_id="r2"))
     for name in ("popularity", "itemknn", "ease", "mf"):
         key = "arrays.safetensors"
         assert first[name].files[key].sha256 == second[name].files[key].sha256, name
 
 
-def test_committed_artifact_is_reused_and_force_retrains(store: FileStore) -> None:
-    write_preprocess(store)
+def test_committed_artifact_is_reused_and_force_retrains(file_store: FileStore) -> None:
+    write_preprocess(file_store)
     log: list[str] = []
-    first = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log), candidate="popularity")
-    again = run_step("train", make_ctx(store, FAST_MODELS[:1], log=log), candidate="popularity")
+    first = run_step("train", make_ctx(file_store, FAST_MODELS[:1], log=log), candidate="popularity")
+    again = run_step("train", make_ctx(file_store, FAST_MODELS[:1], log=log), candidate="popularity")
     assert again.created_at == first.created_at
     assert any(line.startswith("train popularity: reusing committed artifact") for line in log)
     forced = run_step(
-        "train", make_ctx(store, FAST_MODELS[:1], log=log, params=RunParams(force=True)), candidate="popularity"
+        "train", make_ctx(file_store, FAST_MODELS[:1], log=log, params=RunParams(force=True)), candidate="popularity"
     )
     assert forced.files["arrays.safetensors"].sha256 == first.files["arrays.safetensors"].sha256
 
 
-def test_a_candidate_is_reused_whichever_others_the_run_selects(store: FileStore) -> None:
-    write_preprocess(store)
-    first = train_all(make_ctx(store, FAST_MODELS[:2]))
+def test_a_candidate_is_reused_whichever_others_the_run_selects(file_store: FileStore) -> None:
+    write_preprocess(file_store)
+    first = train_all(make_ctx(file_store, FAST_MODELS[:2]))
     log: list[str] = []
-    only = make_ctx(store, FAST_MODELS[:2], log=log, params=RunParams(models=("itemknn",)))
+    only = make_ctx(file_store, FAST_MODELS[:2], log=log, params=RunParams(models=("itemknn",)))
     again = run_step("train", only, candidate="itemknn")
     assert again.created_at == first["itemknn"].created_at
-    assert log == [f"train itemknn: reusing committed artifact {store.uri('runs/r1/train/itemknn')}"]
+    assert log == [f"train itemknn: reusing committed artifact {file_store.uri('runs/r1/train/itemknn')}"]
 
 
 # ---------------------------------------------------------------------------------------------- errors
 
 
-def test_unknown_candidate_name_lists_the_configured_ones(store: FileStore) -> None:
-    write_preprocess(store)
-    ctx = make_ctx(store, FAST_MODELS[:2], params=RunParams(models=("ease",)))
+def test_unknown_candidate_name_lists_the_configured_ones(file_store: FileStore) -> None:
+    write_preprocess(file_store)
+    ctx = make_ctx(file_store, FAST_MODELS[:2], params=RunParams(models=("ease",)))
     with pytest.raises(ConfigError, match=r"unknown candidate\(s\) 'ease'; configured candidates: popularity, itemknn"):
         train_all(ctx)
-    assert not store.list("runs/r1/train")
+    assert not file_store.list("runs/r1/train")
 
 
-def test_no_models_configured_is_a_config_error(store: FileStore) -> None:
-    write_preprocess(store)
+def test_no_models_configured_is_a_config_error(file_store: FileStore) -> None:
+    write_preprocess(file_store)
     with pytest.raises(ConfigError, match="no candidate models are configured"):
-        train_all(make_ctx(store, []))
+        train_all(make_ctx(file_store, []))
 
 
 def test_duplicate_candidate_names_are_rejected_at_load(tmp_path: Path) -> None:
@@ -283,49 +278,49 @@ def test_candidate_name_must_be_a_folder_name(tmp_path: Path) -> None:
         )
 
 
-def test_missing_or_incomplete_preprocess_artifact(store: FileStore) -> None:
+def test_missing_or_incomplete_preprocess_artifact(file_store: FileStore) -> None:
     with pytest.raises(
         ArtifactError,
         match="train cannot run: input 'preprocess' \\(dataset\\): .*runs/r1/preprocess "
         "has no _MANIFEST.json.*run it first",
     ):
-        train_all(make_ctx(store, FAST_MODELS[:1]))
-    with ArtifactWriter(store, "runs/r1/preprocess", step="preprocess", run_id="r1") as w:
+        train_all(make_ctx(file_store, FAST_MODELS[:1]))
+    with ArtifactWriter(file_store, "runs/r1/preprocess", step="preprocess", run_id="r1") as w:
         w.put_json("stats.json", {})
     with pytest.raises(ArtifactError, match="lacks train.parquet, valid.parquet"):
-        train_all(make_ctx(store, FAST_MODELS[:1]))
+        train_all(make_ctx(file_store, FAST_MODELS[:1]))
 
 
-def test_empty_train_split_is_a_data_error(store: FileStore) -> None:
-    write_preprocess(store, empty_train=True)
+def test_empty_train_split_is_a_data_error(file_store: FileStore) -> None:
+    write_preprocess(file_store, empty_train=True)
     with pytest.raises(DataError, match="train split .* is empty"):
-        train_all(make_ctx(store, FAST_MODELS[:1]))
+        train_all(make_ctx(file_store, FAST_MODELS[:1]))
 
 
-def test_failed_candidate_leaves_every_committed_artifact_alone(store: FileStore) -> None:
-    write_preprocess(store)
+def test_failed_candidate_leaves_every_committed_artifact_alone(file_store: FileStore) -> None:
+    write_preprocess(file_store)
     models = [FAST_MODELS[0], {"type": "ease", "lambda": 10}]
-    first = train_all(make_ctx(store, models))
+    first = train_all(make_ctx(file_store, models))
     # EASE refusing the catalog (max_items) fails its own node; popularity's artifact stays as it was.
     failing = [FAST_MODELS[0], {"type": "ease", "max_items": 5}]
-    ctx = make_ctx(store, failing, params=RunParams(force=True))
+    ctx = make_ctx(file_store, failing, params=RunParams(force=True))
     run_step("train", ctx, candidate="popularity")
     with pytest.raises(ConfigError, match="20 items, more than max_items=5"):
         run_step("train", ctx, candidate="ease")
-    still = Artifact.open(store, "runs/r1/train/ease")
+    still = Artifact.open(file_store, "runs/r1/train/ease")
     assert still.manifest.created_at == first["ease"].created_at
-    assert Artifact.exists(store, "runs/r1/train/popularity")
+    assert Artifact.exists(file_store, "runs/r1/train/popularity")
 
 
 # ---------------------------------------------------------------------------------------------- text models
 
 
-def test_text_models_embed_through_the_store_cache(store: FileStore) -> None:
-    write_preprocess(store)
+def test_text_models_embed_through_the_store_cache(file_store: FileStore) -> None:
+    write_preprocess(file_store)
     log: list[str] = []
-    train_all(make_ctx(store, [{"type": "text_knn"}], log=log))
+    train_all(make_ctx(file_store, [{"type": "text_knn"}], log=log))
     assert any("embedded 20 item texts" in line and "(20 encoded, 0 from the cache)" in line for line in log)
-    assert store.list("cache/embeddings")
+    assert file_store.list("cache/embeddings")
     log.clear()
-    train_all(make_ctx(store, [{"type": "text_knn"}], log=log, params=RunParams(force=True)))
+    train_all(make_ctx(file_store, [{"type": "text_knn"}], log=log, params=RunParams(force=True)))
     assert any("(0 encoded, 20 from the cache)" in line for line in log)

@@ -25,12 +25,6 @@ from support.helpers import CountsModel, fit_counts
 N_USERS, N_ITEMS = 5, 9
 
 
-@pytest.fixture
-def store(any_store: Any) -> Any:
-    """Every test runs against file:// and against S3 (SeaweedFS, from tests/conftest.py)."""
-    return any_store
-
-
 def make_config(store: Any, name: str = "movies") -> config_mod.PipelineConfig:
     return config_mod.from_dict(
         {"name": name, "store": {"root": store.root}, "data": {"interactions": {"path": "/data/ratings.csv"}}}
@@ -155,10 +149,10 @@ def alias_bytes(store: Any) -> bytes | None:
 # ---------------------------------------------------------------------------------------------- happy path
 
 
-def test_publish_registers_the_version_and_moves_the_alias(store, tmp_path: Path) -> None:
-    build_run(store, tmp_path, "r1", seed=1)
-    manifest = publish(store, "r1")
-    assert manifest.uri == store.uri("runs/r1/publish")
+def test_publish_registers_the_version_and_moves_the_alias(any_store, tmp_path: Path) -> None:
+    build_run(any_store, tmp_path, "r1", seed=1)
+    manifest = publish(any_store, "r1")
+    assert manifest.uri == any_store.uri("runs/r1/publish")
     assert {
         k: manifest.summary[k]
         for k in ("model_name", "version", "candidate", "dry_run", "promoted", "previous_version")
@@ -170,15 +164,15 @@ def test_publish_registers_the_version_and_moves_the_alias(store, tmp_path: Path
         "promoted": True,
         "previous_version": None,
     }
-    reg = ModelRegistry(store, "movies")
+    reg = ModelRegistry(any_store, "movies")
     alias = reg.production()
     assert (alias.version, alias.previous_version, alias.run_id, alias.uri) == (
         1,
         None,
         "r1",
-        store.uri("models/movies/v1"),
+        any_store.uri("models/movies/v1"),
     )
-    assert alias.reason == f"blessed by {store.uri('runs/r1/gate')} (counts, ndcg@10=0.3)"
+    assert alias.reason == f"blessed by {any_store.uri('runs/r1/gate')} (counts, ndcg@10=0.3)"
     version = reg.get(1)
     assert (
         version.candidate,
@@ -192,10 +186,10 @@ def test_publish_registers_the_version_and_moves_the_alias(store, tmp_path: Path
     assert version.metrics["candidates"]["counts"]["metrics"]["ndcg@10"]["value"] == 0.3
     assert version.config["name"] == "movies"
     assert version.lineage == {
-        **{role: store.uri(f"runs/r1/{role}") for role in ("gate", "evaluate", "preprocess", "ingest")},
-        "train": store.uri("runs/r1/train/counts"),
+        **{role: any_store.uri(f"runs/r1/{role}") for role in ("gate", "evaluate", "preprocess", "ingest")},
+        "train": any_store.uri("runs/r1/train/counts"),
     }
-    files = set(Artifact.open(store, "models/movies/v1").manifest.files)
+    files = set(Artifact.open(any_store, "models/movies/v1").manifest.files)
     assert {
         "model/model.json",
         "model/arrays.safetensors",
@@ -219,29 +213,29 @@ def test_publish_registers_the_version_and_moves_the_alias(store, tmp_path: Path
     ]
 
     # The next run was evaluated against v1 and replaces it; publishing again is a no-op.
-    build_run(store, tmp_path, "r2", seed=2, champion=1)
-    assert publish(store, "r2").summary["version"] == 2
+    build_run(any_store, tmp_path, "r2", seed=2, champion=1)
+    assert publish(any_store, "r2").summary["version"] == 2
     assert (reg.production().version, reg.production().previous_version) == (2, 1)
-    again = publish(store, "r2")
+    again = publish(any_store, "r2")
     assert (again.summary["version"], again.summary["previous_version"]) == (2, 2)
     assert [v.version for v in reg.list_versions()] == [1, 2]
     assert reg.history()[-1].outcome == "noop"
 
 
-def test_dry_run_registers_but_does_not_move_the_alias(store, tmp_path: Path) -> None:
-    build_run(store, tmp_path, "r1", seed=1)
-    publish(store, "r1")
-    build_run(store, tmp_path, "r2", seed=2, champion=1)
-    before = alias_bytes(store)
-    manifest = publish(store, "r2", dry_run=True)
-    assert manifest.uri == store.uri("runs/r2/publish-dry-run")
+def test_dry_run_registers_but_does_not_move_the_alias(any_store, tmp_path: Path) -> None:
+    build_run(any_store, tmp_path, "r1", seed=1)
+    publish(any_store, "r1")
+    build_run(any_store, tmp_path, "r2", seed=2, champion=1)
+    before = alias_bytes(any_store)
+    manifest = publish(any_store, "r2", dry_run=True)
+    assert manifest.uri == any_store.uri("runs/r2/publish-dry-run")
     assert (manifest.summary["dry_run"], manifest.summary["promoted"], manifest.summary["version"]) == (True, False, 2)
-    assert alias_bytes(store) == before
-    assert not Artifact.exists(store, "runs/r2/publish")  # a real publish of r2 will not be skipped
-    reg = ModelRegistry(store, "movies")
+    assert alias_bytes(any_store) == before
+    assert not Artifact.exists(any_store, "runs/r2/publish")  # a real publish of r2 will not be skipped
+    reg = ModelRegistry(any_store, "movies")
     assert reg.history()[-1].outcome == "dry_run"
     # The real publish reuses the dry run's version instead of registering the bundle twice.
-    real = publish(store, "r2")
+    real = publish(any_store, "r2")
     assert (real.summary["version"], real.summary["promoted"]) == (2, True)
     assert [v.version for v in reg.list_versions()] == [1, 2]
     assert reg.production().version == 2
@@ -356,29 +350,29 @@ def test_missing_or_unreadable_blessing_is_refused(file_store: FileStore, tmp_pa
 # ---------------------------------------------------------------------------------------------- broken bundles
 
 
-def test_corrupt_bundle_is_refused_and_alias_untouched(store, tmp_path: Path) -> None:
-    build_run(store, tmp_path, "r0", seed=0)
-    publish(store, "r0")
-    before = alias_bytes(store)
-    build_run(store, tmp_path, "r1", seed=1, champion=1)
-    data = bytearray(store.get_bytes("runs/r1/train/counts/arrays.safetensors"))
+def test_corrupt_bundle_is_refused_and_alias_untouched(any_store, tmp_path: Path) -> None:
+    build_run(any_store, tmp_path, "r0", seed=0)
+    publish(any_store, "r0")
+    before = alias_bytes(any_store)
+    build_run(any_store, tmp_path, "r1", seed=1, champion=1)
+    data = bytearray(any_store.get_bytes("runs/r1/train/counts/arrays.safetensors"))
     data[len(data) // 2] ^= 0xFF
-    store.put_bytes("runs/r1/train/counts/arrays.safetensors", bytes(data))
+    any_store.put_bytes("runs/r1/train/counts/arrays.safetensors", bytes(data))
     with pytest.raises(
         ArtifactError,
         match=r"cannot publish candidate 'counts': its bundle .* missing or corrupt "
         r"\(.*does not match its manifest",
     ):
-        publish(store, "r1")
-    store.delete("runs/r1/train/counts/arrays.safetensors")
+        publish(any_store, "r1")
+    any_store.delete("runs/r1/train/counts/arrays.safetensors")
     with pytest.raises(
         ArtifactError,
         match=r"missing or corrupt \(.*lists 'arrays.safetensors' but the file "
         r"is missing",
     ):
-        publish(store, "r1")
-    assert alias_bytes(store) == before
-    assert [v.version for v in ModelRegistry(store, "movies").list_versions()] == [1]
+        publish(any_store, "r1")
+    assert alias_bytes(any_store) == before
+    assert [v.version for v in ModelRegistry(any_store, "movies").list_versions()] == [1]
 
 
 def test_bundle_that_verifies_but_does_not_load_is_refused(file_store: FileStore, tmp_path: Path) -> None:
@@ -400,21 +394,21 @@ def test_bundle_that_verifies_but_does_not_load_is_refused(file_store: FileStore
 # ---------------------------------------------------------------------------------------------- races
 
 
-def test_champion_moved_since_evaluation_is_a_conflict(store, tmp_path: Path) -> None:
-    build_run(store, tmp_path, "r1", seed=1)
-    publish(store, "r1")
+def test_champion_moved_since_evaluation_is_a_conflict(any_store, tmp_path: Path) -> None:
+    build_run(any_store, tmp_path, "r1", seed=1)
+    publish(any_store, "r1")
     for run_id, seed in (("r2", 2), ("r3", 3)):
-        build_run(store, tmp_path, run_id, seed, champion=1)
-    publish(store, "r2")
-    before = alias_bytes(store)
+        build_run(any_store, tmp_path, run_id, seed, champion=1)
+    publish(any_store, "r2")
+    before = alias_bytes(any_store)
     with pytest.raises(
         AliasConflict,
         match=r"production of 'movies' points at v2, but this publish was decided "
         r"against v1; the alias was not changed",
     ):
-        publish(store, "r3")
-    assert alias_bytes(store) == before
-    reg = ModelRegistry(store, "movies")
+        publish(any_store, "r3")
+    assert alias_bytes(any_store) == before
+    reg = ModelRegistry(any_store, "movies")
     assert [v.version for v in reg.list_versions()] == [1, 2, 3]  # r3 stays registered, unpromoted
     assert [(e.action, e.outcome, e.version, e.expected_version) for e in reg.history() if e.action == "publish"] == [
         ("publish", "success", 1, None),
@@ -423,18 +417,18 @@ def test_champion_moved_since_evaluation_is_a_conflict(store, tmp_path: Path) ->
     ]
 
 
-def test_two_publish_steps_racing_end_consistent(store, tmp_path: Path) -> None:
-    build_run(store, tmp_path, "r1", seed=1)
-    publish(store, "r1")
+def test_two_publish_steps_racing_end_consistent(any_store, tmp_path: Path) -> None:
+    build_run(any_store, tmp_path, "r1", seed=1)
+    publish(any_store, "r1")
     for run_id, seed in (("r2", 2), ("r3", 3)):
-        build_run(store, tmp_path, run_id, seed, champion=1)
+        build_run(any_store, tmp_path, run_id, seed, champion=1)
     barrier = threading.Barrier(2)
     results: dict[str, str] = {}
 
     def go(run_id: str) -> None:
         barrier.wait()
         try:
-            results[run_id] = f"v{publish(store, run_id).summary['version']}"
+            results[run_id] = f"v{publish(any_store, run_id).summary['version']}"
         except AliasConflict:
             results[run_id] = "conflict"
 
@@ -445,7 +439,7 @@ def test_two_publish_steps_racing_end_consistent(store, tmp_path: Path) -> None:
         t.join()
     assert sorted(results.values())[0] == "conflict" and sorted(results.values())[1] in ("v2", "v3")
     winner = next(r for r, res in results.items() if res != "conflict")
-    reg = ModelRegistry(store, "movies")
+    reg = ModelRegistry(any_store, "movies")
     alias = reg.production()
     assert (alias.run_id, alias.previous_version, alias.generation) == (winner, 1, 2)
     attempts = {(e.run_id, e.outcome) for e in reg.history() if e.action == "publish" and e.run_id != "r1"}
@@ -483,29 +477,29 @@ class OutageStore:
 
 
 @pytest.mark.parametrize("broken_at", ["bundle upload", "alias", "everything under models/"])
-def test_store_outage_during_publish_leaves_the_alias_untouched(store, tmp_path: Path, broken_at: str) -> None:
-    build_run(store, tmp_path, "r1", seed=1)
-    publish(store, "r1")
-    build_run(store, tmp_path, "r2", seed=2, champion=1)
-    before = alias_bytes(store)
+def test_store_outage_during_publish_leaves_the_alias_untouched(any_store, tmp_path: Path, broken_at: str) -> None:
+    build_run(any_store, tmp_path, "r1", seed=1)
+    publish(any_store, "r1")
+    build_run(any_store, tmp_path, "r2", seed=2, champion=1)
+    before = alias_bytes(any_store)
     broken = {
         "bundle upload": lambda k: k.endswith("v2/model/arrays.safetensors"),
         "alias": lambda k: k.endswith("production.json"),
         "everything under models/": lambda k: k.startswith("models/"),
     }[broken_at]
-    flaky = OutageStore(store, broken)
-    ctx = StepContext(make_config(store), flaky, "r2", RunParams(force=True), log=lambda m: None)
+    flaky = OutageStore(any_store, broken)
+    ctx = StepContext(make_config(any_store), flaky, "r2", RunParams(force=True), log=lambda m: None)
     with pytest.raises(StoreError, match="could not connect to the endpoint"):
         run_step("publish", ctx)
-    assert alias_bytes(store) == before
-    reg = ModelRegistry(store, "movies")
+    assert alias_bytes(any_store) == before
+    reg = ModelRegistry(any_store, "movies")
     assert reg.production().version == 1
     committed = [v.version for v in reg.list_versions()]
     assert committed == ([1, 2] if broken_at == "alias" else [1])
     # Once the store is back the same publish completes: it reuses a committed version, and a number
     # claimed by the failed attempt (the bundle upload case) is never handed out again.
     expected_version = {"bundle upload": 3, "alias": 2, "everything under models/": 2}[broken_at]
-    assert publish(store, "r2").summary["version"] == expected_version
+    assert publish(any_store, "r2").summary["version"] == expected_version
     assert reg.production().version == expected_version
 
 

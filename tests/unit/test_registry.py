@@ -56,12 +56,6 @@ def make_source(tmp: Path, seed: int, run_id: str | None = None) -> VersionSourc
     )
 
 
-@pytest.fixture
-def store(any_store: Any) -> Any:
-    """Every test runs against file:// and against S3 (SeaweedFS, from tests/conftest.py)."""
-    return any_store
-
-
 class FaultyStore:
     """A real store with a hook run before chosen operations (to inject races and outages)."""
 
@@ -89,8 +83,8 @@ class FaultyStore:
 # ---------------------------------------------------------------------------------------------- versions
 
 
-def test_register_numbers_versions_and_stores_everything(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies", actor="alice")
+def test_register_numbers_versions_and_stores_everything(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies", actor="alice")
     assert reg.list_versions() == []
     assert reg.production() is None
     v1 = reg.register(make_source(tmp_path, 1))
@@ -105,23 +99,23 @@ def test_register_numbers_versions_and_stores_everything(store, tmp_path: Path) 
         "alice",
     )
     assert listed.split_fingerprint == "fp2" and listed.primary_value == pytest.approx(0.2)
-    assert listed.uri == store.uri("models/movies/v2")
+    assert listed.uri == any_store.uri("models/movies/v2")
     full = reg.get(2)
     assert full.metrics["candidates"]["counts"]["metrics"]["ndcg@10"]["value"] == pytest.approx(0.2)
     assert (full.blessing["decision"], full.blessing["champion_version"]) == ("blessed", 1)
     assert full.lineage == {"train": "file:///runs/run-2/train"}
-    assert list_models(store) == ["movies"]
+    assert list_models(any_store) == ["movies"]
     # the stored bundle is the saved model, byte for byte loadable
     model = Recommender.load(reg.download(2, tmp_path / "dl"))
     np.testing.assert_array_equal(model.counts, fit_counts(2).counts)
     with pytest.raises(ArtifactError, match=r"has no version 7 .*versions: v1, v2"):
         reg.get(7)
     with pytest.raises(ConfigError, match="not a valid registry model name"):
-        ModelRegistry(store, "../etc")
+        ModelRegistry(any_store, "../etc")
 
 
-def test_version_numbers_are_never_reused_after_a_failed_publish(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies")
+def test_version_numbers_are_never_reused_after_a_failed_publish(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies")
     reg.register(make_source(tmp_path, 1))
 
     def fail_on_bundle(op: str, key: str) -> None:
@@ -129,12 +123,12 @@ def test_version_numbers_are_never_reused_after_a_failed_publish(store, tmp_path
             raise StoreError("simulated outage while uploading")
 
     with pytest.raises(StoreError, match="simulated outage"):
-        ModelRegistry(FaultyStore(store, fail_on_bundle), "movies").register(make_source(tmp_path, 2))
+        ModelRegistry(FaultyStore(any_store, fail_on_bundle), "movies").register(make_source(tmp_path, 2))
     assert [v.version for v in reg.list_versions()] == [1]  # the half-written v2 is invisible
     assert reg.register(make_source(tmp_path, 3)).version == 3
 
 
-def test_concurrent_registrations_get_distinct_numbers(store, tmp_path: Path) -> None:
+def test_concurrent_registrations_get_distinct_numbers(any_store, tmp_path: Path) -> None:
     sources = [make_source(tmp_path, seed) for seed in range(1, 7)]
     barrier = threading.Barrier(len(sources))
     got: dict[str, int] = {}
@@ -143,7 +137,7 @@ def test_concurrent_registrations_get_distinct_numbers(store, tmp_path: Path) ->
     def work(src: VersionSource) -> None:
         try:
             barrier.wait()
-            got[src.run_id] = ModelRegistry(store, "movies").register(src).version
+            got[src.run_id] = ModelRegistry(any_store, "movies").register(src).version
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -154,15 +148,15 @@ def test_concurrent_registrations_get_distinct_numbers(store, tmp_path: Path) ->
         t.join()
     assert errors == []
     assert sorted(got.values()) == [1, 2, 3, 4, 5, 6]
-    reg = ModelRegistry(store, "movies")
+    reg = ModelRegistry(any_store, "movies")
     assert {v.version: v.run_id for v in reg.list_versions()} == {v: run for run, v in got.items()}
 
 
 # ---------------------------------------------------------------------------------------------- alias
 
 
-def test_promote_checks_the_expected_champion(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies", actor="bob")
+def test_promote_checks_the_expected_champion(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies", actor="bob")
     for seed in (1, 2, 3):
         reg.register(make_source(tmp_path, seed))
     first = reg.promote(1, expected=None, reason="first model", run_id="run-1")
@@ -177,8 +171,8 @@ def test_promote_checks_the_expected_champion(store, tmp_path: Path) -> None:
         "first model",
         1,
     )
-    assert alias.uri == store.uri("models/movies/v1")
-    raw = json.loads(store.get_bytes("models/movies/production.json"))
+    assert alias.uri == any_store.uri("models/movies/v1")
+    raw = json.loads(any_store.get_bytes("models/movies/production.json"))
     assert {"version", "uri", "previous_version", "updated_at", "run_id", "actor", "reason"} <= set(raw)
 
     with pytest.raises(AliasConflict, match=r"points at v1, but this promote was decided against nothing") as info:
@@ -205,9 +199,9 @@ def test_promote_checks_the_expected_champion(store, tmp_path: Path) -> None:
     assert [e.seq for e in reg.history()] == list(range(1, 8))
 
 
-def test_lost_compare_and_swap_is_retried_or_reported(store, tmp_path: Path) -> None:
+def test_lost_compare_and_swap_is_retried_or_reported(any_store, tmp_path: Path) -> None:
     """Another writer moves the alias between our read and our write: the CAS must notice."""
-    reg = ModelRegistry(store, "movies")
+    reg = ModelRegistry(any_store, "movies")
     for seed in (1, 2, 3, 4):
         reg.register(make_source(tmp_path, seed))
     reg.promote(1, expected=None)
@@ -217,7 +211,7 @@ def test_lost_compare_and_swap_is_retried_or_reported(store, tmp_path: Path) -> 
         if key.endswith("production.json") and rivals:
             reg.promote(rivals.pop(0))  # the rival, through the plain store, wins the race
 
-    racer = ModelRegistry(FaultyStore(store, sneak_in), "movies", actor="racer")
+    racer = ModelRegistry(FaultyStore(any_store, sneak_in), "movies", actor="racer")
     # A publisher evaluated against v1 must not replace v2, which it never saw.
     rivals.append(2)
     with pytest.raises(AliasConflict, match="points at v2, but this promote was decided against v1"):
@@ -241,8 +235,8 @@ def test_lost_compare_and_swap_is_retried_or_reported(store, tmp_path: Path) -> 
     assert conflicts == [(3, 2, 1, "racer")]
 
 
-def test_two_racing_publishers_one_wins_both_recorded(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies")
+def test_two_racing_publishers_one_wins_both_recorded(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies")
     reg.register(make_source(tmp_path, 1))
     reg.promote(1, expected=None)
     candidates = [reg.register(make_source(tmp_path, s)).version for s in (2, 3)]
@@ -252,7 +246,7 @@ def test_two_racing_publishers_one_wins_both_recorded(store, tmp_path: Path) -> 
     def publish(version: int) -> None:
         barrier.wait()
         try:
-            ModelRegistry(store, "movies", actor=f"pub-{version}").promote(
+            ModelRegistry(any_store, "movies", actor=f"pub-{version}").promote(
                 version, expected=1, action="publish", run_id=f"run-{version}"
             )
             outcome[version] = "success"
@@ -307,13 +301,13 @@ def _store_config_json(store: Any, request: pytest.FixtureRequest) -> str:
 
 @pytest.mark.parametrize("mode", ["expect1", "any"])
 def test_racing_processes_keep_the_alias_consistent(
-    store, tmp_path: Path, mode: str, request: pytest.FixtureRequest
+    any_store, tmp_path: Path, mode: str, request: pytest.FixtureRequest
 ) -> None:
-    reg = ModelRegistry(store, "movies")
+    reg = ModelRegistry(any_store, "movies")
     for seed in (1, 2, 3, 4):
         reg.register(make_source(tmp_path, seed))
     reg.promote(1, expected=None)
-    cfg = _store_config_json(store, request)
+    cfg = _store_config_json(any_store, request)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _RACER, cfg, str(v), mode],
@@ -353,8 +347,8 @@ def test_racing_processes_keep_the_alias_consistent(
 # ---------------------------------------------------------------------------------------------- rollback
 
 
-def test_rollback_restores_previous_recommendations_exactly(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies")
+def test_rollback_restores_previous_recommendations_exactly(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies")
     for seed in (1, 2):
         reg.register(make_source(tmp_path, seed))
     users = np.arange(6)
@@ -390,8 +384,8 @@ def test_rollback_restores_previous_recommendations_exactly(store, tmp_path: Pat
     assert rollbacks == [("success", 1, 2), ("success", 2, 1), ("success", 1, 2)]
 
 
-def test_rollback_without_a_previous_version_says_what_to_do(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies")
+def test_rollback_without_a_previous_version_says_what_to_do(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies")
     with pytest.raises(RecloopError, match="no production version to roll back"):
         reg.rollback()
     reg.register(make_source(tmp_path, 1))
@@ -403,25 +397,25 @@ def test_rollback_without_a_previous_version_says_what_to_do(store, tmp_path: Pa
 # ---------------------------------------------------------------------------------------------- failures
 
 
-def test_store_outage_at_the_alias_leaves_it_untouched(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies")
+def test_store_outage_at_the_alias_leaves_it_untouched(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies")
     for seed in (1, 2):
         reg.register(make_source(tmp_path, seed))
     reg.promote(1, expected=None)
-    before = store.get_bytes("models/movies/production.json")
+    before = any_store.get_bytes("models/movies/production.json")
 
     def outage(op: str, key: str) -> None:
         raise StoreError("connection refused")
 
     with pytest.raises(StoreError, match=r"could not move the production alias of 'movies' to v2 .*still points at v1"):
-        ModelRegistry(FaultyStore(store, outage), "movies").promote(2, expected=1)
-    assert store.get_bytes("models/movies/production.json") == before
+        ModelRegistry(FaultyStore(any_store, outage), "movies").promote(2, expected=1)
+    assert any_store.get_bytes("models/movies/production.json") == before
 
 
-def test_corrupt_alias_is_reported_and_repairable(store, tmp_path: Path) -> None:
-    reg = ModelRegistry(store, "movies")
+def test_corrupt_alias_is_reported_and_repairable(any_store, tmp_path: Path) -> None:
+    reg = ModelRegistry(any_store, "movies")
     reg.register(make_source(tmp_path, 1))
-    store.put_bytes("models/movies/production.json", b"{not json")
+    any_store.put_bytes("models/movies/production.json", b"{not json")
     with pytest.raises(ArtifactError, match=r"production.json is corrupt .*recloop model rollback NAME --to VERSION"):
         reg.production()
     with pytest.raises(ArtifactError, match="corrupt"):
