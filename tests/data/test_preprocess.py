@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from recloop.artifacts import Artifact
+from recloop.artifacts.kinds import Dataset
 from recloop.data.preprocess import filter_min_counts
 from recloop.data.splits import TEST, TRAIN, VALID, leave_last_out, resolve_cutoffs, time_cutoff
 from recloop.errors import DataError
@@ -49,11 +52,11 @@ def _run(
     if validate:
         inputs["validate"] = run_step("validate", ctx).uri
     manifest = preprocess.run(ctx, inputs, ctx.store.uri("runs/r1/preprocess"))
-    return Artifact.open(ctx.store, "runs/r1/preprocess"), manifest
+    return Dataset.open(ctx.store, "runs/r1/preprocess"), manifest
 
 
-def _rows(art: Artifact, name: str) -> list[tuple]:
-    df = art.read_parquet(name)
+def _rows(art: Dataset, split: Literal["train", "valid", "test"]) -> list[tuple]:
+    df = art.split(split)
     return [tuple(r) for r in df[["user_idx", "item_idx", "timestamp"]].itertuples(index=False)]
 
 
@@ -61,18 +64,18 @@ def test_leave_last_out_exact_ids_splits_and_stats(tmp_path):
     art, manifest = _run(tmp_path, EVENTS)
 
     # Users in numeric id order (1, 2, 3, 10), not lexicographic; items a..d.
-    users = art.read_parquet("id_maps/users.parquet")
+    users = art.user_ids()
     assert users["user_id"].tolist() == ["1", "2", "3", "10"]
     assert users["user_idx"].tolist() == [0, 1, 2, 3]
-    assert art.read_parquet("id_maps/items.parquet")["item_id"].tolist() == ["a", "b", "c", "d"]
+    assert art.item_ids()["item_id"].tolist() == ["a", "b", "c", "d"]
 
     # User 1's tie at t=300 is broken by source order: c (row 3) is valid, d (row 4) is test.
     # User "3" has a single event and stays in train; user "10" has two: one train, one test.
-    assert _rows(art, "train.parquet") == [(0, 0, 100), (0, 1, 200), (1, 1, 150), (2, 2, 500), (3, 3, 120)]
-    assert _rows(art, "valid.parquet") == [(0, 2, 300), (1, 2, 250)]
-    assert _rows(art, "test.parquet") == [(0, 3, 300), (1, 0, 350), (3, 0, 220)]
+    assert _rows(art, "train") == [(0, 0, 100), (0, 1, 200), (1, 1, 150), (2, 2, 500), (3, 3, 120)]
+    assert _rows(art, "valid") == [(0, 2, 300), (1, 2, 250)]
+    assert _rows(art, "test") == [(0, 3, 300), (1, 0, 350), (3, 0, 220)]
 
-    train = art.read_parquet("train.parquet")
+    train = art.split("train")
     assert {c: str(t) for c, t in train.dtypes.items()} == {
         "user_idx": "int32",
         "item_idx": "int32",
@@ -88,7 +91,7 @@ def test_leave_last_out_exact_ids_splits_and_stats(tmp_path):
     assert s["density"] == pytest.approx(10 / 16)
     assert s["split"] == "leave_last_out"
 
-    stats = art.read_json("stats.json")
+    stats = art.stats()
     assert stats["input_rows"] == 11
     assert stats["dropped"]["duplicates"] == 1
     assert stats["dropped"]["min_count_filter"] == 0
@@ -110,7 +113,7 @@ def test_leave_last_out_exact_ids_splits_and_stats(tmp_path):
         "stats.json",
     }
 
-    items = art.read_parquet("items.parquet")  # no catalog: text is the item id
+    items = art.items()  # no catalog: text is the item id
     assert items["text"].tolist() == ["a", "b", "c", "d"]
     assert [list(c) for c in items["categories"]] == [[], [], [], []]
 
@@ -127,14 +130,14 @@ def test_time_cutoff_explicit_drops_heldout_without_ids(tmp_path):
     )
     # Train is t <= 200: users 1, 2, 10 and items a, b, d get ids. User "3" (only a test event) and
     # item c (no training event) cannot be scored, so their held-out events are dropped.
-    assert art.read_parquet("id_maps/users.parquet")["user_id"].tolist() == ["1", "2", "10"]
-    assert art.read_parquet("id_maps/items.parquet")["item_id"].tolist() == ["a", "b", "d"]
-    assert _rows(art, "train.parquet") == [(0, 0, 100), (0, 1, 200), (1, 1, 150), (2, 2, 120)]
-    assert _rows(art, "valid.parquet") == [(0, 2, 300), (2, 0, 220)]
-    assert _rows(art, "test.parquet") == [(1, 0, 350)]
+    assert art.user_ids()["user_id"].tolist() == ["1", "2", "10"]
+    assert art.item_ids()["item_id"].tolist() == ["a", "b", "d"]
+    assert _rows(art, "train") == [(0, 0, 100), (0, 1, 200), (1, 1, 150), (2, 2, 120)]
+    assert _rows(art, "valid") == [(0, 2, 300), (2, 0, 220)]
+    assert _rows(art, "test") == [(1, 0, 350)]
     assert manifest.summary["cutoff"] == "1970-01-01T00:05:00+00:00"
     assert manifest.summary["valid_cutoff"] == "1970-01-01T00:03:20+00:00"
-    stats = art.read_json("stats.json")
+    stats = art.stats()
     assert stats["dropped"]["heldout_user_without_training_events"] == 1
     assert stats["dropped"]["heldout_item_without_id"] == 2
 
@@ -158,13 +161,13 @@ def test_catalog_items_all_keeps_cold_items_with_catalog_text(tmp_path):
         },
         items=catalog,
     )
-    items = art.read_parquet("items.parquet")
+    items = art.items()
     assert items["item_idx"].tolist() == [0, 1, 2, 3, 4]
     assert items["item_id"].tolist() == ["a", "b", "c", "d", "e"]
     assert items["text"].tolist() == ["Alpha", "Beta", "Gamma", "Delta", "Epsilon"]
     assert [list(c) for c in items["categories"]] == [["x"], ["y", "z"], [], ["x"], ["q"]]
     # Item c has no training event but an id now, so its validation events stay.
-    assert _rows(art, "valid.parquet") == [(0, 2, 300), (0, 3, 300), (1, 2, 250), (2, 0, 220)]
+    assert _rows(art, "valid") == [(0, 2, 300), (0, 3, 300), (1, 2, 250), (2, 0, 220)]
     assert manifest.summary["n_items"] == 5
 
 
@@ -179,7 +182,7 @@ def test_heldout_events_never_precede_training_events(tmp_path):
         }
     )  # many ties on purpose
     art, _ = _run(tmp_path, events, {"preprocess.dedupe": False, "preprocess.catalog_items": "all"})
-    train, valid, test = (art.read_parquet(f"{s}.parquet") for s in ("train", "valid", "test"))
+    train, valid, test = (art.split(s) for s in ("train", "valid", "test"))
     last_train = train.groupby("user_idx")["timestamp"].max()
     for held in (valid, test):
         first_held = held.groupby("user_idx")["timestamp"].min()
@@ -212,7 +215,7 @@ def test_global_cutoff_from_shares_separates_splits(tmp_path):
     )
     cutoff = int(pd.Timestamp(manifest.summary["cutoff"]).timestamp())
     valid_cutoff = int(pd.Timestamp(manifest.summary["valid_cutoff"]).timestamp())
-    train, valid, test = (art.read_parquet(f"{s}.parquet") for s in ("train", "valid", "test"))
+    train, valid, test = (art.split(s) for s in ("train", "valid", "test"))
     assert train["timestamp"].max() <= valid_cutoff < valid["timestamp"].min()
     assert valid["timestamp"].max() <= cutoff < test["timestamp"].min()
     # Shares hold up to timestamp ties (every user and item has training events here).
@@ -243,17 +246,17 @@ def test_min_count_filter_single_pass_and_kcore_fixed_point(tmp_path):
     }
 
     art, m = _run(tmp_path / "single", events, filters)
-    assert art.read_parquet("id_maps/users.parquet")["user_id"].tolist() == ["u0", "u1", "u3"]
+    assert art.user_ids()["user_id"].tolist() == ["u0", "u1", "u3"]
     assert m.summary["n_train"] + m.summary["n_valid"] + m.summary["n_test"] == 9
-    assert art.read_json("stats.json")["filter"]["passes"] == 1
+    assert art.stats()["filter"]["passes"] == 1
 
     art, m = _run(tmp_path / "kcore", events, {**filters, "preprocess.kcore": True})
-    assert art.read_parquet("id_maps/users.parquet")["user_id"].tolist() == ["u0", "u1"]
-    assert art.read_parquet("id_maps/items.parquet")["item_id"].tolist() == ["i0", "i1", "i2"]
-    stats = art.read_json("stats.json")
+    assert art.user_ids()["user_id"].tolist() == ["u0", "u1"]
+    assert art.item_ids()["item_id"].tolist() == ["i0", "i1", "i2"]
+    stats = art.stats()
     assert stats["dropped"]["min_count_filter"] == 5
     assert stats["filter"]["passes"] == 4  # three passes that drop, one that confirms the fixed point
-    all_events = pd.concat([art.read_parquet(f"{s}.parquet") for s in ("train", "valid", "test")])
+    all_events = pd.concat([art.split(s) for s in ("train", "valid", "test")])
     assert all_events.groupby("user_idx").size().min() >= 3
     assert all_events.groupby("item_idx").size().min() >= 2
 
@@ -287,15 +290,15 @@ def test_event_weights_and_dedupe_keep_heaviest(tmp_path):
         events,
         {"preprocess.implicit.event_weights": {"view": 1.0, "buy": 5.0}, "preprocess.catalog_items": "all"},
     )
-    train = art.read_parquet("train.parquet")
-    valid = art.read_parquet("valid.parquet")
-    test = art.read_parquet("test.parquet")
+    train = art.split("train")
+    valid = art.split("valid")
+    test = art.split("test")
     # Items i1, i3, i4 get ids 0, 1, 2 (i2 only had "like" events).
     # user u: i1 (buy, 5) train, i3 (view x 2) valid, i4 (buy) test; user v: i1 train, i3 test.
     assert list(zip(train["user_idx"], train["item_idx"], train["weight"])) == [(0, 0, 5.0), (1, 0, 1.0)]
     assert list(zip(valid["item_idx"], valid["weight"])) == [(1, 2.0)]
     assert list(zip(test["user_idx"], test["item_idx"], test["weight"])) == [(0, 2, 5.0), (1, 1, 1.0)]
-    dropped = art.read_json("stats.json")["dropped"]
+    dropped = art.stats()["dropped"]
     assert dropped["event_type_not_weighted"] == 1
     assert dropped["duplicates"] == 1
 
@@ -304,10 +307,10 @@ def test_min_rating_keeps_positives(tmp_path):
     events = EVENTS.copy()
     events.loc[5, "rating"] = np.nan  # ("2", "c", 250): no rating, cannot be a positive
     art, m = _run(tmp_path, events, {"preprocess.implicit.min_rating": 4.0})
-    dropped = art.read_json("stats.json")["dropped"]
+    dropped = art.stats()["dropped"]
     assert dropped["below_min_rating"] == 2  # ("1","c",3.0) and ("10","a",1.0)
     assert dropped["no_rating"] == 1
-    all_events = pd.concat([art.read_parquet(f"{s}.parquet") for s in ("train", "valid", "test")])
+    all_events = pd.concat([art.split(s) for s in ("train", "valid", "test")])
     assert (all_events["rating"] >= 4.0).all()
     assert len(all_events) == 11 - 1 - 2 - 1  # minus duplicate, low ratings, missing rating
 
@@ -337,14 +340,14 @@ def test_reads_only_valid_rows_after_quarantine(tmp_path):
         },
         validate=True,
     )
-    stats = art.read_json("stats.json")
+    stats = art.stats()
     assert stats["source"].endswith("runs/r1/validate")
     assert stats["input_rows"] == 9
-    all_events = pd.concat([art.read_parquet(f"{s}.parquet") for s in ("train", "valid", "test")])
+    all_events = pd.concat([art.split(s) for s in ("train", "valid", "test")])
     assert 9.0 not in all_events["rating"].tolist()
     assert len(all_events) == 9
     # User 1 now has a, c, d: c (t=300, row 3) becomes valid, d test, a train.
-    assert _rows(art, "train.parquet")[:1] == [(0, 0, 100)]
+    assert _rows(art, "train")[:1] == [(0, 0, 100)]
     assert m.parents[-1].endswith("runs/r1/validate")
 
 
@@ -364,9 +367,9 @@ def test_validate_and_preprocess_on_s3(tmp_path, s3_store_config):
         store=s3_store_config,
     )
     assert m.uri == f"{s3_store_config.root}/runs/r1/preprocess"
-    assert art.read_json("stats.json")["input_rows"] == 9
-    assert _rows(art, "test.parquet") == [(0, 3, 300), (1, 0, 350), (3, 0, 220)]
-    validated = Artifact.open(art.store, "runs/r1/validate")
+    assert art.stats()["input_rows"] == 9
+    assert _rows(art, "test") == [(0, 3, 300), (1, 0, 350), (3, 0, 220)]
+    validated = Artifact.open(art.artifact.store, "runs/r1/validate")
     assert validated.manifest.summary["quarantined_rows"] == 1
     assert "data_docs/index.html" in validated.manifest.files
     assert b"<html" in validated.read_bytes("data_docs/index.html").lower()
@@ -374,7 +377,7 @@ def test_validate_and_preprocess_on_s3(tmp_path, s3_store_config):
 
 def test_without_quarantine_reads_ingest(tmp_path):
     art, _ = _run(tmp_path, EVENTS.iloc[:10], {"validation.data_docs": False}, validate=True)
-    assert art.read_json("stats.json")["source"].endswith("runs/r1/ingest")
+    assert art.stats()["source"].endswith("runs/r1/ingest")
 
 
 # ---------------------------------------------------------------------------------------------- splits unit

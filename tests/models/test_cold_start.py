@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from recloop.artifacts import Artifact
+from recloop.artifacts.kinds import Dataset
 from recloop.steps import preprocess
 from support.helpers import make_config, make_context, write_ingest_artifact
 
@@ -29,18 +30,18 @@ def test_cold_items_have_ids_but_no_train_or_valid_events(tmp_path):
     ctx = make_context(cfg)
     ingest_uri = write_ingest_artifact(ctx.store, "r1", _events())
     manifest = preprocess.run(ctx, {"ingest": ingest_uri}, ctx.store.uri("runs/r1/preprocess"))
-    art = Artifact.open(ctx.store, "runs/r1/preprocess")
+    art = Dataset.open(ctx.store, "runs/r1/preprocess")
 
-    cold = art.read_parquet("cold_items.parquet")
+    cold = art.artifact.read_parquet(Dataset.COLD_ITEMS)  # item_id too, which cold_items() leaves out
     assert len(cold) == 2 and manifest.summary["n_cold_items"] == 2  # 20 % of 10 items
     cold_idx = set(cold["item_idx"].tolist())
-    ids = art.read_parquet("id_maps/items.parquet")
+    ids = art.item_ids()
     assert len(ids) == 10  # every item keeps an id, the cold ones included
     assert ids.set_index("item_idx").loc[cold["item_idx"], "item_id"].tolist() == cold["item_id"].tolist()
     for split in ("train", "valid"):
-        assert not art.read_parquet(f"{split}.parquet")["item_idx"].isin(cold_idx).any()
-    test = art.read_parquet("test.parquet")
-    stats = art.read_json("stats.json")
+        assert not art.split(split)["item_idx"].isin(cold_idx).any()
+    test = art.split("test")
+    stats = art.stats()
     assert stats["cold_start"]["test_events"] == int(test["item_idx"].isin(cold_idx).sum())
     # Each cold item had 6 events in total across the 10 users; only test events survive.
     assert stats["dropped"]["cold_start_train_valid_events"] == 12 - stats["cold_start"]["test_events"]
@@ -56,9 +57,8 @@ def test_same_seed_same_cold_items(tmp_path):
         preprocess.run(
             ctx, {"ingest": write_ingest_artifact(ctx.store, "r1", _events())}, ctx.store.uri("runs/r1/preprocess")
         )
-        picks.append(
-            Artifact.open(ctx.store, "runs/r1/preprocess").read_parquet("cold_items.parquet")["item_id"].tolist()
-        )
+        cold = Dataset.open(ctx.store, "runs/r1/preprocess").artifact.read_parquet(Dataset.COLD_ITEMS)
+        picks.append(cold["item_id"].tolist())
     assert picks[0] == picks[1] and len(picks[0]) == 3
     assert np.all([p.startswith("i") for p in picks[0]])
 

@@ -15,6 +15,7 @@ import pytest
 
 from recloop import config as config_mod
 from recloop.artifacts import Artifact, ArtifactWriter, Manifest, run_prefix
+from recloop.artifacts.kinds import Dataset
 from recloop.data.interactions import Interactions
 from recloop.errors import ArtifactError, ConfigError, DataError
 from recloop.models.base import Recommender
@@ -133,7 +134,7 @@ def make_ctx(
 
 
 def _valid_split(artifact: Artifact) -> Interactions:
-    return Interactions.from_frame(artifact.read_parquet("valid.parquet"), N_USERS, N_ITEMS)
+    return Interactions.from_frame(Dataset(artifact).split("valid"), N_USERS, N_ITEMS)
 
 
 # ---------------------------------------------------------------------------------------------- happy path
