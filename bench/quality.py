@@ -22,7 +22,7 @@ The text models' cold-start settings (COLD_GRIDS) are chosen on a validation-onl
 (20 % more items dropped from train, NDCG@100 on the validation events of those items); the chosen
 settings are refitted on the whole split and scored on the evaluate step's 'cold-start items' segment
 (test users whose test item is cold; full ranking over all items). Popularity stands in for the ID-only
-models: like sasrec, EASE or MF it ranks items without training events last (tests/test_text_models.py).
+models: like sasrec, EASE or MF it ranks items without training events last (tests/models/test_text_models.py).
 When the chosen text_knn blends in popularity (which pushes items without events down), its best
 pure-content point runs there too (`text_knn/content`).
 

@@ -1,0 +1,12 @@
+"""Loopback networking for servers a test starts itself."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
