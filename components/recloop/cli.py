@@ -23,6 +23,7 @@ app = typer.Typer(
 
 # (module, group name or None to mount its commands at the top level)
 COMMAND_MODULES: tuple[tuple[str, str | None], ...] = (
+    ("recloop.commands.init", None),
     ("recloop.commands.config", "config"),
     ("recloop.commands.data", "data"),
     ("recloop.commands.step", "step"),

@@ -1,6 +1,6 @@
 """Errors a user can act on. Each maps to one CLI exit code.
 
-Exit codes: 0 ok, 2 configuration error, 3 data failed validation, 1 anything else.
+Exit codes: 0 ok, 2 configuration or usage error, 3 data failed validation, 1 anything else.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ class ConfigError(RecloopError):
         self.errors = errors
         lines = "\n".join(f"  - {e}" for e in errors)
         super().__init__(f"invalid configuration in {source} ({len(errors)} error(s)):\n{lines}")
+
+
+class UsageError(RecloopError):
+    """A command's arguments cannot be acted on as given (an unreadable input file, columns that could mean
+    two things); the message names the flag that settles it."""
+
+    exit_code = 2
 
 
 class DataError(RecloopError):

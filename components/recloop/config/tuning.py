@@ -16,6 +16,10 @@ from pydantic import BeforeValidator, Field, PlainSerializer, field_validator
 from recloop.config.base import StrictModel, parse_duration
 from recloop.config.search import ParamRange, parse_range
 
+# The budget `recloop init` writes when --budget is not given. Search only: train then refits each
+# candidate once and text models embed the catalog once, so a ~100k-event data set runs end to end in
+# well under 45 minutes on 2 cores (docs/tuning.md).
+INIT_BUDGET = "20m"
 _TRIALS_RE = re.compile(r"^\s*(\d+)\s*trials?\s*$")
 _COMPOUND_RE = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
 
