@@ -4,8 +4,8 @@ settings as good as the hand-tuned ones, and does it recover from bad ones?
     .venv/bin/python bench/tuned.py [--budget 30m] [--models ease,mf] [--arms hand,init,init-tuned,bad-tuned]
     .venv/bin/python bench/quality.py --tuned ...          (the same)
 
-Arms, each a real in-process pipeline run (ingest → ... → evaluate) on its own store under
-.recloop/bench/tuned/ (git ignores it):
+Arms, each a real in-process pipeline run (ingest → ... → evaluate) under its own run id in one store
+under .recloop/bench/tuned/ (git ignores it; the store's text-embedding cache serves every arm):
   hand        configs/movielens.yaml as committed (hand-tuned on this data set), no tuning;
   init        the config `recloop init` writes for the raw files, with tuning off (model defaults);
   init-tuned  the same config with `tuning.budget` (the default budget, or --budget);
@@ -83,7 +83,7 @@ def arm_config(arm: str, budget: str, models: list[str] | None, work: Path) -> A
     if arm == "bad-tuned":
         raw["models"] = [{**m, **BAD_PARAMS.get(m["type"], {})} for m in raw["models"]]
     raw["tuning"] = {**(raw.get("tuning") or {}), "budget": budget} if arm.endswith("tuned") else {}
-    raw["store"] = {"root": f"file://{STORE / arm}"}
+    raw["store"] = {"root": f"file://{STORE / 'store'}"}
     raw["name"] = f"bench-{arm}"
     return config_mod.from_dict(raw, source=str(source))
 
@@ -93,7 +93,7 @@ def run_arm(arm: str, budget: str, models: list[str] | None, work: Path) -> list
     from recloop.steps.base import StepContext
 
     cfg = arm_config(arm, budget, models, work)
-    ctx = StepContext.from_config(cfg, run_id="bench", log=lambda m: print(f"  [{arm}] {m}", flush=True))
+    ctx = StepContext.from_config(cfg, run_id=arm, log=lambda m: print(f"  [{arm}] {m}", flush=True))
     steps = ("ingest", "preprocess", "tune", "train", "evaluate")
     result = run_pipeline(ctx, steps=steps)
     candidates = (result.metrics or {}).get("candidates") or {}
@@ -122,7 +122,7 @@ def _study(ctx: Any, candidate: str) -> dict[str, Any]:
     from recloop.artifacts.kinds import TuningStudy
 
     try:
-        return TuningStudy.open(ctx.store, f"runs/bench/tune/{candidate}").study()
+        return TuningStudy.open(ctx.store, f"runs/{ctx.run_id}/tune/{candidate}").study()
     except Exception:  # an arm without the tune step's artifact: nothing to show
         return {}
 
