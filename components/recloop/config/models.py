@@ -415,6 +415,91 @@ class LLMRerankConfig(ModelConfig):
         return _BASE_ADAPTER.validate_python(self.base)
 
 
+class BlendConfig(ModelConfig):
+    """A weighted sum of its members' per-user normalized scores, weights fit on validation NDCG@10."""
+
+    # Not tuned by default: the weights are the blend's fitting (each member keeps the parameters given).
+    search_space: ClassVar[SearchSpace] = {}
+
+    type: Literal["blend"] = Field("blend", description="Model type; selects this entry's parameter set.")
+    members: list[dict[str, Any]] = Field(
+        ...,
+        description="The models to blend, at least 2: `models:` entries (`type:` plus parameters) of any type "
+        "but blend and llm_rerank, with distinct names.",
+    )
+    normalization: Literal["zscore", "minmax", "rank"] = Field(
+        "zscore",
+        description="How each member's scores are made comparable, per user over the catalog: zscore "
+        "(minus the mean, over the standard deviation), minmax (to [0, 1]) or rank (the share of the other "
+        "items scored lower, in [0, 1]). "
+        "Items a member cannot score get that member's lowest value.",
+    )
+    folds: int = Field(
+        5,
+        ge=2,
+        le=50,
+        description="Validation users are split into this many folds to cross-validate the weights: fit on "
+        "all folds but one, measure NDCG@10 on the one left out.",
+    )
+    min_gain: float = Field(
+        0.0,
+        ge=0,
+        description="Keep the best member alone unless the blend's cross-validated NDCG@10 beats that "
+        "member's by more than this.",
+    )
+    pool: int = Field(
+        100,
+        ge=10,
+        le=100_000,
+        description="Weight fitting ranks, per validation user, the union of each member's top `pool` "
+        "items (not the whole catalog, so each trial weighting is cheap); a member alone is ranked exactly.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> BlendConfig:
+        if len(self.members) < 2:
+            raise ValueError(
+                f"a blend needs at least 2 members (got {len(self.members)}); list more models under "
+                "`members`, or use the model itself as a candidate"
+            )
+        for i, member in enumerate(self.members):
+            _check_member_type(i, member.get("type"))
+        configs = self.member_configs()
+        names = [c.candidate_name for c in configs]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"member names must be unique ({', '.join(repeated)} appears more than once); "
+                "give members a distinct `name:`"
+            )
+        return self
+
+    def member_configs(self) -> list[ModelConfig]:
+        """The members' validated configs, in order."""
+        configs = []
+        for i, member in enumerate(self.members):
+            try:
+                configs.append(_MEMBER_ADAPTER.validate_python(member))
+            except ValidationError as exc:
+                lines = format_validation_error(exc)
+                raise ValueError("; ".join(f"members.{i}.{line}" for line in lines)) from None
+        return configs
+
+
+def _check_member_type(index: int, member_type: Any) -> None:
+    """A blend member's `type` names a model a blend may hold; ValueError saying which ones otherwise."""
+    where = f"members.{index}.type"
+    if member_type in {model_type_name(c) for c in _NOT_MEMBERS}:
+        raise ValueError(
+            f"{where}: a blend member cannot be {member_type}; list the models to blend directly "
+            "(llm_rerank may rerank a blend: give it the blend as `base`)"
+        )
+    allowed = sorted(model_type_name(c) for c in _MEMBER_TYPES)
+    if member_type not in allowed:
+        got = "required key is missing" if member_type is None else f"unknown model type {member_type!r}"
+        raise ValueError(f"{where}: {got}; a member is one of: {', '.join(allowed)}")
+
+
 # Every model config, in the order `recloop model list` and the docs show them.
 MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = (
     PopularityConfig,
@@ -425,12 +510,17 @@ MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = (
     SASRecConfig,
     TextSASRecConfig,
     LLMRerankConfig,
+    BlendConfig,
 )
 # One entry of `models:` in a config file: the config class is picked by the entry's `type:`.
-ModelEntry = Annotated[Union[MODEL_CONFIG_TYPES], Field(discriminator="type")]  # noqa: UP007 (runtime union)
+ModelEntry = Annotated[Union[MODEL_CONFIG_TYPES], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007 (runtime union)
 # Models llm_rerank may rerank: any but itself.
 _BASE_TYPES = tuple(t for t in MODEL_CONFIG_TYPES if t is not LLMRerankConfig)
-_BASE_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(Annotated[Union[_BASE_TYPES], Field(discriminator="type")])  # noqa: UP007
+_BASE_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(Annotated[Union[_BASE_TYPES], Field(discriminator="type")])  # type: ignore[arg-type]  # noqa: UP007
+# Models a blend may hold: any but a blend or a reranker (a reranker goes on top of a blend, not inside).
+_NOT_MEMBERS = (LLMRerankConfig, BlendConfig)
+_MEMBER_TYPES = tuple(t for t in MODEL_CONFIG_TYPES if t not in _NOT_MEMBERS)
+_MEMBER_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(Annotated[Union[_MEMBER_TYPES], Field(discriminator="type")])  # type: ignore[arg-type]  # noqa: UP007
 
 
 def model_type_name(config_cls: type[ModelConfig]) -> str:

@@ -10,7 +10,7 @@ step's reported metrics share one definition.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,9 +20,49 @@ from recloop.data.interactions import Histories, Interactions
 from recloop.models.ranking_metrics import Targets, ranking_metrics
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
+
     from recloop.models.base import Recommender
 
 ScoreFn = Callable[[Histories, np.ndarray], np.ndarray]
+
+
+@dataclass
+class ValidationBatch:
+    """Users of one batch that have a target outside their history, with what ranking them needs."""
+
+    users: np.ndarray  # their ids (rows of the histories)
+    histories: Histories  # their histories, whose items are excluded from the ranking
+    seen: sp.csr_matrix  # the histories as a binary (len(users), n_items) matrix
+    targets: Targets  # their target items not already in the history
+
+
+def validation_batches(
+    histories: Histories, targets: Interactions, batch_size: int = 1024
+) -> Iterator[ValidationBatch]:
+    """The users NDCG is measured over, in batches: those with at least one target item outside their
+    history (`histories` is indexed by user id). Relevance is binary."""
+    target_csr = targets.to_csr(binary=True)
+    users = np.flatnonzero(np.diff(target_csr.indptr) > 0)
+    users = users[users < len(histories)]
+    for start in range(0, len(users), batch_size):
+        batch_users = users[start : start + batch_size]
+        batch_hist = histories.select(batch_users)
+        seen = batch_hist.to_csr(binary=True)
+        relevant = target_csr[batch_users]
+        relevant = (relevant - relevant.multiply(seen)).tocsr()
+        relevant.eliminate_zeros()
+        keep = np.flatnonzero(np.diff(relevant.indptr) > 0)
+        if len(keep) == 0:
+            continue
+        relevant = relevant[keep]
+        relevant.sort_indices()
+        yield ValidationBatch(
+            batch_users[keep],
+            batch_hist.select(keep),
+            seen[keep],
+            Targets(relevant.indptr.astype(np.int64), relevant.indices.astype(np.int64)),
+        )
 
 
 def ndcg_at_k(
@@ -38,29 +78,14 @@ def ndcg_at_k(
         raise ValueError(f"k must be positive (got {k})")
     if len(targets) == 0:
         return 0.0
-    target_csr = targets.to_csr(binary=True)
-    users = np.flatnonzero(np.diff(target_csr.indptr) > 0)
-    users = users[users < len(histories)]
     total, counted = 0.0, 0
-    for start in range(0, len(users), batch_size):
-        batch_users = users[start : start + batch_size]
-        batch_hist = histories.select(batch_users)
-        seen = batch_hist.to_csr(binary=True)
-        relevant = target_csr[batch_users]
-        relevant = (relevant - relevant.multiply(seen)).tocsr()
-        relevant.eliminate_zeros()
-        keep = np.flatnonzero(np.diff(relevant.indptr) > 0)
-        if len(keep) == 0:
-            continue
-        batch_hist, seen, relevant = batch_hist.select(keep), seen[keep], relevant[keep]
-        scores = np.asarray(score(batch_hist, batch_users[keep]), dtype=np.float32).copy()
-        rows = np.repeat(np.arange(len(keep)), np.diff(seen.indptr))
-        scores[rows, seen.indices] = -np.inf
+    for batch in validation_batches(histories, targets, batch_size):
+        scores = np.asarray(score(batch.histories, batch.users), dtype=np.float32).copy()
+        rows = np.repeat(np.arange(len(batch.users)), np.diff(batch.seen.indptr))
+        scores[rows, batch.seen.indices] = -np.inf
         top = _top_k_ids(scores, min(k, scores.shape[1]))
-        relevant.sort_indices()
-        targets_batch = Targets(relevant.indptr.astype(np.int64), relevant.indices.astype(np.int64))
-        total += float(ranking_metrics(top, targets_batch, [k], metrics=("ndcg",))[f"ndcg@{k}"].sum())
-        counted += len(keep)
+        total += float(ranking_metrics(top, batch.targets, [k], metrics=("ndcg",))[f"ndcg@{k}"].sum())
+        counted += len(batch.users)
     return total / counted if counted else 0.0
 
 

@@ -26,6 +26,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "recloop.models.text_knn",
     "recloop.models.sasrec",
     "recloop.models.llm_rerank",
+    "recloop.models.blend",
 )
 
 _REGISTRY: dict[str, tuple[type[Recommender], type[ModelConfig]]] = {}
