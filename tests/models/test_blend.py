@@ -12,13 +12,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from model_contract import (
-    BLOCK_B,
-    N_ITEMS,
-    ModelContract,
-    held_out_interactions,
-    two_block_interactions,
-)
 from recloop import config
 from recloop.config.models import LLMRerankConfig
 from recloop.data.interactions import Histories, Interactions
@@ -29,6 +22,13 @@ from recloop.models.blend import Blend
 from recloop.models.blend_weights import PooledScores, average_ranks, cross_validate, normalize_scores, pool_rows
 from recloop.models.early_stopping import validation_ndcg
 from recloop.models.ranking_metrics import Targets
+from support.model_contract import (
+    BLOCK_B,
+    N_ITEMS,
+    ModelContract,
+    held_out_interactions,
+    two_block_interactions,
+)
 
 EASE = {"type": "ease", "lambda": 1.0}
 ITEMKNN = {"type": "itemknn", "neighbours": 5}
