@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -158,7 +158,7 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def field_table(cls: type[BaseModel], exclude: set[str] = frozenset()) -> str:
+def field_table(cls: type[BaseModel], exclude: Collection[str] = frozenset()) -> str:
     """Markdown table of a config class's fields: key, type, default, description."""
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for name, field in cls.model_fields.items():

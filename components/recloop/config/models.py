@@ -9,7 +9,7 @@ here and registering the model class with it.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -360,22 +360,18 @@ class LLMRerankConfig(ModelConfig):
         return _BASE_ADAPTER.validate_python(self.base)
 
 
-# Every model config, in the order `recloop model list` and the docs show them.
-MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = (
-    PopularityConfig,
-    ItemKNNConfig,
-    EaseConfig,
-    MFConfig,
-    TextKNNConfig,
-    SASRecConfig,
-    TextSASRecConfig,
-    LLMRerankConfig,
-)
-# One entry of `models:` in a config file: the config class is picked by the entry's `type:`.
-ModelEntry = Annotated[Union[MODEL_CONFIG_TYPES], Field(discriminator="type")]  # noqa: UP007 (runtime union)
 # Models llm_rerank may rerank: any but itself.
-_BASE_TYPES = tuple(t for t in MODEL_CONFIG_TYPES if t is not LLMRerankConfig)
-_BASE_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(Annotated[Union[_BASE_TYPES], Field(discriminator="type")])  # noqa: UP007
+RerankableModelConfig = (
+    PopularityConfig | ItemKNNConfig | EaseConfig | MFConfig | TextKNNConfig | SASRecConfig | TextSASRecConfig
+)
+# Any model config; the union's order is the order `recloop model list` and the docs show them.
+AnyModelConfig = RerankableModelConfig | LLMRerankConfig
+MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = get_args(AnyModelConfig)
+# One entry of `models:` in a config file: the config class is picked by the entry's `type:`.
+ModelEntry = Annotated[AnyModelConfig, Field(discriminator="type")]
+_BASE_ADAPTER: TypeAdapter[RerankableModelConfig] = TypeAdapter(
+    Annotated[RerankableModelConfig, Field(discriminator="type")]
+)
 
 
 def model_type_name(config_cls: type[ModelConfig]) -> str:
