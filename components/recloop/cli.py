@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Protocol, cast
 
 import typer
 
@@ -53,6 +54,12 @@ def _mount() -> None:
 _mount()
 
 
+class _ClickException(Protocol):
+    """click's ClickException (typer's copy or click's own): prints itself as the usage error it is."""
+
+    def show(self) -> None: ...
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user-facing errors print one message and set the exit code."""
     from rich.console import Console
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         # ClickException / Abort / Exit classes under these names.
         names = {cls.__name__ for cls in type(exc).__mro__}
         if "ClickException" in names:
-            exc.show()
+            cast(_ClickException, exc).show()
             return 2 if "UsageError" in names else 1
         if "Abort" in names:
             return 1

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -249,7 +249,7 @@ def serve_users(
     for n, user_id in enumerate(users):
         request_id = f"{request_prefix}-{n}"
         user = served.users.get(user_id)
-        history = model.train_histories.row(user).astype(np.int64) if user is not None else np.zeros(0, np.int64)
+        history = model.fitted_histories().row(user).astype(np.int64) if user is not None else np.zeros(0, np.int64)
         query = SlateQuery(
             user=user,
             history=history,
@@ -358,8 +358,10 @@ def log_round(
             key = pseudonym(str(row.user_id))
             if (key, str(row.item_id)) in taken:
                 continue
-            at = row.timestamp.to_pydatetime()
-            value = float(row.rating) if rated and row.rating == row.rating else None
+            # The ingest schema makes timestamp a datetime column and rating a numeric one (NaN when absent).
+            at = cast("pd.Timestamp", row.timestamp).to_pydatetime()
+            rating = cast(float, row.rating) if rated else None
+            value = float(rating) if rating is not None and rating == rating else None
             feedback.append(
                 {
                     "feedback_id": f"organic-{served.version}-{n}-{int(at.timestamp())}",
@@ -517,7 +519,8 @@ def simulate(
             if bandit is not None:
                 bandit.check_once()  # a policy the last feedback run published serves from now on
             active = window.groupby("user_id", sort=True)
-            users = sorted(active.groups)
+            # Group keys are user ids, a string column in the ingest schema.
+            users = sorted(cast("dict[str, pd.Index]", active.groups))
             if settings.users_per_round is not None and len(users) > settings.users_per_round:
                 users = sorted(rng.choice(users, settings.users_per_round, replace=False).tolist())
             next_items = {u: active.get_group(u) for u in users}
@@ -560,7 +563,7 @@ def simulate(
             if on_round is not None:
                 on_round(rounds[-1])
     improved, verdict = judge(rounds, len(past))
-    report = {
+    report: dict[str, Any] = {
         "sim_id": sim_id,
         "pipeline": sim.name,
         "config": cfg.source,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -84,7 +85,7 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="publish: check every
 class StepCommand(TyperCommand):
     """A step command whose help text comes from the step's SPEC, read only when help is shown."""
 
-    @property  # type: ignore[override]
+    @property
     def help(self) -> str:
         return step_help(self.name or "")
 
@@ -92,7 +93,7 @@ class StepCommand(TyperCommand):
     def help(self, value: str | None) -> None:
         pass
 
-    @property  # type: ignore[override]
+    @property
     def short_help(self) -> str:
         text = step_help(self.name or "", short=True)
         return text
@@ -253,9 +254,11 @@ def add_step_command(name: str) -> None:
 
     if any(c.name == name for c in app.registered_commands):
         return
+    # One function per option set: typer reads the options from the signature.
+    command: Callable[..., None]
     if name == "publish":
 
-        def command(
+        def publish_command(
             config: ConfigOpt,
             run_id: RunIdOpt,
             model: ModelOpt = None,
@@ -268,12 +271,14 @@ def add_step_command(name: str) -> None:
             as_json: JsonOpt = False,
         ) -> None:
             run_one(name, config, run_id, since, force, set_, input_, output, as_json, models=model, dry_run=dry_run)
+
+        command = publish_command
     elif find_step(name).reads_candidates:
 
-        def command(
+        def candidates_command(
             config: ConfigOpt,
             run_id: RunIdOpt,
-            model: ModelOpt = None,  # type: ignore[misc]
+            model: ModelOpt = None,
             since: SinceOpt = None,
             force: ForceOpt = False,
             set_: SetOpt = None,
@@ -282,12 +287,14 @@ def add_step_command(name: str) -> None:
             as_json: JsonOpt = False,
         ) -> None:
             run_one(name, config, run_id, since, force, set_, input_, output, as_json, models=model)
+
+        command = candidates_command
     else:
 
-        def command(
+        def step_command(
             config: ConfigOpt,
             run_id: RunIdOpt,
-            since: SinceOpt = None,  # type: ignore[misc]
+            since: SinceOpt = None,
             force: ForceOpt = False,
             set_: SetOpt = None,
             input_: InputOpt = None,
@@ -296,6 +303,7 @@ def add_step_command(name: str) -> None:
         ) -> None:
             run_one(name, config, run_id, since, force, set_, input_, output, as_json)
 
+        command = step_command
     app.command(name, cls=StepCommand)(command)
 
 

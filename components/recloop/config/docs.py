@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -183,7 +183,7 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def field_table(cls: type[BaseModel], exclude: set[str] = frozenset()) -> str:
+def field_table(cls: type[BaseModel], exclude: Collection[str] = frozenset()) -> str:
     """Markdown table of a config class's fields: key, type, default, description."""
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for name, field in cls.model_fields.items():
@@ -272,7 +272,7 @@ def render_models_doc(text: str) -> str:
     return render_blocks(text, model_tables(), MODELS_DOC)
 
 
-def render_blocks(text: str, blocks: dict[str, str], doc: str) -> str:
+def render_blocks(text: str, blocks: dict[str, str], doc: str | Path) -> str:
     """`text` with every generated block replaced by its current content.
 
     Raises ValueError for an unknown block name, an unterminated block, or a block without a place."""

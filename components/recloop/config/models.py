@@ -9,7 +9,7 @@ here and registering the model class with it.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -476,7 +476,7 @@ class BlendConfig(ModelConfig):
 
     def member_configs(self) -> list[ModelConfig]:
         """The members' validated configs, in order."""
-        configs = []
+        configs: list[ModelConfig] = []
         for i, member in enumerate(self.members):
             try:
                 configs.append(_MEMBER_ADAPTER.validate_python(member))
@@ -500,27 +500,23 @@ def _check_member_type(index: int, member_type: Any) -> None:
         raise ValueError(f"{where}: {got}; a member is one of: {', '.join(allowed)}")
 
 
-# Every model config, in the order `recloop model list` and the docs show them.
-MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = (
-    PopularityConfig,
-    ItemKNNConfig,
-    EaseConfig,
-    MFConfig,
-    TextKNNConfig,
-    SASRecConfig,
-    TextSASRecConfig,
-    LLMRerankConfig,
-    BlendConfig,
-)
-# One entry of `models:` in a config file: the config class is picked by the entry's `type:`.
-ModelEntry = Annotated[Union[MODEL_CONFIG_TYPES], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007 (runtime union)
-# Models llm_rerank may rerank: any but itself.
-_BASE_TYPES = tuple(t for t in MODEL_CONFIG_TYPES if t is not LLMRerankConfig)
-_BASE_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(Annotated[Union[_BASE_TYPES], Field(discriminator="type")])  # type: ignore[arg-type]  # noqa: UP007
 # Models a blend may hold: any but a blend or a reranker (a reranker goes on top of a blend, not inside).
+MemberModelConfig = (
+    PopularityConfig | ItemKNNConfig | EaseConfig | MFConfig | TextKNNConfig | SASRecConfig | TextSASRecConfig
+)
+# Models llm_rerank may rerank: any but itself.
+RerankableModelConfig = MemberModelConfig | BlendConfig
+# Any model config; the union's order is the order `recloop model list` and the docs show them.
+AnyModelConfig = MemberModelConfig | LLMRerankConfig | BlendConfig
+MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = get_args(AnyModelConfig)
+# One entry of `models:` in a config file: the config class is picked by the entry's `type:`.
+ModelEntry = Annotated[AnyModelConfig, Field(discriminator="type")]
+_BASE_ADAPTER: TypeAdapter[RerankableModelConfig] = TypeAdapter(
+    Annotated[RerankableModelConfig, Field(discriminator="type")]
+)
 _NOT_MEMBERS = (LLMRerankConfig, BlendConfig)
-_MEMBER_TYPES = tuple(t for t in MODEL_CONFIG_TYPES if t not in _NOT_MEMBERS)
-_MEMBER_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(Annotated[Union[_MEMBER_TYPES], Field(discriminator="type")])  # type: ignore[arg-type]  # noqa: UP007
+_MEMBER_TYPES: tuple[type[ModelConfig], ...] = get_args(MemberModelConfig)
+_MEMBER_ADAPTER: TypeAdapter[MemberModelConfig] = TypeAdapter(Annotated[MemberModelConfig, Field(discriminator="type")])
 
 
 def model_type_name(config_cls: type[ModelConfig]) -> str:

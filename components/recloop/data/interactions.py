@@ -50,10 +50,10 @@ class Interactions:
     @classmethod
     def from_arrays(
         cls,
-        user: Sequence[int],
-        item: Sequence[int],
-        timestamp: Sequence[int] | None = None,
-        weight: Sequence[float] | None = None,
+        user: Sequence[int] | np.ndarray,
+        item: Sequence[int] | np.ndarray,
+        timestamp: Sequence[int] | np.ndarray | None = None,
+        weight: Sequence[float] | np.ndarray | None = None,
         n_users: int | None = None,
         n_items: int | None = None,
     ) -> Interactions:

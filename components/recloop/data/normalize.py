@@ -85,7 +85,7 @@ class _Issues:
             return pa.nulls(self.n, pa.string())
         out = np.full(self.n, None, dtype=object)
         for mask, message in self.parts:
-            for i in np.flatnonzero(mask):
+            for i in np.flatnonzero(mask).tolist():
                 out[i] = message(i) if out[i] is None else f"{out[i]}; {message(i)}"
         for i, text in (extra or {}).items():
             out[i] = text
@@ -216,7 +216,8 @@ def _iso_to_ms(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         series = pd.Series(_raw_values(arr), dtype=object)
         stamps = pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce").dt.as_unit("ms")
         parsed = ~stamps.isna().to_numpy()
-        ms = np.where(parsed, stamps.array.asi8, 0)
+        # pandas-stubs lacks DatetimeArray.asi8 (the epoch integers; NaT's is replaced here).
+        ms = np.where(parsed, stamps.array.asi8, 0)  # type: ignore[attr-defined]
     ok = parsed & (ms >= MIN_TIMESTAMP_MS) & (ms <= MAX_TIMESTAMP_MS)
     return ms, parsed, ok
 

@@ -303,8 +303,8 @@ def preprocess(
 
     user_ids, item_ids = _id_lists(df, catalog, cfg, cold_ids)
     user_index, item_index = pd.Index(user_ids), pd.Index(item_ids)
-    df["user_idx"] = user_index.get_indexer(df["user_id"])
-    df["item_idx"] = item_index.get_indexer(df["item_id"])
+    df["user_idx"] = user_index.get_indexer(pd.Index(df["user_id"]))
+    df["item_idx"] = item_index.get_indexer(pd.Index(df["item_id"]))
     unknown_user = (df["user_idx"] < 0).to_numpy()
     unknown_item = (df["item_idx"] < 0).to_numpy() & ~unknown_user
     dropped["heldout_user_without_training_events"] = int(unknown_user.sum())
@@ -341,7 +341,7 @@ def preprocess(
     )
     cold_items = None
     if cold_start.item_share > 0:
-        cold_idx = np.sort(item_index.get_indexer(cold_ids)).astype(np.int32)
+        cold_idx = np.sort(item_index.get_indexer(pd.Index(cold_ids))).astype(np.int32)
         cold_items = pd.DataFrame({"item_idx": cold_idx, "item_id": [item_ids[i] for i in cold_idx]})
         stats["cold_start"] = {
             "items": len(cold_idx),

@@ -240,8 +240,8 @@ def add_catalog_column(df: pd.DataFrame, catalog_ids: set[str] | None) -> pd.Dat
     out = df.copy()
     if catalog_ids is not None and "item_id" in out.columns:
         in_cat = out["item_id"].isin(catalog_ids).astype("boolean")
-        in_cat[out["item_id"].isna()] = pd.NA  # a null id is reported by its own rule, not twice
-        out[IN_CATALOG] = in_cat
+        # A null id is reported by its own rule, not twice: null there.
+        out[IN_CATALOG] = in_cat.mask(out["item_id"].isna())
     return out
 
 
@@ -543,6 +543,10 @@ def run_great_expectations(
         )
         outcome = definition.run(batch_parameters={"dataframe": frame}, result_format="BASIC", run_id=run_id)
         for r in outcome.results:
+            if r.expectation_config is None:
+                raise RuntimeError(
+                    f"great_expectations returned a result of suite {suite_name} without its expectation"
+                )
             results[r.expectation_config.meta["recloop_check"]] = r
     if docs_dir is not None:
         context.build_data_docs(site_names=["recloop"])

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -566,7 +566,7 @@ class _JsonlReader(TableReader):
             seen.update(dict.fromkeys(record))
         self.columns = list(seen)
 
-    def _records(self) -> Iterator[tuple[int, dict | None, str | None]]:
+    def _records(self) -> Generator[tuple[int, dict | None, str | None], None, None]:
         raw = open(self.path, "rb")
         binary: Any = gzip.GzipFile(fileobj=raw, mode="rb") if self.src.gzip else raw
         text = io.TextIOWrapper(binary, encoding=self.encoding, newline="\n")

@@ -324,8 +324,8 @@ def _coverage_chart(models: _Models, ks: Sequence[int], salt: str) -> str:
 def _metric_table(models: _Models, metrics: Sequence[str], lower_is_better: Sequence[str] = ()) -> str:
     best: dict[str, float] = {}
     for m in metrics:
-        vals = [(_value(b, m) or {}).get("value") for _, b, *_ in models]
-        vals = [v for v in vals if v is not None]
+        found = [(_value(b, m) or {}).get("value") for _, b, *_ in models]
+        vals: list[float] = [v for v in found if v is not None]
         if vals:
             best[m] = min(vals) if m.split("@")[0] in lower_is_better else max(vals)
     head = "".join(f"<th>{_e(_label(m))}</th>" for m in metrics)

@@ -113,7 +113,11 @@ def top_offenders(quarantined: pd.DataFrame, column: str, n: int = 5) -> list[di
     """The `n` users or items (`column`) with the most quarantined events, and their reasons."""
     if quarantined.empty:
         return []
-    counts = quarantined.groupby(column)["quarantine_reason"].agg(["size", lambda s: sorted(set(s))])
+
+    def distinct_reasons(reasons: pd.Series) -> list[str]:
+        return sorted(set(reasons))
+
+    counts = quarantined.groupby(column)["quarantine_reason"].agg(["size", distinct_reasons])
     counts.columns = ["events", "reasons"]
     counts = counts.sort_values("events", ascending=False).head(n)
     return [{column: str(k), "events": int(row.events), "reasons": list(row.reasons)} for k, row in counts.iterrows()]

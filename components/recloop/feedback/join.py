@@ -44,7 +44,8 @@ def _lookup(keys: pd.Series, table: pd.Series) -> pd.Series:
     import pandas as pd
 
     if table.empty:
-        return pd.Series(pd.array([None] * len(keys), dtype=table.dtype), index=keys.index)
+        # pandas-stubs' pd.array overloads take only literal dtypes; any dtype works at run time.
+        return pd.Series(pd.array([None] * len(keys), dtype=table.dtype), index=keys.index)  # type: ignore[arg-type,list-item]
     return keys.map(table)
 
 

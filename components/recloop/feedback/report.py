@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,7 +24,10 @@ def online_stats(slots: pd.DataFrame) -> dict[str, Any]:
     out = block(slots)
     out["by_policy"] = {str(k): block(g) for k, g in slots.groupby("policy", dropna=False)} if len(slots) else {}
     out["by_model_version"] = {str(k): block(g) for k, g in slots.groupby("model_version")} if len(slots) else {}
-    out["by_position"] = {int(k): block(g)["ctr"] for k, g in slots.groupby("position")} if len(slots) else {}
+    # position is a numeric column (the slot, 1-based).
+    out["by_position"] = (
+        {int(cast(int, k)): block(g)["ctr"] for k, g in slots.groupby("position")} if len(slots) else {}
+    )
     return out
 
 

@@ -148,19 +148,23 @@ class Recommender(ABC):
 
     def cold_item_mask(self) -> np.ndarray:
         """Boolean (n_items,) mask of items without any training interaction."""
-        self._check_fitted()
-        return np.bincount(self.train_histories.items, minlength=self.n_items) == 0
+        return np.bincount(self.fitted_histories().items, minlength=self.n_items) == 0
 
-    def _check_fitted(self) -> None:
+    def fitted_histories(self) -> Histories:
+        """The training histories; RuntimeError when the model was neither fitted nor loaded."""
         if self.train_histories is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load() first")
+        return self.train_histories
+
+    def _check_fitted(self) -> None:
+        self.fitted_histories()
 
     def user_histories(self, users: np.ndarray) -> Histories:
-        self._check_fitted()
+        histories = self.fitted_histories()
         users = np.asarray(users, dtype=np.int64)
         if len(users) and (users.min() < 0 or users.max() >= self.n_users):
             raise IndexError(f"user ids must lie in [0, {self.n_users}); unknown users need a history")
-        return self.train_histories.select(users)
+        return histories.select(users)
 
     def recommend(
         self,
@@ -176,10 +180,14 @@ class Recommender(ABC):
         `candidates`: restrict to these item ids (1-D, shared by all rows). Batched matrix work.
         """
         self._check_fitted()
-        if (users is None) == (histories is None):
+        user_arr: np.ndarray | None = None
+        if users is not None and histories is None:
+            user_arr = np.asarray(users, dtype=np.int64)
+            hist = self.user_histories(user_arr)
+        elif histories is not None and users is None:
+            hist = histories
+        else:
             raise ValueError("pass exactly one of users or histories")
-        user_arr = None if users is None else np.asarray(users, dtype=np.int64)
-        hist = histories if histories is not None else self.user_histories(user_arr)
         n = len(hist)
         k_eff = min(k, self.n_items if candidates is None else len(candidates))
         ids = np.full((n, k), -1, dtype=np.int64)
@@ -228,9 +236,8 @@ class Recommender(ABC):
     def save(self, path: str | Path) -> Path:
         from recloop import __version__
 
-        self._check_fitted()
+        h = self.fitted_histories()
         arrays = dict(self._state())
-        h = self.train_histories
         arrays.update(
             {
                 "_base.indptr": h.indptr,

@@ -9,6 +9,8 @@ fit() refuses with an explanation instead of exhausting memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from recloop.config.models import EaseConfig
@@ -83,7 +85,7 @@ class Ease(Recommender):
         # The score is X @ B: B[h, i] is exactly history item h's contribution to item i.
         return self.weights
 
-    def similar_items(self, items: np.ndarray | list[int], k: int = 10) -> Recommendations:
+    def similar_items(self, items: Sequence[int] | np.ndarray, k: int = 10) -> Recommendations:
         """Items that the model scores highest for a history of just this one item."""
         self._check_fitted()
         items = np.asarray(items, dtype=np.int64)

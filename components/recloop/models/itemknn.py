@@ -10,6 +10,8 @@ catalog size; the stored model is the sparse top-k neighbour matrix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -75,7 +77,7 @@ class ItemKNN(Recommender):
         # The score is X @ S over the kept neighbour links: S[h, i] is history item h's contribution to i.
         return self.similarity
 
-    def similar_items(self, items: np.ndarray | list[int], k: int = 10) -> Recommendations:
+    def similar_items(self, items: Sequence[int] | np.ndarray, k: int = 10) -> Recommendations:
         """The learned neighbours themselves (by similarity), not a cosine over some other vectors."""
         self._check_fitted()
         items = np.asarray(items, dtype=np.int64)

@@ -15,12 +15,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from recloop.config.models import ChatEndpoint, LLMRerankConfig
 from recloop.data.interactions import Histories, Interactions
+from recloop.errors import ConfigError
 from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
 
@@ -166,7 +167,8 @@ class LocalBackend:
                 max_time=timeout_s,
                 pad_token_id=pad,
             )
-        return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        # One row of ids decodes to one string (a list of strings is only for a batch of rows).
+        return cast(str, tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="llm-rerank")
@@ -186,17 +188,24 @@ class LLMRerank(Recommender):
         self.base = registry.get(base_cfg.type)(base_cfg)
         self.item_texts: list[str] = []
         self.stats = RerankStats()
-        self._backend = None
+        self._backend: ChatBackend | LocalBackend | None = None
         self.last_reasons: list[dict[int, str]] = []
 
     # ------------------------------------------------------------------ backend
     @property
-    def backend(self):
+    def backend(self) -> ChatBackend | LocalBackend:
         if self._backend is None:
             cfg = self.config
+            # LLMRerankConfig's validator requires these; a config built around it may lack them.
             if cfg.backend == "openai":
+                if cfg.endpoint is None:
+                    raise ConfigError("model", ["llm_rerank backend 'openai' needs `endpoint: {url, model}`"])
                 self._backend = ChatBackend(cfg.endpoint, cfg.temperature, cfg.max_new_tokens)
             else:
+                if not cfg.model_path:
+                    raise ConfigError(
+                        "model", ["llm_rerank backend 'local' needs `model_path` (a local causal LM folder)"]
+                    )
                 self._backend = LocalBackend(cfg.model_path, cfg.temperature, cfg.max_new_tokens)
         return self._backend
 

@@ -118,7 +118,8 @@ def _with_lora(
     targets = [
         name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.startswith(prefixes)
     ]
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    # peft annotates lora_alpha as int, but only ever divides it by r: a float scale works.
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")  # type: ignore[arg-type]
     with warnings.catch_warnings():
         # peft asks transformers for a deprecated attribute (is_gradient_checkpointing); nothing for users to do.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

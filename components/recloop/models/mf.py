@@ -65,7 +65,7 @@ class MatrixFactorization(Recommender):
             self.user_factors, self.item_factors = users, items
             self.epochs_trained = epoch
             metrics: dict[str, float] = {"epoch": float(epoch), "loss": _loss(by_user, users, items, cfg)}
-            if use_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            if valid is not None and use_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 ndcg = validation_ndcg(self, valid)
                 metrics["valid_ndcg@10"] = ndcg
                 if stopper.update(ndcg, epoch):
@@ -110,7 +110,7 @@ class MatrixFactorization(Recommender):
 
     def _same_as_training(self, histories: Histories, users: np.ndarray) -> np.ndarray:
         """Per row: is this history exactly the user's training history (same items, same order)?"""
-        trained = self.train_histories.select(users)
+        trained = self.fitted_histories().select(users)
         same = histories.lengths() == trained.lengths()
         rows = np.flatnonzero(same)
         if len(rows):

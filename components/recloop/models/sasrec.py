@@ -10,6 +10,7 @@ text but no interactions can be scored — the cold-start case ID-only models ca
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -20,6 +21,12 @@ from recloop.models.device import select_device
 from recloop.models.early_stopping import EarlyStopping, ndcg_at_k
 from recloop.models.registry import register
 from recloop.models.text_knn import embed_item_texts
+
+if TYPE_CHECKING:
+    from recloop.models.lm_tuning import EncoderTuner
+    from recloop.models.sequential_net import SequentialRecommenderNet
+
+TuningMode = Literal["off", "top_layers", "lora"]
 
 
 def _lr_schedule(cfg: SASRecConfig, steps_per_epoch: int):
@@ -87,12 +94,11 @@ def _catalog_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return mean.astype(np.float32), np.maximum((embeddings - mean).std(axis=0), 1e-6).astype(np.float32)
 
 
-def _tuning_mode(cfg: SASRecConfig, device: str) -> str:
+def _tuning_mode(cfg: TextSASRecConfig, device: str) -> TuningMode:
     """The encoder fine-tuning this fit does: 'off', 'top_layers' or 'lora' ('auto' decided by device)."""
-    mode = getattr(cfg, "lm_finetune", "off")
-    if mode == "auto":
+    if cfg.lm_finetune == "auto":
         return "top_layers" if device.startswith("cuda") else "off"
-    return mode
+    return cfg.lm_finetune
 
 
 def _principal_directions(embeddings: np.ndarray, dims: int) -> np.ndarray:
@@ -132,31 +138,47 @@ class SASRec(Recommender):
 
     def __init__(self, config: SASRecConfig):
         super().__init__(config)
-        self.net = None
+        self.net: SequentialRecommenderNet | None = None
         self.text_embeddings: np.ndarray | None = None
         self.text_match: np.ndarray | None = None
         self.known_items = np.zeros(0, np.float32)
         self.best_epoch = 0
         self.epochs_trained = 0
         self.best_valid_ndcg = float("nan")
-        self.lm_finetune = "off"
+        self.lm_finetune: str = "off"
         # Encoder weights changed by fine-tuning (by parameter name); saved with the model.
         self.encoder_tuning: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ network
+    def _text_config(self) -> TextSASRecConfig:
+        """The config's text settings (encoder, projection, fine-tuning); only text_sasrec's config has them."""
+        if not isinstance(self.config, TextSASRecConfig):
+            raise TypeError(f"{type(self).__name__} reads item texts, which needs a text_sasrec config")
+        return self.config
+
+    def _fitted_net(self) -> SequentialRecommenderNet:
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load() first")
+        return self.net
+
     def _device(self) -> str:
         return select_device(self.config.device, f"model {self.config.candidate_name!r} (type {self.type_name})")
 
-    def _build(self):
+    def _build(self) -> SequentialRecommenderNet:
         import torch
 
         from recloop.models.sequential_net import SequentialRecommenderNet
 
         cfg = self.config
-        text = torch.from_numpy(self.text_embeddings) if self.uses_text else None
-        use_id = getattr(cfg, "use_id_embedding", True)
-        id_dropout = getattr(cfg, "id_dropout", 0.0)
-        projection = getattr(cfg, "text_projection", "mlp")
+        text_cfg = self._text_config() if self.uses_text else None
+        text = None
+        if text_cfg is not None:
+            if self.text_embeddings is None:
+                raise RuntimeError(f"{type(self).__name__} has no item text embeddings; fit() or load() sets them")
+            text = torch.from_numpy(self.text_embeddings)
+        use_id = text_cfg.use_id_embedding if text_cfg is not None else True
+        id_dropout = text_cfg.id_dropout if text_cfg is not None else 0.0
+        projection: Literal["linear", "mlp"] = text_cfg.text_projection if text_cfg is not None else "mlp"
         match = torch.from_numpy(self.text_match) if self.uses_text and self.text_match is not None else None
         net = SequentialRecommenderNet(
             self.n_items,
@@ -170,7 +192,7 @@ class SASRec(Recommender):
             id_dropout=id_dropout,
             text_projection=projection,
             text_match=match,
-            match_half_life=getattr(cfg, "text_match_half_life", 1.0),
+            match_half_life=text_cfg.text_match_half_life if text_cfg is not None else 1.0,
         )
         return net
 
@@ -223,13 +245,17 @@ class SASRec(Recommender):
         rng = np.random.default_rng(cfg.seed)
         device = self._device()
         tuner = None
-        self.lm_finetune = _tuning_mode(cfg, device) if self.uses_text else "off"
+        self.lm_finetune = "off"
         if self.uses_text:
-            embeddings = embed_item_texts(cfg.encoder, context, train.n_items)
+            text_cfg = self._text_config()
+            mode = _tuning_mode(text_cfg, device)
+            self.lm_finetune = mode
+            embeddings = embed_item_texts(text_cfg.encoder, context, train.n_items)
             self.text_embeddings = _standardized(embeddings)
-            self.text_match = _principal_directions(embeddings, cfg.text_match_dims) if cfg.text_match_dims else None
-            if self.lm_finetune != "off":
-                tuner = self._encoder_tuner(context, train.n_items, device)
+            dims = text_cfg.text_match_dims
+            self.text_match = _principal_directions(embeddings, dims) if dims else None
+            if mode != "off":
+                tuner = self._encoder_tuner(context, train.n_items, device, mode)
                 # The table is always the encoder's output standardized over the catalog; these are the
                 # statistics of the table now in use (re-computed at each re-encoding).
                 text_mean, text_std = (torch.from_numpy(a).to(device) for a in _catalog_statistics(embeddings))
@@ -242,15 +268,17 @@ class SASRec(Recommender):
         # would teach the model to push every never-seen item down (bad for cold start).
         known_mask = torch.from_numpy(self.known_items[1:] > 0).to(device)
         known_ids = torch.nonzero(known_mask).squeeze(1) + 1
-        groups = [{"params": list(net.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+        # torch's optimizers take parameter groups as plain dicts.
+        groups: list[dict[str, Any]] = [{"params": list(net.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
         if tuner is not None:
-            groups.append({"params": tuner.parameters(), "lr": cfg.lm_lr, "base_lr": cfg.lm_lr, "weight_decay": 0.0})
+            lm_lr = self._text_config().lm_lr
+            groups.append({"params": tuner.parameters(), "lr": lm_lr, "base_lr": lm_lr, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         log = context.log if context else (lambda _msg: None)
         stopper = EarlyStopping(patience=cfg.patience)
         best_state = None
         started = time.perf_counter()
-        histories = self.train_histories
+        histories = self.fitted_histories()
         windows = self._training_windows(histories)
         steps_per_epoch = -(-len(windows) // cfg.batch_size)
         schedule = _lr_schedule(cfg, steps_per_epoch)
@@ -350,19 +378,21 @@ class SASRec(Recommender):
         net.eval()
         return self
 
-    def _encoder_tuner(self, context: FitContext | None, n_items: int, device: str):
+    def _encoder_tuner(
+        self, context: FitContext | None, n_items: int, device: str, mode: Literal["top_layers", "lora"]
+    ) -> EncoderTuner:
         from recloop.models.lm_tuning import EncoderTuner
 
-        cfg = self.config
+        cfg = self._text_config()
         texts = context.items.texts if context is not None else None
         if texts is None or len(texts) != n_items:
             raise ValueError("lm_finetune needs the item texts (configure data.items with a text template)")
         tuner = EncoderTuner(
-            cfg.encoder, texts, self.lm_finetune, cfg.lm_layers, device, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout
+            cfg.encoder, texts, mode, cfg.lm_layers, device, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout
         )
         if context is not None:
             context.log(
-                f"{cfg.candidate_name}: fine-tuning the text encoder ({self.lm_finetune}, last "
+                f"{cfg.candidate_name}: fine-tuning the text encoder ({mode}, last "
                 f"{cfg.lm_layers} layer(s), {sum(p.numel() for p in tuner.parameters()):,} weights)"
             )
         return tuner
@@ -379,8 +409,9 @@ class SASRec(Recommender):
         import torch
 
         ids = torch.unique(targets)
-        if len(ids) > self.config.lm_items_per_step:
-            pick = rng.choice(len(ids), self.config.lm_items_per_step, replace=False)
+        per_step = self._text_config().lm_items_per_step
+        if len(ids) > per_step:
+            pick = rng.choice(len(ids), per_step, replace=False)
             ids = ids[torch.from_numpy(np.sort(pick)).to(ids.device)]
         fresh = ((tuner.encode(ids - 1).to(text_mean.device) - text_mean) / text_std).to(net.items.text.dtype)
         rows = net.items.text[ids] + (fresh - fresh.detach())
@@ -389,7 +420,7 @@ class SASRec(Recommender):
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
         import torch
 
-        net = self.net
+        net = self._fitted_net()
         was_training = net.training
         net.eval()
         with torch.inference_mode():
@@ -406,28 +437,30 @@ class SASRec(Recommender):
         inside inference mode. A user's score for item i is the hidden state . table[i + 1]."""
         import torch
 
+        net = self._fitted_net()
         seqs = _left_padded(histories, self.config.max_len)
-        device = next(self.net.parameters()).device
+        device = next(net.parameters()).device
         for start in range(0, len(seqs), 512):
             batch = seqs[start : start + 512]
             # Leading all-padding columns change nothing (padding keys are masked): skip their work.
             width = max(int((batch > 0).sum(axis=1).max()) if len(batch) else 1, 1)
             trimmed = torch.from_numpy(batch[:, batch.shape[1] - width :]).to(device)
-            yield start, self.net.last_hidden(trimmed, table)
+            yield start, net.last_hidden(trimmed, table)
 
     def item_vectors(self) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            return self.net.items.all_items()[1:].float().cpu().numpy()
+            return self._fitted_net().items.all_items()[1:].float().cpu().numpy()
 
     def vector_space(self) -> VectorSpace:
         """Last hidden state . item representation (with text match, both carry its extra columns)."""
         import torch
 
-        self.net.eval()
+        net = self._fitted_net()
+        net.eval()
         with torch.inference_mode():
-            table = self.net.items.all_items()  # once: re-computing it per request would cost a catalog pass
+            table = net.items.all_items()  # once: re-computing it per request would cost a catalog pass
 
         def encode(histories: Histories, users: np.ndarray | None) -> np.ndarray:
             out = np.empty((len(histories), table.shape[1]), dtype=np.float32)
@@ -440,7 +473,7 @@ class SASRec(Recommender):
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
-        state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self._fitted_net().state_dict().items()}
         state.update({f"encoder.{k}": v for k, v in self.encoder_tuning.items()})
         return state
 

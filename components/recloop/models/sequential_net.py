@@ -29,6 +29,11 @@ from torch import nn
 
 
 class ItemRepresentation(nn.Module):
+    # Buffers (registered in __init__ when used): padded text embeddings, text-match vectors, known flags.
+    text: torch.Tensor
+    match: torch.Tensor
+    known: torch.Tensor
+
     def __init__(
         self,
         n_items: int,
@@ -50,17 +55,20 @@ class ItemRepresentation(nn.Module):
         self.use_text = text_embeddings is not None
         self.use_id = use_id or not self.use_text
         self.id_dropout = id_dropout
-        if self.use_text:
+        if text_embeddings is not None:
             padded = torch.cat([torch.zeros(1, text_embeddings.shape[1]), text_embeddings.float()])
             self.register_buffer("text", padded, persistent=True)
             if text_projection == "linear":
-                self.project = nn.Sequential(nn.Linear(padded.shape[1], dim))
+                output = nn.Linear(padded.shape[1], dim)
+                self.project = nn.Sequential(output)
             else:
-                self.project = nn.Sequential(nn.Linear(padded.shape[1], dim), nn.GELU(), nn.Linear(dim, dim))
+                hidden = nn.Linear(padded.shape[1], dim)
+                output = nn.Linear(dim, dim)
+                self.project = nn.Sequential(hidden, nn.GELU(), output)
             # Text starts as a zero contribution the model learns to use: a large random text vector per
             # item would drown the ID vectors (text similarity alone is a weak next-item signal).
-            nn.init.zeros_(self.project[-1].weight)
-            nn.init.zeros_(self.project[-1].bias)
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
         if self.use_id:
             self.ids = nn.Embedding(n_items + 1, dim, padding_idx=0)
             nn.init.normal_(self.ids.weight, std=0.1)
@@ -75,7 +83,7 @@ class ItemRepresentation(nn.Module):
         `text` replaces the stored (n_items + 1, text dim) text embeddings for this call: while the text
         encoder is being fine-tuned, some rows are fresh encodings that carry gradients to it.
         """
-        rep = 0
+        rep: torch.Tensor | None = None
         has_id = torch.zeros(self.n_items + 1, 1, device=self.known.device)
         if self.use_text:
             rep = self.project(self.text if text is None else text)
@@ -89,13 +97,19 @@ class ItemRepresentation(nn.Module):
                 keep = (torch.rand(id_vecs.shape[0], 1, device=id_vecs.device) >= self.id_dropout).to(id_vecs.dtype)
                 id_vecs = id_vecs * keep / (1.0 - self.id_dropout)
                 has_id = has_id * keep
-            rep = rep + id_vecs
+            rep = id_vecs if rep is None else rep + id_vecs
+        if rep is None:
+            raise ValueError("an item representation needs text embeddings or ID embeddings (or both)")
         if self.match_dims:
             rep = torch.cat([rep, (self.match * (1.0 - has_id)).to(rep.dtype)], dim=1)
         return rep
 
 
 class SequentialRecommenderNet(nn.Module):
+    # Buffers registered in __init__: the causal mask, and the text-match recency weights when used.
+    causal: torch.Tensor
+    match_decay: torch.Tensor
+
     def __init__(
         self,
         n_items: int,

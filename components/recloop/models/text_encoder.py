@@ -45,6 +45,11 @@ def resolve_model_dir(cfg: EncoderConfig) -> Path:
                 ],
             )
         return folder
+    if not cfg.package:
+        # EncoderConfig's validator requires one of the two; a config built around it may not have.
+        raise ConfigError(
+            "encoder", ["set either `path` (a local model folder) or `package` (an installed model package)"]
+        )
     module_name = cfg.package.replace("-", "_")
     try:
         module = importlib.import_module(module_name)
@@ -57,8 +62,10 @@ def resolve_model_dir(cfg: EncoderConfig) -> Path:
         folder = Path(module.get_model_path())
     elif hasattr(module, "MODEL_DIR"):
         folder = Path(module.MODEL_DIR)
-    else:
+    elif module.__file__ is not None:
         folder = Path(module.__file__).parent / "model"
+    else:
+        raise ConfigError("encoder", [f"encoder.package: {cfg.package!r} is a namespace package, not a model package"])
     if not (folder / "config.json").is_file():
         raise ConfigError("encoder", [f"encoder.package: {cfg.package!r} ships no model folder at {folder}"])
     return folder

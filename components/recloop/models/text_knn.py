@@ -58,7 +58,7 @@ class TextKNN(Recommender):
     def __init__(self, config: TextKNNConfig):
         super().__init__(config)
         self.item_embeddings = np.zeros((0, 0), np.float32)
-        self.log_popularity = np.zeros(0, np.float32)
+        self.log_popularity: np.ndarray = np.zeros(0, np.float32)
 
     def fit(self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None) -> TextKNN:
         self._remember(train)
@@ -72,7 +72,7 @@ class TextKNN(Recommender):
         user_vecs = recency_weighted_mean(
             histories, self.item_embeddings, self.config.half_life, self.config.max_history
         )
-        scores = user_vecs @ self.item_embeddings.T
+        scores: np.ndarray = user_vecs @ self.item_embeddings.T
         b = self.config.popularity_blend
         if b > 0:
             scores = (1 - b) * scores + b * self.log_popularity[None, :]

@@ -45,12 +45,13 @@ def _run_nested(operator: Any, context: Any) -> Any:
     from airflow.sdk.bases.operator import ExecutorSafeguard
 
     tracker = getattr(ExecutorSafeguard, "tracker", None)
-    token = tracker.set(operator) if tracker is not None else None
+    if tracker is None:
+        return operator.execute(context)
+    token = tracker.set(operator)
     try:
         return operator.execute(context)
     finally:
-        if token is not None:
-            tracker.reset(token)
+        tracker.reset(token)
 
 
 class RecloopContainerOperator(BaseOperator):

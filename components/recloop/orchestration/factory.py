@@ -356,12 +356,14 @@ to `feedback.output` (include it in `data.interactions.path`); see docs/learning
             ),
             **task_settings(cfg, "feedback"),
         )(tasks.run_feedback_step)(config_path=path)
+        # Airflow types a decorated task's call with the function's own parameters, but what is passed is the
+        # upstream task's XComArg (resolved to its value at run time): hence the two ignores below.
         news = task.short_circuit(
             task_id="check",
             doc_md=(
                 "Lets `emit` run only when the feedback brought new interactions, so an idle day does not retrain."
             ),
-        )(tasks.feedback_has_news)(collected)
+        )(tasks.feedback_has_news)(collected)  # type: ignore[arg-type]
         emitted = task(
             task_id="emit",
             outlets=[Asset(asset_uri)],
@@ -369,6 +371,6 @@ to `feedback.output` (include it in `data.interactions.path`); see docs/learning
                 f"Updates the Asset `{asset_uri}` (extra: the feedback artifact URI and summary); "
                 f"`{train_id}` is scheduled on it."
             ),
-        )(tasks.emit_feedback_asset)(collected, asset_uri)
+        )(tasks.emit_feedback_asset)(collected, asset_uri)  # type: ignore[arg-type]
         news >> emitted
     return dag

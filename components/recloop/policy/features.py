@@ -77,12 +77,16 @@ class FeatureSpace:
     def dim(self) -> int:
         return len(BASE_FEATURES) + len(self.categories)
 
-    def rows_of(self, items: Sequence[str]) -> np.ndarray:
+    def rows_of(self, items: Sequence[str] | np.ndarray) -> np.ndarray:
         """Row of each item id in the item tables; -1 for items unknown when the policy was built."""
         return np.array([self.index.get(str(i), -1) for i in items], dtype=np.int64)
 
     def features(
-        self, items: Sequence[str], scores: np.ndarray, history_length: int, reference_scores: np.ndarray | None = None
+        self,
+        items: Sequence[str] | np.ndarray,
+        scores: np.ndarray,
+        history_length: int,
+        reference_scores: np.ndarray | None = None,
     ) -> np.ndarray:
         """(len(items), dim) float64 features; scaling and rank are relative to `reference_scores` (the
         candidate pool), which default to `scores` themselves."""

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from recloop.artifacts.kinds import FeedbackBatch
 from recloop.policy import training
@@ -55,17 +55,18 @@ def refresh_policy(
         bases: dict[int, training.BaseVersion] = {}
         pools: dict[tuple[int, str], training.Pool] = {}
         missing_versions = []
-        for version, rows in recs.groupby("model_version"):
+        for key, rows in recs.groupby("model_version"):
+            version = int(cast(int, key))  # model_version is an integer column of the recommendations log
             try:
-                base = training.load_base_version(store, model_name, int(version), tmp)
+                base = training.load_base_version(store, model_name, version, tmp)
             except Exception as exc:  # noqa: BLE001 - a version deleted from the registry only shrinks the log
-                missing_versions.append({"version": int(version), "error": str(exc)})
+                missing_versions.append({"version": version, "error": str(exc)})
                 continue
-            bases[int(version)] = base
+            bases[version] = base
             found = training.candidate_pools(
                 base, rows["user_id"].astype(str).tolist(), cfg.policy.candidates, cfg.serving.rules.excluded_items
             )
-            pools.update({(int(version), user): pool for user, pool in found.items()})
+            pools.update({(version, user): pool for user, pool in found.items()})
         if not bases:
             return _skipped(
                 "none of the logged model versions could be loaded from the registry "

@@ -88,7 +88,7 @@ def load_base_version(store: ArtifactStore, model_name: str, version: int, work_
     item_ids = np.empty(model.n_items, dtype=object)
     item_ids[:] = [str(i) for i in range(model.n_items)]
     item_ids[items["item_idx"].to_numpy(np.int64)] = items["item_id"].astype(str).to_numpy()
-    categories = None
+    categories: list[list[str]] | None = None
     side = art.items()
     if side is not None:
         if "categories" in side.columns:
@@ -123,7 +123,7 @@ def candidate_pools(
     recs = base.model.recommend(
         users=np.array([idx for _, idx in known], np.int64), k=size, exclude_seen=True, candidates=candidates
     )
-    lengths = base.model.train_histories.lengths()  # type: ignore[union-attr]
+    lengths = base.model.fitted_histories().lengths()
     pools = {}
     for row, (user, idx) in enumerate(known):
         ok = (recs.ids[row] >= 0) & np.isfinite(recs.scores[row])

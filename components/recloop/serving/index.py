@@ -225,7 +225,7 @@ def build_ann_index(
     users, queries = sample_queries(model, space, settings.recall_queries)
     k = min(RECALL_K, n_items)
     loaded = AnnIndex(index, {"n_items": n_items})
-    seen = [np.unique(model.train_histories.row(u)) for u in users]  # type: ignore[union-attr]
+    seen = [np.unique(model.fitted_histories().row(u)) for u in users]
     exact = _exact_unseen(queries, space.item_vectors, seen, k)
     ef = max(settings.ef_search, k)
     recall = 1.0  # nothing to measure without training users; every stored field stays well-defined

@@ -175,7 +175,7 @@ class SlateEngine:
     ) -> tuple[np.ndarray, np.ndarray, str]:
         model = served.model
         if query.history_is_training and query.user is not None:
-            histories = model.train_histories.select(np.array([query.user]))  # type: ignore[union-attr]
+            histories = model.fitted_histories().select(np.array([query.user]))
         else:
             histories = self._histories(served, query)
         users = None if query.user is None else np.array([query.user], dtype=np.int64)

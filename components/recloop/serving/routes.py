@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -25,11 +25,22 @@ from recloop.serving.eventlog import EventLogs, LogFull
 from recloop.serving.loader import ModelHolder, ServedModel
 from recloop.serving.metrics import ServingMetrics
 from recloop.serving.ranking import Slate, SlateEngine, SlateQuery
-from recloop.serving.schemas import FeedbackAccepted, Health, Readiness, RequestModels, SlateResponse
+from recloop.serving.schemas import (
+    FeedbackAccepted,
+    FeedbackRequest,
+    Health,
+    Readiness,
+    RecommendationsRequest,
+    RequestModels,
+    SlateResponse,
+)
 from recloop.serving.security import ApiKeys, presented_key
 
 API_KEY_HEADER = "X-API-Key"
-_SLATE_ERRORS = {429: {"description": "Overloaded: retry shortly"}, 503: {"description": "No model loaded yet"}}
+_SLATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: {"description": "Overloaded: retry shortly"},
+    503: {"description": "No model loaded yet"},
+}
 
 
 @dataclass
@@ -191,7 +202,12 @@ def log_slate(state: ServingState, served: ServedModel, slate: Slate, asked: Sla
 def recommendation_routes(state: ServingState, bodies: RequestModels, read_access: list[Any]) -> APIRouter:
     limits = state.settings.limits
     engine = state.engine
-    RecommendationsBody = bodies.recommendations
+    if TYPE_CHECKING:
+        # The body class is built per app (its bounds come from the config): FastAPI reads it at run time,
+        # mypy checks the route against the fields every such class has.
+        RecommendationsBody: TypeAlias = RecommendationsRequest
+    else:
+        RecommendationsBody = bodies.recommendations
     router = APIRouter()
 
     @router.get(
@@ -220,7 +236,7 @@ def recommendation_routes(state: ServingState, bodies: RequestModels, read_acces
         cat = category_id(served, category)
         user = served.users.get(user_id)
         if user is not None:
-            history = served.model.train_histories.row(user).astype(np.int64)  # type: ignore[union-attr]
+            history = served.model.fitted_histories().row(user).astype(np.int64)
         else:
             history = np.zeros(0, np.int64)
         query = SlateQuery(
@@ -260,7 +276,7 @@ def recommendation_routes(state: ServingState, bodies: RequestModels, read_acces
         dependencies=read_access,
         responses={404: {"description": "Unknown category"}, 422: {"description": "Invalid body"}, **_SLATE_ERRORS},
     )
-    def recommend_post(request: Request, body: RecommendationsBody) -> Response:  # type: ignore[valid-type]
+    def recommend_post(request: Request, body: RecommendationsBody) -> Response:
         started = time.perf_counter()
         request_id = request.state.request_id
         served = served_now(state.holder)
@@ -271,7 +287,7 @@ def recommendation_routes(state: ServingState, bodies: RequestModels, read_acces
         ignored = [raw for raw, idx in zip(body.history, posted) if idx is None]
         known = np.asarray([i for i in posted if i is not None], dtype=np.int64)
         if user is not None:
-            base = served.model.train_histories.row(user).astype(np.int64)  # type: ignore[union-attr]
+            base = served.model.fitted_histories().row(user).astype(np.int64)
             history = np.concatenate([base, known]) if len(known) else base
         else:
             history = known
@@ -348,7 +364,11 @@ def recommendation_routes(state: ServingState, bodies: RequestModels, read_acces
 
 def feedback_routes(state: ServingState, bodies: RequestModels, require_key: Callable[..., None]) -> APIRouter:
     logs, pseudonymize = state.logs, state.pseudonymize
-    FeedbackBody = bodies.feedback
+    if TYPE_CHECKING:
+        # Built per app like RecommendationsBody above.
+        FeedbackBody: TypeAlias = FeedbackRequest
+    else:
+        FeedbackBody = bodies.feedback
     router = APIRouter()
 
     @router.post(
@@ -363,7 +383,7 @@ def feedback_routes(state: ServingState, bodies: RequestModels, require_key: Cal
             429: {"description": "Overloaded, or the feedback buffer is full: retry later"},
         },
     )
-    def feedback(body: FeedbackBody) -> Any:  # type: ignore[valid-type]
+    def feedback(body: FeedbackBody) -> Any:
         now = datetime.now(UTC)
         records = []
         for event in body.events:

@@ -89,13 +89,13 @@ def fill_slate(
     max_sim = np.zeros(p, np.float64)
     remaining = np.ones(p, dtype=bool)
     cat_count: dict[int, int] = {}
-    cats = [catalog.category_ids_of(int(i)) for i in pool_ids] if policy.max_per_category is not None else None
+    cap = policy.max_per_category
+    cats = [catalog.category_ids_of(int(i)) for i in pool_ids] if cap is not None else None
     positions: list[int] = []
     propensities: list[float] = []
     for _ in range(min(policy.k, p)):
         admissible = remaining.copy()
-        if cats is not None:
-            cap = policy.max_per_category
+        if cats is not None and cap is not None:
             for j in np.flatnonzero(admissible):
                 if any(cat_count.get(int(c), 0) >= cap for c in cats[j]):
                     admissible[j] = False
@@ -103,7 +103,7 @@ def fill_slate(
         if len(candidates) == 0:
             break
         value = relevance[candidates]
-        if sims is not None:
+        if sims is not None and lam is not None:
             value = lam * value - (1.0 - lam) * max_sim[candidates]
         # Stable: among equal values the better-ranked pool item wins.
         greedy = int(candidates[int(np.argmax(value))])

@@ -6,9 +6,10 @@ built per app by `request_models(limits)`.
 
 # No `from __future__ import annotations`: pydantic reads the field annotations at runtime, and the request
 # bodies refer to bounds built inside request_models from the config.
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -77,12 +78,57 @@ class Readiness(BaseModel):
     detail: str | None = None
 
 
+class RecommendationsRequest(Protocol):
+    """What the routes read from a POST /v1/recommendations body (mypy checks the per-app class has it)."""
+
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def history(self) -> Sequence[str]: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def exclude_seen(self) -> bool: ...
+    @property
+    def category(self) -> str | None: ...
+
+
+class FeedbackEventRequest(Protocol):
+    """What the routes read from one event of a POST /v1/feedback body."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def position(self) -> int | None: ...
+    @property
+    def timestamp(self) -> datetime | None: ...
+
+
+class FeedbackRequest(Protocol):
+    """What the routes read from a POST /v1/feedback body."""
+
+    @property
+    def events(self) -> Sequence[FeedbackEventRequest]: ...
+
+
 @dataclass(frozen=True)
 class RequestModels:
-    """The request bodies of one app, bounded by its `serving.limits`."""
+    """The request bodies of one app (pydantic models), bounded by its `serving.limits`."""
 
-    recommendations: type[BaseModel]
-    feedback: type[BaseModel]
+    recommendations: type[RecommendationsRequest]
+    feedback: type[FeedbackRequest]
 
 
 def request_models(limits: ServingLimitsConfig) -> RequestModels:

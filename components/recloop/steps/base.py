@@ -47,7 +47,10 @@ class Progress(Protocol):
 
 
 def _no_progress(description: str, total: float | None = None) -> Callable[[float], None]:
-    return lambda advance=1.0: None
+    def advance(amount: float = 1.0) -> None:
+        pass
+
+    return advance
 
 
 @dataclass
@@ -134,9 +137,7 @@ class StepContext:
 
 
 def _configured_names(config: PipelineConfig) -> list[str]:
-    return [
-        m.candidate_name if hasattr(m, "candidate_name") else str(m.get("name") or m.get("type")) for m in config.models
-    ]
+    return [m.candidate_name for m in config.models]
 
 
 def select_candidates(models: Sequence[ModelConfig], names: Sequence[str] | None, source: str) -> list[ModelConfig]:
@@ -272,17 +273,18 @@ def execute_step(
 ) -> StepResult:
     """Run one step (one candidate of a per-candidate step), or reuse its committed artifact."""
     spec = find_step(step) if isinstance(step, str) else step
-    if spec.per_candidate and not candidate:
-        raise ValueError(f"step {spec.name} runs once per candidate; name the candidate")
-    if spec.per_candidate and candidate not in {m.candidate_name for m in ctx.candidates}:
-        select_candidates(ctx.config.models, [candidate], ctx.config.source)  # names the configured ones
-        raise ConfigError(
-            ctx.config.source,
-            [
-                f"--model: candidate {candidate!r} is not selected for this run "
-                f"(params.models: {', '.join(ctx.params.models or ())})"
-            ],
-        )
+    if spec.per_candidate:
+        if not candidate:
+            raise ValueError(f"step {spec.name} runs once per candidate; name the candidate")
+        if candidate not in {m.candidate_name for m in ctx.candidates}:
+            select_candidates(ctx.config.models, [candidate], ctx.config.source)  # names the configured ones
+            raise ConfigError(
+                ctx.config.source,
+                [
+                    f"--model: candidate {candidate!r} is not selected for this run "
+                    f"(params.models: {', '.join(ctx.params.models or ())})"
+                ],
+            )
     run = spec.load()
     inputs = resolve_inputs(ctx, spec, inputs, candidate)
     output = output or step_output(ctx, spec, candidate)

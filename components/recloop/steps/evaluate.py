@@ -300,7 +300,12 @@ def tuning_summary(ctx: StepContext, tune_folder: str | None, names: list[str]) 
         summary[name] = {
             **{k: record.get(k) for k in ("best_value", "best_params", "best_trial", "budget", "seconds", "states")},
             "importances": record.get("importances") or {},
-            "trials": [[int(t.number), _trial_value(t.value, t.curve), str(t.state)] for t in trials.itertuples()],
+            "trials": [
+                [int(number), _trial_value(float(value), str(curve)), str(state)]
+                for number, value, curve, state in zip(
+                    trials["number"], trials["value"], trials["curve"], trials["state"]
+                )
+            ],
         }
     return summary
 

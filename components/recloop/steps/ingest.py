@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from recloop.artifacts.kinds import RawEvents
 from recloop.config import template_fields
@@ -132,12 +132,17 @@ def _precheck(ctx: StepContext, sources: _Sources) -> None:
 
     if data.items is not None:
         items = data.items
+
+        def verify_catalog(r: TableReader) -> None:
+            _check_template(ctx, items, r.columns, r.src.uri)
+            r.require(_item_requirements(items))
+
         check(
             sources.items,
             "data.items",
             items.delimiter,
             items.encoding,
-            lambda r: (_check_template(ctx, items, r.columns, r.src.uri), r.require(_item_requirements(items))),
+            verify_catalog,
         )
         if items.tags is not None:
             tags = items.tags
@@ -232,6 +237,15 @@ def _fold_tags(ctx: StepContext, items: ItemSource, files: list[SourceFile]) -> 
     return folder.folded()
 
 
+def _first_occurrences(ids: list[Any], seen: set[Any]) -> list[bool]:
+    """Per id: True where it is in neither `seen` nor earlier in `ids`; adds every id to `seen`."""
+    fresh = []
+    for i in ids:
+        fresh.append(i not in seen)
+        seen.add(i)
+    return fresh
+
+
 def _ingest_items(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -> dict[str, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -262,7 +276,7 @@ def _ingest_items(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
                 table, dropped = render_items(chunk.table, layout, tags)
                 stats["missing_id"] += dropped
                 ids = table.column("item_id").to_pylist()
-                fresh = [i not in seen and not seen.add(i) for i in ids]  # first occurrence wins
+                fresh = _first_occurrences(ids, seen)  # first occurrence wins
                 if not all(fresh):
                     stats["duplicate_id"] += fresh.count(False)
                     table = table.filter(pa.array(fresh))
@@ -309,7 +323,7 @@ def _ingest_users(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
                 table, dropped = render_users(chunk.table, users, schema)
                 stats["missing_id"] += dropped
                 ids = table.column("user_id").to_pylist()
-                fresh = [u not in seen and not seen.add(u) for u in ids]
+                fresh = _first_occurrences(ids, seen)
                 if not all(fresh):
                     stats["duplicate_id"] += fresh.count(False)
                     table = table.filter(pa.array(fresh))
@@ -325,9 +339,20 @@ def _ingest_users(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
     return stats
 
 
+class _InteractionStats(TypedDict):
+    """Row counts of the ingested interactions, and their time range (epoch ms; None when no row has a time)."""
+
+    rows: int
+    read_rows: int
+    issue_rows: int
+    before_since: int
+    min_ms: int | None
+    max_ms: int | None
+
+
 def _ingest_interactions(
     ctx: StepContext, writer: ArtifactWriter, sources: _Sources, since: datetime | None
-) -> dict[str, object]:
+) -> _InteractionStats:
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -340,7 +365,14 @@ def _ingest_interactions(
     reading = _Reading(
         ctx, sources.interactions, "ingest interactions", "data.interactions", inter.delimiter, inter.encoding
     )
-    stats: dict[str, int] = {"rows": 0, "read_rows": 0, "issue_rows": 0, "before_since": 0}
+    stats: _InteractionStats = {
+        "rows": 0,
+        "read_rows": 0,
+        "issue_rows": 0,
+        "before_since": 0,
+        "min_ms": None,
+        "max_ms": None,
+    }
     min_ms: int | None = None
     max_ms: int | None = None
     path = writer.local(RawEvents.INTERACTIONS)
@@ -378,7 +410,8 @@ def _ingest_interactions(
                 )
             stats["read_rows"] += file_rows
     writer.add_file(RawEvents.INTERACTIONS, path, rows=stats["rows"], schema=_schema_dict(schema))
-    return {**stats, "min_ms": min_ms, "max_ms": max_ms}
+    stats["min_ms"], stats["max_ms"] = min_ms, max_ms
+    return stats
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
@@ -398,12 +431,12 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             rows["users"] = user_stats.pop("rows")
             dropped["users"] = user_stats
         inter = _ingest_interactions(ctx, writer, sources, since)
-        rows["interactions"] = int(inter["rows"])  # type: ignore[arg-type]
+        rows["interactions"] = inter["rows"]
         writer.summary.update(
             {
                 "rows": rows,
-                "min_timestamp": _iso_ms(inter["min_ms"]),  # type: ignore[arg-type]
-                "max_timestamp": _iso_ms(inter["max_ms"]),  # type: ignore[arg-type]
+                "min_timestamp": _iso_ms(inter["min_ms"]),
+                "max_timestamp": _iso_ms(inter["max_ms"]),
                 "since": since.isoformat() if since is not None else None,
                 "read_rows": inter["read_rows"],
                 "skipped_before_since": inter["before_since"],

@@ -72,7 +72,7 @@ class CandidateResult:
     train_seconds: float
     epochs: int | None
     best_valid_metric: float | None
-    history: list[dict[str, float | None]] = field(default_factory=list)
+    history: list[dict[str, str | float | None]] = field(default_factory=list)  # {"phase": ..., metric: value}
 
     def brief(self) -> dict[str, Any]:
         return {
@@ -206,7 +206,7 @@ def train_candidate(
 
     name = model_cfg.candidate_name
     model: Recommender = registry.get(model_cfg.type)(model_cfg)
-    history: list[dict[str, float | None]] = []
+    history: list[dict[str, str | float | None]] = []
     advance = ctx.progress(f"train {name}", total=100.0)
     done = [0.0]
 
@@ -216,7 +216,7 @@ def train_candidate(
             done[0] += step
             advance(step)
         if metrics:
-            history.append({"phase": phase, **{k: _finite(v) for k, v in metrics.items()}})  # type: ignore[dict-item]
+            history.append({"phase": phase, **{k: _finite(v) for k, v in metrics.items()}})
 
     context = FitContext(
         items=data.items, progress=on_progress, log=lambda msg: ctx.log(f"{name}: {msg}"), text_embedder=embedder

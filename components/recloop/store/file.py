@@ -39,7 +39,7 @@ class FileStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
-    def _atomic_write(self, key: str, writer: Callable[[IO[bytes]], None]) -> None:
+    def _atomic_write(self, key: str, writer: Callable[[IO[bytes]], object]) -> None:
         dest = self._path(key)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ addressing style); `with_retries` owns back-off for every call.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import random
@@ -275,7 +276,7 @@ class S3Store:
         strip = len(self.prefix) + 1 if self.prefix else 0
 
         def run() -> list[str]:
-            keys = []
+            keys: list[str] = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
             return keys
@@ -294,7 +295,7 @@ class S3Store:
             batch = [{"Key": self._k(k)} for k in keys[i : i + 1000]]
             resp = self._call(
                 f"delete {self.root}/{prefix.strip('/')}",
-                lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}),
+                functools.partial(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch}),
             )
             errors = resp.get("Errors") or []
             if errors:
