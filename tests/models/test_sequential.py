@@ -71,7 +71,9 @@ def test_left_padding_does_not_change_the_output(match_dims):
     torch.manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(N_ITEMS, 12), dim=1)
     match = torch.nn.functional.normalize(torch.randn(N_ITEMS, match_dims), dim=1) if match_dims else None
-    net = SequentialRecommenderNet(N_ITEMS, 16, 2, 2, 0.0, 10, text_embeddings=text, text_match=match).eval()
+    net = SequentialRecommenderNet(
+        N_ITEMS, 16, 2, 2, 0.0, 10, text_embeddings=text, text_match=match, item_init_std=0.1
+    ).eval()
     short = torch.tensor([[3, 7, 2]])
     padded = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 3, 7, 2]])
     with torch.no_grad():

@@ -240,6 +240,33 @@ class SASRecConfig(ModelConfig):
     )
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_beta2: float = Field(
+        0.999,
+        gt=0,
+        lt=1,
+        description="AdamW's decay of its squared-gradient average (beta2; beta1 is 0.9). The SASRec paper uses 0.98.",
+    )
+    item_init_std: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Standard deviation of the initial item ID vectors (read scaled by sqrt(dim) as inputs, "
+        "and as the output weights).",
+    )
+    train_windows: Literal["all", "last"] = Field(
+        "all",
+        description="all: a history longer than max_len + 1 is cut into windows of max_len + 1, so every event "
+        "is a target; last: only each user's last max_len + 1 events are trained on (one window per user, as "
+        "in the SASRec paper).",
+    )
+    batching: Literal["length_buckets", "shuffle"] = Field(
+        "length_buckets",
+        description="length_buckets: windows of similar length share a batch (less padding work, ~0.6x the "
+        "transformer positions on MovieLens at max_len 200), but a batch of short windows then weighs its few "
+        "targets as much as a full one. shuffle: uniformly random batches, every step a like sample of the "
+        "targets; it led in the first 10 epochs on MovieLens (docs/models.md, SASRec ablation), not yet "
+        "measured to the validation peak.",
+    )
     loss: Literal["full", "sampled"] = Field(
         "full",
         description="full: exact softmax over the training catalog, computed in "

@@ -193,6 +193,7 @@ class SASRec(Recommender):
             text_projection=projection,
             text_match=match,
             match_half_life=text_cfg.text_match_half_life if text_cfg is not None else 1.0,
+            item_init_std=cfg.item_init_std,
         )
         return net
 
@@ -201,13 +202,16 @@ class SASRec(Recommender):
 
         A history longer than max_len + 1 is cut, from its end, into windows of max_len + 1 items that
         overlap by one (the last input of a window is the first item of the next), so the early part of a
-        long history is trained on too rather than dropped.
+        long history is trained on too rather than dropped. With `train_windows: last` only each user's
+        last window is kept (the earlier events are never targets).
         """
         length = self.config.max_len + 1
         lengths = histories.lengths()
         starts = histories.indptr[:-1]
         # Windows per user: ceil((n - 1) / max_len) targets-blocks; users with < 2 events have none.
         per_user = np.where(lengths >= 2, -(-(lengths - 1) // self.config.max_len), 0)
+        if self.config.train_windows == "last":
+            per_user = np.minimum(per_user, 1)
         user = np.repeat(np.arange(len(lengths)), per_user)
         k = np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user)
         end = starts[user] + lengths[user] - k * self.config.max_len  # exclusive end in `items`
@@ -217,18 +221,21 @@ class SASRec(Recommender):
         return out
 
     def _training_batches(self, windows: np.ndarray, rng: np.random.Generator):
-        """Yield (inputs, targets), shuffled; rows of similar length share a batch, trimmed to the longest.
+        """Yield (inputs, targets) for one epoch, every window once; each batch trimmed to its longest row.
 
-        Length bucketing keeps padding (wasted attention and feed-forward work) small; batch order is random.
+        `batching: length_buckets` puts rows of similar length in a batch, which keeps padding (wasted
+        attention and feed-forward work) small; `shuffle` draws batches uniformly. Batch order is random.
+        Trimming leading all-padding columns changes no output (padding keys are masked).
         """
         bs = self.config.batch_size
         filled = (windows > 0).sum(axis=1)
-        # Shuffle, then sort by length within chunks of 50 batches: random batches of similar length.
         order = rng.permutation(len(windows))
-        chunk = bs * 50
-        for s in range(0, len(order), chunk):
-            part = order[s : s + chunk]
-            order[s : s + chunk] = part[np.argsort(-filled[part], kind="stable")]
+        if self.config.batching == "length_buckets":
+            # Sort by length within chunks of 50 batches of the shuffled order: random batches of similar length.
+            chunk = bs * 50
+            for s in range(0, len(order), chunk):
+                part = order[s : s + chunk]
+                order[s : s + chunk] = part[np.argsort(-filled[part], kind="stable")]
         batches = [order[s : s + bs] for s in range(0, len(order), bs)]
         for b in rng.permutation(len(batches)):
             batch = windows[batches[b]]
@@ -273,7 +280,7 @@ class SASRec(Recommender):
         if tuner is not None:
             lm_lr = self._text_config().lm_lr
             groups.append({"params": tuner.parameters(), "lr": lm_lr, "base_lr": lm_lr, "weight_decay": 0.0})
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         log = context.log if context else (lambda _msg: None)
         stopper = EarlyStopping(patience=cfg.patience)
         best_state = None

@@ -43,6 +43,8 @@ class ItemRepresentation(nn.Module):
         id_dropout: float,
         text_projection: Literal["linear", "mlp"] = "mlp",
         text_match: torch.Tensor | None = None,
+        *,
+        id_init_std: float,
     ):
         super().__init__()
         self.n_items = n_items
@@ -71,7 +73,7 @@ class ItemRepresentation(nn.Module):
             nn.init.zeros_(output.bias)
         if self.use_id:
             self.ids = nn.Embedding(n_items + 1, dim, padding_idx=0)
-            nn.init.normal_(self.ids.weight, std=0.1)
+            nn.init.normal_(self.ids.weight, std=id_init_std)
             with torch.no_grad():
                 self.ids.weight[0].zero_()
         # 1 for items that had training interactions (their ID vector is learned), else 0.
@@ -124,12 +126,16 @@ class SequentialRecommenderNet(nn.Module):
         text_projection: Literal["linear", "mlp"] = "mlp",
         text_match: torch.Tensor | None = None,
         match_half_life: float = 1.0,
+        *,
+        item_init_std: float,
     ):
         super().__init__()
         self.max_len = max_len
         self.heads = heads
         self.dim = dim
-        self.items = ItemRepresentation(n_items, dim, text_embeddings, use_id, id_dropout, text_projection, text_match)
+        self.items = ItemRepresentation(
+            n_items, dim, text_embeddings, use_id, id_dropout, text_projection, text_match, id_init_std=item_init_std
+        )
         if self.items.match_dims:
             # beta = exp(match_log_scale); 5 puts a perfect text match on the scale of typical logits.
             self.match_log_scale = nn.Parameter(torch.tensor(math.log(5.0)))
