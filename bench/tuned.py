@@ -62,7 +62,7 @@ def init_config(out: Path, name: str) -> Path:
     recloop = Path(sys.executable).parent / "recloop"
     command = [
         str(recloop), "init", "--interactions", str(DATA / "ratings.csv"), "--items", str(DATA / "movies.csv"),
-        "--name", name, "--out", str(out),
+        "--name", name, "--out", str(out), "--force",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
