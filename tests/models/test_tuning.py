@@ -23,7 +23,7 @@ from recloop.errors import ConfigError
 from recloop.steps.base import StepContext, run_step
 from recloop.store import FileStore
 from recloop.tuning.budget import Share, share_of
-from recloop.tuning.space import InvalidParams, apply_params, space_for
+from recloop.tuning.space import InvalidParams, apply_params, configured_point, space_for
 from recloop.tuning.study import StudySettings, run_study
 
 N_USERS, N_ITEMS = 40, 20
@@ -341,3 +341,23 @@ def test_a_trial_budget_finds_the_same_best_params_in_every_run(tmp_path: Path) 
         study = TuningStudy.open(store, f"runs/{run_id}/tune/itemknn")
         found.append((study.best_params(), study.trials()["params"].tolist()))
     assert found[0] == found[1]
+
+
+def test_the_configured_values_are_the_first_trial_so_tuning_never_ends_below_them(tmp_path: Path) -> None:
+    cfg = _config([{"type": "sasrec", "dim": 64, "lr": 0.01, "epochs": 30, "max_len": 77}], {"budget": "3 trials"})
+    # lr 0.01 and max_len 77 lie outside the default space: the search draws them; the rest start as configured.
+    assert configured_point(cfg.models[0], space_for(cfg.tuning, cfg.models[0])) == {
+        "dim": 64,
+        "layers": 2,
+        "dropout": 0.2,
+        "lr_schedule": "constant",
+        "epochs": 30,
+    }
+    store = FileStore(f"file://{tmp_path}/store")
+    _write_preprocess(store)
+    ctx = _ctx(store, [{"type": "ease", "lambda": 100}], {"budget": "3 trials"}, [])
+    run_step("tune", ctx, candidate="ease")
+    study = TuningStudy.open(store, "runs/r1/tune/ease")
+    trials = study.trials()
+    assert json.loads(trials["params"].iloc[0]) == {"lambda": 100.0}
+    assert study.study()["best_value"] >= trials["value"].iloc[0]

@@ -23,7 +23,7 @@ from recloop.config.search import describe_range
 from recloop.models.base import FitContext
 from recloop.steps.train import StoreTextEmbedder, TrainingData, load_training_data, seed_everything
 from recloop.tuning.budget import share_of
-from recloop.tuning.space import apply_params, space_for
+from recloop.tuning.space import apply_params, configured_point, space_for
 from recloop.tuning.study import Report, StudyOutcome, StudySettings, run_study, trials_frame
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ def _search(
         share=share,
         seed=tuning.seed,
         seed_key=name,
+        first_point=configured_point(model_cfg, space),
         startup_trials=tuning.startup_trials,
         pruning=tuning.pruning,
         parallel=tuning.parallel,

@@ -53,3 +53,20 @@ def apply_params(model_cfg: ModelConfig, params: dict[str, Any]) -> ModelConfig:
         return type(model_cfg).model_validate(values)
     except ValidationError as exc:
         raise InvalidParams("; ".join(format_validation_error(exc))) from None
+
+
+def configured_point(model_cfg: ModelConfig, space: SearchSpace) -> dict[str, Any]:
+    """The candidate's configured values of the searched parameters that lie inside the space: tried as
+    the first trial, so the search never ends below the configuration it started from (on validation)."""
+    values = model_cfg.model_dump(mode="json", by_alias=True)
+    point: dict[str, Any] = {}
+    for name, spec in space.items():
+        value = values.get(name)
+        if isinstance(spec, Choice):
+            if value in spec.choice:
+                point[name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and spec.low <= value <= spec.high:
+            if isinstance(spec, IntRange) and (int(value) != value or (int(value) - spec.low) % spec.step):
+                continue
+            point[name] = int(value) if isinstance(spec, IntRange) else float(value)
+    return point

@@ -47,6 +47,8 @@ class StudySettings:
     parallel: int = 1
     storage_url: str | None = None  # an Optuna RDB URL; else the journal file
     journal_path: Path | None = None
+    # Tried first when the study is new (the configured values): the best found is never below it.
+    first_point: dict[str, Any] | None = None
 
 
 @dataclass
@@ -76,6 +78,8 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(settings)
     resumed = _close_stale_trials(study)
+    if settings.first_point and not study.trials:
+        study.enqueue_trial(settings.first_point, skip_if_exists=True)
     finished = [t for t in study.trials if t.state.is_finished()]
     spent = sum(_seconds(t) for t in finished)
     remaining_trials = max(settings.share.trials - len(finished), 0)
