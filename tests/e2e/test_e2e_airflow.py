@@ -57,7 +57,7 @@ TASKS = (
     "data.preprocess",
     "model.tune",
     "model.train",
-    "model.evaluate",
+    "release.evaluate",
     "release.gate",
     "release.decide",
     "release.publish",
@@ -229,7 +229,7 @@ def test_training_dag_on_airflow_and_s3(airflow):
     state, tasks = run_state(airflow, run3)
     assert state == "success"
     assert {t: s for t, (s, _) in tasks.items()} == {t: "success" for t in TASKS}
-    assert tasks["model.train"][1] == 2 and tasks["model.evaluate"][1] == 1
+    assert tasks["model.train"][1] == 2 and tasks["release.evaluate"][1] == 1
     # Each candidate's instance failed once and was retried on its own.
     assert MAPPED_INSTANCES[run3] == {
         **{f"model.tune[{name}]": ("success", 1) for name in ("popularity", "ease")},

@@ -266,7 +266,7 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
         "data.preprocess",
         "model.tune",
         "model.train",
-        "model.evaluate",
+        "release.evaluate",
         "release.gate",
         "release.decide",
         "release.publish",
@@ -281,22 +281,27 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
         "data.preprocess": ["data.validate"],
         "model.tune": ["data.preprocess"],
         "model.train": ["model.tune"],
-        "model.evaluate": ["model.train"],
-        "release.gate": ["model.evaluate"],
+        "release.evaluate": ["model.train"],
+        "release.gate": ["release.evaluate"],
         "release.decide": ["release.gate"],
         "release.publish": ["release.decide"],
     }
     assert sum(len(t.upstream_task_ids) for t in dag.tasks) == 9
-    # Training is mapped: one task instance per configured candidate, named by it.
+    # The model group is mapped as a whole: one instance per configured candidate, in which train follows
+    # that candidate's own tune (not every candidate's); each task instance is named by its candidate.
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
+
     from recloop.config import load
 
+    group = dag.task_group.children["model"]
+    assert isinstance(group, MappedTaskGroup)
+    candidates = [m.candidate_name for m in load(mode_configs / "local.yaml").models]
+    assert group._expand_input.value == {"candidate": candidates}
+    assert sorted(group.children) == ["model.train", "model.tune"]
     for task_id in ("model.tune", "model.train"):
-        mapped = dag.get_task(task_id)
-        assert mapped.op_kwargs_expand_input.value == {
-            "candidate": [m.candidate_name for m in load(mode_configs / "local.yaml").models]
-        }
-        assert mapped.partial_kwargs["map_index_template"] == "{{ recloop_candidate }}"
-    assert dag.get_task("model.evaluate").trigger_rule == "none_failed_min_one_success"
+        task = dag.get_task(task_id)
+        assert task.task_group is group and task.map_index_template == "{{ recloop_candidate }}"
+    assert dag.get_task("release.evaluate").trigger_rule == "none_failed_min_one_success"
     assert sorted(dag.task_group.children) == ["data", "model", "prepare", "release"]
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.tags == {"mode:inprocess", "pipeline:local", "recloop", "training"}
@@ -309,8 +314,11 @@ def test_training_dag_tasks_groups_and_dependencies(mode_configs):
     for step in STEPS:
         task = next(t for t in dag.tasks if t.task_id.endswith("." + step))
         assert task.python_callable is tasks.run_pipeline_step
-        op_kwargs = task.partial_kwargs["op_kwargs"] if step in ("tune", "train") else task.op_kwargs
-        assert op_kwargs == {"step": step, "config_path": str(mode_configs / "local.yaml")}
+        expected = {"step": step, "config_path": str(mode_configs / "local.yaml")}
+        if step in ("tune", "train"):
+            candidate = task.op_kwargs.pop("candidate")
+            assert candidate.__class__.__name__ == "MappedArgument"
+        assert task.op_kwargs == expected
     assert "recloop pipeline `local`" in dag.doc_md and "airflow dags trigger local_train" in dag.doc_md
 
 
@@ -501,17 +509,20 @@ STEPS = ("ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate"
 
 
 def render(dag, task_id: str, candidate: str | None = None, **params):
-    """A container task rendered for one run; a mapped (per-candidate) task as the instance for `candidate`
-    (default: the first configured one)."""
-    from airflow.sdk.definitions.mappedoperator import MappedOperator
+    """A container task rendered for one run; a per-candidate task as its mapped group's instance for
+    `candidate` (default: the first configured one)."""
+    import copy
+    from types import SimpleNamespace
 
-    task = dag.get_task(task_id)
-    if isinstance(task, MappedOperator):
-        candidates = task.expand_input.value["recloop_candidate"]
-        assert task.partial_kwargs["map_index_template"] == "{{ task.recloop_candidate }}"
-        task = task.unmap({"recloop_candidate": candidate or candidates[0]})
-    values = {**dag.params.dump(), **params}
-    task.render_template_fields({"params": values, "run_id": RUN_ID, "dag": dag})
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
+
+    task = copy.deepcopy(dag.get_task(task_id))
+    context = {"params": {**dag.params.dump(), **params}, "run_id": RUN_ID, "dag": dag}
+    if isinstance(task.task_group, MappedTaskGroup):
+        candidates = task.task_group._expand_input.value["candidate"]
+        assert task.map_index_template == "{{ task.recloop_candidate }}"
+        context["ti"] = SimpleNamespace(map_index=candidates.index(candidate or candidates[0]))
+    task.render_template_fields(context)
     return task
 
 
@@ -568,7 +579,7 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
             assert [(t.key, t.value, t.effect) for t in pod.spec.tolerations] == [("dedicated", "ml", "NoSchedule")]
     # One pod per candidate; models chosen at trigger time reach the steps that read every candidate, and
     # `force` every pod; dry_run is the DAG's (publish skipped).
-    assert dag.get_task("model.train").expand_input.value == {"recloop_candidate": ["popularity", "ease"]}
+    assert dag.task_group.children["model"]._expand_input.value == {"candidate": ["popularity", "ease"]}
     train = render(dag, "model.train", candidate="ease", models=["popularity", "ease"], force=True, dry_run=True)
     assert train.build_operator().arguments == train.arguments
     assert train.arguments == [
@@ -582,7 +593,7 @@ def test_kubernetes_mode_pods_run_recloop_step_with_config_run_id_and_params(mod
         "ease",
         "--force",
     ]
-    assert render(dag, "model.evaluate", models=["ease"]).arguments == [
+    assert render(dag, "release.evaluate", models=["ease"]).arguments == [
         "step",
         "evaluate",
         "--config",

@@ -44,10 +44,19 @@ def test_training_graph_declares_the_loop_in_order() -> None:
         "preprocess": "data",
         "tune": "model",
         "train": "model",
-        "evaluate": "model",
+        "evaluate": "release",
         "gate": "release",
         "publish": "release",
     }
+    # The per-candidate steps form their own group, which the DAG maps over the candidates as a whole.
+    assert TRAINING.mapped_groups() == ("model",)
+
+
+def test_a_group_mixing_per_candidate_and_run_wide_steps_is_refused() -> None:
+    a = Step("a", "m", "a", output=Dataset, group="g")
+    b = Step("b", "m", "b", output=TrainedModel, inputs={"a": Input(Dataset)}, per_candidate=True, group="g")
+    with pytest.raises(ValueError, match="group 'g' mixes per-candidate and run-wide steps"):
+        StepGraph(steps=(a, b), groups={"g": "both kinds"})
 
 
 def test_task_edges_are_the_transitive_reduction() -> None:

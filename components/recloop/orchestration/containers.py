@@ -57,7 +57,9 @@ def _run_nested(operator: Any, context: Any) -> Any:
 class RecloopContainerOperator(BaseOperator):
     """One pipeline step in a container. Subclasses turn `container_settings` into the real operator."""
 
-    template_fields = ("arguments", "container_settings")
+    # recloop_candidate is templated so that, inside a mapped task group, the group's mapped argument is
+    # resolved to this instance's candidate before the arguments are built from it.
+    template_fields = ("recloop_candidate", "arguments", "container_settings")
     template_fields_renderers = {"container_settings": "json"}
     ui_color = "#dbeafe"
 
@@ -68,12 +70,12 @@ class RecloopContainerOperator(BaseOperator):
         recloop_config_path: str,
         recloop_container_config: str,
         container_settings: dict[str, Any],
-        recloop_candidate: str | None = None,
+        recloop_candidate: Any | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.recloop_step = recloop_step
-        self.recloop_candidate = recloop_candidate  # set on each mapped instance of a per-candidate step
+        self.recloop_candidate = recloop_candidate  # a per-candidate step's candidate (resolved when rendered)
         self.recloop_config_path = recloop_config_path  # the config on the worker (fault injection reads it)
         self.recloop_container_config = recloop_container_config  # the same file as the container sees it
         self.container_settings = container_settings
@@ -181,7 +183,7 @@ class RecloopPodOperator(RecloopContainerOperator):
 
 
 def pod_operator(
-    cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any], candidates: list[str] | None = None
+    cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any], candidate: Any | None = None
 ) -> Any:
     """The pod task of one step, configured from `execution` (+ `execution.steps.<step>`)."""
     ex, kube = cfg.execution, cfg.execution.kubernetes
@@ -228,7 +230,7 @@ def pod_operator(
     }
     return _instantiate(
         RecloopPodOperator,
-        candidates,
+        candidate,
         dict(
             recloop_step=step,
             recloop_config_path=str(config_path),
@@ -316,7 +318,7 @@ class RecloopDockerOperator(RecloopContainerOperator):
 
 
 def docker_operator(
-    cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any], candidates: list[str] | None = None
+    cfg: PipelineConfig, config_path: Path, step: str, task_kwargs: dict[str, Any], candidate: Any | None = None
 ) -> Any:
     """The container task of one step, configured from `execution` (+ `execution.steps.<step>`)."""
     ex, dock = cfg.execution, cfg.execution.docker
@@ -344,7 +346,7 @@ def docker_operator(
     }
     return _instantiate(
         RecloopDockerOperator,
-        candidates,
+        candidate,
         dict(
             recloop_step=step,
             recloop_config_path=str(config_path),
@@ -357,8 +359,8 @@ def docker_operator(
     )
 
 
-def _instantiate(cls: type[RecloopContainerOperator], candidates: list[str] | None, kwargs: dict[str, Any]) -> Any:
-    """The operator, or for a per-candidate step one mapped instance per candidate, named by it."""
-    if candidates is None:
+def _instantiate(cls: type[RecloopContainerOperator], candidate: Any | None, kwargs: dict[str, Any]) -> Any:
+    """The operator; for a per-candidate step, inside its mapped group, named by its candidate."""
+    if candidate is None:
         return cls(**kwargs)
-    return cls.partial(map_index_template="{{ task.recloop_candidate }}", **kwargs).expand(recloop_candidate=candidates)
+    return cls(map_index_template="{{ task.recloop_candidate }}", recloop_candidate=candidate, **kwargs)

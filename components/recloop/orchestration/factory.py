@@ -10,8 +10,9 @@ and get no DAG. A broken config raises `ConfigError` naming the file and every p
 shows as the DAG file's import error.
 
 Training DAG `{name}_train`, drawn from the step graph (`recloop.steps.graph.TRAINING`): prepare →
-data(ingest → validate → preprocess) → model(train[one mapped task instance per candidate] → evaluate)
-→ release(gate → decide → publish). Edges are the graph's transitive reduction, so the DAG shows the loop
+data(ingest → validate → preprocess) → model[one mapped instance per candidate](tune → train) →
+release(evaluate → gate → decide → publish). A candidate's train waits for its own tune only: the group is
+mapped as a whole. Edges are the graph's transitive reduction, so the DAG shows the loop
 itself; each task resolves every input it declares from the run's layout, and reads the run-wide values
 (`prepare`'s validated request and config hash) from XCom instead of through an edge. `decide` is a
 short-circuit: an unblessed candidate or a dry run skips publish, the run stays green, and the reason
@@ -233,19 +234,19 @@ def _step_doc(step: str) -> str:
 
 
 def _container_task(
-    cfg: PipelineConfig, config_path: Path, step: str, settings: dict[str, Any], candidates: list[str] | None
+    cfg: PipelineConfig, config_path: Path, step: str, settings: dict[str, Any], candidate: Any | None
 ) -> Any:
     from recloop.orchestration import containers
 
     task_kwargs = {"task_id": step, "doc_md": _step_doc(step), **settings}
     if cfg.execution.mode == "kubernetes":
-        return containers.pod_operator(cfg, config_path, step, task_kwargs, candidates)
-    return containers.docker_operator(cfg, config_path, step, task_kwargs, candidates)
+        return containers.pod_operator(cfg, config_path, step, task_kwargs, candidate)
+    return containers.docker_operator(cfg, config_path, step, task_kwargs, candidate)
 
 
-def _step_task(cfg: PipelineConfig, config_path: Path, step: str) -> Any:
-    """One step's task: a @task calling run_pipeline_step (inprocess) or a container; a per-candidate step
-    is mapped over the configured candidates (one task instance each, named by the candidate)."""
+def _step_task(cfg: PipelineConfig, config_path: Path, step: str, candidate: Any | None = None) -> Any:
+    """One step's task: a @task calling run_pipeline_step (inprocess) or a container. Inside a mapped
+    group, `candidate` is the group's mapped argument (one task instance per candidate, named by it)."""
     from airflow.sdk import task
 
     from recloop.orchestration import tasks
@@ -254,19 +255,36 @@ def _step_task(cfg: PipelineConfig, config_path: Path, step: str) -> Any:
     if step == "evaluate":
         # Candidates the run's `models` param leaves out are skipped, not failed.
         settings["trigger_rule"] = "none_failed_min_one_success"
-    candidates = [m.candidate_name for m in cfg.models] if TRAINING[step].per_candidate else None
     if cfg.execution.mode != "inprocess":
-        return _container_task(cfg, config_path, step, settings, candidates)
-    if candidates is not None:
-        return (
-            task(task_id=step, doc_md=_step_doc(step), map_index_template="{{ recloop_candidate }}", **settings)(
-                tasks.run_pipeline_step
-            )
-            .partial(step=step, config_path=str(config_path))
-            .expand(candidate=candidates)
+        return _container_task(cfg, config_path, step, settings, candidate)
+    if candidate is not None:
+        settings["map_index_template"] = "{{ recloop_candidate }}"
+        return task(task_id=step, doc_md=_step_doc(step), **settings)(tasks.run_pipeline_step)(
+            step=step, config_path=str(config_path), candidate=candidate
         )
     return task(task_id=step, doc_md=_step_doc(step), **settings)(tasks.run_pipeline_step)(
         step=step, config_path=str(config_path)
+    )
+
+
+def _mapped_group(cfg: PipelineConfig, config_path: Path, group: str, tooltip: str) -> Any:
+    """A group of per-candidate steps, mapped over the configured candidates: instance c runs c's steps in
+    graph order, each after its own upstream in the group only."""
+    from airflow.sdk import task_group
+
+    upstreams = TRAINING.task_upstreams()
+    steps = [s.name for s in TRAINING if s.group == group]
+
+    def candidate_steps(candidate: str) -> None:
+        ops: dict[str, Any] = {}
+        for step in steps:
+            ops[step] = _step_task(cfg, config_path, step, candidate)
+            for upstream in upstreams[step]:
+                if upstream in ops:
+                    ops[upstream] >> ops[step]
+
+    return task_group(group_id=group, tooltip=tooltip)(candidate_steps).expand(
+        candidate=[m.candidate_name for m in cfg.models]
     )
 
 
@@ -301,6 +319,14 @@ def build_training_dag(cfg: PipelineConfig, config_path: Path) -> DAG:
         )
         ops: dict[str, Any] = {}
         for group, tooltip in TRAINING.groups.items():
+            if group in TRAINING.mapped_groups():
+                mapped = _mapped_group(cfg, config_path, group, tooltip)
+                for step in (s for s in TRAINING if s.group == group):
+                    ops[step.name] = mapped
+                    for upstream in upstreams[step.name]:
+                        if ops[upstream] is not mapped:
+                            ops[upstream] >> mapped
+                continue
             with TaskGroup(group, tooltip=tooltip):
                 for step in (s for s in TRAINING if s.group == group):
                     before = [ops[u] for u in upstreams[step.name]] or [prepare]

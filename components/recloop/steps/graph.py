@@ -5,7 +5,8 @@ Everything else reads this declaration and restates nothing:
   - `run_step` resolves a step's inputs from the run layout and checks them (one check for all steps);
   - `recloop.pipeline.run_pipeline` runs `TRAINING` in order, in process;
   - the Airflow factory draws the training DAG from `TRAINING.task_upstreams()` (the loop itself, without
-    the edges implied by others) and maps `per_candidate` steps over the configured candidates;
+    the edges implied by others) and maps each group of `per_candidate` steps over the configured
+    candidates as a whole (`mapped_groups`);
   - `recloop step NAME --help` and the Airflow task docs describe inputs and outputs from it.
 
 An input's role is the name of the step whose output it reads (`inputs={"preprocess": Input(Dataset)}`).
@@ -129,6 +130,13 @@ class StepGraph:
                         f"{upstream.output.__name__}{' per candidate' if upstream.per_candidate else ''}"
                     )
             seen[step.name] = step
+        for group in {s.group for s in self.steps if s.group}:
+            kinds = {s.per_candidate for s in self.steps if s.group == group}
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"group {group!r} mixes per-candidate and run-wide steps; a group is mapped over the "
+                    "candidates as a whole (each candidate's steps one after the other), so it holds only one kind"
+                )
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
@@ -145,6 +153,11 @@ class StepGraph:
             if step.name == name:
                 return step
         raise KeyError(f"unknown step {name!r}; steps: {', '.join(self.names)}")
+
+    def mapped_groups(self) -> tuple[str, ...]:
+        """Groups of per-candidate steps: drawn as one mapped task group per candidate, so a candidate's
+        later step (train) waits only for its own earlier one (tune), not for every candidate's."""
+        return tuple(g for g in self.groups if any(s.per_candidate for s in self.steps if s.group == g))
 
     def task_upstreams(self) -> dict[str, tuple[str, ...]]:
         """Each step's direct upstream steps, minus those already upstream of another of them (the
@@ -242,7 +255,7 @@ TRAINING = StepGraph(
         Step(
             "evaluate",
             "recloop.steps.evaluate",
-            group="model",
+            group="release",
             output=Evaluation,
             inputs={
                 "preprocess": Input(Dataset),
@@ -290,8 +303,9 @@ TRAINING = StepGraph(
     ),
     groups={
         "data": "Read raw events, check them, and split them into train/valid/test",
-        "model": "Tune and train every candidate model and evaluate it (and the production champion) on the same split",
-        "release": "Gate the best candidate on thresholds and publish it as the production model",
+        "model": "Tune and train one candidate model (one mapped instance per candidate: its train follows its own tune)",
+        "release": "Evaluate every candidate and the production champion on the same split, gate the best one on "
+        "thresholds and publish it as the production model",
     },
 )
 
