@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "plain": {"item_init_std": 0.02, "train_windows": "last", "batching": "shuffle", "adam_beta2": 0.98},
     "defaults": None,
 }
+# Not a recloop variant: the independent plain SASRec of bench/plain_sasrec.py on the same schedule.
+REFERENCE = "reference"
 QUICK_EPOCHS = 4
 
 
@@ -89,7 +91,48 @@ def variant_params(name: str, epochs_cap: int | None, device: str) -> dict[str, 
     return params
 
 
+def run_reference(seed: int, epochs_cap: int | None, data, queries) -> Row:
+    from plain_sasrec import PlainSchedule, fit_plain
+    from recloop.data.interactions import Histories
+    from recloop.models.early_stopping import ndcg_at_k
+
+    schedule = PlainSchedule(
+        max_len=BASELINE["max_len"],
+        dim=BASELINE["dim"],
+        layers=BASELINE["layers"],
+        heads=BASELINE["heads"],
+        dropout=BASELINE["dropout"],
+        batch_size=BASELINE["batch_size"],
+        lr=BASELINE["lr"],
+        eval_every=BASELINE["eval_every"],
+        patience_epochs=BASELINE["patience"] * BASELINE["eval_every"],
+    )
+    result = fit_plain(
+        Histories.from_interactions(data.train),
+        data.valid,
+        data.n_items,
+        seed,
+        lambda score, histories, valid: ndcg_at_k(score, histories, valid, k=K),
+        schedule,
+        epochs_cap,
+        log=lambda m: print(m, flush=True),
+    )
+    metrics, _ = test_metrics(queries, result.score)
+    return Row(
+        REFERENCE,
+        seed,
+        {"implementation": "bench/plain_sasrec.py"},
+        result.best_valid,
+        result.best_epoch,
+        metrics[f"ndcg@{K}"],
+        result.epochs,
+        result.seconds,
+    )
+
+
 def run_variant(name: str, seed: int, epochs_cap: int | None, device: str, data, queries) -> Row:
+    if name == REFERENCE:
+        return run_reference(seed, epochs_cap, data, queries)
     from recloop.config.models import SASRecConfig
     from recloop.models.base import FitContext
     from recloop.models.sasrec import SASRec
@@ -134,7 +177,8 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    known = [*VARIANTS, REFERENCE]
+    parser.add_argument("--variants", default=",".join(known), help=f"comma-separated, of: {', '.join(known)}")
     parser.add_argument("--seeds", default="0", help="comma-separated model seeds; every variant runs with each")
     parser.add_argument("--epochs-cap", type=int, help="train at most this many epochs (default: until early stop)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: --epochs-cap {QUICK_EPOCHS}")
@@ -144,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in names if v not in VARIANTS]
+    unknown = [v for v in names if v not in known]
     if unknown:
-        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; known: {', '.join(known)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     epochs_cap = QUICK_EPOCHS if args.quick else args.epochs_cap
 

@@ -1,7 +1,7 @@
 """Tuned vs hand-tuned quality on MovieLens latest-small: does `recloop init` + the tune step find
 settings as good as the hand-tuned ones, and does it recover from bad ones?
 
-    .venv/bin/python bench/tuned.py [--budget 30m] [--models ease,mf] [--arms hand,init,init-tuned,bad-tuned]
+    .venv/bin/python bench/tuned.py [--budget 20m] [--models ease,mf] [--arms hand,init,init-tuned,bad-tuned]
     .venv/bin/python bench/quality.py --tuned ...          (the same)
 
 Arms, each a real in-process pipeline run (ingest → ... → evaluate) under its own run id in one store
@@ -149,7 +149,13 @@ def _f(value: float | None, digits: int = 4) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", default="30m", help="tuning budget of the tuned arms (default 30m)")
+    from recloop.config.tuning import INIT_BUDGET
+
+    parser.add_argument(
+        "--budget",
+        default=INIT_BUDGET,
+        help=f"tuning budget of the tuned arms (default: recloop init's, {INIT_BUDGET})",
+    )
     parser.add_argument("--models", help="comma-separated candidate names (default: every configured one)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arms of {', '.join(ARMS)}")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
