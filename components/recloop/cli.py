@@ -1,17 +1,18 @@
 """`recloop` command line: a thin shell over the library. Each command group lives in
 `recloop.commands.<group>`; this module only mounts them and maps errors to exit codes.
 
-Exit codes: 0 ok, 2 configuration error, 3 data failed validation, 1 anything else.
+Exit codes: 0 ok, 2 configuration error, 3 data failed validation, 130 SIGINT, 143 SIGTERM, 1 anything else.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Protocol, cast
+from typing import NoReturn, Protocol, cast
 
 import typer
 
+from recloop import interrupts
 from recloop.errors import RecloopError
 
 app = typer.Typer(
@@ -60,21 +61,41 @@ class _ClickException(Protocol):
     def show(self) -> None: ...
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: user-facing errors print one message and set the exit code."""
+def entry() -> NoReturn:
+    """The `recloop` console script: `main`, then exit with its code."""
+    code = main(restore_signals=False)
+    interrupts.ignore()  # a signal from now on must not turn the decided exit code into a traceback
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
+    """Run one command: user-facing errors print one message and set the exit code; SIGINT and SIGTERM
+    print what they stopped and exit 130 and 143."""
+    restore = interrupts.install()
+    try:
+        return _run(argv)
+    except interrupts.Interrupted as exc:  # before the command started, or while it printed its error
+        sys.stderr.write(exc.message() + "\n")
+        return exc.exit_code
+    finally:
+        if restore_signals:
+            restore()
+
+
+def _run(argv: list[str] | None) -> int:
     from rich.console import Console
     from rich.markup import escape
 
     err = Console(stderr=True)
     try:
         app(args=argv, standalone_mode=False)
+    except interrupts.Interrupted as exc:
+        err.print(escape(exc.message()), highlight=False, markup=True, soft_wrap=True)
+        return exc.exit_code
     except RecloopError as exc:
         # Escaped: messages quote data values and paths, and '[/x]' there must print, not parse as markup.
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
     except SystemExit as exc:
         return int(exc.code or 0)
     except Exception as exc:
@@ -85,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             cast(_ClickException, exc).show()
             return 2 if "UsageError" in names else 1
         if "Abort" in names:
-            return 1
+            # click turns a KeyboardInterrupt it sees (SIGINT before `interrupts.install`) into Abort.
+            return 130 if isinstance(exc.__context__, KeyboardInterrupt) else 1
         if "Exit" in names:
             return int(getattr(exc, "exit_code", 0) or 0)
         raise
@@ -93,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

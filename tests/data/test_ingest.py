@@ -425,15 +425,20 @@ def test_wrong_delimiter_is_explained(tmp_path: Path) -> None:
     )
 
 
-def test_failed_rerun_leaves_no_committed_artifact(tmp_path: Path) -> None:
+def test_failed_rerun_leaves_the_folder_as_it_found_it(tmp_path: Path) -> None:
     path = events_csv(tmp_path / "ev.csv")
-    cfg = make_cfg(tmp_path, {"interactions": {"path": str(path)}})
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\ni1,One\ni2,Two\n")
+    cfg = make_cfg(tmp_path, {"interactions": {"path": str(path)}, "items": {"path": str(items)}})
     ingest(cfg, tmp_path)
-    assert committed(tmp_path)
-    path.write_text("user_id,item_id,timestamp\n")
+    folder = tmp_path / "store" / "runs" / "r1" / "ingest"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(before) == ["_MANIFEST.json", "interactions.parquet", "items.parquet"]
+    path.write_text("user_id,item_id,timestamp\n")  # a header and no rows: fails after items are read
     with pytest.raises(DataError):
         ingest(cfg, tmp_path)
-    assert not committed(tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p for p in (tmp_path / "store" / "_staging").rglob("*") if p.is_file()] == []
 
 
 # ---------------------------------------------------------------------------------------------- since, globs, chunks

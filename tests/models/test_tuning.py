@@ -304,7 +304,7 @@ def test_tune_searches_on_valid_only_and_train_fits_the_best_params(tmp_path: Pa
     assert report["best_valid_metric"] == pytest.approx(record["best_value"], abs=1e-9)
     mf_trials = TuningStudy.open(store, "runs/r1/tune/mf").trials()
     assert all(len(json.loads(c)) >= 1 for c in mf_trials["curve"])  # MF reports every validation check
-    assert store.list("runs/r1/tune/_journal") == []  # the resume journal goes once the study is committed
+    assert store.list("_staging/runs/r1/tune/_journal") == []  # the resume journal goes once the study is committed
     assert store.exists("runs/r1/tune/ease/" + TuningStudy.JOURNAL)
 
 

@@ -34,6 +34,10 @@ class RecordingMixin:
         self.ops.append(("put", key))
         super().put_file(key, path)  # type: ignore[misc]
 
+    def move(self, src: str, dest: str) -> None:
+        self.ops.append(("move", dest))
+        super().move(src, dest)  # type: ignore[misc]
+
     def delete(self, key: str) -> None:
         self.ops.append(("delete", key))
         super().delete(key)  # type: ignore[misc]
@@ -73,19 +77,49 @@ def _write_sample(store: Any, prefix: str = "runs/r1/probe") -> Manifest:
     return w.manifest
 
 
-def test_manifest_is_written_last(recording_store: Any) -> None:
+def test_files_are_staged_and_the_manifest_is_written_last(recording_store: Any) -> None:
     _write_sample(recording_store)
-    ops = recording_store.ops
-    prefix = "runs/r1/probe"
-    # Uncommit first (drop the old manifest), clear stale files, upload, then commit.
-    assert ops[0] == ("delete", f"{prefix}/{MANIFEST}")
-    assert ops[1] == ("delete_prefix", prefix)
-    assert ops[-1] == ("put", f"{prefix}/{MANIFEST}")
-    assert sorted(k for op, k in ops[2:-1]) == [
-        f"{prefix}/nested/dir/blob.bin",
-        f"{prefix}/stats.json",
-        f"{prefix}/table.parquet",
+    prefix, staging = "runs/r1/probe", "_staging/runs/r1/probe"
+    # Deleting single staged objects is part of a move (S3) or of clearing staging: not the protocol.
+    ops = [op for op in recording_store.ops if not (op[0] == "delete" and op[1].startswith(staging))]
+    names = ["nested/dir/blob.bin", "stats.json", "table.parquet"]
+    # Nothing touches the folder until the commit: stale staging goes, the files are uploaded to staging.
+    assert ops[0] == ("delete_prefix", staging)
+    uploads = ops[1:4]
+    assert [op for op, _ in uploads] == ["put"] * 3
+    assert sorted(k.split("/", 5)[-1] for _, k in uploads) == names
+    assert all(k.startswith(staging + "/") for _, k in uploads)
+    token = uploads[0][1].split("/")[4]
+    # Commit: the staged manifest records it, the old manifest goes, files move in, the manifest is last.
+    assert ops[4] == ("put", f"{staging}/{token}/{MANIFEST}")
+    assert ops[5] == ("delete", f"{prefix}/{MANIFEST}")
+    assert sorted(ops[6:9]) == [("move", f"{prefix}/{n}") for n in names]
+    assert ops[9:] == [("put", f"{prefix}/{MANIFEST}"), ("delete_prefix", staging)]
+    assert recording_store.list("_staging") == []
+
+
+def test_a_failed_writer_leaves_the_folder_as_it_found_it(any_store: Any) -> None:
+    before = _write_sample(any_store)
+    with pytest.raises(RuntimeError, match="boom"):
+        with ArtifactWriter(any_store, "runs/r1/probe", step="probe", run_id="r1") as w:
+            w.put_bytes("stats.json", b'{"rows": 99}')
+            w.put_bytes("extra.bin", b"never committed")
+            raise RuntimeError("boom")
+    art = Artifact.open(any_store, "runs/r1/probe")
+    assert art.manifest.to_json() == before.to_json()
+    assert art.read_json("stats.json") == {"rows": 3}
+    assert sorted(any_store.list("runs/r1/probe")) == [
+        f"runs/r1/probe/{n}" for n in (MANIFEST, "nested/dir/blob.bin", "stats.json", "table.parquet")
     ]
+    assert any_store.list("_staging") == []
+
+
+def test_a_rewrite_drops_files_the_new_artifact_does_not_have(any_store: Any) -> None:
+    _write_sample(any_store)
+    with ArtifactWriter(any_store, "runs/r1/probe", step="probe", run_id="r1") as w:
+        w.put_json("stats.json", {"rows": 0})
+    assert any_store.list("runs/r1/probe") == [f"runs/r1/probe/{MANIFEST}", "runs/r1/probe/stats.json"]
+    assert Artifact.open(any_store, "runs/r1/probe").read_json("stats.json") == {"rows": 0}
 
 
 def test_committed_artifact_reads_back_verified(any_store: Any, tmp_path: Path) -> None:
@@ -109,12 +143,8 @@ def test_committed_artifact_reads_back_verified(any_store: Any, tmp_path: Path) 
 
 
 def test_reader_refuses_missing_manifest(any_store: Any) -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        with ArtifactWriter(any_store, "runs/r1/half", step="half", run_id="r1") as w:
-            w.put_bytes("part-0", b"written before the crash")
-            raise RuntimeError("boom")
-    assert any_store.exists("runs/r1/half/part-0")  # the files are there ...
-    assert not Artifact.exists(any_store, "runs/r1/half")  # ... but the artifact does not exist
+    any_store.put_bytes("runs/r1/half/part-0", b"written by something that died before committing")
+    assert not Artifact.exists(any_store, "runs/r1/half")  # a folder without a manifest does not exist
     with pytest.raises(
         ArtifactError,
         match=r"runs/r1/half has no _MANIFEST.json: the step that writes it has not "

@@ -155,9 +155,9 @@ def test_killed_writer_never_exposes_a_half_artifact(s3_server: S3Server, tmp_pa
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
         assert child.returncode == -signal.SIGKILL
-        left = store.list(prefix)
-        assert f"{prefix}/{MANIFEST}" not in left
-        assert 0 < len(left) < FILES, left  # killed mid-artifact: some files, not all, no manifest
+        assert store.list(prefix) == []  # killed mid-artifact: nothing reached the folder ...
+        staged = store.list(f"_staging/{prefix}")
+        assert 0 < len(staged) < FILES, staged  # ... some files were staged, not all, no manifest
         assert not Artifact.exists(store, prefix)
         with pytest.raises(ArtifactError, match="has no _MANIFEST.json"):
             Artifact.open(store, prefix)

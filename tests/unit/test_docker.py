@@ -344,7 +344,7 @@ def test_entrypoint_and_healthcheck_programs_exist(instructions: list[Instructio
 
 def test_entrypoint_execs_the_console_script_declared_in_pyproject() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["recloop"] == "recloop.cli:main"
+    assert scripts["recloop"] == "recloop.cli:entry"
     module_name, _, attr = scripts["recloop"].partition(":")
     assert callable(getattr(importlib.import_module(module_name), attr))
     body = ENTRYPOINT_SCRIPT.read_text()

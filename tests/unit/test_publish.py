@@ -483,7 +483,8 @@ def test_store_outage_during_publish_leaves_the_alias_untouched(any_store, tmp_p
     build_run(any_store, tmp_path, "r2", seed=2, champion=1)
     before = alias_bytes(any_store)
     broken = {
-        "bundle upload": lambda k: k.endswith("v2/model/arrays.safetensors"),
+        # staged first: _staging/models/.../v2/{token}/model/arrays.safetensors
+        "bundle upload": lambda k: "/v2/" in k and k.endswith("/model/arrays.safetensors"),
         "alias": lambda k: k.endswith("production.json"),
         "everything under models/": lambda k: k.startswith("models/"),
     }[broken_at]

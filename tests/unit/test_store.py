@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -557,3 +558,19 @@ def test_missing_bucket_and_bad_credentials_are_explained(s3_server: S3Server) -
     bad = S3Store(s3_server.store_config(s3_server.new_bucket(), secret_access_key="wrong-secret"))
     with pytest.raises(StoreError, match="access denied .*check store credentials"):
         bad.get_bytes("a")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_file_store_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    # Workers under another uid in the same group read what this one wrote (not mkstemp's 0600).
+    store = FileStore(f"file://{tmp_path}")
+    previous = os.umask(umask)
+    try:
+        store.put_bytes("runs/r1/a.json", b"{}")
+        source = tmp_path / "src.bin"
+        source.write_bytes(b"x")
+        store.put_file("runs/r1/b.bin", source)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "runs/r1/a.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "runs/r1/b.bin").stat().st_mode) == mode

@@ -2,6 +2,7 @@
 
 from recloop.artifacts.core import (
     MANIFEST,
+    STAGING,
     Artifact,
     ArtifactWriter,
     FileEntry,
@@ -9,10 +10,12 @@ from recloop.artifacts.core import (
     frame_schema,
     run_prefix,
     safe_run_id,
+    staging_prefix,
 )
 
 __all__ = [
     "MANIFEST",
+    "STAGING",
     "Artifact",
     "ArtifactWriter",
     "FileEntry",
@@ -20,4 +23,5 @@ __all__ = [
     "frame_schema",
     "run_prefix",
     "safe_run_id",
+    "staging_prefix",
 ]

@@ -1,10 +1,15 @@
 """Artifacts: folders in the store committed by a `_MANIFEST.json` written last.
 
-A writer clears the folder's old manifest first (the artifact stops existing for readers), writes its
-files, then writes the manifest with each file's sha256 and size, row counts, schema, config hash,
-recloop version and parent artifacts. A folder without a manifest does not exist; a file whose hash
-differs from the manifest is refused. Re-running a step with the same run id therefore never exposes a
-half-written artifact, and a completed artifact is recognised and reused.
+A writer stages its files under `_staging/{folder}/{token}/`, outside every artifact folder, and leaves the
+folder as it found it until its `with` block succeeds. Then it commits: the staged manifest is written
+beside the staged files (the record that a commit is under way), the folder's old manifest goes first (the
+old artifact stops existing for readers), then the old files, the staged files move in, and the new
+manifest is written last, with each file's sha256 and size, row counts, schema, config hash, recloop
+version and parent artifacts. SIGINT and SIGTERM wait until the commit is done. A failed or interrupted
+writer deletes its staging folder; a killed one (SIGKILL) leaves it, and the next writer of the folder
+removes it. A folder without a manifest does not exist; a file whose hash differs from the manifest is
+refused. Re-running a step with the same run id therefore never exposes a half-written artifact, and a
+completed artifact is recognised and reused.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import json
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recloop import __version__
+from recloop import __version__, interrupts
 from recloop.errors import ArtifactError
 from recloop.store import ArtifactStore, local_copy, sha256_file
 
@@ -28,6 +34,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MANIFEST = "_MANIFEST.json"
+# Work in progress: writers' staged files, and resume state such as the tune step's Optuna journal.
+STAGING = "_staging"
 _RUN_ID_RE = re.compile(r"[^A-Za-z0-9._\-]")
 
 
@@ -41,6 +49,11 @@ def safe_run_id(run_id: str) -> str:
 
 def run_prefix(run_id: str, step: str) -> str:
     return f"runs/{safe_run_id(run_id)}/{step}"
+
+
+def staging_prefix(prefix: str) -> str:
+    """Where work in progress for the folder `prefix` lives until it is committed."""
+    return f"{STAGING}/{prefix.strip('/')}"
 
 
 @dataclass
@@ -127,26 +140,52 @@ class ArtifactWriter:
             reuse_key=reuse_key,
         )
         self._tmp: Path | None = None
+        self._token = uuid.uuid4().hex[:12]
 
     @property
     def summary(self) -> dict[str, Any]:
         return self.manifest.summary
 
     def __enter__(self) -> ArtifactWriter:
-        # Uncommit first, so no reader can pair the old manifest with new files; then drop stale files.
-        self.store.delete(f"{self.prefix}/{MANIFEST}")
-        self.store.delete_prefix(self.prefix)
+        # A killed writer's staging: the folder is being rewritten, so it is garbage now.
+        self.store.delete_prefix(staging_prefix(self.prefix))
         self._tmp = Path(tempfile.mkdtemp(prefix="recloop-put-"))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self.manifest.created_at = datetime.now(UTC).isoformat(timespec="seconds")
-                self.store.put_bytes(f"{self.prefix}/{MANIFEST}", self.manifest.to_json().encode())
+                self._commit()
+            else:
+                self._discard()
         finally:
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _commit(self) -> None:
+        self.manifest.created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest = self.manifest.to_json().encode()
+        with interrupts.deferred():
+            self.store.put_bytes(f"{self._staging}/{MANIFEST}", manifest)
+            # Uncommit first, so no reader can pair the old manifest with new files; then drop stale files.
+            self.store.delete(f"{self.prefix}/{MANIFEST}")
+            for key in self.store.list(self.prefix):
+                if key[len(self.prefix) + 1 :] not in self.manifest.files:
+                    self.store.delete(key)
+            for name in self.manifest.files:
+                self.store.move(f"{self._staging}/{name}", f"{self.prefix}/{name}")
+            self.store.put_bytes(f"{self.prefix}/{MANIFEST}", manifest)
+            self.store.delete_prefix(staging_prefix(self.prefix))
+
+    def _discard(self) -> None:
+        # The folder was never touched; the staged files go. An unreachable store must not hide the
+        # error that stopped the writer, and the next writer removes what is left.
+        with contextlib.suppress(Exception):
+            self.store.delete_prefix(staging_prefix(self.prefix))
+
+    @property
+    def _staging(self) -> str:
+        return f"{staging_prefix(self.prefix)}/{self._token}"
 
     def local(self, name: str) -> Path:
         """A scratch path to write `name` to before `add_file(name)` uploads it."""
@@ -160,7 +199,7 @@ class ArtifactWriter:
     ) -> FileEntry:
         path = Path(path) if path is not None else self.local(name)
         entry = FileEntry(sha256=sha256_file(path), size=path.stat().st_size, rows=rows, schema=schema)
-        self.store.put_file(f"{self.prefix}/{name}", path)
+        self.store.put_file(f"{self._staging}/{name}", path)
         self.manifest.files[name] = entry
         return entry
 

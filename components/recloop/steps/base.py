@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from recloop.artifacts import MANIFEST, Artifact, Manifest, run_prefix
 from recloop.errors import ArtifactError, ConfigError
+from recloop.interrupts import interruptible
 from recloop.steps.graph import Input, Step, find_step
 
 if TYPE_CHECKING:
@@ -302,7 +303,8 @@ def execute_step(
     previous = ctx.reuse_key, ctx.step_name
     ctx.reuse_key, ctx.step_name = key, spec.name
     try:
-        manifest = run(ctx, inputs, output, candidate) if spec.per_candidate else run(ctx, inputs, output)
+        with interruptible(f"step {label}", ctx.run_id):
+            manifest = run(ctx, inputs, output, candidate) if spec.per_candidate else run(ctx, inputs, output)
     finally:
         ctx.reuse_key, ctx.step_name = previous
     return StepResult(manifest, reused=False)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recloop.artifacts.core import run_prefix
+from recloop.artifacts.core import run_prefix, staging_prefix
 from recloop.artifacts.kinds import TuningStudy
 from recloop.config.search import describe_range
 from recloop.models.base import FitContext
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from recloop.config.models import ModelConfig
     from recloop.steps.base import StepContext
 
-JOURNAL_FOLDER = "_journal"  # beside the candidates' folders; never a candidate name (those start alphanumeric)
+JOURNAL_FOLDER = "_journal"  # under the tune folder's staging: resume state, never part of an artifact
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -> Manifest:
@@ -115,7 +115,7 @@ def _search(
 
 
 def _journal_key(ctx: StepContext, candidate: str) -> str:
-    return f"{run_prefix(ctx.run_id, 'tune')}/{JOURNAL_FOLDER}/{candidate}.log"
+    return f"{staging_prefix(run_prefix(ctx.run_id, 'tune'))}/{JOURNAL_FOLDER}/{candidate}.log"
 
 
 def _study_record(

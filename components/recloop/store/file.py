@@ -23,6 +23,17 @@ from recloop.store import base as store_base  # read at call time: tests shorten
 from recloop.store.base import CHUNK, LOCK_PREFIX, ObjectInfo, clean_key, clean_prefix
 
 
+def process_umask() -> int:
+    """This process's umask, read without changing it (Linux: /proc/self/status; elsewhere set and reset)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class FileStore:
     """A directory on a local or mounted filesystem."""
 
@@ -47,6 +58,9 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from None
         try:
+            # mkstemp makes the file 0600; give it the mode any new file gets here (0666 less the umask),
+            # so workers under another uid in the same group can read the store.
+            os.fchmod(fd, 0o666 & ~process_umask())
             with os.fdopen(fd, "wb") as f:
                 writer(f)
                 f.flush()
@@ -105,6 +119,16 @@ class FileStore:
                     continue
                 out.append(Path(dirpath, name).relative_to(self.base).as_posix())
         return sorted(out)
+
+    def move(self, src: str, dest: str) -> None:
+        target = self._path(dest)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._path(src), target)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.uri(src)} does not exist") from None
+        except OSError as exc:
+            raise StoreError(f"cannot move {self.uri(src)} to {self.uri(dest)}: {exc.strerror or exc}") from None
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

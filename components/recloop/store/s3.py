@@ -286,6 +286,18 @@ class S3Store:
     def list(self, prefix: str = "") -> list[str]:
         return [k for k in self._list_all(prefix) if not k.rsplit("/", 1)[-1].startswith(LOCK_PREFIX)]
 
+    def move(self, src: str, dest: str) -> None:
+        """Server-side copy, then delete the source (S3 has no rename)."""
+        source = {"Bucket": self.bucket, "Key": self._k(src)}
+        self._call(
+            f"copy {self.uri(src)} to {self.uri(dest)}",
+            lambda: self.client.copy(
+                source, self.bucket, self._k(dest), ExtraArgs=self._extra() or None, Config=self.transfer
+            ),
+            writes=True,
+        )
+        self.delete(src)
+
     def delete(self, key: str) -> None:
         self._call(f"delete {self.uri(key)}", lambda: self.client.delete_object(Bucket=self.bucket, Key=self._k(key)))
 
