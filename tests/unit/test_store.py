@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import http.server
 import json
 import os
 import socket
@@ -299,9 +300,29 @@ def test_with_retries_backs_off_then_succeeds() -> None:
 def test_with_retries_is_bounded() -> None:
     retry = RetryConfig(max_attempts=3, base_delay_s=0.01)
     fn = _Flaky([ConnectionResetError(104, "reset")] * 10)
-    with pytest.raises(StoreError, match=r"put s3://b/k failed after 3 attempts .*ConnectionResetError"):
+    with pytest.raises(StoreError, match=r"put s3://b/k failed after 3 attempt\(s\) in 0 s .*ConnectionResetError"):
         with_retries(fn, retry, "put s3://b/k", sleep=lambda s: None)
     assert fn.calls == 3
+
+
+def test_with_retries_logs_each_retry_and_stops_at_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def slow_failure() -> str:
+        now[0] += 10.0  # each attempt waits out a 10 s read time-out
+        raise TimeoutError("read timed out")
+
+    # Attempts end at 10 s and 20-22 s; the third starts before the 25 s deadline, no fourth after it.
+    retry = RetryConfig(max_attempts=20, base_delay_s=1.0, max_delay_s=1.0, deadline_s=25.0)
+    with caplog.at_level("WARNING", logger="recloop.store"):
+        with pytest.raises(StoreError, match=r"get s3://b/k failed after 3 attempt\(s\) in 3[0-2] s"):
+            with_retries(slow_failure, retry, "get s3://b/k", sleep=sleep, clock=lambda: now[0])
+    retries = [r.getMessage() for r in caplog.records]
+    assert len(retries) == 2
+    assert retries[0].startswith("get s3://b/k: TimeoutError: read timed out; retry 2/20 in ")
 
 
 def test_with_retries_does_not_retry_permanent_errors() -> None:
@@ -508,7 +529,7 @@ def test_s3_gives_up_after_bounded_attempts(s3_server: S3Server) -> None:
     proxy = FlakyProxy(s3_server.ports["s3"], drop=100)
     try:
         store = _proxied_store(s3_server, proxy, bucket, max_attempts=3)
-        with pytest.raises(StoreError, match=r"put s3://.*/via-proxy/k.txt failed after 3 attempts"):
+        with pytest.raises(StoreError, match=r"put s3://.*/via-proxy/k.txt failed after 3 attempt\(s\)"):
             store.put_bytes("k.txt", b"never")
         assert proxy.dropped == 3  # one connection per attempt: botocore does not retry underneath
     finally:
@@ -574,3 +595,117 @@ def test_file_store_files_follow_the_umask(tmp_path: Path, umask: int, mode: int
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "runs/r1/a.json").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "runs/r1/b.bin").stat().st_mode) == mode
+
+
+class SilentServer:
+    """Accepts connections and never answers (an S3 endpoint that hangs)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_s3_endpoint_that_never_answers_fails_within_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    from recloop.config import StoreConfig
+
+    server = SilentServer()
+    retry = RetryConfig(read_timeout_s=0.5, connect_timeout_s=0.5, base_delay_s=0.2, max_delay_s=0.5, deadline_s=3.0)
+    store = S3Store(
+        StoreConfig(
+            root="s3://bucket/p", endpoint_url=server.endpoint, access_key_id="k", secret_access_key="s", retry=retry
+        )
+    )
+    started = time.monotonic()
+    try:
+        with caplog.at_level("WARNING", logger="recloop.store"):
+            with pytest.raises(StoreError) as failed:
+                store.get_bytes("runs/r1/ingest/_MANIFEST.json")
+    finally:
+        server.close()
+    assert time.monotonic() - started < 3.0 + 0.5 + 1.0  # the deadline, one read time-out, slack
+    message = str(failed.value)
+    assert message.startswith("get s3://bucket/p/runs/r1/ingest/_MANIFEST.json failed after ")
+    assert "not answering: Read timeout on endpoint URL" in message and "check store.endpoint_url" in message
+    assert caplog.records and all("; retry " in r.getMessage() for r in caplog.records)
+
+
+def test_default_store_deadline_is_a_minute() -> None:
+    retry = RetryConfig()
+    assert (retry.connect_timeout_s, retry.read_timeout_s, retry.deadline_s) == (5.0, 10.0, 60.0)
+
+
+class NotS3Handler(http.server.BaseHTTPRequestHandler):
+    """Answers 404 with an HTML page to every request, like a web server that is not S3."""
+
+    def _not_found(self) -> None:
+        body = b"<html><body>404 Not Found</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _not_found
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_endpoint_that_is_not_s3_is_named_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from recloop.cli import main
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotS3Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,1700000000\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: t\nstore: {{root: 's3://bucket/p', endpoint_url: '{endpoint}', access_key_id: k, "
+        f"secret_access_key: s}}\ndata: {{interactions: {{path: '{events}'}}}}\n"
+    )
+    try:
+        code = main(["step", "ingest", "--config", str(config), "--run-id", "r1"])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"the endpoint {endpoint} answered 404 Not Found without an S3 error code" in err
+    assert "check store.endpoint_url" in err and "Traceback" not in err
+
+
+def test_missing_s3_credentials_say_where_they_come_from(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recloop.config import StoreConfig
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = S3Store(StoreConfig(root="s3://bucket/p", endpoint_url=s3_server.endpoint_url, region=s3_server.region))
+    with pytest.raises(StoreError) as failed:
+        store.put_bytes("k", b"x")
+    message = str(failed.value)
+    assert "no S3 credentials (Unable to locate credentials)" in message
+    for source in ("store.access_key_id", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "~/.aws/credentials"):
+        assert source in message

@@ -16,6 +16,16 @@ class RetryConfig(StrictModel):
     max_attempts: int = Field(5, ge=1, le=20, description="Attempts per operation, the first included.")
     base_delay_s: float = Field(0.2, gt=0, description="Delay before the first retry; doubles each retry.")
     max_delay_s: float = Field(5.0, gt=0, description="Cap on a single delay.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a connection to the S3 endpoint.")
+    read_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for the S3 endpoint's next bytes before the attempt counts as failed."
+    )
+    deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="Overall limit for one store operation, retries and back-off included: an endpoint that accepts "
+        "connections and never answers fails within this time with an error naming it.",
+    )
 
 
 class StoreConfig(StrictModel):

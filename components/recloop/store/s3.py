@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import logging
 import os
 import random
 import socket
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from recloop.config import RetryConfig, StoreConfig
 
 T = TypeVar("T")
+log = logging.getLogger("recloop.store")
 
 
 _TRANSIENT_CODES = {
@@ -90,12 +92,15 @@ def with_retries(
     what: str,
     is_transient: Callable[[BaseException], bool] = _is_transient,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Call fn, retrying transient errors with exponential back-off and full jitter.
 
-    At most `retry.max_attempts` calls; a transient error on the last one becomes a StoreError naming
-    the operation and the attempts, anything else propagates unchanged at once.
+    At most `retry.max_attempts` calls, and no retry that would start after `retry.deadline_s`; each
+    retry is logged as it happens. A transient error that ends the attempts becomes a StoreError naming
+    the operation, the attempts and the time spent; anything else propagates unchanged at once.
     """
+    started = clock()
     attempt = 0
     while True:
         attempt += 1
@@ -104,21 +109,30 @@ def with_retries(
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if attempt >= retry.max_attempts:
+            delay = random.uniform(0, min(retry.max_delay_s, retry.base_delay_s * 2 ** (attempt - 1)))
+            spent = clock() - started
+            if attempt >= retry.max_attempts or spent + delay >= retry.deadline_s:
                 raise StoreError(
-                    f"{what} failed after {attempt} attempts ({_describe(exc)}); the store is "
-                    "unreachable or overloaded: check store.endpoint_url and retry later"
+                    f"{what} failed after {attempt} attempt(s) in {spent:.0f} s ({_describe(exc)}); the store is "
+                    "unreachable or overloaded: check store.endpoint_url and retry later (store.retry sets the "
+                    "attempts, time-outs and deadline)"
                 ) from exc
-            delay = min(retry.max_delay_s, retry.base_delay_s * 2 ** (attempt - 1))
-            sleep(random.uniform(0, delay))
+            log.warning(f"{what}: {_describe(exc)}; retry {attempt + 1}/{retry.max_attempts} in {delay:.1f} s")
+            sleep(delay)
 
 
 def _describe(exc: BaseException) -> str:
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
     client_error = _client_error(exc)
     if client_error is not None:
         err = client_error.response.get("Error", {})
         status = client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return f"{err.get('Code') or 'HTTP ' + str(status)}: {err.get('Message') or client_error}"
+    if isinstance(exc, ReadTimeoutError):
+        return f"not answering: {exc}"
+    if isinstance(exc, ConnectTimeoutError):
+        return f"no connection: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -143,8 +157,8 @@ def s3_client(cfg: StoreConfig, attempts: int = 1) -> Any:
             s3={"addressing_style": cfg.addressing_style},
             # botocore's `max_attempts` counts retries, `total_max_attempts` calls.
             retries={"total_max_attempts": attempts, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
+            connect_timeout=cfg.retry.connect_timeout_s,
+            read_timeout=cfg.retry.read_timeout_s,
             signature_version="s3v4",
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -187,30 +201,50 @@ class S3Store:
     def _extra(self) -> dict:
         return {"ServerSideEncryption": self.sse} if self.sse else {}
 
-    def _call(self, what: str, fn: Callable[[], T], writes: bool = False) -> T:
-        """Run one S3 operation with retries; map its errors to ones a user can act on."""
+    def _call(self, what: str, fn: Callable[[], T], writes: bool = False, head: bool = False) -> T:
+        """Run one S3 operation with retries; map its errors to ones a user can act on.
+
+        `head`: the operation starts with a HEAD request, whose 404 has no error code (a missing key)."""
         try:
             return with_retries(fn, self.retry, what)
         except StoreError as exc:
             raise StoreError(f"{exc}{self._sse_hint(writes)}") from None
         except Exception as exc:
-            raise self._map_error(what, exc, writes) from None
+            raise self._map_error(what, exc, writes, head) from None
 
-    def _map_error(self, what: str, exc: Exception, writes: bool = False) -> Exception:
+    def _map_error(self, what: str, exc: Exception, writes: bool = False, head: bool = False) -> Exception:
         """The user-facing error for a failed (non-transient) S3 operation."""
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return StoreError(
+                f"{what}: no S3 credentials ({exc}); set store.access_key_id and store.secret_access_key in the "
+                "config (as ${ENV_VAR} references), or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "environment variables, or a profile (AWS_PROFILE and ~/.aws/credentials)"
+            )
         client_error = _client_error(exc)
         if client_error is None:
             return StoreError(f"{what}: {exc}") if isinstance(exc, BotoCoreError) else exc
         code = client_error.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404", "NotFound"):
+        status = client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchKey" or (head and code in ("404", "NotFound")):
             return FileNotFoundError(f"{what}: does not exist")
         if code == "NoSuchBucket":
             return StoreError(f"{what}: bucket {self.bucket!r} does not exist; create it or fix store.root")
+        if code in ("404", "NotFound", "") and (status == 404 or code):
+            # An S3 server says NoSuchKey or NoSuchBucket; a bare 404 to a list, put or delete means the
+            # endpoint is some other HTTP server.
+            return StoreError(
+                f"{what}: the endpoint {self._endpoint} answered 404 Not Found without an S3 error code: it does "
+                "not look like an S3 server; check store.endpoint_url"
+            )
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
             return StoreError(f"{what}: access denied ({code}); check store credentials")
         return StoreError(f"{what}: {_describe(client_error)}{self._sse_hint(writes)}")
+
+    @property
+    def _endpoint(self) -> str:
+        return str(self.client.meta.endpoint_url)
 
     def _sse_hint(self, writes: bool) -> str:
         if not (writes and self.sse):
@@ -255,13 +289,16 @@ class S3Store:
         self._call(
             f"download {self.uri(key)}",
             lambda: self.client.download_file(self.bucket, self._k(key), str(path), Config=self.transfer),
+            head=True,
         )
         return path
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             head = self._call(
-                f"head {self.uri(key)}", lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+                f"head {self.uri(key)}",
+                lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key)),
+                head=True,
             )
         except FileNotFoundError:
             return None
@@ -295,6 +332,7 @@ class S3Store:
                 source, self.bucket, self._k(dest), ExtraArgs=self._extra() or None, Config=self.transfer
             ),
             writes=True,
+            head=True,  # the managed copy heads the source first
         )
         self.delete(src)
 
