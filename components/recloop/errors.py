@@ -5,6 +5,10 @@ Exit codes: 0 ok, 2 configuration or usage error, 3 data failed validation, 1 an
 
 from __future__ import annotations
 
+# Configuration, usage and data errors: the same input fails the same way, so a retry cannot fix them and
+# orchestrators fail the task at once (Airflow: AirflowFailException) instead of retrying.
+PERMANENT_EXIT_CODES = frozenset({2, 3})
+
 
 class RecloopError(Exception):
     """Base for errors with a message meant for the user (no traceback is shown)."""

@@ -5,7 +5,8 @@ One scenario, three DAG runs of the training DAG built from a config whose store
 2. a run whose gate cannot pass: publish is skipped, the run is green, the production alias is untouched;
 3. a run whose `train` task is made to fail once: Airflow retries it, the run succeeds, the failed attempt
    is recorded in S3, and the data and model files are byte-identical to run 1's;
-4. a run with a bad config override: `prepare` fails it before any step and the failure is recorded.
+4. a run with a bad config override: `prepare` fails it before any step, naming the override;
+5. a run whose data fail validation: the permanent failure fails `validate` on its first try, no retries.
 Small synthetic data and fast models (popularity + EASE) keep it around three minutes on two cores.
 
 A second mode (`slow` too) runs the same DAG under a real scheduler and LocalExecutor on PostgreSQL
@@ -269,8 +270,20 @@ def test_training_dag_on_airflow_and_s3(airflow):
         True,
         "ConfigError",
     )
+    # The override, not the config file, is named as the cause.
+    assert record["error"].startswith("invalid configuration in the DAG run's `overrides` param (applied to ")
     assert "validation.max_dupe_rate: unknown key; remove it or check its spelling" in record["error"]
+    assert "(set by the DAG run's `overrides` param: validation.max_dupe_rate=0.1)" in record["error"]
     assert store.list(run_prefix(run4, "ingest")) == []
+
+    # 5. Data that fail validation (exit 3): a permanent failure fails the task at once, without retries.
+    run5, _ = dags_test(airflow, {"overrides": ["validation.rating_range=[4.5, 5.0]"]})
+    state, tasks = run_state(airflow, run5)
+    assert state == "failed"
+    assert tasks["data.ingest"] == ("success", 1) and tasks["data.validate"] == ("failed", 1)
+    record = json.loads(store.get_bytes(f"{run_prefix(run5, '_failures')}/data.validate.json"))
+    assert (record["final"], record["error_type"]) == (True, "ValidationFailed")
+    assert "(a permanent failure, exit code 3: not retried)" in record["error"]
 
 
 # ------------------------------------------------------------------------------------------------ LocalExecutor

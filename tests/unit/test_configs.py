@@ -202,7 +202,8 @@ def test_set_overrides_win_over_the_file(tmp_path: Path) -> None:
 def test_set_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", MINIMAL)
     assert errors_of(path, ["validation.max_dupe_rate=0.1"]) == [
-        "validation.max_dupe_rate: unknown key; remove it or check its spelling (see `recloop config schema`) (got 0.1)"
+        "validation.max_dupe_rate: unknown key; remove it or check its spelling (see `recloop config schema`) "
+        "(got 0.1) (set by --set: validation.max_dupe_rate=0.1)"
     ]
     with pytest.raises(ConfigError) as exc:
         config.load(path, ["evaluation.k"], env={})
@@ -239,3 +240,22 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, monkeypa
     assert cfg.data.items.path == str(tmp_path / "conf" / "catalog.parquet")
     assert cfg.data.items.tags.path == "s3://bucket/tags.csv"
     assert cfg.data.users is not None and cfg.data.users.path == "/abs/users.csv"
+
+
+def test_errors_from_overrides_name_the_override_not_the_file(tmp_path: Path) -> None:
+    from recloop.config import load
+    from recloop.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\ndata: {interactions: {path: events.csv}}\n")
+    with pytest.raises(ConfigError) as failed:
+        load(path, ["validation.max_dupe_rate=0.1", "evaluation.k=[5,10]"], overrides_source="the run's param")
+    assert failed.value.source == f"the run's param (applied to {path})"
+    assert failed.value.errors == [
+        "validation.max_dupe_rate: unknown key; remove it or check its spelling (see `recloop config schema`) "
+        "(got 0.1) (set by the run's param: validation.max_dupe_rate=0.1)"
+    ]
+    with pytest.raises(ConfigError) as failed:
+        load(path, ["evaluation.k=[0]"])
+    assert failed.value.source == f"--set (applied to {path})"
+    assert failed.value.errors[0].endswith("(set by --set: evaluation.k=[0])")

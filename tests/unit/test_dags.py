@@ -676,7 +676,7 @@ def test_fault_injection_fails_only_the_planned_attempts():
         assert str(err.value) == (
             f"train: injected failure before running, attempt {attempt} of 2 planned failure(s) "
             "(execution.fault_injection); Airflow retries the task. Remove execution.fault_injection from "
-            "the config to stop these failures."
+            "the config (or from the run's `overrides` param, where it was set there) to stop these failures."
         )
     check_fault(fault, "train", 3, "start")  # the third attempt runs
     check_fault(fault, "ingest", 1, "start")  # other steps are untouched
@@ -684,6 +684,52 @@ def test_fault_injection_fails_only_the_planned_attempts():
     check_fault(None, "train", 1, "start")
     with pytest.raises(InjectedFault, match="after committing its artifact"):
         check_fault(FaultInjectionConfig(step="gate", at="end"), "gate", 1, "end")
+
+
+def test_permanent_errors_fail_the_task_now_and_transient_ones_keep_their_retries():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from recloop.errors import ConfigError, DataError, StoreError, ValidationFailed
+    from recloop.orchestration.tasks import InjectedFault, fail_permanent_errors_now
+
+    def failing(error: Exception):
+        def task_callable(config_path: str) -> None:
+            raise error
+
+        return fail_permanent_errors_now(task_callable)
+
+    for permanent in (ConfigError("c.yaml", ["models: empty"]), DataError("bad rows"), ValidationFailed("3 checks")):
+        with pytest.raises(AirflowFailException) as failed:
+            failing(permanent)("c.yaml")
+        assert str(failed.value).startswith(str(permanent))
+        assert f"(a permanent failure, exit code {permanent.exit_code}: not retried)" in str(failed.value)
+    for transient in (StoreError("put s3://b/k failed after 5 attempt(s)"), InjectedFault("drill")):
+        with pytest.raises(type(transient)):
+            failing(transient)("c.yaml")
+
+
+def test_container_exit_codes_2_and_3_fail_the_task_now():
+    from airflow.providers.docker.exceptions import DockerContainerFailedException
+    from airflow.sdk.exceptions import AirflowFailException
+    from kubernetes.client import models as k8s
+
+    from recloop.orchestration.containers import docker_exit_code, permanent_failure, pod_exit_code
+
+    failed = DockerContainerFailedException("Docker container failed: {'StatusCode': 3, 'Error': None}")
+    assert docker_exit_code(failed) == 3
+    assert isinstance(permanent_failure(docker_exit_code(failed), failed), AirflowFailException)
+    assert permanent_failure(1, failed) is None and permanent_failure(None, failed) is None
+
+    def pod(exit_code: int) -> k8s.V1Pod:
+        terminated = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code))
+        statuses = [
+            k8s.V1ContainerStatus(name="istio-proxy", image="i", image_id="", ready=False, restart_count=0),
+            k8s.V1ContainerStatus(name="base", image="i", image_id="", ready=False, restart_count=0, state=terminated),
+        ]
+        return k8s.V1Pod(status=k8s.V1PodStatus(container_statuses=statuses))
+
+    assert [pod_exit_code(pod(code), "base") for code in (2, 1)] == [2, 1]
+    assert pod_exit_code(k8s.V1Pod(status=None), "base") is None
 
 
 def test_log_progress_reports_quarters_not_every_step():

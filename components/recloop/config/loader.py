@@ -182,11 +182,38 @@ def load_raw(
 
 
 def load(
-    path: str | Path, overrides: list[str] | dict[str, Any] | None = None, env: dict[str, str] | None = None
+    path: str | Path,
+    overrides: list[str] | dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    overrides_source: str = "--set",
 ) -> PipelineConfig:
-    """Load and validate a pipeline config file. Raises ConfigError listing every problem."""
+    """Load and validate a pipeline config file. Raises ConfigError listing every problem; a problem with
+    an overridden key names `overrides_source` (the flag, or the DAG run's param) instead of the file."""
+    source = str(Path(path).expanduser().resolve())
     raw = load_raw(path, overrides, env)
-    return from_dict(raw, str(Path(path).expanduser().resolve()))
+    try:
+        return from_dict(raw, source)
+    except ConfigError as exc:
+        if not overrides or isinstance(overrides, dict):  # a mapping comes from code, not from a person
+            raise
+        raise blame_overrides(exc, overrides, overrides_source) from None
+
+
+def blame_overrides(exc: ConfigError, overrides: list[str], overrides_source: str) -> ConfigError:
+    """`exc` with each error about an overridden key traced to its override, and, when the overrides
+    caused every error, `overrides_source` as the source (the file itself is fine)."""
+    written = {".".join(parse_override(o)[0]): o for o in overrides}
+    errors, blamed = [], 0
+    for line in exc.errors:
+        key = line.split(":", 1)[0].strip()
+        cause = next((o for k, o in written.items() if key == k or key.startswith(k + ".")), None)
+        if cause is None:
+            errors.append(line)
+            continue
+        blamed += 1
+        errors.append(f"{line} (set by {overrides_source}: {cause})")
+    source = f"{overrides_source} (applied to {exc.source})" if blamed == len(exc.errors) else exc.source
+    return ConfigError(source, errors)
 
 
 def json_schema() -> dict:

@@ -81,7 +81,7 @@ class FailureRecorder:
             "max_tries": int(getattr(ti, "max_tries", 0) or 0),
             "final": self.final,
             "will_retry": not self.final,
-            "error_type": type(exc).__name__ if exc is not None else None,
+            "error_type": type(_root_error(exc)).__name__ if exc is not None else None,
             "error": str(exc) if exc is not None else str(context.get("reason") or "unknown"),
             "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "config": self.config_path,
@@ -101,6 +101,13 @@ class FailureRecorder:
             store.uri(key),
         )
         return store.uri(key)
+
+
+def _root_error(exc: BaseException) -> BaseException:
+    """The recloop error behind Airflow's fail-now wrapper (permanent failures), else `exc`."""
+    if type(exc).__name__ == "AirflowFailException" and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 def set_run_note(

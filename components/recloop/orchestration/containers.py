@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from recloop.errors import ConfigError
+from recloop.errors import PERMANENT_EXIT_CODES, ConfigError
 from recloop.orchestration.params import RunRequest
 
 if TYPE_CHECKING:
@@ -52,6 +52,30 @@ def _run_nested(operator: Any, context: Any) -> Any:
         return operator.execute(context)
     finally:
         tracker.reset(token)
+
+
+def permanent_failure(exit_code: int | None, cause: BaseException) -> BaseException | None:
+    """Airflow's fail-now exception for a container that exited with a permanent failure's code
+    (configuration or data: a retry would fail the same way); None for any other exit."""
+    if exit_code not in PERMANENT_EXIT_CODES:
+        return None
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(f"{cause}\n(the step exited {exit_code}, a permanent failure: not retried)")
+
+
+def docker_exit_code(exc: BaseException) -> int | None:
+    """The container's exit code in the docker provider's failure ("Docker container failed: {'StatusCode': 2, ...}")."""
+    found = re.search(r"'StatusCode': (\d+)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def pod_exit_code(remote_pod: Any, container: str) -> int | None:
+    """The exit code of the pod's `container`, once it has terminated."""
+    statuses = (remote_pod.status.container_statuses if remote_pod is not None and remote_pod.status else None) or []
+    status = next((x for x in statuses if x.name == container), None)
+    terminated = status.state.terminated if status is not None and status.state else None
+    return terminated.exit_code if terminated is not None else None
 
 
 class RecloopContainerOperator(BaseOperator):
@@ -138,6 +162,7 @@ class RecloopPodOperator(RecloopContainerOperator):
     def build_operator(self) -> BaseOperator:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
         from airflow.providers.cncf.kubernetes.secret import Secret
+        from airflow.sdk.exceptions import AirflowException
         from kubernetes.client import models as k8s
 
         s = self.container_settings
@@ -154,7 +179,18 @@ class RecloopPodOperator(RecloopContainerOperator):
             Secret("env", x["env"] or x["key"], x["secret"], x["key"]) if x["key"] else Secret("env", None, x["secret"])
             for x in s["secrets"]
         ]
-        return KubernetesPodOperator(
+
+        class FailFastPodOperator(KubernetesPodOperator):
+            def cleanup(self, pod: Any, remote_pod: Any, *args: Any, **kwargs: Any) -> None:
+                try:
+                    super().cleanup(pod, remote_pod, *args, **kwargs)
+                except AirflowException as exc:
+                    failure = permanent_failure(pod_exit_code(remote_pod, self.base_container_name), exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+
+        return FailFastPodOperator(
             task_id=self.task_id,
             cmds=["recloop"],
             arguments=list(self.arguments),
@@ -286,6 +322,17 @@ def local_mount_paths(cfg: PipelineConfig, config_path: Path) -> list[tuple[str,
 
 class RecloopDockerOperator(RecloopContainerOperator):
     """A step as a container on the worker's Docker engine (the docker provider's DockerOperator)."""
+
+    def execute(self, context: Any) -> None:
+        from airflow.providers.docker.exceptions import DockerContainerFailedException
+
+        try:
+            super().execute(context)
+        except DockerContainerFailedException as exc:
+            failure = permanent_failure(docker_exit_code(exc), exc)
+            if failure is None:
+                raise
+            raise failure from exc
 
     def build_operator(self) -> BaseOperator:
         from airflow.providers.docker.operators.docker import DockerOperator

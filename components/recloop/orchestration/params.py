@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from recloop.config import PipelineConfig
 
 PARAMS_SOURCE = "DAG run parameters"
+OVERRIDES_SOURCE = "the DAG run's `overrides` param"
 OVERRIDE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*=.*$"
 _OVERRIDE_RE = re.compile(OVERRIDE_PATTERN, re.DOTALL)
 

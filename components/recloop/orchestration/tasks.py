@@ -10,23 +10,44 @@ cleared task resumes instead of redoing finished work.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from recloop.errors import ConfigError, RecloopError
-from recloop.orchestration.params import RunRequest
+from recloop.errors import PERMANENT_EXIT_CODES, ConfigError, RecloopError
+from recloop.orchestration.params import OVERRIDES_SOURCE, RunRequest
 
 if TYPE_CHECKING:
     from recloop.config import FaultInjectionConfig, PipelineConfig
     from recloop.steps.base import StepContext
 
 log = logging.getLogger("recloop.orchestration")
+T = TypeVar("T")
 
 
 class InjectedFault(RecloopError):
-    """A failure requested by `execution.fault_injection` (tests and retry drills)."""
+    """A failure requested by `execution.fault_injection` (tests and retry drills): it stands for a
+    transient fault, so it keeps the task's retries."""
+
+
+def fail_permanent_errors_now(task_callable: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a task callable: an error whose exit code is permanent (configuration, usage, data) fails the
+    task without its retries; transient ones (store time-outs, 5xx, injected faults) are retried."""
+
+    @functools.wraps(task_callable)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return task_callable(*args, **kwargs)
+        except RecloopError as exc:
+            if exc.exit_code not in PERMANENT_EXIT_CODES:
+                raise
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{exc}\n(a permanent failure, exit code {exc.exit_code}: not retried)") from exc
+
+    return run
 
 
 class StepUnavailable(RecloopError):
@@ -41,7 +62,7 @@ def check_fault(fault: FaultInjectionConfig | None, step: str, attempt: int, at:
     raise InjectedFault(
         f"{step}: injected failure {where}, attempt {attempt} of {fault.fail_attempts} planned failure(s) "
         "(execution.fault_injection); Airflow retries the task. Remove execution.fault_injection from the "
-        "config to stop these failures."
+        "config (or from the run's `overrides` param, where it was set there) to stop these failures."
     )
 
 
@@ -85,7 +106,7 @@ def load_checked_config(config_path: str, run: Mapping[str, Any]) -> tuple[Pipel
     from recloop.config import load
 
     request = RunRequest.from_xcom(run["request"])
-    cfg = load(config_path, list(request.overrides))
+    cfg = load(config_path, list(request.overrides), overrides_source=OVERRIDES_SOURCE)
     if cfg.config_hash() != run["config_hash"]:
         raise ConfigError(
             config_path,
@@ -127,6 +148,7 @@ def skip_unselected_candidate(request: RunRequest, candidate: str | None) -> Non
         )
 
 
+@fail_permanent_errors_now
 def prepare_run(config_path: str) -> dict[str, Any]:
     """Validate the run's params and config once, before any step: bad overrides fail here, fast."""
     from recloop.artifacts import safe_run_id
@@ -134,7 +156,7 @@ def prepare_run(config_path: str) -> dict[str, Any]:
 
     context = _current_context()
     request = RunRequest.from_params(context["params"])
-    cfg = load(config_path, list(request.overrides))
+    cfg = load(config_path, list(request.overrides), overrides_source=OVERRIDES_SOURCE)
     candidates = [m.candidate_name for m in cfg.models]
     request = RunRequest.from_params(context["params"], candidates)  # re-check models against this config
     run_id = str(context["run_id"])
@@ -176,6 +198,7 @@ def _load_step_or_explain(step: str) -> None:
         ) from None
 
 
+@fail_permanent_errors_now
 def run_pipeline_step(step: str, config_path: str, candidate: str | None = None) -> dict[str, Any]:
     """One pipeline step (one candidate of a per-candidate step) in the task process; returns its manifest
     brief (URI + summary) for XCom."""
@@ -215,6 +238,7 @@ def _note_published(cfg: PipelineConfig, context: Mapping[str, Any], brief: Mapp
     set_run_note(cfg.execution.airflow_api, context["dag"].dag_id, str(context["run_id"]), note, _say)
 
 
+@fail_permanent_errors_now
 def decide_publish(config_path: str) -> bool:
     """Short-circuit before publish: True only for a blessed candidate outside a dry run. The reason is
     logged and written as the run note, so a skipped publish is explained where people look."""
@@ -260,6 +284,7 @@ def decide_publish(config_path: str) -> bool:
 # ------------------------------------------------------------------------------------------------ feedback
 
 
+@fail_permanent_errors_now
 def run_feedback_step(config_path: str) -> dict[str, Any]:
     """The feedback DAG's step, in the task process; returns its manifest brief (URI + summary) for XCom."""
     from recloop.config import load
