@@ -41,6 +41,13 @@ class DataError(RecloopError):
     exit_code = 3
 
 
+class InputNotFound(RecloopError):
+    """A configured input path names no file: a configuration error (exit 2), found by `config validate`
+    for local paths (and s3:// ones with --check-access) before any step runs."""
+
+    exit_code = 2
+
+
 class ValidationFailed(RecloopError):
     """Data failed the validation suite with `on_failure: fail`."""
 

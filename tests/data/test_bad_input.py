@@ -87,7 +87,7 @@ CASES = [
     Case(
         "missing_file",
         "ingest",
-        3,
+        2,  # a configured path that names nothing is a configuration error
         ("data.interactions.path: '{dir}/no_such_ratings.csv' does not exist; fix the path",),
     ),
     Case(

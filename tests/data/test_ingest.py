@@ -17,12 +17,10 @@ import pytest
 from recloop import config
 from recloop.artifacts import MANIFEST, Artifact, run_prefix
 from recloop.config import PipelineConfig
-from recloop.errors import ConfigError, DataError
+from recloop.errors import ConfigError, DataError, InputNotFound
 from recloop.steps.base import RunParams, StepContext, run_step
 from recloop.store import FileStore
-from support.paths import REPO
-
-MOVIELENS = Path("/work/shared/datasets/ml-latest-small")
+from support.paths import REPO, movielens
 
 # (user, item, epoch seconds, rating): the same five events in every format.
 EVENTS = [
@@ -388,12 +386,6 @@ def _structural_case(tmp_path: Path, case: str) -> tuple[Path, dict[str, Any]]:
             "re-export it or set data.interactions.format to its real format",
         ),
         (
-            "missing",
-            "data.interactions.path: '{path}' does not exist; fix the path (relative paths are resolved "
-            "against the config file's directory)",
-        ),
-        ("no_glob_match", "data.interactions.path: no files match '{path}'; check the pattern and directory"),
-        (
             "unknown_ext",
             "{path}: cannot tell the file format from its name; set data.interactions.format to one of "
             "csv, tsv, parquet, jsonl (gzip is detected from a .gz ending)",
@@ -405,6 +397,25 @@ def test_structural_problems_raise_a_clear_data_error(tmp_path: Path, case: str,
     with pytest.raises(DataError) as exc:
         ingest(make_cfg(tmp_path, data), tmp_path)
     assert str(exc.value) == message.format(path=path)
+    assert not committed(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "missing",
+            "data.interactions.path: '{path}' does not exist; fix the path (relative paths are resolved "
+            "against the config file's directory)",
+        ),
+        ("no_glob_match", "data.interactions.path: no files match '{path}'; check the pattern and directory"),
+    ],
+)
+def test_a_path_that_names_nothing_is_a_configuration_error(tmp_path: Path, case: str, message: str) -> None:
+    path, data = _structural_case(tmp_path, case)
+    with pytest.raises(InputNotFound) as exc:
+        ingest(make_cfg(tmp_path, data), tmp_path)
+    assert str(exc.value) == message.format(path=path) and exc.value.exit_code == 2
     assert not committed(tmp_path)
 
 
@@ -671,8 +682,8 @@ def test_users_table(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not MOVIELENS.is_dir(), reason="MovieLens small is not present")
 def test_movielens_row_counts_match_the_source_files(tmp_path: Path) -> None:
+    movielens()  # fails, not skips, without the shared copy CI always has
     cfg = config.load(REPO / "configs" / "movielens.yaml", [f"store.root=file://{tmp_path / 'store'}"])
     art = ingest(cfg, tmp_path)
     summary = art.manifest.summary
@@ -755,9 +766,15 @@ def test_ingest_reads_s3_sources_and_writes_to_an_s3_store(s3_store: Any, s3_sto
     missing = config.from_dict(
         {**cfg.model_dump(mode="python"), "data": {"interactions": {"path": f"s3://{bucket}/raw/nothing/*.csv"}}}
     )
-    with pytest.raises(DataError) as exc:
+    with pytest.raises(InputNotFound) as exc:
         run_step("ingest", StepContext(missing, s3_store, "r2", params=RunParams(force=True)))
-    assert str(exc.value) == (
+    message = (
         f"data.interactions.path: no objects match 's3://{bucket}/raw/nothing/*.csv'; "
         "check the bucket, prefix and pattern"
     )
+    assert str(exc.value) == message
+    # `recloop config validate --check-access` lists s3:// inputs the same way; without it they are not read.
+    from recloop.data.readers import missing_inputs
+
+    assert missing_inputs(missing.data, missing.store, remote=True) == [message]
+    assert missing_inputs(missing.data, missing.store, remote=False) == []

@@ -19,10 +19,9 @@ from recloop import config
 from recloop.cli import main
 from recloop.config.models import EaseConfig
 from recloop.config.pipeline import PipelineConfig
-from support.paths import REPO, TESTS
+from support.paths import TESTS, movielens
 
 GOLDEN = TESTS / "corpus" / "golden"
-MOVIELENS = (REPO / ".." / "shared" / "datasets" / "ml-latest-small").resolve()
 ML_PLACEHOLDER = "<ml-latest-small>"
 UPDATE_GOLDEN = os.environ.get("RECLOOP_UPDATE_GOLDEN") == "1"
 
@@ -70,16 +69,16 @@ def test_demo_data_gives_the_golden_config(
     assert run(capsys, "config", "validate", "init_demo.yaml")[0] == 0
 
 
-@pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"ml-latest-small is not at {MOVIELENS}")
 def test_movielens_gives_the_golden_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_file = tmp_path / "init_movielens.yaml"
+    dataset = movielens()
     code, out, err = run(
         capsys,
-        *("init", "--interactions", str(MOVIELENS / "ratings.csv"), "--items", str(MOVIELENS / "movies.csv")),
+        *("init", "--interactions", str(dataset / "ratings.csv"), "--items", str(dataset / "movies.csv")),
         *("--name", "movielens", "--out", str(out_file)),
     )
     assert (code, err) == (0, "")
-    check_golden(out_file.read_text().replace(str(MOVIELENS), ML_PLACEHOLDER), "init_movielens.yaml")
+    check_golden(out_file.read_text().replace(str(dataset), ML_PLACEHOLDER), "init_movielens.yaml")
     cfg = config.load(out_file)
     assert cfg.data.items is not None
     assert (cfg.data.items.id, cfg.data.items.category, cfg.data.items.text) == (

@@ -210,6 +210,22 @@ def test_set_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     assert exc.value.errors == ["evaluation.k: expected KEY.PATH=VALUE"]
 
 
+def test_validate_checks_that_local_inputs_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\nu1,i1,1\n")
+    path = write(
+        tmp_path / "c.yaml",
+        "name: t\ndata:\n  interactions: {path: events.csv}\n  items: {path: no_items.csv, id: item_id}\n"
+        "  users: {path: 's3://bucket/users.csv', id: user_id}\n",
+    )
+    assert main(["config", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid configuration in {path} (1 error(s))" in err
+    assert f"data.items.path: '{tmp_path / 'no_items.csv'}' does not exist; fix the path" in err
+    (tmp_path / "no_items.csv").write_text("item_id\ni1\n")
+    assert main(["config", "validate", str(path)]) == 0  # s3:// inputs are listed only with --check-access
+    assert "valid (pipeline 't'" in capsys.readouterr().out
+
+
 def test_cli_set_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path / "c.yaml", MINIMAL)
     assert main(["config", "show", str(path), "--set", "validation.min_rows=7"]) == 0

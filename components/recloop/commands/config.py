@@ -17,11 +17,23 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY
 
 
 @app.command("validate")
-def validate(file: ConfigOpt, set_: SetOpt = None) -> None:
-    """Validate FILE; print every problem as `path.to.key: what is wrong` (exit 2) or a summary."""
+def validate(
+    file: ConfigOpt,
+    set_: SetOpt = None,
+    check_access: Annotated[
+        bool, typer.Option("--check-access", help="Also list s3:// inputs with the store's credentials.")
+    ] = False,
+) -> None:
+    """Validate FILE, and that its local input paths name files; print every problem as
+    `path.to.key: what is wrong` (exit 2) or a summary."""
     from recloop import config
+    from recloop.data.readers import missing_inputs
+    from recloop.errors import ConfigError
 
     cfg = config.load(file, set_ or [])
+    problems = missing_inputs(cfg.data, cfg.store, remote=check_access)
+    if problems:
+        raise ConfigError(cfg.source, problems)
     models = ", ".join(m.candidate_name for m in cfg.models) or "none"
     typer.echo(f"{file}: valid (pipeline {cfg.name!r}, store {cfg.store.root}, models: {models})")
 

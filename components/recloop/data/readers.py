@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recloop.errors import DataError
+from recloop.errors import DataError, InputNotFound
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from recloop.config import StoreConfig
+    from recloop.config import DataConfig, StoreConfig
     from recloop.store import ArtifactStore
 
 # Recognised file name endings, longest first so '.csv.gz' wins over '.gz'.
@@ -140,6 +140,31 @@ def _known_extension(name: str) -> bool:
     return any(lower.endswith(ext) for ext in _EXTENSIONS)
 
 
+def configured_sources(data: DataConfig) -> list[tuple[str, str, str]]:
+    """(config key, path, format) of every input the `data` section names."""
+    out = [("data.interactions", data.interactions.path, data.interactions.format)]
+    if data.items is not None:
+        out.append(("data.items", data.items.path, data.items.format))
+        if data.items.tags is not None:
+            out.append(("data.items.tags", data.items.tags.path, data.items.tags.format))
+    if data.users is not None:
+        out.append(("data.users", data.users.path, data.users.format))
+    return out
+
+
+def missing_inputs(data: DataConfig, store_cfg: StoreConfig, remote: bool) -> list[str]:
+    """`key.path: problem` for each configured input that names no file; s3:// ones only when `remote`."""
+    problems = []
+    for key, path, fmt in configured_sources(data):
+        if path.startswith("s3://") and not remote:
+            continue
+        try:
+            resolve_sources(path, fmt, store_cfg, key)
+        except (InputNotFound, DataError) as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def resolve_sources(path: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> list[SourceFile]:
     """Every file a configured `path` names (a file, a directory, a glob, or s3:// of either), sorted."""
     if path.startswith("s3://"):
@@ -151,7 +176,7 @@ def resolve_sources(path: str, fmt: str, store_cfg: StoreConfig, config_key: str
     if any(c in local for c in _GLOB_CHARS):
         names = [p for p in sorted(glob.glob(local, recursive=True)) if os.path.isfile(p)]
         if not names:
-            raise DataError(f"{config_key}.path: no files match {local!r}; check the pattern and directory")
+            raise InputNotFound(f"{config_key}.path: no files match {local!r}; check the pattern and directory")
     elif os.path.isdir(local):
         names = sorted(
             str(p)
@@ -159,14 +184,14 @@ def resolve_sources(path: str, fmt: str, store_cfg: StoreConfig, config_key: str
             if p.is_file() and not p.name.startswith(".") and (fmt != "auto" or _known_extension(p.name))
         )
         if not names:
-            raise DataError(
+            raise InputNotFound(
                 f"{config_key}.path: directory {local!r} holds no data files "
                 "(.csv, .tsv, .parquet, .jsonl, optionally .gz)"
             )
     elif os.path.isfile(local):
         names = [local]
     else:
-        raise DataError(
+        raise InputNotFound(
             f"{config_key}.path: {local!r} does not exist; fix the path (relative paths are "
             "resolved against the config file's directory)"
         )
@@ -211,7 +236,7 @@ def _list_s3(uri: str, fmt: str, store_cfg: StoreConfig, config_key: str) -> lis
     else:
         keys = [k for k in listing if fnmatch.fnmatchcase(k, match)]
     if not keys:
-        raise DataError(f"{config_key}.path: no objects match {uri!r}; check the bucket, prefix and pattern")
+        raise InputNotFound(f"{config_key}.path: no objects match {uri!r}; check the bucket, prefix and pattern")
     out = []
     for key in sorted(keys):
         info = store.stat(key)
