@@ -142,7 +142,7 @@ def _known_extension(name: str) -> bool:
 
 def configured_sources(data: DataConfig) -> list[tuple[str, str, str]]:
     """(config key, path, format) of every input the `data` section names."""
-    out = [("data.interactions", data.interactions.path, data.interactions.format)]
+    out: list[tuple[str, str, str]] = [("data.interactions", data.interactions.path, data.interactions.format)]
     if data.items is not None:
         out.append(("data.items", data.items.path, data.items.format))
         if data.items.tags is not None:
