@@ -362,3 +362,29 @@ def test_outcome_replaces_the_other_outcome_of_the_same_run(tmp_path):
         _run(ctx, ingest_uri)
     assert not Artifact.exists(ctx.store, "runs/r1/validate")
     assert ctx.store.list("runs/r1/validate/") == []
+
+
+def test_the_validate_log_shows_recloops_lines_not_great_expectations_noise(tmp_path: Path) -> None:
+    """As an Airflow task logs it (root logger at INFO, a fresh process): GX registers ~200 functions at
+    import, each an INFO line; only recloop's own lines should be there."""
+    import subprocess
+    import sys
+
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,1700000100\n")
+    code = f"""
+import logging
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+from recloop import config
+from recloop.steps.base import StepContext, run_step
+cfg = config.from_dict({{"name": "t", "store": {{"root": "file://{tmp_path / 'store'}"}},
+    "data": {{"interactions": {{"path": "{events}"}}}}, "validation": {{"data_docs": False}}}})
+ctx = StepContext.from_config(cfg, "r1", log=logging.getLogger("recloop").info)
+for step in ("ingest", "validate"):
+    run_step(step, ctx)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if line.startswith("great_expectations")] == []
+    assert any(line.startswith("recloop INFO validate: 2 valid rows, 0 quarantined") for line in lines), lines

@@ -16,6 +16,8 @@ great_expectations is imported inside `run_great_expectations` only: importing i
 
 from __future__ import annotations
 
+import logging
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -357,6 +359,7 @@ class _Planned:
 def _interaction_expectations(
     df: pd.DataFrame, cfg: ValidationConfig, now: datetime, catalog: bool, typed: dict[str, bool]
 ) -> list[_Planned]:
+    quiet_great_expectations()
     import great_expectations.expectations as gxe
 
     def meta(name: str) -> dict[str, str]:
@@ -477,6 +480,7 @@ def _interaction_expectations(
 
 
 def _item_expectations(items: pd.DataFrame) -> list[_Planned]:
+    quiet_great_expectations()
     import great_expectations.expectations as gxe
 
     if "item_id" not in items.columns:
@@ -501,6 +505,12 @@ def _item_expectations(items: pd.DataFrame) -> list[_Planned]:
     ]
 
 
+def quiet_great_expectations() -> None:
+    """GX logs hundreds of INFO lines per run ("Skipping registering function ..."), burying recloop's own
+    lines in the validate log: keep its warnings and errors only."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
 def run_great_expectations(
     suites: list[tuple[str, pd.DataFrame, list[_Planned]]], docs_dir: Path | None, run_name: str, now: datetime
 ) -> dict[str, Any]:
@@ -508,6 +518,7 @@ def run_great_expectations(
 
     With `docs_dir`, GX's site builder renders Data Docs (suites and validation results) into it.
     """
+    quiet_great_expectations()
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import (
