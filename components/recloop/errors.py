@@ -41,9 +41,10 @@ class DataError(RecloopError):
     exit_code = 3
 
 
-class InputNotFound(RecloopError):
+class InputNotFound(DataError):
     """A configured input path names no file: a configuration error (exit 2), found by `config validate`
-    for local paths (and s3:// ones with --check-access) before any step runs."""
+    for local paths (and s3:// ones with --check-access) before any step runs. A DataError too, for code
+    that treats every unreadable input alike."""
 
     exit_code = 2
 

@@ -314,6 +314,17 @@ def test_bad_json_lines_are_kept_with_an_issue(tmp_path: Path) -> None:
     ]
 
 
+def test_ids_with_control_characters_are_flagged_at_ingest_and_shown_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "ev.csv"
+    path.write_bytes(b"user_id,item_id,timestamp\nu1,i1,1700000000\nu\x002,i2,1700000001\nu3,i\x1b[31m3,1700000002\n")
+    rows = read_rows(ingest(make_cfg(tmp_path, {"interactions": {"path": str(path)}}), tmp_path))
+    assert [(r["source_row"], r["user_id"], r["item_id"], r["ingest_issue"]) for r in rows] == [
+        (1, "u1", "i1", None),
+        (2, None, "i2", "user id 'u\\x002' contains control characters; fix the exporter or the file's encoding"),
+        (3, "u3", None, "item id 'i\\x1b[31m3' contains control characters; fix the exporter or the file's encoding"),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- structural errors
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -377,7 +378,7 @@ import logging
 logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 from recloop import config
 from recloop.steps.base import StepContext, run_step
-cfg = config.from_dict({{"name": "t", "store": {{"root": "file://{tmp_path / 'store'}"}},
+cfg = config.from_dict({{"name": "t", "store": {{"root": "file://{tmp_path / "store"}"}},
     "data": {{"interactions": {{"path": "{events}"}}}}, "validation": {{"data_docs": False}}}})
 ctx = StepContext.from_config(cfg, "r1", log=logging.getLogger("recloop").info)
 for step in ("ingest", "validate"):
@@ -388,3 +389,33 @@ for step in ("ingest", "validate"):
     lines = done.stderr.splitlines()
     assert [line for line in lines if line.startswith("great_expectations")] == []
     assert any(line.startswith("recloop INFO validate: 2 valid rows, 0 quarantined") for line in lines), lines
+
+
+@pytest.mark.parametrize("on_failure", ["fail", "quarantine", "warn"])
+def test_a_broken_catalog_row_obeys_on_failure(tmp_path: Path, on_failure: str) -> None:
+    from recloop import config
+    from recloop.steps.base import StepContext
+
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i1,1700000100\n")
+    items = tmp_path / "items.csv"
+    # The unterminated quote swallows the rest of the file into one unreadable row.
+    items.write_text('item_id,title,year\ni1,One,2001\ni2,"Two, broken,2002\ni3,Three,2003\n')
+    cfg = config.from_dict(
+        {
+            "name": "t",
+            "store": {"root": f"file://{tmp_path / 'store'}"},
+            "data": {"interactions": {"path": str(events)}, "items": {"path": str(items), "id": "item_id"}},
+            "validation": {"on_failure": on_failure, "data_docs": False, "max_cold_start_share": 1.0},
+        }
+    )
+    ctx = StepContext.from_config(cfg, "r1", log=lambda m: None)
+    ingest = run_step("ingest", ctx)
+    assert ingest.summary["dropped"]["items"]["broken_rows"] == 1
+    if on_failure == "fail":
+        with pytest.raises(ValidationFailed, match=r"catalog_rows_readable .*: 1 row \(50\.00%\)"):
+            run_step("validate", ctx)
+        return
+    summary = run_step("validate", ctx).summary
+    assert summary["success"] is (on_failure == "quarantine")  # set aside at ingest: quarantined already
+    assert "catalog_rows_readable" in summary["failed_expectations"]

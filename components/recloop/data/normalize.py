@@ -110,6 +110,9 @@ def _raw_values(arr: pa.Array) -> np.ndarray:
 MISSING_ID_SPELLINGS = ("nan", "NaN", "NAN", "null", "NULL", "None", "none", "N/A", "n/a", "NA", "<NA>")
 
 
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
+
+
 def _parse_id(arr: pa.Array, label: str, issues: _Issues) -> pa.Array:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -121,9 +124,17 @@ def _parse_id(arr: pa.Array, label: str, issues: _Issues) -> pa.Array:
         placeholder.to_numpy(zero_copy_only=False),
         lambda i: f"{label} {raw[i]!r} is a missing-value placeholder, not an id",
     )
-    values = pc.if_else(placeholder, pa.scalar(None, pa.string()), values)
+    # NUL and other control characters: invisible in logs and terminals, and no exporter means them.
+    control = pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTERS), False)
     issues.add(
-        values.is_null().to_numpy(zero_copy_only=False) & ~placeholder.to_numpy(zero_copy_only=False),
+        control.to_numpy(zero_copy_only=False),
+        lambda i: f"{label} {raw[i]!r} contains control characters; fix the exporter or the file's encoding",
+    )
+    values = pc.if_else(pc.or_(placeholder, control), pa.scalar(None, pa.string()), values)
+    issues.add(
+        values.is_null().to_numpy(zero_copy_only=False)
+        & ~placeholder.to_numpy(zero_copy_only=False)
+        & ~control.to_numpy(zero_copy_only=False),
         lambda i: f"{label} is missing",
     )
     return values

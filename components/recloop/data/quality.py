@@ -16,9 +16,8 @@ great_expectations is imported inside `run_great_expectations` only: importing i
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -613,6 +612,25 @@ def _recloop_checks(valid: pd.DataFrame, items: pd.DataFrame | None, cfg: Valida
     return checks
 
 
+def catalog_rows_check(dropped: dict[str, int], kept: int) -> CheckResult:
+    """Catalog rows ingest set aside (unreadable, e.g. an unterminated quote, or without an id) fail
+    validation like bad interaction rows: `on_failure: fail` stops, quarantine keeps them set aside."""
+    bad = int(dropped.get("broken_rows", 0)) + int(dropped.get("missing_id", 0))
+    read = kept + bad
+    return CheckResult(
+        name="catalog_rows_readable",
+        description="every catalog row is readable and has an item id (ingest's log names the first rows)",
+        source="recloop",
+        success=bad == 0,
+        blocking=True,
+        row_level=True,  # set aside at ingest: quarantine needs nothing more
+        kwargs={},
+        observed_value={k: int(dropped.get(k, 0)) for k in ("broken_rows", "missing_id")},
+        unexpected_count=bad,
+        unexpected_percent=100.0 * bad / read if read else None,
+    )
+
+
 def _from_gx(p: _Planned, r: Any, df: pd.DataFrame, rule: RowRule | None) -> CheckResult:
     result = dict(r.result or {})
     config = r.expectation_config
@@ -647,8 +665,10 @@ def check_interactions(
     now: datetime,
     docs_dir: Path | None = None,
     run_name: str = "recloop",
+    catalog_dropped: dict[str, int] | None = None,
 ) -> QualityReport:
-    """Validate ingest's interactions (and catalog, if any) against `cfg`; `now` anchors the future check."""
+    """Validate ingest's interactions (and catalog, if any) against `cfg`; `now` anchors the future check.
+    `catalog_dropped`: the catalog rows ingest could not read or had no id (its summary's counts)."""
     interactions = interactions.reset_index(drop=True)
     catalog_ids = set(items["item_id"].dropna().astype(str)) if items is not None and "item_id" in items else None
     has_catalog = catalog_ids is not None
@@ -677,6 +697,8 @@ def check_interactions(
         bad |= rule.bad
     valid = frame.loc[~bad]
     checks.extend(_recloop_checks(valid, items, cfg))
+    if catalog_dropped is not None:
+        checks.append(catalog_rows_check(catalog_dropped, kept=len(items) if items is not None else 0))
     missing = [c for c in INTERACTION_TYPES if c not in interactions.columns]
     return QualityReport(rows=len(interactions), checks=checks, rules=rules, evaluated_at=now, columns_missing=missing)
 

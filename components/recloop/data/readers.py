@@ -160,7 +160,7 @@ def missing_inputs(data: DataConfig, store_cfg: StoreConfig, remote: bool) -> li
             continue
         try:
             resolve_sources(path, fmt, store_cfg, key)
-        except (InputNotFound, DataError) as exc:
+        except DataError as exc:
             problems.append(str(exc))
     return problems
 

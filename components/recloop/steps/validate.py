@@ -53,7 +53,10 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="recloop-validate-") as tmp:
         docs_dir = Path(tmp, ValidationReport.DATA_DOCS) if cfg.data_docs else None
-        report = check_interactions(interactions, items, cfg, now, docs_dir, run_name=ctx.run_id)
+        dropped = (ingest.artifact.manifest.summary.get("dropped") or {}).get("items") if catalog is not None else None
+        report = check_interactions(
+            interactions, items, cfg, now, docs_dir, run_name=ctx.run_id, catalog_dropped=dropped
+        )
         advance(1)
 
         invalid = report.invalid_mask()
