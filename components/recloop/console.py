@@ -50,7 +50,7 @@ class ProgressBars:
     def __exit__(self, *exc: object) -> None:
         self.bars.stop()
 
-    def __call__(self, description: str, total: float | None = None) -> Callable[[float], None]:
+    def __call__(self, description: str, total: float | None = None, unit: str = "") -> Callable[[float], None]:
         shown = self.delay_s <= 0
         task = self.bars.add_task(description, total=total, visible=shown)
         started = time.monotonic()

@@ -45,7 +45,7 @@ def ingest(
 ) -> Artifact:
     store = FileStore(f"file://{tmp_path / 'store'}")
 
-    def track(description: str, total: float | None = None):
+    def track(description: str, total: float | None = None, unit: str = ""):
         if progress is not None:
             progress.append((description, total))
         return lambda advance=1.0: None

@@ -126,7 +126,7 @@ def make_ctx(
         ctx.log = log.append
     if progress_calls is not None:
 
-        def progress(description: str, total: float | None = None):
+        def progress(description: str, total: float | None = None, unit: str = ""):
             return lambda n=1.0: progress_calls.append((description, float(n)))
 
         ctx.progress = progress

@@ -365,14 +365,17 @@ def test_params_have_json_schema_for_the_trigger_form(mode_configs):
     dag = build(mode_configs)["local_train"]
     schemas = {name: dag.params.get_param(name).schema for name in dag.params}
     assert list(schemas) == ["models", "since", "dry_run", "overrides", "force"]
-    assert schemas["models"]["type"] == "array"
+    # Every param is optional: a type without null shows as required ("*") in the trigger form.
+    assert all("null" in schema["type"] for schema in schemas.values())
+    assert schemas["models"]["type"] == ["array", "null"]
     assert schemas["models"]["items"] == {"type": "string", "enum": ["popularity", "ease"]}
     assert schemas["models"]["examples"] == ["popularity", "ease"]
     assert schemas["since"]["type"] == ["null", "string"] and schemas["since"]["format"] == "date-time"
-    assert schemas["dry_run"]["type"] == "boolean" and schemas["force"]["type"] == "boolean"
+    assert schemas["dry_run"]["type"] == schemas["force"]["type"] == ["boolean", "null"]
     assert schemas["overrides"]["items"]["type"] == "string"
     for name, schema in schemas.items():
-        assert schema["title"] and dag.params.get_param(name).description
+        # Markdown (description_md) so `code` renders; a plain description would show the backticks.
+        assert schema["title"] and schema["description_md"] and dag.params.get_param(name).description is None
     assert dag.params.dump() == {"models": [], "since": None, "dry_run": False, "overrides": [], "force": False}
 
     def validated(**values):
@@ -730,6 +733,22 @@ def test_container_exit_codes_2_and_3_fail_the_task_now():
 
     assert [pod_exit_code(pod(code), "base") for code in (2, 1)] == [2, 1]
     assert pod_exit_code(k8s.V1Pod(status=None), "base") is None
+
+
+def test_log_progress_counts_carry_their_unit():
+    from recloop.orchestration.tasks import LogProgress
+
+    lines: list[str] = []
+    advance = LogProgress(lines.append, min_interval_s=3600)("ingest interactions", total=1_409_140, unit="bytes")
+    advance(1_409_140)
+    assert lines == [
+        "ingest interactions: started (1.3 MiB to do)",
+        "ingest interactions: 1.3 MiB of 1.3 MiB done (100%)",
+    ]
+    lines.clear()
+    advance = LogProgress(lines.append, min_interval_s=3600)("scoring", total=2_500_000.0, unit="users")
+    advance(2_500_000.0)
+    assert lines[-1] == "scoring: 2,500,000 users of 2,500,000 users done (100%)"
 
 
 def test_log_progress_reports_quarters_not_every_step():

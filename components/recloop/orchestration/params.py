@@ -28,7 +28,11 @@ _OVERRIDE_RE = re.compile(OVERRIDE_PATTERN, re.DOTALL)
 
 
 def training_params(cfg: PipelineConfig) -> dict[str, Any]:
-    """The `params` of a training DAG: typed Airflow `Param`s with JSON schema for the trigger form."""
+    """The `params` of a training DAG: typed Airflow `Param`s with JSON schema for the trigger form.
+
+    Every param is optional, so each type admits null (the form marks a param without null as required);
+    descriptions are `description_md`, which the form renders as Markdown (a plain description shows its
+    backticks)."""
     from airflow.sdk import Param
 
     candidates = [m.candidate_name for m in cfg.models]
@@ -38,12 +42,12 @@ def training_params(cfg: PipelineConfig) -> dict[str, Any]:
     return {
         "models": Param(
             [],
-            type="array",
+            type=["array", "null"],
             items=model_items,
             examples=candidates,
             uniqueItems=True,
             title="Models to train",
-            description="Candidate names to train and evaluate; empty trains every model in the config "
+            description_md="Candidate names to train and evaluate; empty trains every model in the config "
             f"({', '.join(candidates) or 'none configured'}).",
             section="Run",
         ),
@@ -52,32 +56,32 @@ def training_params(cfg: PipelineConfig) -> dict[str, Any]:
             type=["null", "string"],
             format="date-time",
             title="Since (watermark)",
-            description="Ingest only events strictly after this ISO-8601 time (an incremental run); "
+            description_md="Ingest only events strictly after this ISO-8601 time (an incremental run); "
             "empty uses `data.since` from the config. The last run's watermark is the ingest manifest's "
             "`max_timestamp`.",
             section="Run",
         ),
         "dry_run": Param(
             False,
-            type="boolean",
+            type=["boolean", "null"],
             title="Dry run",
-            description="Run every step but publish: the production model is left untouched.",
+            description_md="Run every step but publish: the production model is left untouched.",
             section="Run",
         ),
         "overrides": Param(
             [],
-            type="array",
+            type=["array", "null"],
             items={"type": "string", "pattern": OVERRIDE_PATTERN},
             title="Config overrides",
-            description="One KEY.PATH=VALUE per line, the value parsed as YAML, applied on top of the "
+            description_md="One KEY.PATH=VALUE per line, the value parsed as YAML, applied on top of the "
             "config file for this run only (e.g. `evaluation.k=[5,10]`, `gate.absolute={ndcg@10: 0.05}`).",
             section="Advanced",
         ),
         "force": Param(
             False,
-            type="boolean",
+            type=["boolean", "null"],
             title="Recompute committed steps",
-            description="Recompute a step even when this run already committed its artifact (normally a "
+            description_md="Recompute a step even when this run already committed its artifact (normally a "
             "retried or cleared step reuses it).",
             section="Advanced",
         ),

@@ -74,9 +74,9 @@ class LogProgress:
         self.say = say
         self.min_interval_s = min_interval_s
 
-    def __call__(self, description: str, total: float | None = None) -> Callable[[float], None]:
+    def __call__(self, description: str, total: float | None = None, unit: str = "") -> Callable[[float], None]:
         state = {"done": 0.0, "quarter": 0, "last": time.monotonic()}
-        self.say(f"{description}: started" + (f" ({total:g} to do)" if total else ""))
+        self.say(f"{description}: started" + (f" ({quantity(total, unit)} to do)" if total else ""))
 
         def advance(amount: float = 1.0) -> None:
             state["done"] += amount
@@ -86,9 +86,23 @@ class LogProgress:
                 state["quarter"] = max(quarter, state["quarter"])
                 state["last"] = now
                 share = f" ({100 * state['done'] / total:.0f}%)" if total else ""
-                self.say(f"{description}: {state['done']:g}{f' of {total:g}' if total else ''} done{share}")
+                done = quantity(state["done"], unit)
+                self.say(f"{description}: {done}{f' of {quantity(total, unit)}' if total else ''} done{share}")
 
         return advance
+
+
+def quantity(value: float, unit: str = "") -> str:
+    """A progress count for people: '1.3 MiB' for bytes, '1,409,140 rows', '3' (never '1.40914e+06')."""
+    if unit == "bytes":
+        size, prefix = float(value), ""
+        for prefix in ("", "Ki", "Mi", "Gi", "Ti"):
+            if abs(size) < 1024 or prefix == "Ti":
+                break
+            size /= 1024
+        return f"{size:.0f} B" if not prefix else f"{size:.1f} {prefix}B"
+    text = f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+    return f"{text} {unit}".rstrip()
 
 
 def _current_context() -> Mapping[str, Any]:

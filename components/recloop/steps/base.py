@@ -44,10 +44,10 @@ class RunParams:
 
 
 class Progress(Protocol):
-    def __call__(self, description: str, total: float | None = None) -> Callable[[float], None]: ...
+    def __call__(self, description: str, total: float | None = None, unit: str = "") -> Callable[[float], None]: ...
 
 
-def _no_progress(description: str, total: float | None = None) -> Callable[[float], None]:
+def _no_progress(description: str, total: float | None = None, unit: str = "") -> Callable[[float], None]:
     def advance(amount: float = 1.0) -> None:
         pass
 

@@ -186,7 +186,7 @@ class _Reading:
     ) -> None:
         self.ctx, self.files, self.key = ctx, files, key
         self.delimiter, self.encoding = delimiter, encoding
-        self.advance = ctx.progress(description, float(sum(f.size for f in files)) or None)
+        self.advance = ctx.progress(description, float(sum(f.size for f in files)) or None, unit="bytes")
 
     def each(self) -> Iterator[TableReader]:
         chunk_rows = self.ctx.config.data.chunk_rows
