@@ -364,7 +364,11 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
             **{t: "success" for t in TASKS},
             "release.publish": "skipped",
         }
-        assert all(tasks[t].get("executor") in (None, "LocalExecutor") for t in TASKS)
+        # The scheduler that ran the tasks used LocalExecutor (task instances name an executor only when a
+        # task overrides the default, so the scheduler job is where it shows).
+        schedulers = api.get("/jobs", params={"job_type": "SchedulerJob"}).json()["jobs"]
+        assert schedulers and {job["executor_class"] for job in schedulers} == {"LocalExecutor"}, schedulers
+        assert all(tasks[t].get("executor") is None for t in TASKS)
         # The reason the model was not published is the run's note, written by `decide` through the API.
         assert run["note"].startswith("Not published: the gate rejected ease."), run["note"]
         assert "< required 0.999" in run["note"]

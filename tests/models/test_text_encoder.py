@@ -54,6 +54,24 @@ def test_cache_embeds_only_new_texts(tmp_path, encoder):
     assert len(store.list("cache/embeddings")) == 2
 
 
+def test_a_corrupt_cache_part_is_re_embedded_but_store_errors_surface(tmp_path, encoder):
+    from recloop.errors import StoreError
+
+    store = FileStore(f"file://{tmp_path}")
+    EmbeddingCache(store, encoder.model_id).embed(["alpha", "beta"], encoder)
+    (part,) = store.list("cache/embeddings")
+    store.put_bytes(part, b"not safetensors")
+    _, n_new = EmbeddingCache(store, encoder.model_id).embed(["alpha", "beta"], encoder)
+    assert n_new == 2  # the undecodable part is ignored, its texts embedded again
+
+    class UnreachableStore(FileStore):
+        def get_bytes(self, key: str) -> bytes:
+            raise StoreError(f"get {self.uri(key)} failed after 5 attempt(s) in 61 s (not answering)")
+
+    with pytest.raises(StoreError, match="not answering"):
+        EmbeddingCache(UnreachableStore(f"file://{tmp_path}"), encoder.model_id).embed(["alpha"], encoder)
+
+
 def test_text_hashes_are_sha256():
     h = text_hashes(["abc"])
     assert h.shape == (1, 32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from recloop.models.device import select_device
 
 if TYPE_CHECKING:
     from recloop.store import ArtifactStore
+
+
+log = logging.getLogger("recloop.models")
 
 
 def resolve_model_dir(cfg: EncoderConfig) -> Path:
@@ -304,17 +308,22 @@ class EmbeddingCache:
 
     def _load(self) -> dict[bytes, np.ndarray]:
         if self._known is None:
+            from safetensors import SafetensorError
             from safetensors.numpy import load
 
             known: dict[bytes, np.ndarray] = {}
             for key in self.store.list(self.prefix):
                 if not key.endswith(".safetensors"):
                     continue
+                data = self.store.get_bytes(key)  # store errors (auth, time-outs) surface: they are not corruption
                 try:
-                    arrays = load(self.store.get_bytes(key))
-                except Exception:  # a corrupt part is ignored: its texts are simply re-embedded
+                    arrays = load(data)
+                    pairs = list(zip(arrays["hashes"], arrays["vectors"], strict=True))
+                except (SafetensorError, KeyError, ValueError) as exc:
+                    # Only a part that does not decode is corrupt: skipped, its texts are re-embedded.
+                    log.warning("embedding cache: ignoring corrupt part %s (%s)", self.store.uri(key), exc)
                     continue
-                for h, v in zip(arrays["hashes"], arrays["vectors"]):
+                for h, v in pairs:
                     known[h.tobytes()] = v
             self._known = known
         return self._known
