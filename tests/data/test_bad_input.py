@@ -114,9 +114,9 @@ CASES = [
         "validate",
         3,
         (
-            "{dir}/ratings.csv row 3:",
+            "{dir}/ratings.csv line 4:",
             "ingest_issue=timestamp 'abc' is not a number",
-            "{dir}/ratings.csv row 7:",
+            "{dir}/ratings.csv line 8:",
             "ingest_issue=rating 'five' is not a number",
             VALIDATION_FIX,
         ),
@@ -127,9 +127,9 @@ CASES = [
         "validate",
         3,
         (
-            "{dir}/ratings.csv row 2:",
+            "{dir}/ratings.csv line 3:",
             "ingest_issue=user id is missing",
-            "{dir}/ratings.csv row 8:",
+            "{dir}/ratings.csv line 9:",
             "ingest_issue=item id is missing",
             VALIDATION_FIX,
         ),
@@ -142,8 +142,8 @@ CASES = [
         (
             "timestamp_not_in_future",
             "2 rows",
-            "{dir}/ratings.csv row 4:",
-            "{dir}/ratings.csv row 9:",
+            "{dir}/ratings.csv line 5:",
+            "{dir}/ratings.csv line 10:",
             "timestamp=2100-01-01T00:00:00+00:00",
             VALIDATION_FIX,
         ),
@@ -156,8 +156,8 @@ CASES = [
         (
             "duplicate_rate",
             "6 rows (50.00%)",
-            "{dir}/ratings.csv row 7:",
-            "duplicate_of={dir}/ratings.csv:1",
+            "{dir}/ratings.csv line 8:",
+            "duplicate_of={dir}/ratings.csv:2",
             VALIDATION_FIX,
         ),
         failed_checks=("duplicate_rate",),
@@ -166,14 +166,14 @@ CASES = [
         "items_missing_from_catalog",
         "validate",
         3,
-        ("catalog_coverage", "6 rows (50.00%)", "{dir}/ratings.csv row 7: user_id=2, item_id=106", VALIDATION_FIX),
+        ("catalog_coverage", "6 rows (50.00%)", "{dir}/ratings.csv line 8: user_id=2, item_id=106", VALIDATION_FIX),
         failed_checks=("catalog_coverage",),
     ),
     Case(
         "brackets_in_values",
         "validate",
         3,
-        ("{dir}/ratings.csv row 2: user_id=[/admin]", "timestamp 'yesterday' is not a number", VALIDATION_FIX),
+        ("{dir}/ratings.csv line 3: user_id=[/admin]", "timestamp 'yesterday' is not a number", VALIDATION_FIX),
         failed_checks=("rows_parsed_cleanly", "timestamp_not_null"),
     ),
 ]
@@ -229,7 +229,7 @@ def test_literal_nan_id_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture
     root = f"file://{tmp_path / 'store'}"
     assert _step(capsys, "ingest", case_dir, root)[0] == 0
     _, _, err = _step(capsys, "validate", case_dir, root)
-    assert f"{case_dir}/ratings.csv row 5:" in _flat(err)
+    assert f"{case_dir}/ratings.csv line 6:" in _flat(err)
 
 
 def test_quarantine_keeps_every_valid_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

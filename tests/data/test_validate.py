@@ -53,7 +53,7 @@ EXPECTED_REASONS = {
     7: "event type 'hover' is not one of ['click', 'buy']",
     9: "timestamp 2100-01-01T00:00:00+00:00 is in the future (later than now + 1d)",
     11: "item not in the catalog",
-    13: "duplicate of events.csv:2 (same user, item and timestamp)",
+    13: "duplicate of events.csv:3 (same user, item and timestamp)",
     15: "ingest: rating 'abc' is not a number",
     17: "rating 0 outside [0.5, 5]; item not in the catalog",
 }
@@ -158,8 +158,8 @@ def test_fail_mode_raises_with_one_screen_summary_and_commits_report_aside(tmp_p
     for name in ROW_FAILURES:
         assert f"  - {name} (" in message
     assert "duplicate_rate" not in message  # 1 repeat in 20 rows is exactly the 5% allowed
-    assert "events.csv row 5: user_id=u2, item_id=i2" in message and "rating=9.0" in message
-    assert "events.csv row 3: user_id=None" in message
+    assert "events.csv line 6: user_id=u2, item_id=i2" in message and "rating=9.0" in message
+    assert "events.csv line 4: user_id=None" in message
     failed_uri = ctx.store.uri("runs/r1/validate-failed")
     assert f"Full report: {failed_uri}/result.json" in message
 
@@ -419,3 +419,27 @@ def test_a_broken_catalog_row_obeys_on_failure(tmp_path: Path, on_failure: str) 
     summary = run_step("validate", ctx).summary
     assert summary["success"] is (on_failure == "quarantine")  # set aside at ingest: quarantined already
     assert "catalog_rows_readable" in summary["failed_expectations"]
+
+
+def test_the_fix_in_a_row_reason_is_never_cut(tmp_path: Path) -> None:
+    from recloop import config
+    from recloop.steps.base import StepContext
+
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,1700000000000\nu2,i2,1700000000000000000\n")
+    cfg = config.from_dict(
+        {
+            "name": "t",
+            "store": {"root": f"file://{tmp_path / 'store'}"},
+            "data": {"interactions": {"path": str(events), "timestamp_unit": "ms"}},
+            "validation": {"on_failure": "fail", "data_docs": False},
+        }
+    )
+    ctx = StepContext.from_config(cfg, "r1", log=lambda m: None)
+    run_step("ingest", ctx)
+    with pytest.raises(ValidationFailed) as failed:
+        run_step("validate", ctx)
+    assert (
+        "ingest_issue=timestamp '1700000000000000000' is out of range for timestamp_unit 'ms' "
+        "(outside 1900-2200: check data.interactions.timestamp_unit)"
+    ) in str(failed.value)

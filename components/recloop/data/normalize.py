@@ -92,6 +92,13 @@ class _Issues:
         return pa.array(out, pa.string())
 
 
+def quoted(value: object, limit: int = 60) -> str:
+    """A data value inside a message: repr'd (control characters escaped), cut to `limit` characters, so
+    the message's own words (the fix) always fit."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 2] + "…" + text[-1]
+
+
 def _clean_text(arr: pa.Array) -> pa.Array:
     """Strings trimmed of surrounding whitespace; empty -> null."""
     import pyarrow as pa
@@ -122,13 +129,13 @@ def _parse_id(arr: pa.Array, label: str, issues: _Issues) -> pa.Array:
     raw = values.to_numpy(zero_copy_only=False)
     issues.add(
         placeholder.to_numpy(zero_copy_only=False),
-        lambda i: f"{label} {raw[i]!r} is a missing-value placeholder, not an id",
+        lambda i: f"{label} {quoted(raw[i])} is a missing-value placeholder, not an id",
     )
     # NUL and other control characters: invisible in logs and terminals, and no exporter means them.
     control = pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTERS), False)
     issues.add(
         control.to_numpy(zero_copy_only=False),
-        lambda i: f"{label} {raw[i]!r} contains control characters; fix the exporter or the file's encoding",
+        lambda i: f"{label} {quoted(raw[i])} contains control characters; fix the exporter or the file's encoding",
     )
     values = pc.if_else(pc.or_(placeholder, control), pa.scalar(None, pa.string()), values)
     issues.add(
@@ -170,7 +177,7 @@ def _parse_number(arr: pa.Array, label: str, issues: _Issues) -> pa.Array:
             if np.isnan(values[i]) and str(shown[i]).lower() not in ("nan", "+nan", "-nan")
             else "not a finite number"
         )
-        return f"{label} {shown[i]!r} is {kind}"
+        return f"{label} {quoted(shown[i])} is {kind}"
 
     issues.add(bad, message)
     return pa.array(np.where(bad, np.nan, values), pa.float64(), mask=bad | ~present)
@@ -256,13 +263,13 @@ def _parse_timestamp(arr: pa.Array, unit: str, issues: _Issues) -> pa.Array:
                         if str(value).lstrip("-").isdigit()
                         else ""
                     )
-                    return f"timestamp {value!r} is not an ISO-8601 date-time{hint}"
+                    return f"timestamp {quoted(value)} is not an ISO-8601 date-time{hint}"
                 hint = (
                     " (set data.interactions.timestamp_unit to 'iso' for dates)" if _DATE_LIKE.match(str(value)) else ""
                 )
-                return f"timestamp {value!r} is not a number{hint}"
+                return f"timestamp {quoted(value)} is not a number{hint}"
             return (
-                f"timestamp {value!r} is out of range for timestamp_unit {unit!r} "
+                f"timestamp {quoted(value)} is out of range for timestamp_unit {unit!r} "
                 "(outside 1900-2200: check data.interactions.timestamp_unit)"
             )
 

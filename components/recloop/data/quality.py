@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from recloop.data.readers import position
+
 if TYPE_CHECKING:
     from recloop.config import ValidationConfig
 
@@ -250,7 +252,7 @@ def duplicate_of(df: pd.DataFrame, eligible: np.ndarray) -> pd.Series:
     """For each eligible row repeating an earlier eligible (user_id, item_id, timestamp): where the first is.
 
     Only rows that pass every other row rule take part, so a repeat of a quarantined row is kept as
-    the first valid occurrence. Values are 'source_file:source_row'; null for non-repeats.
+    the first valid occurrence. Values are 'FILE:LINE' (`position`); null for non-repeats.
     """
     out = pd.Series(pd.NA, index=df.index, dtype=object)
     if not all(c in df.columns for c in KEY_COLUMNS) or not len(df):
@@ -259,12 +261,10 @@ def duplicate_of(df: pd.DataFrame, eligible: np.ndarray) -> pd.Series:
     repeat = keys.duplicated(keep="first").to_numpy()
     if repeat.any():
         src_file = df["source_file"].astype(str) if "source_file" in df else pd.Series("?", index=df.index)
-        src_row = (
-            df["source_row"].astype(str)
-            if "source_row" in df
-            else pd.Series((np.arange(len(df)) + 1).astype(str), index=df.index)
+        src_row = df["source_row"] if "source_row" in df else pd.Series(np.arange(len(df)) + 1, index=df.index)
+        where = pd.Series(
+            [position(f, int(r), compact=True) for f, r in zip(src_file, src_row)], index=df.index, dtype=object
         )
-        where = src_file + ":" + src_row
         group = keys.groupby(list(KEY_COLUMNS), sort=False).ngroup().to_numpy()
         first_label = pd.Series(keys.index.to_numpy()).groupby(group).transform("first").to_numpy()
         out.loc[keys.index[repeat]] = where.loc[first_label[repeat]].to_numpy()
@@ -703,6 +703,9 @@ def check_interactions(
     return QualityReport(rows=len(interactions), checks=checks, rules=rules, evaluated_at=now, columns_missing=missing)
 
 
+REASON_COLUMNS = ("ingest_issue", "quarantine_reason")
+
+
 def _clip(value: object, limit: int = 120) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -720,10 +723,15 @@ def _describe(check: CheckResult, samples: int) -> list[str]:
     if check.error:
         lines.append(f"      error: {check.error[:200]}")
     for row in check.sample_rows[:samples]:
-        where = f"{row['source_file']} row {row['source_row']}: " if "source_file" in row else ""
+        where = f"{position(row['source_file'], int(row['source_row']))}: " if "source_file" in row else ""
         # Each value is bounded, not the line: file paths (where, duplicate_of) must survive intact
-        # whatever the folder the data lives in.
-        rest = ", ".join(f"{k}={_clip(v)}" for k, v in row.items() if k not in ("source_file", "source_row"))
+        # whatever the folder the data lives in; reasons are never cut (they end with the fix), and bound
+        # the data values they quote themselves.
+        rest = ", ".join(
+            f"{k}={v if k in REASON_COLUMNS else _clip(v)}"
+            for k, v in row.items()
+            if k not in ("source_file", "source_row")
+        )
         lines.append(f"      {where}{rest}")
     return lines
 

@@ -140,6 +140,26 @@ def _known_extension(name: str) -> bool:
     return any(lower.endswith(ext) for ext in _EXTENSIONS)
 
 
+def line_of(source_file: str, row: int) -> int | None:
+    """The line of a text file that holds data row `row` (1 = the first data row): CSV/TSV have a header
+    on line 1 (and, assumed here, no quoted field spanning lines); JSON lines have none. None for Parquet."""
+    name = source_file.removesuffix(".gz").lower()
+    if name.endswith((".csv", ".tsv", ".txt")):
+        return row + 1
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return row
+    return None
+
+
+def position(source_file: str, row: int, compact: bool = False) -> str:
+    """Where data row `row` is, as people look for it: 'FILE line N' ('FILE:N' when `compact`) in a text
+    file, 'FILE row N' in Parquet."""
+    line = line_of(source_file, row)
+    if line is None:
+        return f"{source_file} row {row}"
+    return f"{source_file}:{line}" if compact else f"{source_file} line {line}"
+
+
 def configured_sources(data: DataConfig) -> list[tuple[str, str, str]]:
     """(config key, path, format) of every input the `data` section names."""
     out: list[tuple[str, str, str]] = [("data.interactions", data.interactions.path, data.interactions.format)]

@@ -27,7 +27,7 @@ from recloop.data.normalize import (
     render_users,
     user_schema,
 )
-from recloop.data.readers import SourceFile, TableReader, open_table, resolve_sources
+from recloop.data.readers import SourceFile, TableReader, open_table, position, resolve_sources
 from recloop.errors import ConfigError, DataError
 from recloop.steps.base import StepContext
 
@@ -272,7 +272,7 @@ def _ingest_items(ctx: StepContext, writer: ArtifactWriter, sources: _Sources) -
             for chunk in reader.chunks(wanted):
                 stats["broken_rows"] += len(chunk.broken)
                 for row, why in chunk.broken[:3]:
-                    ctx.log(f"ingest: skipped catalog row {row} of {reader.src.uri}: {why}")
+                    ctx.log(f"ingest: skipped catalog {position(reader.src.uri, row)}: {why}")
                 table, dropped = render_items(chunk.table, layout, tags)
                 stats["missing_id"] += dropped
                 ids = table.column("item_id").to_pylist()
