@@ -140,6 +140,38 @@ def test_time_cutoff_explicit_drops_heldout_without_ids(tmp_path):
     stats = art.stats()
     assert stats["dropped"]["heldout_user_without_training_events"] == 1
     assert stats["dropped"]["heldout_item_without_id"] == 2
+    # The step summary says it, with the setting that keeps them (catalog_items: interacted is the default).
+    assert manifest.summary["heldout_events_dropped"] == {
+        "heldout_item_without_id": 2,
+        "heldout_user_without_training_events": 1,
+    }
+    from recloop.data.preprocess import heldout_drops
+
+    assert heldout_drops(stats["dropped"], make_config(tmp_path / "s", ALL_KEPT).preprocess, True) == (
+        "2 held-out event(s) of items without a training event were dropped (dropped.heldout_item_without_id; "
+        "preprocess.catalog_items: all gives every catalog item an id and keeps them); 1 held-out event(s) of "
+        "users without a training event were dropped (dropped.heldout_user_without_training_events: a model "
+        "cannot rank for them)"
+    )
+
+
+def test_an_empty_test_split_names_the_counter_that_emptied_it(tmp_path):
+    from recloop.errors import DataError
+
+    # Every test event's item is new after the cutoff: the test split empties through held-out items.
+    events = pd.DataFrame(
+        {"user_id": ["1", "1", "2", "2"], "item_id": ["a", "b", "a", "z"], "timestamp": [100, 200, 150, 400]}
+    )
+    with pytest.raises(DataError) as failed:
+        _run(
+            tmp_path,
+            events,
+            {"preprocess.split.method": "time_cutoff", "preprocess.split.cutoff": "1970-01-01T00:05:00Z"},
+        )
+    assert "the test split is empty after preprocessing 4 rows (2 held-out event(s) of items without a training" in str(
+        failed.value
+    )
+    assert "min-count" not in str(failed.value)
 
 
 def test_catalog_items_all_keeps_cold_items_with_catalog_text(tmp_path):

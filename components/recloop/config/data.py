@@ -230,6 +230,9 @@ class PreprocessConfig(StrictModel):
     catalog_items: Literal["interacted", "all"] = Field(
         "interacted",
         description="Which items get ids: those with training interactions, or every catalog item "
-        "(lets text-aware models recommend items nobody has interacted with yet).",
+        "(lets text-aware models recommend items nobody has interacted with yet). With `interacted`, validation "
+        "and test events of items without a training event cannot be scored and are dropped (the preprocess "
+        "summary's `heldout_events_dropped` counts them, with a warning); `all` keeps those whose item is in "
+        "the catalog (data.items).",
     )
     split: SplitConfig = Field(SplitConfig(), description="How events are split into train, valid and test.")

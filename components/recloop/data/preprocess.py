@@ -220,6 +220,29 @@ def _labelled(df: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, di
     return df.assign(_split=labels, _ts=ts_ns), split_info
 
 
+def heldout_drops(dropped: dict[str, int], cfg: PreprocessConfig, has_catalog: bool) -> str:
+    """Why validation and test events were dropped for lack of an id, with the setting that keeps them;
+    '' when none were."""
+    reasons = []
+    if dropped.get("heldout_item_without_id"):
+        if not has_catalog:
+            keep = "only an item catalog (data.items) with preprocess.catalog_items: all gives them ids"
+        elif cfg.catalog_items == "interacted":
+            keep = "preprocess.catalog_items: all gives every catalog item an id and keeps them"
+        else:
+            keep = "they are not in the catalog (data.items) either"
+        reasons.append(
+            f"{dropped['heldout_item_without_id']} held-out event(s) of items without a training event were "
+            f"dropped (dropped.heldout_item_without_id; {keep})"
+        )
+    if dropped.get("heldout_user_without_training_events"):
+        reasons.append(
+            f"{dropped['heldout_user_without_training_events']} held-out event(s) of users without a training "
+            "event were dropped (dropped.heldout_user_without_training_events: a model cannot rank for them)"
+        )
+    return "; ".join(reasons)
+
+
 def _id_lists(
     df: pd.DataFrame, catalog: pd.DataFrame | None, cfg: PreprocessConfig, cold_ids: list[str]
 ) -> tuple[list[str], list[str]]:
@@ -315,7 +338,8 @@ def preprocess(
     frames = _split_frames(df)
     if frames["train"].empty or frames["test"].empty:
         empty = "train" if frames["train"].empty else "test"
-        hint = (
+        held_out = heldout_drops(dropped, cfg, catalog is not None) if empty == "test" else ""
+        hint = held_out or (
             "a user needs at least 2 events to contribute a test event; check preprocess.implicit and "
             "the min-count filters"
             if cfg.split.method == "leave_last_out"

@@ -58,7 +58,7 @@ def _put_parquet(writer: ArtifactWriter, name: str, df: pd.DataFrame, schema: An
 
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
-    from recloop.data.preprocess import preprocess
+    from recloop.data.preprocess import heldout_drops, preprocess
 
     source, ingest, parents = _choose_source(ctx, inputs)
     advance = ctx.progress("preprocess", total=5)
@@ -73,6 +73,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     with ctx.writer(output, parents=parents) as writer:
         _write(writer, result)
     advance(1)
+    dropped = heldout_drops(result.stats["dropped"], ctx.config.preprocess, ctx.config.data.items is not None)
+    if dropped:
+        ctx.log(f"preprocess: WARNING {dropped}")
     train, valid, test = (len(result.splits[name]) for name in ("train", "valid", "test"))
     ctx.log(
         f"preprocess: {len(result.user_ids)} users, {len(result.item_ids)} items, train/valid/test = "
@@ -131,6 +134,11 @@ def _write(writer: ArtifactWriter, result: PreprocessResult) -> None:
             "n_items": len(result.item_ids),
             **{f"n_{name}": len(frame) for name, frame in result.splits.items()},
             "density": result.stats["density"],
+            # Held-out events dropped for lack of an id: not evaluated (heldout_drops says which setting keeps them).
+            "heldout_events_dropped": {
+                k: int(result.stats["dropped"].get(k, 0))
+                for k in ("heldout_item_without_id", "heldout_user_without_training_events")
+            },
             "split": result.split_info["method"],
             **{k: v for k, v in result.split_info.items() if k != "method"},
         }
