@@ -147,6 +147,21 @@ def test_early_stopping_patience() -> None:
     assert (stopper.best, stopper.best_epoch) == (0.2, 2)
 
 
+def test_early_stopping_patience_grows_with_the_checks_to_the_best() -> None:
+    # Best at the 6th check: growth 1.0 waits 6 checks without a gain (not the fixed 2).
+    stopper = EarlyStopping(patience=2, growth=1.0)
+    for epoch in range(1, 7):
+        assert stopper.update(0.1 * epoch, epoch)
+    for epoch in range(7, 12):
+        assert not stopper.update(0.3, epoch) and not stopper.should_stop, epoch
+    assert not stopper.update(0.3, 12) and stopper.should_stop
+    assert (stopper.best_epoch, stopper.current_patience) == (6, 6)
+    # Early in training the fixed patience still applies (max of the two).
+    early = EarlyStopping(patience=2, growth=1.0)
+    assert early.update(0.1, 1) and not early.update(0.0, 2) and not early.should_stop
+    assert not early.update(0.0, 3) and early.should_stop and early.current_patience == 2
+
+
 # ---------------------------------------------------------------------------------------------- popularity
 
 

@@ -281,6 +281,14 @@ class SASRecConfig(ModelConfig):
         description="Validation checks without an NDCG@10 gain before training "
         "stops (the best epoch's weights are kept).",
     )
+    patience_growth: float = Field(
+        1.0,
+        ge=0,
+        description="Patience grows with training: stop after max(patience, patience_growth x the checks it "
+        "took to reach the best) checks without a gain, so a run whose best came at epoch 30 goes on to at "
+        "least epoch 60. 0 keeps patience fixed. Validation on a few hundred users is noisy, and late gains "
+        "come seldom (docs/models.md, SASRec ablation).",
+    )
     eval_every: int = Field(1, ge=1, description="Epochs between validation checks.")
     warmup_epochs: float = Field(0.0, ge=0, description="Linear learning-rate warm-up, in epochs.")
     lr_schedule: Literal["constant", "cosine"] = Field(

@@ -282,7 +282,7 @@ class SASRec(Recommender):
             groups.append({"params": tuner.parameters(), "lr": lm_lr, "base_lr": lm_lr, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         log = context.log if context else (lambda _msg: None)
-        stopper = EarlyStopping(patience=cfg.patience)
+        stopper = EarlyStopping(patience=cfg.patience, growth=cfg.patience_growth)
         best_state = None
         started = time.perf_counter()
         histories = self.fitted_histories()
