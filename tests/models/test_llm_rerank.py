@@ -154,6 +154,43 @@ def test_openai_backend_reorders_top_n_and_gives_reasons(chat_server):
     assert model.stats.calls == 1 and model.stats.fallbacks == 0
 
 
+def test_personal_data_never_leaves_in_a_prompt(chat_server):
+    planted = list(TEXTS)
+    planted[0] = "Item 0 by jane.doe@example.com, call +44 20 7946 0958"
+    planted[1] = "Item 1 paid with 4111 1111 1111 1111; staff id EMP-778812"
+    planted[2] = "Item 2 (1999), 2001: A Space Odyssey"
+    cfg = {
+        "type": "llm_rerank",
+        "base": {"type": "popularity"},
+        "top_n": 4,
+        "timeout_s": 0.5,
+        "endpoint": {"url": chat_server.url, "model": "tiny"},
+        "redact_patterns": [r"EMP-\d+"],
+    }
+    model = LLMRerank(LLMRerankConfig.model_validate(cfg))
+    model.fit(_train(), None, FitContext(items=ItemSide(texts=planted)))
+    model.recommend(histories=Histories.from_lists([[0, 1]], N_ITEMS), k=4)
+    sent = json.dumps(chat_server.requests[-1]["body"])
+    for secret in ("jane.doe@example.com", "7946", "4111", "EMP-778812"):
+        assert secret not in sent, secret
+    prompt = chat_server.requests[-1]["body"]["messages"][-1]["content"]
+    assert "- Item 0 by [email], call [phone]" in prompt
+    assert "- Item 1 paid with [card]; staff id [redacted]" in prompt
+    assert "Item 2 (1999), 2001: A Space Odyssey" in prompt  # years and titles are not personal data
+
+
+def test_a_bad_redact_pattern_is_a_config_error():
+    with pytest.raises(ValueError, match=r"redact_patterns: '\(unclosed' is not a regular expression"):
+        LLMRerankConfig.model_validate(
+            {
+                "type": "llm_rerank",
+                "base": {"type": "popularity"},
+                "endpoint": {"url": "http://x", "model": "m"},
+                "redact_patterns": ["(unclosed"],
+            }
+        )
+
+
 @pytest.mark.parametrize(
     "mode,kind",
     [("slow", "timeout"), ("malformed", "error"), ("http_error", "error"), ("hostile", "invalid"), ("echo", "invalid")],

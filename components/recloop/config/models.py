@@ -8,6 +8,7 @@ here and registering the model class with it.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -425,9 +426,19 @@ class LLMRerankConfig(ModelConfig):
         description="Sampling temperature of the LLM; 0 = greedy, so the same prompt gives the same ranking.",
     )
     max_text_chars: int = Field(160, ge=16, description="Item text is cut to this many characters.")
+    redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions removed from item text before a prompt leaves the process, on top of "
+        "e-mail addresses and phone- and card-like numbers (always removed); user ids are never sent.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LLMRerankConfig:
+        for pattern in self.redact_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact_patterns: {pattern!r} is not a regular expression ({exc})") from None
         if self.backend == "openai" and self.endpoint is None:
             raise ValueError("backend 'openai' needs `endpoint: {url, model}`")
         if self.backend == "local" and not self.model_path:

@@ -10,6 +10,7 @@ base order is kept and the fallback is counted. Each item gets a one-sentence re
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import re
 import threading
@@ -24,6 +25,7 @@ from recloop.data.interactions import Histories, Interactions
 from recloop.errors import ConfigError
 from recloop.models.base import FitContext, Recommender
 from recloop.models.registry import register
+from recloop.models.scrub import Scrubber
 
 SYSTEM_PROMPT = (
     "You are a recommendation assistant. Rerank the candidate items for the user, best first, using the "
@@ -218,12 +220,17 @@ class LLMRerank(Recommender):
         self.item_texts = list(texts) if texts is not None else [f"item {i}" for i in range(train.n_items)]
         return self
 
+    @functools.cached_property
+    def scrubber(self) -> Scrubber:
+        return Scrubber(tuple(re.compile(p) for p in self.config.redact_patterns))
+
     def rerank(self, history: np.ndarray, candidates: list[int]) -> RerankResult:
         """Ask the LLM to reorder `candidates` for a user with `history`; never exceeds the budget."""
         cfg = self.config
-        cut = cfg.max_text_chars
-        hist_text = [self.item_texts[i][:cut] for i in history[-cfg.history_items :]]
-        messages = build_prompt(hist_text, [(c, self.item_texts[c][:cut]) for c in candidates])
+        cut, scrub = cfg.max_text_chars, self.scrubber
+        # Scrubbed before the cut, so a cut cannot split an address into something no pattern recognises.
+        hist_text = [scrub(self.item_texts[i])[:cut] for i in history[-cfg.history_items :]]
+        messages = build_prompt(hist_text, [(c, scrub(self.item_texts[c])[:cut]) for c in candidates])
         started = time.perf_counter()
         try:
             future = _EXECUTOR.submit(self.backend.complete, messages, cfg.timeout_s)
