@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -364,10 +365,12 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
             **{t: "success" for t in TASKS},
             "release.publish": "skipped",
         }
-        # The scheduler that ran the tasks used LocalExecutor (task instances name an executor only when a
-        # task overrides the default, so the scheduler job is where it shows).
+        # The scheduler that ran the tasks loaded LocalExecutor and no other (task instances name an executor
+        # only when a task overrides the default; the job table leaves executor_class empty).
         schedulers = api.get("/jobs", params={"job_type": "SchedulerJob"}).json()["jobs"]
-        assert schedulers and {job["executor_class"] for job in schedulers} == {"LocalExecutor"}, schedulers
+        assert [job["state"] for job in schedulers] == ["running"], schedulers
+        loaded = re.findall(r"Loaded executor: (\S+)", log.read_text())
+        assert loaded and {name.strip(":").split(":")[-1] for name in loaded} == {"LocalExecutor"}, loaded
         assert all(tasks[t].get("executor") is None for t in TASKS)
         # The reason the model was not published is the run's note, written by `decide` through the API.
         assert run["note"].startswith("Not published: the gate rejected ease."), run["note"]

@@ -465,7 +465,8 @@ def test_run_request_turns_params_into_typed_values_and_cli_flags():
 def test_training_schedule_is_cron_asset_or_both(tmp_path, schedule, expected):
     from airflow.sdk import Asset, AssetAny
     from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
-    from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+    from recloop.orchestration.timetable import NoMissedRunsCronTimetable
 
     write(tmp_path / "p.yaml", config_text("sched"))
     from recloop.config import load
@@ -477,8 +478,8 @@ def test_training_schedule_is_cron_asset_or_both(tmp_path, schedule, expected):
     if expected == "none":
         assert schedule_obj is None
     elif expected.startswith("cron:"):
-        assert isinstance(schedule_obj, CronTriggerTimetable)
-        assert schedule_obj.expression == expected[5:]
+        assert isinstance(schedule_obj, NoMissedRunsCronTimetable)
+        assert schedule_obj._expression == expected[5:]
     elif expected.startswith("asset:"):
         assert schedule_obj == Asset(expected[6:])
     elif expected.startswith("any:"):
@@ -487,13 +488,57 @@ def test_training_schedule_is_cron_asset_or_both(tmp_path, schedule, expected):
     else:
         cron, uri = expected[8:].split("|")
         assert isinstance(schedule_obj, AssetOrTimeSchedule)
-        assert schedule_obj.timetable.expression == cron
+        assert schedule_obj.timetable._expression == cron
         assert schedule_obj.asset_condition == Asset(uri)
+
+
+def test_unpausing_a_cron_dag_does_not_start_a_run_for_a_time_already_past(monkeypatch):
+    """Missed trigger times are not made up: Airflow's own cron timetable, with catchup off, would run
+    the latest one at once (here 00:00, on unpausing at 10:00); recloop's waits for the next one."""
+    from datetime import timedelta
+
+    import airflow.timetables.trigger as core_trigger
+    from airflow._shared.timezones.timezone import datetime as tz_datetime
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    from recloop.orchestration import timetable
+
+    now = tz_datetime(2026, 12, 8, 10, 0)
+    monkeypatch.setattr(core_trigger, "utcnow", lambda: now)
+    monkeypatch.setattr(timetable, "_now", lambda: now)
+    daily = timetable.NoMissedRunsCronTimetable("0 0 * * *", timezone="UTC")
+    no_catchup = TimeRestriction(earliest=tz_datetime(2024, 1, 1), latest=None, catchup=False)
+    last_run_a_week_ago = DataInterval(now - timedelta(days=7, hours=10), now - timedelta(days=7, hours=10))
+    for last in (None, last_run_a_week_ago):
+        airflows = core_trigger.CronTriggerTimetable("0 0 * * *", timezone="UTC")
+        past = airflows.next_dagrun_info(last_automated_data_interval=last, restriction=no_catchup)
+        assert past is not None and past.run_after == tz_datetime(2026, 12, 8, 0, 0)  # Airflow's: runs at once
+        info = daily.next_dagrun_info(last_automated_data_interval=last, restriction=no_catchup)
+        assert info is not None and info.run_after == tz_datetime(2026, 12, 9, 0, 0)
+    # With catchup on, nothing changes.
+    catchup = TimeRestriction(earliest=tz_datetime(2026, 12, 1), latest=None, catchup=True)
+    info = daily.next_dagrun_info(last_automated_data_interval=None, restriction=catchup)
+    assert info is not None and info.run_after == tz_datetime(2026, 12, 1, 0, 0)
+
+
+def test_the_cron_timetable_is_registered_so_airflow_serializes_the_dag(mode_configs, tmp_path):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from recloop.config import load
+    from recloop.orchestration.factory import build_feedback_dag
+    from recloop.orchestration.timetable import NoMissedRunsCronTimetable
+
+    path = mode_configs / "local.yaml"
+    dag = build_feedback_dag(load(path), path)
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert type(restored.timetable) is NoMissedRunsCronTimetable
+    assert restored.timetable._expression == "0 0 * * *"
 
 
 def test_feedback_dag_emits_the_asset_the_training_dag_waits_for(mode_configs):
     from airflow.sdk import Asset
-    from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+    from recloop.orchestration.timetable import NoMissedRunsCronTimetable
 
     dags = build(mode_configs)
     feedback, training = dags["local_feedback"], dags["local_train"]
@@ -501,7 +546,7 @@ def test_feedback_dag_emits_the_asset_the_training_dag_waits_for(mode_configs):
     assert sorted(feedback.get_task("emit").upstream_task_ids) == ["check", "feedback"]
     assert feedback.get_task("emit").outlets == [Asset("recloop://local/feedback")]
     assert training.schedule == Asset("recloop://local/feedback")
-    assert isinstance(feedback.schedule, CronTriggerTimetable) and feedback.schedule.expression == "0 0 * * *"
+    assert isinstance(feedback.schedule, NoMissedRunsCronTimetable) and feedback.schedule._expression == "0 0 * * *"
     assert feedback.max_active_runs == 1 and feedback.doc_md
     assert all(t.doc_md for t in feedback.tasks)
 

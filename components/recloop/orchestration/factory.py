@@ -177,22 +177,25 @@ def _split_schedule(entries: str | list[str] | None) -> tuple[str | None, list[s
 
 def training_schedule(cfg: PipelineConfig) -> Any:
     """`execution.schedule` as an Airflow schedule: None, a cron timetable, assets, or either."""
-    from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
+    from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule
+
+    from recloop.orchestration.timetable import NoMissedRunsCronTimetable
 
     cron, entries = _split_schedule(cfg.execution.schedule)
     assets = [Asset(feedback_asset_uri(cfg.name) if e == "feedback" else e) for e in entries]
     asset_condition = None if not assets else assets[0] if len(assets) == 1 else AssetAny(*assets)
-    timetable = CronTriggerTimetable(cron, timezone=cfg.execution.timezone) if cron else None
+    timetable = NoMissedRunsCronTimetable(cron, timezone=cfg.execution.timezone) if cron else None
     if timetable is not None and asset_condition is not None:
-        return AssetOrTimeSchedule(timetable=timetable, assets=asset_condition)
+        # A core timetable, registered by recloop's plugin: the SDK's annotation names only its own classes.
+        return AssetOrTimeSchedule(timetable=timetable, assets=asset_condition)  # type: ignore[arg-type]
     return timetable if timetable is not None else asset_condition
 
 
 def feedback_schedule(cfg: PipelineConfig) -> Any:
-    from airflow.sdk import CronTriggerTimetable
+    from recloop.orchestration.timetable import NoMissedRunsCronTimetable
 
     cron, _ = _split_schedule(cfg.execution.feedback_schedule)
-    return CronTriggerTimetable(cron, timezone=cfg.execution.timezone) if cron else None
+    return NoMissedRunsCronTimetable(cron, timezone=cfg.execution.timezone) if cron else None
 
 
 def describe_schedule(value: str | list[str] | None) -> str:
