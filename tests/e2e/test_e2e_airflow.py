@@ -375,6 +375,11 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
         # The reason the model was not published is the run's note, written by `decide` through the API.
         assert run["note"].startswith("Not published: the gate rejected ease."), run["note"]
         assert "< required 0.999" in run["note"]
+        # The note links the evaluation report with a pre-signed URL a browser opens (not an s3:// URI).
+        link = re.search(r"\[Evaluation report\]\((http\S+)\)", run["note"])
+        assert link, run["note"]
+        page = httpx.get(link.group(1), timeout=30)
+        assert page.status_code == 200 and "<html" in page.text.lower()
         store = open_store(
             {
                 "config": layout.configs / f"{PIPELINE}.yaml",

@@ -709,3 +709,17 @@ def test_missing_s3_credentials_say_where_they_come_from(
     assert "no S3 credentials (Unable to locate credentials)" in message
     for source in ("store.access_key_id", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "~/.aws/credentials"):
         assert source in message
+
+
+@pytest.mark.s3
+def test_browser_urls_open_without_credentials(s3_store: S3Store, file_store: FileStore) -> None:
+    import httpx
+
+    s3_store.put_bytes("runs/r1/evaluate/report.html", b"<html>report</html>")
+    url = s3_store.browser_url("runs/r1/evaluate/report.html", 3600)
+    assert url.startswith("http") and "X-Amz-Signature=" in url
+    page = httpx.get(url, timeout=30)  # no credentials: the signature is the permission
+    assert page.status_code == 200 and page.content == b"<html>report</html>"
+    file_store.put_bytes("runs/r1/evaluate/report.html", b"<html>report</html>")
+    local = file_store.browser_url("runs/r1/evaluate/report.html", 3600)
+    assert local.startswith("file:///") and local.endswith("/runs/r1/evaluate/report.html")

@@ -234,11 +234,31 @@ def run_pipeline_step(step: str, config_path: str, candidate: str | None = None)
     started = time.monotonic()
     manifest = run_step(step, ctx, inputs=inputs, candidate=candidate)
     _say(f"{step}: committed {manifest.uri} in {time.monotonic() - started:.1f}s; summary {manifest.summary}")
+    for name, url in report_links(ctx, manifest.uri).items():
+        _say(f"{step}: open {name} in a browser: {url}")
     check_fault(cfg.execution.fault_injection, step, attempt, "end")
     brief = manifest.brief()
     if step == "publish":
         _note_published(cfg, context, brief)
     return brief
+
+
+# Files a person opens in a browser, and how long a pre-signed link to one stays valid (S3's maximum).
+BROWSER_FILES = ("report.html",)
+LINK_EXPIRY_S = 7 * 24 * 3600
+
+
+def report_links(ctx: StepContext, artifact_uri: str) -> dict[str, str]:
+    """Links a browser opens to the artifact's reports: pre-signed (7 days) on S3, file:// locally.
+    s3:// URIs in logs and notes cannot be clicked."""
+    from recloop.artifacts import Artifact
+
+    artifact = Artifact.open(ctx.store, ctx.key(artifact_uri))
+    return {
+        name: ctx.store.browser_url(f"{artifact.prefix}/{name}", LINK_EXPIRY_S)
+        for name in BROWSER_FILES
+        if name in artifact.manifest.files
+    }
 
 
 def _note_published(cfg: PipelineConfig, context: Mapping[str, Any], brief: Mapping[str, Any]) -> None:
@@ -282,6 +302,9 @@ def decide_publish(config_path: str) -> bool:
     else:
         publish = True
         note = f"Gate blessed {candidate}" + (f": {'; '.join(reasons)}" if reasons else "") + "; publishing."
+    report = report_links(ctx, step_output(ctx, TRAINING["evaluate"])).get("report.html")
+    if report:
+        note += f" [Evaluation report]({report})"  # run notes render Markdown: a link people can click
     _say(note)
     for threshold in blessing.get("thresholds") or []:
         if isinstance(threshold, Mapping):

@@ -50,6 +50,10 @@ class FileStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def browser_url(self, key: str, expires_s: int) -> str:
+        """A file:// URL a browser on this machine opens (`expires_s` does not apply)."""
+        return self._path(key).resolve().as_uri()
+
     def _atomic_write(self, key: str, writer: Callable[[IO[bytes]], object]) -> None:
         dest = self._path(key)
         try:

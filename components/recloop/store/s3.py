@@ -198,6 +198,14 @@ class S3Store:
     def local_path(self, key: str) -> Path | None:
         return None
 
+    def browser_url(self, key: str, expires_s: int) -> str:
+        """A pre-signed GET URL: a browser opens the object without credentials until it expires."""
+        return str(
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._k(key)}, ExpiresIn=expires_s
+            )
+        )
+
     def _extra(self) -> dict:
         return {"ServerSideEncryption": self.sse} if self.sse else {}
 
