@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         help="number of item texts (default: the whole MovieLens catalog, else 2000 synthetic)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="both encoders run on this device"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each encoder (median kept)")
     args = parser.parse_args(argv)
 
@@ -68,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     texts = item_texts(args.items)
-    cfg = EncoderConfig(batch_size=args.batch_size)
+    cfg = EncoderConfig(batch_size=args.batch_size, device=args.device)
     encoder = TextEncoder(cfg)
-    reference = SentenceTransformer(str(resolve_model_dir(cfg)), device="cpu")
+    # The reference runs where recloop's encoder resolved `auto` to, so the ratio compares like with like.
+    reference = SentenceTransformer(str(resolve_model_dir(cfg)), device=str(encoder.device))
+    print(f"device: {encoder.device} (both encoders)")
     reference.max_seq_length = encoder.max_length
 
     # Warm both up so one-off allocation costs are not counted.
