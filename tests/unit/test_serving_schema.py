@@ -52,3 +52,40 @@ def test_no_server_errors_and_responses_match_the_spec(server: ServerThread) -> 
             case.validate_response(response)
 
         check()
+
+
+def test_spec_and_behaviour_agree_where_schemathesis_found_them_apart(server: ServerThread) -> None:
+    import httpx
+
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    # The Bearer form the server accepts is declared beside X-API-Key.
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} >= {"apiKey", "http"}
+    assert any(s.get("scheme", "").lower() == "bearer" for s in schemes.values())
+    # The 400 FastAPI gives an unparsable body is documented on both POST routes, and is what happens.
+    for path in ("/v1/recommendations", "/v1/feedback"):
+        assert "400" in spec["paths"][path]["post"]["responses"], path
+        sent = httpx.post(
+            f"{server.url}{path}",
+            content=b"user_id=u1",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "X-API-Key": API_KEY},
+            timeout=30,
+        )
+        assert sent.status_code in (400, 422), (path, sent.status_code, sent.text)
+        assert str(sent.status_code) in spec["paths"][path]["post"]["responses"]
+    # A feedback timestamp is an ISO 8601 string, as the spec says: an epoch number is refused.
+    event = {"item_id": "item-1", "event_type": "click"}
+    refused = httpx.post(
+        f"{server.url}/v1/feedback",
+        json={"events": [{**event, "timestamp": 1700000000}]},
+        headers={"X-API-Key": API_KEY},
+        timeout=30,
+    )
+    assert refused.status_code == 422 and "ISO 8601" in refused.text
+    accepted = httpx.post(
+        f"{server.url}/v1/feedback",
+        json={"events": [{**event, "timestamp": "2026-01-31T12:00:00Z"}]},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert accepted.status_code == 202, accepted.text

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from recloop.config import ServingConfig
 from recloop.eventlog.pseudonym import Pseudonymizer
@@ -55,6 +55,10 @@ class ServingState:
     pseudonymize: Pseudonymizer
 
 
+# FastAPI answers 400 itself when a body cannot be parsed at all (not JSON, or not the declared media type).
+UNPARSABLE_BODY = {"description": "The body could not be parsed (send JSON with Content-Type: application/json)"}
+
+
 def key_check(api_keys: ApiKeys) -> Callable[..., None]:
     """The dependency that requires a valid API key (`X-API-Key: KEY` or `Authorization: Bearer KEY`)."""
     key_header = APIKeyHeader(
@@ -62,8 +66,14 @@ def key_check(api_keys: ApiKeys) -> Callable[..., None]:
         auto_error=False,
         description="An API key from RECLOOP_API_KEYS (or `Authorization: Bearer KEY`).",
     )
+    # Declared so the OpenAPI spec lists the Bearer form the server accepts (either scheme suffices).
+    bearer = HTTPBearer(auto_error=False, description="The same API key as `Authorization: Bearer KEY`.")
 
-    def require_key(request: Request, x_api_key: str | None = Depends(key_header)) -> None:
+    def require_key(
+        request: Request,
+        x_api_key: str | None = Depends(key_header),
+        _bearer: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> None:
         if not api_keys.configured:
             raise HTTPException(
                 401,
@@ -274,7 +284,12 @@ def recommendation_routes(state: ServingState, bodies: RequestModels, read_acces
         response_model=SlateResponse,
         tags=["recommendations"],
         dependencies=read_access,
-        responses={404: {"description": "Unknown category"}, 422: {"description": "Invalid body"}, **_SLATE_ERRORS},
+        responses={
+            400: UNPARSABLE_BODY,
+            404: {"description": "Unknown category"},
+            422: {"description": "Invalid body"},
+            **_SLATE_ERRORS,
+        },
     )
     def recommend_post(request: Request, body: RecommendationsBody) -> Response:
         started = time.perf_counter()
@@ -378,6 +393,7 @@ def feedback_routes(state: ServingState, bodies: RequestModels, require_key: Cal
         tags=["feedback"],
         dependencies=[Depends(require_key)],
         responses={
+            400: UNPARSABLE_BODY,
             401: {"description": "Missing or invalid API key"},
             422: {"description": "Invalid events"},
             429: {"description": "Overloaded, or the feedback buffer is full: retry later"},

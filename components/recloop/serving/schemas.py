@@ -9,9 +9,9 @@ built per app by `request_models(limits)`.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from recloop.config import ServingLimitsConfig
 from recloop.serving.middleware import REQUEST_ID_RE
@@ -163,6 +163,14 @@ def request_models(limits: ServingLimitsConfig) -> RequestModels:
         value: float | None = Field(None, allow_inf_nan=False, description="e.g. a rating or an amount.")
         position: int | None = Field(None, ge=1, le=limits.max_k, description="1-based slot in that slate.")
         timestamp: datetime | None = Field(None, description="When it happened (ISO 8601); default: received time.")
+
+        @field_validator("timestamp", mode="before")
+        @classmethod
+        def _iso_only(cls, value: Any) -> Any:
+            # The spec says an ISO 8601 string; pydantic alone would also take epoch numbers, in unknown units.
+            if value is not None and not isinstance(value, str | datetime):
+                raise ValueError("expected an ISO 8601 time like 2026-01-31T12:00:00Z (epoch numbers are not accepted)")
+            return value
 
     class FeedbackBody(BaseModel):
         model_config = ConfigDict(extra="forbid", regex_engine="python-re")
