@@ -163,7 +163,8 @@ def signal_loop(config: Path, store: Any, tmp_path: Path) -> list[str]:
                 failures.append(f"{where}: the message does not name the step and the rerun:\n{output[-500:]}")
         stray = stray_files(store)
         if sig == signal.SIGKILL:
-            stray = [k for k in stray if k.rsplit("/", 1)[0] not in commits_in_progress(store)]
+            committing = commits_in_progress(store)
+            stray = [k for k in stray if not any(k.startswith(folder + "/") for folder in committing)]
         elif set(store.list(STAGING)) - staged_before:
             failures.append(f"{where}: staging left behind: {sorted(set(store.list(STAGING)) - staged_before)}")
         if stray:
