@@ -23,6 +23,12 @@ def validate(
     check_access: Annotated[
         bool, typer.Option("--check-access", help="Also list s3:// inputs with the store's credentials.")
     ] = False,
+    skip_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--skip-inputs", help="Check the config only, not its input paths (for a config whose data comes later)."
+        ),
+    ] = False,
 ) -> None:
     """Validate FILE, and that its local input paths name files; print every problem as
     `path.to.key: what is wrong` (exit 2) or a summary."""
@@ -31,7 +37,7 @@ def validate(
     from recloop.errors import ConfigError
 
     cfg = config.load(file, set_ or [])
-    problems = missing_inputs(cfg.data, cfg.store, remote=check_access)
+    problems = [] if skip_inputs else missing_inputs(cfg.data, cfg.store, remote=check_access)
     if problems:
         raise ConfigError(cfg.source, problems)
     models = ", ".join(m.candidate_name for m in cfg.models) or "none"
