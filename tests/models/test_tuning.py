@@ -361,3 +361,41 @@ def test_the_configured_values_are_the_first_trial_so_tuning_never_ends_below_th
     trials = study.trials()
     assert json.loads(trials["params"].iloc[0]) == {"lambda": 100.0}
     assert study.study()["best_value"] >= trials["value"].iloc[0]
+
+
+def test_train_keeps_the_best_trials_model_and_fits_again_only_when_asked_or_when_the_config_changed(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(f"file://{tmp_path}/store")
+    _write_preprocess(store)
+    models = [{"type": "mf", "factors": 4, "epochs": 6, "patience": 2}]
+    log: list[str] = []
+    ctx = _ctx(store, models, {"budget": "4 trials", "startup_trials": 2}, log)
+    run_step("tune", ctx, candidate="mf")
+    run_step("train", ctx, candidate="mf")
+    study = TuningStudy.open(store, "runs/r1/tune/mf")
+    best = study.study()["best_trial"]
+    fit = study.best_fit()
+    assert fit is not None and fit["trial"] == best and fit["value"] == pytest.approx(study.study()["best_value"])
+    trained = Artifact.open(store, "runs/r1/train/mf")
+    report = trained.read_json(TrainedModel.REPORT)
+    assert report["reused_trial"] == best
+    assert report["train_seconds"] == fit["seconds"] and report["history"] == fit["history"] != []
+    assert report["best_valid_metric"] == pytest.approx(fit["value"], abs=1e-9)
+    kept = study.artifact.manifest.files[f"{TuningStudy.BEST_MODEL}/{TrainedModel.ARRAYS}"].sha256
+    assert trained.manifest.files[TrainedModel.ARRAYS].sha256 == kept  # the very same arrays
+    assert any(f"kept the model of tuning trial {best}" in line for line in log)
+
+    # refit: true fits the best parameters again, to the same validation score (same splits, same seed).
+    refit_ctx = _ctx(store, models, {"budget": "4 trials", "startup_trials": 2, "refit": True}, [])
+    run_step("train", refit_ctx, candidate="mf")
+    refit = Artifact.open(store, "runs/r1/train/mf").read_json(TrainedModel.REPORT)
+    assert refit["reused_trial"] is None
+    assert refit["best_valid_metric"] == pytest.approx(fit["value"], abs=1e-6)
+
+    # A config changed since the tune step (another seed) is never answered with the kept model.
+    log.clear()
+    changed = _ctx(store, [{**models[0], "seed": 7}], {"budget": "4 trials", "startup_trials": 2}, log)
+    run_step("train", changed, candidate="mf")
+    assert Artifact.open(store, "runs/r1/train/mf").read_json(TrainedModel.REPORT)["reused_trial"] is None
+    assert "train: mf: the config or splits changed since the tune step; fitting again" in log

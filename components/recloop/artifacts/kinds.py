@@ -243,28 +243,44 @@ class TrainedModel(ArtifactKind):
 
 
 class TuningStudy(ArtifactKind):
-    """One candidate's hyper-parameter search: every trial, the best parameters, and the Optuna journal."""
+    """One candidate's hyper-parameter search: every trial, the best parameters, the Optuna journal, and the
+    best trial's model, which train reuses instead of fitting the same parameters again."""
 
     title = "tuning study"
     description = "One candidate's hyper-parameter search on validation NDCG@10: trials, best parameters."
     STUDY = "study.json"
     TRIALS = "trials.parquet"
     JOURNAL = "journal.log"
+    BEST_MODEL = "best_model"
+    BEST_FIT = "best_fit.json"
     files = {
         STUDY: "whether it was tuned, budget, seed, space, best parameters and value, parameter importances",
         TRIALS: "every trial: number, state, value, seconds, parameters, validation curve",
         JOURNAL: "the Optuna journal the study replays from (optional)",
+        f"{BEST_MODEL}/": "the best trial's Recommender bundle (optional: absent when that trial ran in an "
+        "earlier, interrupted attempt)",
+        BEST_FIT: "the best trial's number, fit seconds, per-epoch metrics, model config and data digest "
+        "(optional, with the bundle)",
     }
     SUMMARY_KEYS = ("tuned", "best_value", "n_trials", "seconds")
 
     @classmethod
     def write(
-        cls, writer: ArtifactWriter, study: Mapping[str, Any], trials: pd.DataFrame, journal: Path | None
+        cls,
+        writer: ArtifactWriter,
+        study: Mapping[str, Any],
+        trials: pd.DataFrame,
+        journal: Path | None,
+        best_fit: Path | None = None,
     ) -> None:
+        """`best_fit`: a folder with the best trial's `fit.json` and its bundle under `bundle/`."""
         writer.put_json(cls.STUDY, dict(study))
         writer.put_parquet(cls.TRIALS, trials)
         if journal is not None and journal.exists():
             writer.add_file(cls.JOURNAL, journal)
+        if best_fit is not None:
+            writer.add_dir(cls.BEST_MODEL, best_fit / "bundle")
+            writer.add_file(cls.BEST_FIT, best_fit / "fit.json")
         writer.summary.update({k: study.get(k) for k in cls.SUMMARY_KEYS})
 
     def study(self) -> dict[str, Any]:
@@ -276,6 +292,14 @@ class TuningStudy(ArtifactKind):
     def best_params(self) -> dict[str, Any]:
         """The parameters train applies over the configured ones ({} when the candidate was not tuned)."""
         return dict(self.study().get("best_params") or {})
+
+    def best_fit(self) -> dict[str, Any] | None:
+        """The kept best trial's facts (None when the study kept no model)."""
+        fit = self._optional_json(self.BEST_FIT)
+        return None if fit is None else dict(fit)
+
+    def download_best_model(self, dest: Path) -> Path:
+        return self.artifact.download_dir(self.BEST_MODEL, dest)
 
 
 class Evaluation(ArtifactKind):

@@ -16,8 +16,8 @@ from pydantic import BeforeValidator, Field, PlainSerializer, field_validator
 from recloop.config.base import StrictModel, parse_duration
 from recloop.config.search import ParamRange, parse_range
 
-# The budget `recloop init` writes when --budget is not given. Search only: train then refits each
-# candidate once and text models embed the catalog once, so a ~100k-event data set runs end to end in
+# The budget `recloop init` writes when --budget is not given. Search only: train reuses each candidate's
+# best trial (or fits it once) and text models embed the catalog once, so a ~100k-event data set runs end to end in
 # well under 45 minutes on 2 cores (docs/tuning.md).
 INIT_BUDGET = "20m"
 _TRIALS_RE = re.compile(r"^\s*(\d+)\s*trials?\s*$")
@@ -100,6 +100,12 @@ class TuningConfig(StrictModel):
         True,
         description="Stop a trial of an iterative model early when its validation curve falls below the median "
         "of earlier trials at the same epoch (Optuna's MedianPruner).",
+    )
+    refit: bool = Field(
+        False,
+        description="Fit each tuned candidate again in train with its best parameters. False = train reuses the "
+        "best trial's model, which was fitted with those parameters on the same splits and seed (the same "
+        "model, without paying for its fit twice); it refits anyway when the config or data changed since.",
     )
     seed: int = Field(0, description="Seed of the TPE sampler (trial models keep their own `seed`).")
     parallel: int = Field(

@@ -86,7 +86,8 @@ class CandidateResult:
 def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -> Manifest:
     model_cfg = next(m for m in ctx.candidates if m.candidate_name == candidate)
     preprocess = ctx.open(inputs["preprocess"])
-    tuned_params = tuned_parameters(ctx, inputs)
+    study = TuningStudy(ctx.open(inputs["tune"])) if "tune" in inputs else None
+    tuned_params = {} if study is None else study.best_params()
     if tuned_params:
         from recloop.tuning.space import apply_params
 
@@ -100,7 +101,17 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
     )
     with tempfile.TemporaryDirectory(prefix="recloop-train-") as tmp:
         bundle_dir = Path(tmp) / candidate
-        result = train_candidate(model_cfg, data, ctx, StoreTextEmbedder(ctx), bundle_dir)
+        reused = None
+        if study is not None and tuned_params and not ctx.config.tuning.refit:
+            reused = reuse_best_trial(study, model_cfg, data, splits_digest(preprocess), bundle_dir, ctx.log)
+        if reused is None:
+            result = train_candidate(model_cfg, data, ctx, StoreTextEmbedder(ctx), bundle_dir)
+        else:
+            result, trial = reused
+            ctx.log(
+                f"train: {candidate}: kept the model of tuning trial {trial}, fitted with these parameters on the "
+                "same splits and seed (set tuning.refit: true to fit it again)"
+            )
         report = {
             "preprocess_uri": preprocess.uri,
             "n_users": data.n_users,
@@ -112,6 +123,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
             **result.brief(),
             "config": result.config,
             "tuned_params": tuned_params,
+            "reused_trial": None if reused is None else reused[1],
             "history": result.history,
         }
         parents = [preprocess.uri] + ([inputs["tune"]] if "tune" in inputs else [])
@@ -128,11 +140,35 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
 # ---------------------------------------------------------------------------------------------- pieces
 
 
-def tuned_parameters(ctx: StepContext, inputs: dict[str, str]) -> dict[str, Any]:
-    """The candidate's best parameters from its tune artifact ({} without one, or when it was not tuned)."""
-    if "tune" not in inputs:
-        return {}
-    return TuningStudy(ctx.open(inputs["tune"])).best_params()
+def splits_digest(preprocess: Artifact) -> str:
+    """Names the train and valid splits' content: a kept tuning model is reused only on the same splits."""
+    files = preprocess.manifest.files
+    return ",".join(files[name].sha256 for name in (Dataset.TRAIN, Dataset.VALID) if name in files)
+
+
+def reuse_best_trial(
+    study: TuningStudy,
+    model_cfg: ModelConfig,
+    data: TrainingData,
+    digest: str,
+    bundle_dir: Path,
+    log: Callable[[str], None],
+) -> tuple[CandidateResult, int] | None:
+    """The tune step's best trial as this candidate's result (its bundle copied to `bundle_dir`), or None
+    when the study kept no model or it was fitted with another config or on other splits."""
+    from recloop.models.base import Recommender
+
+    fit = study.best_fit()
+    if fit is None or fit.get("trial") != study.study().get("best_trial"):
+        return None
+    config = model_cfg.model_dump(mode="json", by_alias=True)
+    if fit.get("config") != config or fit.get("data_digest") != digest:
+        log(f"train: {model_cfg.candidate_name}: the config or splits changed since the tune step; fitting again")
+        return None
+    study.download_best_model(bundle_dir)
+    model = Recommender.load(bundle_dir)
+    result = candidate_result(model_cfg, model, data, float(fit["seconds"]), list(fit.get("history") or []))
+    return result, int(fit["trial"])
 
 
 def load_training_data(preprocess: Artifact) -> TrainingData:
@@ -193,6 +229,65 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+class FitRecord:
+    """What a fit reports through `FitContext.progress`: the per-epoch metrics (train_report's `history`),
+    and the share done, passed on to `advance` (a progress bar) when given."""
+
+    def __init__(self, advance: Callable[[float], None] | None = None):
+        self.history: list[dict[str, str | float | None]] = []
+        self.advance = advance
+        self.done = 0.0
+
+    def on_progress(self, phase: str, fraction: float, metrics: dict[str, float]) -> None:
+        step = max(0.0, min(100.0, 100.0 * float(fraction)) - self.done)
+        if step:
+            self.done += step
+            if self.advance is not None:
+                self.advance(step)
+        if metrics:
+            self.history.append({"phase": phase, **{k: _finite(v) for k, v in metrics.items()}})
+
+    def finish(self) -> None:
+        if self.done < 100.0 and self.advance is not None:
+            self.advance(100.0 - self.done)
+        self.done = 100.0
+
+
+def fit_model(
+    model_cfg: ModelConfig, data: TrainingData, context: FitContext, record: FitRecord
+) -> tuple[Recommender, float]:
+    """Seed every generator and fit one model on train (early-stopped on valid); returns it and its seconds."""
+    from recloop.models import registry
+
+    model: Recommender = registry.get(model_cfg.type)(model_cfg)
+    context.progress = record.on_progress
+    seed_everything(model_cfg.seed)
+    start = time.perf_counter()
+    model.fit(data.train, data.valid, context)
+    seconds = time.perf_counter() - start
+    record.finish()
+    model.id_map_ref = data.uri
+    return model, seconds
+
+
+def candidate_result(
+    model_cfg: ModelConfig, model: Recommender, data: TrainingData, seconds: float, history: list[dict[str, Any]]
+) -> CandidateResult:
+    """The train report's facts about a fitted model, its validation NDCG@10 measured like every candidate's."""
+    from recloop.models.early_stopping import validation_ndcg
+
+    metric = None if data.valid is None else _finite(validation_ndcg(model, data.valid))
+    return CandidateResult(
+        name=model_cfg.candidate_name,
+        model_type=model_cfg.type,
+        config=model_cfg.model_dump(mode="json", by_alias=True),
+        train_seconds=round(seconds, 3),
+        epochs=_epochs(model, history),
+        best_valid_metric=metric,
+        history=history,
+    )
+
+
 def train_candidate(
     model_cfg: ModelConfig,
     data: TrainingData,
@@ -201,45 +296,13 @@ def train_candidate(
     bundle_dir: Path,
 ) -> CandidateResult:
     """Fit one candidate, save its bundle to `bundle_dir` and measure it on the validation split."""
-    from recloop.models import registry
-    from recloop.models.early_stopping import validation_ndcg
-
     name = model_cfg.candidate_name
-    model: Recommender = registry.get(model_cfg.type)(model_cfg)
-    history: list[dict[str, str | float | None]] = []
-    advance = ctx.progress(f"train {name}", total=100.0)
-    done = [0.0]
-
-    def on_progress(phase: str, fraction: float, metrics: dict[str, float]) -> None:
-        step = max(0.0, min(100.0, 100.0 * float(fraction)) - done[0])
-        if step:
-            done[0] += step
-            advance(step)
-        if metrics:
-            history.append({"phase": phase, **{k: _finite(v) for k, v in metrics.items()}})
-
-    context = FitContext(
-        items=data.items, progress=on_progress, log=lambda msg: ctx.log(f"{name}: {msg}"), text_embedder=embedder
-    )
-    seed_everything(model_cfg.seed)
+    record = FitRecord(ctx.progress(f"train {name}", total=100.0))
+    context = FitContext(items=data.items, log=lambda msg: ctx.log(f"{name}: {msg}"), text_embedder=embedder)
     ctx.log(f"train: fitting {name} ({model_cfg.type})")
-    start = time.perf_counter()
-    model.fit(data.train, data.valid, context)
-    seconds = time.perf_counter() - start
-    if done[0] < 100.0:
-        advance(100.0 - done[0])
-    model.id_map_ref = data.uri
+    model, seconds = fit_model(model_cfg, data, context, record)
     model.save(bundle_dir)
-    metric = None if data.valid is None else _finite(validation_ndcg(model, data.valid))
-    return CandidateResult(
-        name=name,
-        model_type=model_cfg.type,
-        config=model_cfg.model_dump(mode="json", by_alias=True),
-        train_seconds=round(seconds, 3),
-        epochs=_epochs(model, history),
-        best_valid_metric=metric,
-        history=history,
-    )
+    return candidate_result(model_cfg, model, data, seconds, record.history)
 
 
 def _epochs(model: Recommender, history: list[dict[str, Any]]) -> int | None:

@@ -2,7 +2,9 @@
 
 Input: the preprocess artifact (train and valid splits only: the test split is never read). Output
 `runs/{run}/tune/{candidate}/`, a `TuningStudy`: `study.json` (tuned or why not, budget share, seed, space,
-best parameters and value, importances), `trials.parquet` (every trial) and the Optuna journal.
+best parameters and value, importances), `trials.parquet` (every trial), the Optuna journal, and the best
+trial's model (`best_model/`, `best_fit.json`), which train then reuses rather than fitting the same
+parameters on the same splits a second time.
 
 Each trial fits the candidate with the drawn parameters on train, early-stopped on valid as train does,
 and scores validation NDCG@10 (the same `validation_ndcg` train reports). Iterative models report every
@@ -13,6 +15,9 @@ with the same run id resumes the study there (or from `tuning.storage`, an RDB s
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +26,14 @@ from recloop.artifacts.core import run_prefix, staging_prefix
 from recloop.artifacts.kinds import TuningStudy
 from recloop.config.search import describe_range
 from recloop.models.base import FitContext
-from recloop.steps.train import StoreTextEmbedder, TrainingData, load_training_data, seed_everything
+from recloop.steps.train import (
+    FitRecord,
+    StoreTextEmbedder,
+    TrainingData,
+    fit_model,
+    load_training_data,
+    splits_digest,
+)
 from recloop.tuning.budget import share_of
 from recloop.tuning.space import apply_params, configured_point, space_for
 from recloop.tuning.study import Report, StudyOutcome, StudySettings, run_study, trials_frame
@@ -29,6 +41,7 @@ from recloop.tuning.study import Report, StudyOutcome, StudySettings, run_study,
 if TYPE_CHECKING:
     from recloop.artifacts import Manifest
     from recloop.config.models import ModelConfig
+    from recloop.models.base import Recommender
     from recloop.steps.base import StepContext
 
 JOURNAL_FOLDER = "_journal"  # under the tune folder's staging: resume state, never part of an artifact
@@ -41,6 +54,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
     reason = _not_tuned_reason(ctx, model_cfg, space)
     with tempfile.TemporaryDirectory(prefix="recloop-tune-") as tmp:
         journal = Path(tmp) / "journal.log"
+        keeper = BestTrialKeeper(Path(tmp) / "trials", splits_digest(preprocess))
         if reason is None:
             data = load_training_data(preprocess)
             if data.valid is None:
@@ -49,11 +63,12 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
             ctx.log(f"tune: {candidate} is not tuned: {reason}; train uses its configured parameters")
             study, outcome = {"tuned": False, "reason": reason, "best_params": {}}, None
         else:
-            outcome = _search(ctx, model_cfg, space, data, journal)
+            outcome = _search(ctx, model_cfg, space, data, journal, keeper)
             study = _study_record(ctx, model_cfg, space, outcome)
+        best_fit = None if outcome is None else keeper.folder(outcome.best_trial)
         with ctx.writer(output, parents=[preprocess.uri]) as writer:
             trials = outcome.trials if outcome is not None else trials_frame([])
-            TuningStudy.write(writer, study, trials, journal if outcome is not None else None)
+            TuningStudy.write(writer, study, trials, journal if outcome is not None else None, best_fit)
     ctx.store.delete(_journal_key(ctx, candidate))
     return writer.manifest
 
@@ -69,10 +84,53 @@ def _not_tuned_reason(ctx: StepContext, model_cfg: ModelConfig, space: dict[str,
     return None
 
 
+class BestTrialKeeper:
+    """Keeps the model of the best trial this process has completed, in `root/{trial}/` (`bundle/` and
+    `fit.json`), so train can reuse the study's best one. Worker processes each keep their own best;
+    the study's best is among them."""
+
+    def __init__(self, root: Path, data_digest: str):
+        self.root = root
+        self.data_digest = data_digest
+        self.best_value = -math.inf
+        self.best_trial: int | None = None
+
+    def offer(
+        self, trial: int, value: float, model: Recommender, cfg: ModelConfig, seconds: float, record: FitRecord
+    ) -> None:
+        if not math.isfinite(value) or value <= self.best_value:
+            return
+        folder = self.root / str(trial)
+        model.save(folder / "bundle")
+        fit = {
+            "trial": trial,
+            "value": value,
+            "seconds": round(seconds, 3),
+            "history": record.history,
+            "config": cfg.model_dump(mode="json", by_alias=True),
+            "data_digest": self.data_digest,
+        }
+        (folder / "fit.json").write_text(json.dumps(fit, default=str))
+        if self.best_trial is not None:
+            shutil.rmtree(self.root / str(self.best_trial), ignore_errors=True)
+        self.best_value, self.best_trial = value, trial
+
+    def folder(self, trial: int | None) -> Path | None:
+        """The kept folder of `trial` (None when no process kept it, e.g. it ran before a resume)."""
+        if trial is None:
+            return None
+        folder = self.root / str(trial)
+        return folder if (folder / "fit.json").exists() else None
+
+
 def _search(
-    ctx: StepContext, model_cfg: ModelConfig, space: dict[str, Any], data: TrainingData, journal: Path
+    ctx: StepContext,
+    model_cfg: ModelConfig,
+    space: dict[str, Any],
+    data: TrainingData,
+    journal: Path,
+    keeper: BestTrialKeeper,
 ) -> StudyOutcome:
-    from recloop.models import registry
     from recloop.models.early_stopping import validation_ndcg
 
     name = model_cfg.candidate_name
@@ -85,11 +143,12 @@ def _search(
 
     def objective(params: dict[str, Any], report: Report) -> float:
         cfg = apply_params(model_cfg, params)
-        model = registry.get(cfg.type)(cfg)
+        record = FitRecord()
         context = FitContext(items=data.items, log=lambda _msg: None, text_embedder=embedder, on_validation=report)
-        seed_everything(cfg.seed)
-        model.fit(data.train, valid, context)
-        return validation_ndcg(model, valid)
+        model, seconds = fit_model(cfg, data, context, record)
+        value = float(validation_ndcg(model, valid))
+        keeper.offer(report.trial_number, value, model, cfg, seconds, record)
+        return value
 
     journal_key = _journal_key(ctx, name)
     if tuning.storage is None and ctx.store.exists(journal_key):

@@ -2,7 +2,8 @@
 resumption from a journal or an RDB storage, and trials in several processes.
 
 The objective is given: `objective(params, report)` fits a model with `params` and returns its validation
-NDCG@10, calling `report(epoch, value)` after each validation check (which may raise `optuna.TrialPruned`).
+NDCG@10, calling `report(epoch, value)` after each validation check (which may raise `optuna.TrialPruned`);
+`report.trial_number` names the trial (the tune step keeps the best trial's model under it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -26,7 +27,15 @@ from recloop.tuning.space import InvalidParams, suggest
 if TYPE_CHECKING:
     import optuna
 
-Report = Callable[[int, float], None]
+
+class Report(Protocol):
+    """What an objective calls after each validation check; it knows which trial it reports for."""
+
+    trial_number: int
+
+    def __call__(self, epoch: int, value: float) -> None: ...
+
+
 Objective = Callable[[dict[str, Any], Report], float]
 # Epochs before a trial may be pruned: the first validation checks of any model are noisy.
 PRUNING_WARMUP_EPOCHS = 3
@@ -198,17 +207,8 @@ def _trial_function(
 
     def run_trial(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
-
-        def report(epoch: int, value: float) -> None:
-            trial.report(float(value), int(epoch))
-            if settings.pruning and trial.should_prune():
-                raise optuna.TrialPruned(f"validation NDCG@10 {value:.4f} at epoch {epoch} is below the median")
-            if deadline is not None and time.monotonic() > deadline:
-                trial.set_user_attr("note", "stopped: the candidate's budget ran out")
-                raise optuna.TrialPruned("the candidate's budget ran out")
-
         try:
-            return float(objective(params, report))
+            return float(objective(params, _TrialReport(trial, settings.pruning, deadline)))
         except InvalidParams as exc:
             trial.set_user_attr("note", f"invalid combination: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
@@ -219,6 +219,26 @@ def _trial_function(
             raise
 
     return run_trial
+
+
+class _TrialReport:
+    """Reports a validation check to the trial; prunes below the median or past the deadline."""
+
+    def __init__(self, trial: optuna.Trial, pruning: bool, deadline: float | None):
+        self.trial = trial
+        self.trial_number = trial.number
+        self.pruning = pruning
+        self.deadline = deadline
+
+    def __call__(self, epoch: int, value: float) -> None:
+        import optuna
+
+        self.trial.report(float(value), int(epoch))
+        if self.pruning and self.trial.should_prune():
+            raise optuna.TrialPruned(f"validation NDCG@10 {value:.4f} at epoch {epoch} is below the median")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.trial.set_user_attr("note", "stopped: the candidate's budget ran out")
+            raise optuna.TrialPruned("the candidate's budget ran out")
 
 
 def _trial_logger(
