@@ -63,7 +63,12 @@ class _ClickException(Protocol):
 
 def entry() -> NoReturn:
     """The `recloop` console script: `main`, then exit with its code."""
-    code = main(restore_signals=False)
+    try:
+        code = main(restore_signals=False)
+    except interrupts.Interrupted as exc:  # after the command ended, before the handlers were dropped
+        interrupts.ignore()
+        sys.stderr.write(exc.message() + "\n")
+        code = exc.exit_code
     interrupts.ignore()  # a signal from now on must not turn the decided exit code into a traceback
     sys.exit(code)
 
@@ -71,8 +76,9 @@ def entry() -> NoReturn:
 def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     """Run one command: user-facing errors print one message and set the exit code; SIGINT and SIGTERM
     print what they stopped and exit 130 and 143."""
-    restore = interrupts.install()
+    restore = interrupts.saved_handlers()
     try:
+        interrupts.install()
         return _run(argv)
     except interrupts.Interrupted as exc:  # before the command started, or while it printed its error
         sys.stderr.write(exc.message() + "\n")

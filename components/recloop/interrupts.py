@@ -45,20 +45,24 @@ def raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-def install() -> Callable[[], None]:
-    """Turn SIGTERM, and SIGINT unless the parent ignores it (a `cmd &` job), into `Interrupted`.
-
-    Returns the function that puts the previous handlers back."""
+def saved_handlers() -> Callable[[], None]:
+    """The function that puts the current SIGINT and SIGTERM handlers back."""
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, raise_interrupted)
-    if previous[signal.SIGINT] is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, raise_interrupted)
 
     def restore() -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
     return restore
+
+
+def install() -> None:
+    """Turn SIGTERM, and SIGINT unless the parent ignores it (a `cmd &` job), into `Interrupted`.
+    Call it inside the `try` that catches `Interrupted`: a signal may arrive as soon as a handler is set."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    if not ignored:
+        signal.signal(signal.SIGINT, raise_interrupted)
 
 
 def ignore() -> None:

@@ -199,3 +199,30 @@ def test_signals_at_random_moments_on_seaweedfs(s3_server: Any, tmp_path: Path) 
     config = write_config(tmp_path, store)
     failures = signal_loop(config, S3Store(store_cfg), tmp_path)
     assert failures == [], "\n".join(failures)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_command_ended_still_exits_with_its_code(
+    sig: signal.Signals, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The window between the command's end and the console script dropping its handlers: the signal's
+    # exit code and one line, never a traceback (found by the loop above: exit 70 from the harness).
+    real_main = cli.main
+
+    def main_then_signal(argv: list[str] | None = None, restore_signals: bool = True) -> int:
+        code = real_main(["config", "schema"], restore_signals=restore_signals)
+        signal.raise_signal(sig)
+        return code
+
+    restore = cli.interrupts.saved_handlers()
+    monkeypatch.setattr(cli, "main", main_then_signal)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.entry()
+    finally:
+        restore()
+    assert exc.value.code == 128 + sig
+    assert (
+        capsys.readouterr().err
+        == f"interrupted by {sig.name} during the command; nothing it had not committed was kept\n"
+    )

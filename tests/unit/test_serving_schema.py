@@ -4,6 +4,8 @@ documented schema. Bounded (few examples per operation) to stay well under a min
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,8 +56,40 @@ def test_no_server_errors_and_responses_match_the_spec(server: ServerThread) -> 
         check()
 
 
+def test_every_schemathesis_check_passes(server: ServerThread, tmp_path: Path) -> None:
+    # The CLI with `--checks all`: besides server errors and response schemas, it checks that invalid bodies
+    # are refused and valid ones accepted, the Allow header of a 405, auth, and stateful links.
+    cli = Path(sys.executable).with_name("schemathesis")
+    run = subprocess.run(
+        [str(cli), "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "25", "--seed", "1"]
+        + ["-H", f"X-API-Key: {API_KEY}", "--no-color"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # the CLI keeps its state in ./.schemathesis
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "No issues found" in run.stdout
+
+
 def test_spec_and_behaviour_agree_where_schemathesis_found_them_apart(server: ServerThread) -> None:
     import httpx
+
+    # A 405 names every method of the path (Starlette alone names only the first route's: GET, not POST).
+    refused = httpx.request("OPTIONS", f"{server.url}/v1/recommendations", timeout=30)
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET, POST"
+    # A JSON number is a number: no true for 1 nor "5" for 5; 5.0 is the integer 5, as JSON Schema says.
+    url, key = f"{server.url}/v1/recommendations", {"X-API-Key": API_KEY}
+    assert httpx.post(url, json={"history": ["item-1"], "k": 5.0}, headers=key, timeout=30).status_code == 200
+    for k in ("5", True):
+        wrong = httpx.post(url, json={"history": ["item-1"], "k": k}, headers=key, timeout=30)
+        assert wrong.status_code == 422 and "expected a JSON number" in wrong.text, (k, wrong.text)
+    event = {"item_id": "item-1", "event_type": "click"}
+    for field, bad in (("value", False), ("position", "3")):
+        wrong = httpx.post(
+            f"{server.url}/v1/feedback", json={"events": [{**event, field: bad}]}, headers=key, timeout=30
+        )
+        assert wrong.status_code == 422 and "expected a JSON number" in wrong.text, (field, wrong.text)
 
     spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
     # The Bearer form the server accepts is declared beside X-API-Key.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recloop.config import ServingConfig
 from recloop.eventlog.pseudonym import Pseudonymizer
@@ -32,7 +32,8 @@ from recloop.serving.metrics import ServingMetrics
 from recloop.serving.security import ApiKeys
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
 
     from recloop.store import ArtifactStore
 
@@ -58,6 +59,7 @@ def create_app(
     own); their threads start with the app (lifespan) and stop, flushing the logs, when it shuts down."""
     import anyio.to_thread
     from fastapi import Depends, FastAPI
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from recloop.policy.online import PolicyHolder
     from recloop.serving.middleware import ServingMiddleware
@@ -119,8 +121,31 @@ def create_app(
     app.add_middleware(
         ServingMiddleware, max_concurrency=limits.max_concurrency, max_body_bytes=limits.max_body_bytes, metrics=metrics
     )
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     bodies = request_models(limits)
     app.include_router(recommendation_routes(state, bodies, read_access))
     app.include_router(feedback_routes(state, bodies, require_key))
     app.include_router(operation_routes(state, require_key, read_access))
     return app
+
+
+async def _http_error(request: Request, exc: Any) -> Response:
+    """FastAPI's HTTP error response, except that a 405's `Allow` lists every method the path takes:
+    Starlette lists only the first route matching the path (GET, where POST is there too)."""
+    from fastapi.exception_handlers import http_exception_handler
+
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return await http_exception_handler(request, exc)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of every route of the app whose path matches the request's."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)

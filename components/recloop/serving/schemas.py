@@ -11,12 +11,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from recloop.config import ServingLimitsConfig
 from recloop.serving.middleware import REQUEST_ID_RE
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+def _json_number(value: Any) -> Any:
+    # A JSON body's numbers are numbers: pydantic alone would take true for 1 and "5" for 5. 5.0 stays an
+    # integer, as JSON Schema says.
+    if isinstance(value, bool | str):
+        raise ValueError(f"expected a JSON number, got {type(value).__name__} {value!r}")
+    return value
+
+
+# Constraints go inside the Annotated (e.g. `Annotated[int, Field(ge=1), JSON_NUMBER] | None`): on a union
+# field pydantic would write them into the schema under its own names (ge, le), not JSON Schema's.
+JSON_NUMBER = BeforeValidator(_json_number)
 
 
 class Contribution(BaseModel):
@@ -145,8 +158,8 @@ def request_models(limits: ServingLimitsConfig) -> RequestModels:
         history: list[IdStr] = Field(
             default_factory=list, max_length=limits.max_history, description="Raw item ids, oldest first."
         )
-        k: int = Field(limits.default_k, ge=1, le=limits.max_k)
-        exclude_seen: bool = True
+        k: Annotated[int, JSON_NUMBER] = Field(limits.default_k, ge=1, le=limits.max_k)
+        exclude_seen: bool = Field(True, strict=True)
         category: CategoryStr | None = None
 
     class FeedbackEvent(BaseModel):
@@ -160,8 +173,12 @@ def request_models(limits: ServingLimitsConfig) -> RequestModels:
         )
         user_id: IdStr | None = None
         session_id: IdStr | None = None
-        value: float | None = Field(None, allow_inf_nan=False, description="e.g. a rating or an amount.")
-        position: int | None = Field(None, ge=1, le=limits.max_k, description="1-based slot in that slate.")
+        value: Annotated[float, Field(allow_inf_nan=False), JSON_NUMBER] | None = Field(
+            None, description="e.g. a rating or an amount."
+        )
+        position: Annotated[int, Field(ge=1, le=limits.max_k), JSON_NUMBER] | None = Field(
+            None, description="1-based slot in that slate."
+        )
         timestamp: datetime | None = Field(None, description="When it happened (ISO 8601); default: received time.")
 
         @field_validator("timestamp", mode="before")
