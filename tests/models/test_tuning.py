@@ -184,8 +184,11 @@ def test_trials_whose_validation_curve_trails_the_median_are_pruned() -> None:
 
 
 def test_a_time_share_cuts_the_running_trial_at_its_next_validation_check() -> None:
-    def slow(params: dict[str, Any], report: Any) -> float:
-        for epoch in range(1, 1000):
+    calls = []
+
+    def first_quick_then_slow(params: dict[str, Any], report: Any) -> float:
+        calls.append(report.trial_number)
+        for epoch in range(1, 6 if len(calls) == 1 else 1000):
             time.sleep(0.02)
             report(epoch, 0.5)
         return 0.5
@@ -193,13 +196,32 @@ def test_a_time_share_cuts_the_running_trial_at_its_next_validation_check() -> N
     started = time.monotonic()
     outcome = run_study(
         {"x": FloatRange(low=0.0, high=1.0)},
-        slow,
+        first_quick_then_slow,
         StudySettings(name="t", share=Share(seconds=0.5, trials=100), pruning=False),
         lambda _m: None,
     )
     assert time.monotonic() - started < 5
-    assert outcome.trials["note"].tolist() == ["stopped: the candidate's budget ran out"]
-    assert outcome.best_params == {} and outcome.best_value is None
+    assert outcome.trials["state"].tolist() == ["complete", "pruned"]
+    assert outcome.trials["note"].tolist() == ["", "stopped: the candidate's budget ran out"]
+    assert outcome.best_trial == 0 and outcome.best_value == 0.5
+
+
+def test_the_first_trial_finishes_past_the_share_and_no_other_starts() -> None:
+    # Until a trial completes, the running one is the fit train would do anyway (and then reuses).
+    def overrunning(params: dict[str, Any], report: Any) -> float:
+        for epoch in range(1, 16):
+            time.sleep(0.02)
+            report(epoch, 0.25)
+        return 0.25
+
+    outcome = run_study(
+        {"x": FloatRange(low=0.0, high=1.0)},
+        overrunning,
+        StudySettings(name="t", share=Share(seconds=0.1, trials=100), pruning=False),
+        lambda _m: None,
+    )
+    assert outcome.trials["state"].tolist() == ["complete"]
+    assert outcome.best_trial == 0 and outcome.best_value == 0.25
 
 
 def test_a_rerun_resumes_the_study_from_its_journal(tmp_path: Path) -> None:

@@ -236,9 +236,16 @@ class _TrialReport:
         self.trial.report(float(value), int(epoch))
         if self.pruning and self.trial.should_prune():
             raise optuna.TrialPruned(f"validation NDCG@10 {value:.4f} at epoch {epoch} is below the median")
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.deadline is not None and time.monotonic() > self.deadline and self._another_trial_completed():
             self.trial.set_user_attr("note", "stopped: the candidate's budget ran out")
             raise optuna.TrialPruned("the candidate's budget ran out")
+
+    def _another_trial_completed(self) -> bool:
+        # Until one trial completes, the running one is the fit train would otherwise do itself (and
+        # reuses): cutting it would waste the time spent, and train would pay it again.
+        from optuna.trial import TrialState
+
+        return bool(self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def _trial_logger(
