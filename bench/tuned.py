@@ -55,6 +55,7 @@ class Row:
     tune_seconds: float | None
     train_seconds: float | None
     params: dict[str, Any]
+    reused_trial: int | None = None  # train kept this tuning trial's model instead of fitting again
 
 
 def init_config(out: Path, name: str) -> Path:
@@ -113,6 +114,7 @@ def run_arm(arm: str, budget: str, models: list[str] | None, work: Path) -> list
                 tune_seconds=study.get("seconds"),
                 train_seconds=train.get("train_seconds"),
                 params=study.get("best_params") or {},
+                reused_trial=_train_report(ctx, name).get("reused_trial"),
             )
         )
     return rows
@@ -127,6 +129,16 @@ def _study(ctx: Any, candidate: str) -> dict[str, Any]:
         return {}
 
 
+def _train_report(ctx: Any, candidate: str) -> dict[str, Any]:
+    from recloop.artifacts import Artifact
+    from recloop.artifacts.kinds import TrainedModel
+
+    try:
+        return dict(Artifact.open(ctx.store, f"runs/{ctx.run_id}/train/{candidate}").read_json(TrainedModel.REPORT))
+    except Exception:  # an arm without the candidate's train artifact: nothing to show
+        return {}
+
+
 def table(rows: list[Row]) -> str:
     hand = {r.candidate: r.test for r in rows if r.arm == "hand"}
     lines = [
@@ -136,9 +148,10 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         ratio = f"{r.test / hand[r.candidate]:.3f}" if r.test and hand.get(r.candidate) else "–"
         ci = f" ({r.ci[0]:.4f}–{r.ci[1]:.4f})" if None not in r.ci else ""
+        train = _f(r.train_seconds, 0) if r.reused_trial is None else f"kept trial {r.reused_trial}"
         lines.append(
             f"| {r.arm} | {r.candidate} | {_f(r.valid)} | {_f(r.test)}{ci} | {ratio} | {r.trials or '–'} | "
-            f"{_f(r.tune_seconds, 0)} | {_f(r.train_seconds, 0)} |"
+            f"{_f(r.tune_seconds, 0)} | {train} |"
         )
     return "\n".join(lines)
 
