@@ -50,9 +50,14 @@ class InputNotFound(DataError):
 
 
 class ValidationFailed(RecloopError):
-    """Data failed the validation suite with `on_failure: fail`."""
+    """Data failed the validation suite with `on_failure: fail`. `report_uri`: the committed report of the
+    failed validation (result and Data Docs), when one was written."""
 
     exit_code = 3
+
+    def __init__(self, message: str, report_uri: str | None = None):
+        super().__init__(message)
+        self.report_uri = report_uri
 
 
 class ArtifactError(RecloopError):

@@ -278,13 +278,23 @@ def test_training_dag_on_airflow_and_s3(airflow):
     assert store.list(run_prefix(run4, "ingest")) == []
 
     # 5. Data that fail validation (exit 3): a permanent failure fails the task at once, without retries.
-    run5, _ = dags_test(airflow, {"overrides": ["validation.rating_range=[4.5, 5.0]"]})
+    run5, output5 = dags_test(airflow, {"overrides": ["validation.rating_range=[4.5, 5.0]", "validation.data_docs=true"]})
     state, tasks = run_state(airflow, run5)
     assert state == "failed"
     assert tasks["data.ingest"] == ("success", 1) and tasks["data.validate"] == ("failed", 1)
     record = json.loads(store.get_bytes(f"{run_prefix(run5, '_failures')}/data.validate.json"))
     assert (record["final"], record["error_type"]) == (True, "ValidationFailed")
     assert "(a permanent failure, exit code 3: not retried)" in record["error"]
+    # The task log links the failed validation's Data Docs with pre-signed URLs a browser opens (index and
+    # the validation page, each signed), not only its s3:// URI.
+    import httpx
+
+    links = dict(re.findall(r"open the failed validation's (data_docs/\S+) in a browser: (http\S+)", output5))
+    assert "data_docs/index.html" in links, output5[-4000:]
+    assert any(name.startswith("data_docs/validations/") for name in links), sorted(links)
+    for url in links.values():
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and "<html" in page.text.lower(), url
 
 
 # ------------------------------------------------------------------------------------------------ LocalExecutor

@@ -898,3 +898,23 @@ def test_architecture_diagram_draws_both_dags_edge_for_edge(mode_configs):
         tasks = {t.task_id.rsplit(".", 1)[-1] for t in dag.tasks}
         edges = {(u.rsplit(".", 1)[-1], t.task_id.rsplit(".", 1)[-1]) for t in dag.tasks for u in t.upstream_task_ids}
         assert {(a, b) for a, b in drawn if a in tasks and b in tasks} == edges, dag.dag_id
+
+
+def test_browser_links_name_the_report_and_each_data_docs_page_a_person_opens():
+    from recloop.orchestration.tasks import browser_files
+
+    names = [
+        "result.json",
+        "data_docs/index.html",
+        "data_docs/expectations/interactions.html",
+        "data_docs/static/styles/data_docs_default_styles.css",
+        "data_docs/validations/interactions/r/20261205T184505Z/recloop-interactions.html",
+        "data_docs/validations/items/r/20261205T184505Z/recloop-items.html",
+    ]
+    assert browser_files(names) == [
+        "data_docs/index.html",
+        "data_docs/validations/interactions/r/20261205T184505Z/recloop-interactions.html",
+        "data_docs/validations/items/r/20261205T184505Z/recloop-items.html",
+    ]
+    assert browser_files(["metrics.json", "report.html", "per_user.parquet"]) == ["report.html"]
+    assert browser_files(["train.parquet"]) == []

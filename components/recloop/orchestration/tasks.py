@@ -13,10 +13,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from recloop.errors import PERMANENT_EXIT_CODES, ConfigError, RecloopError
+from recloop.errors import PERMANENT_EXIT_CODES, ConfigError, RecloopError, ValidationFailed
 from recloop.orchestration.params import OVERRIDES_SOURCE, RunRequest
 
 if TYPE_CHECKING:
@@ -232,7 +232,11 @@ def run_pipeline_step(step: str, config_path: str, candidate: str | None = None)
     for role, uri in sorted(inputs.items()):
         _say(f"{step}: input {role} = {uri}")
     started = time.monotonic()
-    manifest = run_step(step, ctx, inputs=inputs, candidate=candidate)
+    try:
+        manifest = run_step(step, ctx, inputs=inputs, candidate=candidate)
+    except ValidationFailed as exc:
+        _explain_failed_validation(cfg, context, ctx, exc)
+        raise
     _say(f"{step}: committed {manifest.uri} in {time.monotonic() - started:.1f}s; summary {manifest.summary}")
     for name, url in report_links(ctx, manifest.uri).items():
         _say(f"{step}: open {name} in a browser: {url}")
@@ -243,9 +247,19 @@ def run_pipeline_step(step: str, config_path: str, candidate: str | None = None)
     return brief
 
 
-# Files a person opens in a browser, and how long a pre-signed link to one stays valid (S3's maximum).
-BROWSER_FILES = ("report.html",)
+# How long a pre-signed link to a report stays valid (S3's maximum).
 LINK_EXPIRY_S = 7 * 24 * 3600
+
+
+def browser_files(names: Iterable[str]) -> list[str]:
+    """The files of an artifact a person opens in a browser: the evaluation report, and the Data Docs index
+    and validation pages. Each page gets its own link: on S3 a pre-signed page's relative links to the
+    others are not signed, so they would not open."""
+    from recloop.artifacts.kinds import Evaluation, ValidationReport
+
+    docs = f"{ValidationReport.DATA_DOCS}/"
+    pages = sorted(n for n in names if n.startswith(f"{docs}validations/") and n.endswith(".html"))
+    return [n for n in (Evaluation.REPORT, ValidationReport.DATA_DOCS_INDEX) if n in names] + pages
 
 
 def report_links(ctx: StepContext, artifact_uri: str) -> dict[str, str]:
@@ -256,9 +270,29 @@ def report_links(ctx: StepContext, artifact_uri: str) -> dict[str, str]:
     artifact = Artifact.open(ctx.store, ctx.key(artifact_uri))
     return {
         name: ctx.store.browser_url(f"{artifact.prefix}/{name}", LINK_EXPIRY_S)
-        for name in BROWSER_FILES
-        if name in artifact.manifest.files
+        for name in browser_files(artifact.manifest.files)
     }
+
+
+def _explain_failed_validation(
+    cfg: PipelineConfig, context: Mapping[str, Any], ctx: StepContext, exc: ValidationFailed
+) -> None:
+    """Where people look when validation fails the run: the task log and the run note link the failed
+    report's Data Docs (the error itself names only its s3:// URI)."""
+    from recloop.artifacts.kinds import ValidationReport
+    from recloop.orchestration.callbacks import set_run_note
+
+    if exc.report_uri is None:
+        return
+    links = report_links(ctx, exc.report_uri)
+    for name, url in links.items():
+        _say(f"validate: open the failed validation's {name} in a browser: {url}")
+    note = f"Validation failed; nothing was trained. Report: {exc.report_uri}"
+    if ValidationReport.DATA_DOCS_INDEX in links:  # run notes render Markdown: links people can click
+        note += f" [Data Docs]({links[ValidationReport.DATA_DOCS_INDEX]})"
+    pages = [url for name, url in links.items() if name.startswith(f"{ValidationReport.DATA_DOCS}/validations/")]
+    note += "".join(f" [validation result {i}]({url})" for i, url in enumerate(pages, 1))
+    set_run_note(cfg.execution.airflow_api, context["dag"].dag_id, str(context["run_id"]), note, _say)
 
 
 def _note_published(cfg: PipelineConfig, context: Mapping[str, Any], brief: Mapping[str, Any]) -> None:

@@ -123,7 +123,8 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             if docs_dir is not None:
                 where += f" (Data Docs: {failed_uri}/{ValidationReport.DATA_DOCS_INDEX})"
             raise ValidationFailed(
-                format_failure(report, ingest_uri, where, quarantined=n_bad if quarantine else None, problems=problems)
+                format_failure(report, ingest_uri, where, quarantined=n_bad if quarantine else None, problems=problems),
+                report_uri=failed_uri,
             )
         if not report.success:
             failed = ", ".join(c.name for c in report.failed)
