@@ -328,3 +328,43 @@ def test_text_models_embed_through_the_store_cache(file_store: FileStore) -> Non
     log.clear()
     train_all(make_ctx(file_store, [{"type": "text_knn"}], log=log, params=RunParams(force=True)))
     assert any("(0 encoded, 20 from the cache)" in line for line in log)
+
+
+def test_a_retrain_trains_the_epochs_a_time_cap_gave_the_production_model(
+    file_store: FileStore, tmp_path: Path
+) -> None:
+    from recloop.artifacts.kinds import TrainedModel
+    from recloop.registry import ModelRegistry, VersionSource
+
+    sasrec = {"type": "sasrec", "dim": 16, "heads": 1, "layers": 1, "max_len": 10, "epochs": 6, "patience": 100}
+    capped = {**sasrec, "max_seconds": 1e-9}  # cuts training after its first epoch, whatever the machine
+    write_preprocess(file_store, "r1")
+    run_step("train", make_ctx(file_store, [capped], run_id="r1"), candidate="sasrec")
+    first = Artifact.open(file_store, "runs/r1/train/sasrec")
+    report = first.read_json(TrainedModel.REPORT)
+    assert (report["stopped_by"], report["epochs"]) == ("max_seconds", 1)
+
+    # Production: a version whose training the time cap ended at epoch 3 (on a quieter machine, say).
+    bundle = first.download_all(tmp_path / "bundle")
+    with ArtifactWriter(file_store, "runs/r0/train/sasrec", step="train", run_id="r0") as writer:
+        TrainedModel.write(writer, bundle, {**report, "epochs": 3})
+    registry = ModelRegistry(file_store, "movies")
+    source = VersionSource(bundle_dir=bundle, candidate="sasrec", model_type="sasrec", run_id="r0")
+    source.lineage = {"train": file_store.uri("runs/r0/train/sasrec")}
+    registry.promote(registry.register(source).version, reason="test")
+
+    log: list[str] = []
+    write_preprocess(file_store, "r2")
+    run_step("train", make_ctx(file_store, [capped], log=log, run_id="r2"), candidate="sasrec")
+    retrain = Artifact.open(file_store, "runs/r2/train/sasrec").read_json(TrainedModel.REPORT)
+    assert (retrain["stopped_by"], retrain["epochs"]) == ("stop_after_epoch", 3)
+    assert (retrain["config"]["max_seconds"], retrain["config"]["stop_after_epoch"]) == (None, 3)
+    assert (
+        "train: sasrec: a time cap ended production v1's training at epoch 3; training 3 epochs instead of "
+        "max_seconds 1e-09, so the retrain does not depend on the machine's load"
+    ) in log
+    # Without a time cap in the config, nothing changes.
+    write_preprocess(file_store, "r3")
+    run_step("train", make_ctx(file_store, [sasrec], run_id="r3"), candidate="sasrec")
+    plain = Artifact.open(file_store, "runs/r3/train/sasrec").read_json(TrainedModel.REPORT)
+    assert plain["config"]["stop_after_epoch"] is None and plain["stopped_by"] != "stop_after_epoch"

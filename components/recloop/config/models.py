@@ -304,7 +304,17 @@ class SASRecConfig(ModelConfig):
         "about 1.5-2x faster on CPUs with AVX512-BF16/AMX and on recent GPUs.",
     )
     max_seconds: float | None = Field(
-        None, gt=0, description="Stop training after this wall time, in seconds; None = no cap."
+        None,
+        gt=0,
+        description="Stop training after this wall time, in seconds; None = no cap. Where it cut the "
+        "production model's training, a retrain trains that model's epoch count instead (`stop_after_epoch`), "
+        "so its result does not depend on the machine's load.",
+    )
+    stop_after_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this epoch, keeping the schedule's length (`epochs`). Train sets it, with "
+        "max_seconds off, when max_seconds cut the production model's training at that epoch.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where training and scoring run: auto = cuda when available, else cpu."

@@ -144,6 +144,8 @@ class SASRec(Recommender):
         self.known_items = np.zeros(0, np.float32)
         self.best_epoch = 0
         self.epochs_trained = 0
+        # What ended training: "epochs", "early_stopping", "max_seconds" or "stop_after_epoch".
+        self.stopped_by = "epochs"
         self.best_valid_ndcg = float("nan")
         self.lm_finetune: str = "off"
         # Encoder weights changed by fine-tuning (by parameter name); saved with the model.
@@ -369,9 +371,15 @@ class SASRec(Recommender):
                 log(
                     f"{cfg.candidate_name}: early stop at epoch {epoch} (best {stopper.best:.4f} at {stopper.best_epoch})"
                 )
+                self.stopped_by = "early_stopping"
                 break
-            if cfg.max_seconds and time.perf_counter() - started > cfg.max_seconds:
+            if cfg.stop_after_epoch and epoch >= cfg.stop_after_epoch and epoch < cfg.epochs:
+                log(f"{cfg.candidate_name}: stopping at epoch {epoch} (stop_after_epoch)")
+                self.stopped_by = "stop_after_epoch"
+                break
+            if cfg.max_seconds and time.perf_counter() - started > cfg.max_seconds and epoch < cfg.epochs:
                 log(f"{cfg.candidate_name}: stopping at epoch {epoch}, max_seconds {cfg.max_seconds} reached")
+                self.stopped_by = "max_seconds"
                 break
         if best_state is not None:
             net.load_state_dict(best_state)
@@ -505,6 +513,7 @@ class SASRec(Recommender):
         return {
             "best_epoch": self.best_epoch,
             "epochs_trained": self.epochs_trained,
+            "stopped_by": self.stopped_by,
             "best_valid_ndcg": self.best_valid_ndcg,
             "lm_finetune": self.lm_finetune,
         }
@@ -513,6 +522,7 @@ class SASRec(Recommender):
         self.lm_finetune = str(extra.get("lm_finetune", "off"))
         self.best_epoch = int(extra.get("best_epoch", 0))
         self.epochs_trained = int(extra.get("epochs_trained", 0))
+        self.stopped_by = str(extra.get("stopped_by", "epochs"))
         self.best_valid_ndcg = float(extra.get("best_valid_ndcg", float("nan")))
 
 

@@ -15,6 +15,11 @@ the same way for every candidate. `epochs` is the model's `epochs_trained` when 
 highest `epoch` it reported through `FitContext.progress`, else the number of progress reports that
 carried metrics (one per epoch by convention), and null for closed-form models that report none.
 The bundle is trained into a scratch folder and uploaded only when the fit succeeded.
+
+Retrains are reproducible: where a model's `max_seconds` cut the production model's training (its
+train_report's `stopped_by`), train trains that many epochs instead of by wall time (`stop_after_epoch`).
+With a tune artifact, train keeps the best trial's model when it was fitted with the same config on the
+same splits (`reused_trial`), else it fits the best parameters.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class CandidateResult:
     epochs: int | None
     best_valid_metric: float | None
     history: list[dict[str, str | float | None]] = field(default_factory=list)  # {"phase": ..., metric: value}
+    stopped_by: str | None = None  # what ended an iterative model's training, when it says
 
     def brief(self) -> dict[str, Any]:
         return {
@@ -80,6 +86,7 @@ class CandidateResult:
             "train_seconds": self.train_seconds,
             "epochs": self.epochs,
             "best_valid_metric": self.best_valid_metric,
+            "stopped_by": self.stopped_by,
         }
 
 
@@ -93,6 +100,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
 
         model_cfg = apply_params(model_cfg, tuned_params)
         ctx.log(f"train: {candidate} with tuned parameters {tuned_params}")
+    model_cfg = reproducible_time_cap(ctx, model_cfg)
     data = load_training_data(preprocess)
     ctx.log(
         f"train: {candidate} ({model_cfg.type}) on {len(data.train)} train / "
@@ -138,6 +146,38 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str, candidate: str) -
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+
+
+# Where one of these ended the production model's training, a retrain trains the same number of epochs.
+_TIME_CAPPED = ("max_seconds", "stop_after_epoch")
+
+
+def reproducible_time_cap(ctx: StepContext, model_cfg: ModelConfig) -> ModelConfig:
+    """`model_cfg`, or, where `max_seconds` cut the production model's training (same candidate), the same
+    with that epoch count (`stop_after_epoch`) in place of the time cap: a gated retrain on unchanged data
+    then trains the same model whatever the machine's load."""
+    cap = getattr(model_cfg, "max_seconds", None)
+    if cap is None:
+        return model_cfg
+    from recloop.registry import ModelRegistry
+
+    champion = ModelRegistry(ctx.store, ctx.config.model_name).champion()
+    if champion is None or champion.candidate != model_cfg.candidate_name or "train" not in champion.lineage:
+        return model_cfg
+    try:
+        report = ctx.open(champion.lineage["train"]).read_json(TrainedModel.REPORT)
+    except ArtifactError as exc:
+        ctx.log(f"train: {model_cfg.candidate_name}: the production model's train report is unreadable ({exc})")
+        return model_cfg
+    epochs = report.get("epochs")
+    if report.get("stopped_by") not in _TIME_CAPPED or not isinstance(epochs, int) or epochs < 1:
+        return model_cfg
+    ctx.log(
+        f"train: {model_cfg.candidate_name}: a time cap ended production v{champion.version}'s training at epoch "
+        f"{epochs}; training {epochs} epochs instead of max_seconds {cap:g}, so the "
+        "retrain does not depend on the machine's load"
+    )
+    return model_cfg.model_copy(update={"max_seconds": None, "stop_after_epoch": epochs})
 
 
 def splits_digest(preprocess: Artifact) -> str:
@@ -285,6 +325,7 @@ def candidate_result(
         epochs=_epochs(model, history),
         best_valid_metric=metric,
         history=history,
+        stopped_by=getattr(model, "stopped_by", None),
     )
 
 
