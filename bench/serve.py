@@ -436,6 +436,9 @@ def main() -> None:
             f"| {r['tp99']:.2f} "
             f"| {r['ok']} / {r['shed']} / {r['failed']} ({r['not_sent']}) | {recall} |"
         )
+    print()
+    for line in target_lines(rows):
+        print(line)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"\n{os.cpu_count()} CPUs visible, shared by server and load generator; load average now {load} "
@@ -443,6 +446,39 @@ def main() -> None:
     )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# The targets on 2 cores (module docstring): exact search at 10k items, every approximate row, every row.
+P99_TARGET_MS = 10.0
+P99_TARGET_ITEMS = 10_000
+RECALL_TARGET = 0.95
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """One `target ...: met|MISSED (measured)` line per target; a target no row measured says so."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = []
+    exact = [r for r in rows if r["mode"] == "exact" and r["items"] == P99_TARGET_ITEMS]
+    if exact:
+        p99 = exact[0]["p99"]
+        lines.append(
+            f"target p99 <= {P99_TARGET_MS:g} ms at {P99_TARGET_ITEMS:,} items exact: "
+            f"{verdict(p99 <= P99_TARGET_MS)} ({p99:.2f} ms)"
+        )
+    else:
+        lines.append(f"target p99 <= {P99_TARGET_MS:g} ms at {P99_TARGET_ITEMS:,} items exact: not measured (--sizes)")
+    approximate = [r for r in rows if r["recall"] is not None]
+    if approximate:
+        worst = min(r["recall"] for r in approximate)
+        lines.append(f"target recall@10 >= {RECALL_TARGET}: {verdict(worst >= RECALL_TARGET)} (lowest {worst:.3f})")
+    else:
+        lines.append(f"target recall@10 >= {RECALL_TARGET}: not measured (no approximate rows)")
+    failed = sum(r["failed"] for r in rows)
+    lines.append(f"target no failures at 2x load: {verdict(failed == 0)} ({failed} failed)")
+    return lines
 
 
 if __name__ == "__main__":

@@ -86,12 +86,20 @@ def test_cold_check_needs_a_significant_deep_lead(quality) -> None:
     n = 60
     strong = _cold(quality, "text_sasrec", [0.0] * (n - 2) + [1.0, 0.5], [0.3] * n)
     weak = _cold(quality, "text_knn", [0.0] * n, [0.0] * n)
-    assert quality.check_language_models({}, {"text_sasrec": strong, "text_knn": weak}) == []
-    # Ahead by one lucky user at depth 100: not significant, and the miss says so.
+    targets = quality.check_language_models({}, {"text_sasrec": strong, "text_knn": weak})
+    assert [t.met for t in targets] == [True, True, True]
+    # Ahead by one lucky user at depth 100: not significant, and the line says so.
     lucky = _cold(quality, "text_sasrec", [0.0] * (n - 1) + [1.0], [0.0] * (n - 1) + [1.0])
-    failures = quality.check_language_models({}, {"text_sasrec": lucky, "text_knn": weak})
-    assert len(failures) == 1 and "is not significant" in failures[0]
-    # Behind: each miss names the metric and the gap.
-    failures = quality.check_language_models({}, {"text_sasrec": weak, "text_knn": strong})
-    assert any("ndcg@10 0.0000 does not beat text_knn's 0.0250" in f for f in failures)
-    assert any(f"ndcg@{quality.COLD_DEPTH} 0.0000 does not beat text_knn's 0.3000" in f for f in failures)
+    missed = [
+        t.line() for t in quality.check_language_models({}, {"text_sasrec": lucky, "text_knn": weak}) if not t.met
+    ]
+    assert len(missed) == 1 and missed[0].startswith(
+        f"target cold-start items: text_sasrec's ndcg@{quality.COLD_DEPTH} lead over text_knn significant: MISSED"
+    )
+    # Behind: each line names the metric and both values.
+    lines = [t.line() for t in quality.check_language_models({}, {"text_sasrec": weak, "text_knn": strong})]
+    assert "target cold-start items: text_sasrec ndcg@10 > text_knn's: MISSED (0.0000 vs 0.0250, -100.0%)" in lines
+    assert (
+        f"target cold-start items: text_sasrec ndcg@{quality.COLD_DEPTH} > text_knn's: MISSED (0.0000 vs 0.3000, -100.0%)"
+        in lines
+    )
