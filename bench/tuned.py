@@ -171,14 +171,17 @@ def target_lines(rows: list[Row], whole_run_s: float, reference: Path) -> list[s
     if not tuned or not reference.is_file():
         why = "no init-tuned candidate scored" if not tuned else f"no reference at {reference}"
         return lines + [f"target beat the plain SASRec on test NDCG@10: not measured ({why})"]
-    best = max(tuned, key=lambda r: r.valid or 0.0)
     plain = json.loads(reference.read_text())["rows"][0]["test_ndcg"]
-    assert best.test is not None
-    verdict = "met" if best.test > plain else "MISSED"
-    lines.append(
-        f"target beat the plain SASRec on test NDCG@10: {verdict} ({best.candidate}, best on validation: "
-        f"{best.test:.4f} vs {plain:.4f}, {best.test / plain - 1:+.1%}; reference from {reference.name})"
-    )
+    # Chosen on validation (leakage-free), and as the gate chooses what recloop serves (best on test).
+    for how, best in (
+        ("best on validation", max(tuned, key=lambda r: r.valid or 0.0)),
+        ("the gate's choice, best on test", max(tuned, key=lambda r: r.test or 0.0)),
+    ):
+        test = best.test or 0.0
+        lines.append(
+            f"target beat the plain SASRec on test NDCG@10 ({how}): {'met' if test > plain else 'MISSED'} "
+            f"({best.candidate} {test:.4f} vs {plain:.4f}, {test / plain - 1:+.1%}; reference from {reference.name})"
+        )
     return lines
 
 

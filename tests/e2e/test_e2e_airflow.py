@@ -278,7 +278,9 @@ def test_training_dag_on_airflow_and_s3(airflow):
     assert store.list(run_prefix(run4, "ingest")) == []
 
     # 5. Data that fail validation (exit 3): a permanent failure fails the task at once, without retries.
-    run5, output5 = dags_test(airflow, {"overrides": ["validation.rating_range=[4.5, 5.0]", "validation.data_docs=true"]})
+    run5, output5 = dags_test(
+        airflow, {"overrides": ["validation.rating_range=[4.5, 5.0]", "validation.data_docs=true"]}
+    )
     state, tasks = run_state(airflow, run5)
     assert state == "failed"
     assert tasks["data.ingest"] == ("success", 1) and tasks["data.validate"] == ("failed", 1)
@@ -405,4 +407,175 @@ def test_scheduler_and_local_executor_on_postgres_through_the_rest_api(tmp_path,
         assert json.loads(store.get_bytes(f"{run_prefix(run_id, 'gate')}/blessing.json"))["decision"] == "rejected"
         assert not store.exists(f"models/{PIPELINE}/production.json")
     finally:
+        local.stop_process_group(airflow["pgid"], process=airflow["process"])
+
+
+# ------------------------------------------------------------------------------------------- the whole loop
+
+
+LOOP = "loop"
+
+
+def _loop_config(path: Path, data_dir: Path, store_root: str, endpoint: str, api_url: str) -> Path:
+    path.write_text(
+        textwrap.dedent(f"""\
+        name: {LOOP}
+        store:
+          root: {store_root}
+          endpoint_url: {endpoint}
+          region: us-east-1
+          access_key_id: ${{AWS_ACCESS_KEY_ID}}
+          secret_access_key: ${{AWS_SECRET_ACCESS_KEY}}
+        data:
+          interactions:
+            path: {data_dir}/events/
+            columns: {{user: user_id, item: item_id, timestamp: timestamp, rating: rating}}
+          items: {{path: {data_dir}/items.csv, id: item_id, category: category,
+                  text: "{{title}}. {{category}}. {{description}}"}}
+        validation: {{on_failure: fail, rating_range: [0.5, 5.0], data_docs: false}}
+        preprocess: {{min_user_interactions: 3}}
+        models:
+          - {{type: popularity}}
+          - {{type: ease, lambda: 50}}
+        evaluation: {{k: [10], primary: ndcg@10, bootstrap: 20}}
+        gate: {{absolute: {{ndcg@10: 0.001}}}}
+        serving:
+          poll_interval: 200ms
+          privacy: {{hmac_key: "${{RECLOOP_USER_HMAC_KEY}}"}}
+          logs: {{flush_interval: 60s}}
+        feedback: {{output: {data_dir}/events/feedback, attribution_window: 1s, event_ratings: {{click: 4.0}}}}
+        execution:
+          retries: 0
+          schedule: feedback
+          airflow_api: {{url: '{api_url}', username: admin, password: '${{RECLOOP_AIRFLOW_PASSWORD}}'}}
+    """)
+    )
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _postgres_listening(), reason="needs PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres"
+)
+def test_served_feedback_runs_the_feedback_dag_whose_asset_retrains(tmp_path, s3_server, postgres_database):
+    """The loop on a real scheduler and S3: train and publish, serve and collect clicks, the feedback DAG
+    turns the served logs into interactions and updates its Asset, and the Asset-triggered training run
+    ingests them, retrains and gates."""
+    import time
+
+    import httpx
+
+    from recloop.artifacts import Artifact, run_prefix
+    from recloop.config import load
+    from recloop.data import synth
+    from recloop.store import open_store as open_
+    from recloop_dev import local_stack as local
+    from support.serving_helpers import API_KEY, HMAC_KEY, ServeProcess
+
+    layout = local.Layout(tmp_path / "state")
+    layout.logs.mkdir(parents=True)
+    data_dir = tmp_path / "data"
+    synth.generate(n_users=120, n_items=60, seed=3, events_per_user=20).write(data_dir)
+    (data_dir / "events").mkdir()
+    (data_dir / "interactions.csv").rename(data_dir / "events" / "interactions.csv")
+    n_events = sum(1 for _ in open(data_dir / "events" / "interactions.csv")) - 1
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bucket = s3_server.new_bucket()
+    layout.configs.mkdir(parents=True, exist_ok=True)
+    config = _loop_config(
+        layout.configs / f"{LOOP}.yaml", data_dir, f"s3://{bucket}/recloop", s3_server.endpoint_url, url
+    )
+    keys = {"access_key": s3_server.access_key, "secret_key": s3_server.secret_key, "admin_password": uuid.uuid4().hex}
+    airflow = local.start_airflow(
+        layout, keys, port, REPO / "dags", postgres_database, extra_env={"RECLOOP_USER_HMAC_KEY": HMAC_KEY}
+    )
+    log = layout.logs / "airflow.log"
+    serve = None
+    try:
+        token = local._wait(
+            lambda: local.api_token(url, keys["admin_password"]), "the API server", 300, log, airflow["process"]
+        )
+        api = httpx.Client(base_url=f"{url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        train_id, feedback_id = f"{LOOP}_train", f"{LOOP}_feedback"
+        local._wait(
+            lambda: local._dags_or_errors(url, token, {train_id, feedback_id}), "the DAGs", 300, log, airflow["process"]
+        )
+        for dag in (train_id, feedback_id):
+            assert api.patch(f"/dags/{dag}", json={"is_paused": False}).status_code == 200
+
+        def run_of(dag: str, run_id: str) -> dict[str, Any]:
+            return api.get(f"/dags/{dag}/dagRuns/{quote(run_id, safe='')}").json()
+
+        def finished(dag: str, run_id: str) -> dict[str, Any] | None:
+            run = run_of(dag, run_id)
+            return run if run["state"] in ("success", "failed") else None
+
+        def task_states(dag: str, run_id: str) -> dict[str, str]:
+            listed = api.get(f"/dags/{dag}/dagRuns/{quote(run_id, safe='')}/taskInstances").json()
+            return {t["task_id"]: t["state"] for t in listed["task_instances"]}
+
+        # 1. The first training run publishes version 1.
+        first = api.post(f"/dags/{train_id}/dagRuns", json={"logical_date": None}).json()["dag_run_id"]
+        run = local._wait(lambda: finished(train_id, first), "the first training run", 480, log, airflow["process"])
+        assert run["state"] == "success", task_states(train_id, first)
+        assert task_states(train_id, first)["release.publish"] == "success"
+
+        # 2. Serve it; known users get slates and click their first item.
+        env = {**s3_server.env(), "RECLOOP_AIRFLOW_PASSWORD": keys["admin_password"]}
+        serve = ServeProcess(config, env=env, log_path=tmp_path / "serve.log")
+        serve.wait_ready()
+        users = sorted(
+            {line.split(",")[0] for line in (data_dir / "events" / "interactions.csv").read_text().splitlines()[1:]}
+        )[:20]
+        clicks = []
+        for user in users:
+            slate = httpx.get(f"{serve.url}/v1/recommendations", params={"user_id": user, "k": 5}, timeout=30).json()
+            assert slate["user_known"] and slate["items"], slate
+            clicks.append(
+                {
+                    "item_id": slate["items"][0]["item_id"],
+                    "event_type": "click",
+                    "request_id": slate["request_id"],
+                    "user_id": user,
+                }
+            )
+        accepted = httpx.post(
+            f"{serve.url}/v1/feedback", json={"events": clicks}, headers={"X-API-Key": API_KEY}, timeout=30
+        )
+        assert accepted.status_code == 202 and accepted.json()["accepted"] == len(users), accepted.text
+        assert serve.terminate() == 0  # flushes the impression and feedback logs to S3
+        serve = None
+        time.sleep(2)  # past the 1 s attribution window
+
+        # 3. The feedback DAG turns the served logs into interactions and updates its Asset.
+        fb = api.post(f"/dags/{feedback_id}/dagRuns", json={"logical_date": None}).json()["dag_run_id"]
+        run = local._wait(lambda: finished(feedback_id, fb), "the feedback run", 300, log, airflow["process"])
+        assert run["state"] == "success", task_states(feedback_id, fb)
+        assert task_states(feedback_id, fb) == {"feedback": "success", "check": "success", "emit": "success"}
+        store = open_(load(config, env={**os.environ, **env, "RECLOOP_USER_HMAC_KEY": HMAC_KEY}).store)
+        summary = Artifact.open(store, run_prefix(fb, "feedback")).manifest.summary
+        assert summary["picked_up_by_next_ingest"] is True, summary
+        appended = list((data_dir / "events" / "feedback").glob("feedback-*.csv"))
+        assert len(appended) == 1 and len(appended[0].read_text().splitlines()) == 1 + len(users)
+        events = api.get("/assets/events", params={"source_dag_id": feedback_id}).json()["asset_events"]
+        assert [e["uri"] for e in events] == [f"recloop://{LOOP}/feedback"], events
+
+        # 4. The Asset triggers a training run that ingests the clicks, retrains and gates.
+        def triggered() -> dict[str, Any] | None:
+            runs = api.get(f"/dags/{train_id}/dagRuns", params={"run_type": "asset_triggered"}).json()["dag_runs"]
+            done = [r for r in runs if r["state"] in ("success", "failed")]
+            return done[0] if done else None
+
+        retrain = local._wait(triggered, "the asset-triggered training run", 480, log, airflow["process"])
+        states = task_states(train_id, retrain["dag_run_id"])
+        assert retrain["state"] == "success", states
+        assert states["release.evaluate"] == states["release.gate"] == "success", states
+        ingest = Artifact.open(store, run_prefix(retrain["dag_run_id"], "ingest")).manifest.summary
+        assert ingest["rows"]["interactions"] == n_events + len(users), ingest
+        blessing = Artifact.open(store, run_prefix(retrain["dag_run_id"], "gate")).read_json("blessing.json")
+        assert blessing["decision"] in ("blessed", "rejected") and blessing["reasons"], blessing
+    finally:
+        if serve is not None:
+            serve.kill()
         local.stop_process_group(airflow["pgid"], process=airflow["process"])
