@@ -20,11 +20,28 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")] = 0,
     events_per_user: Annotated[float, typer.Option("--events-per-user", min=1.0, help="Mean events per user.")] = 50.0,
     days: Annotated[int, typer.Option("--days", min=1, help="Length of the period the events span.")] = 365,
+    user_effect: Annotated[
+        float, typer.Option("--user-effect", min=0.0, help="How much age group and region shift tastes (0 = not).")
+    ] = 0.0,
+    context_effect: Annotated[
+        float,
+        typer.Option(
+            "--context-effect", min=0.0, help="How much device and part of day shift tastes (0 = not; adds `device`)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Write interactions.csv, items.csv and users.csv of a synthetic world with known structure."""
     from recloop.data.synth import generate, period
 
-    data = generate(users, items, seed, events_per_user=events_per_user, days=days)
+    data = generate(
+        users,
+        items,
+        seed,
+        events_per_user=events_per_user,
+        days=days,
+        user_effect=user_effect,
+        context_effect=context_effect,
+    )
     paths = data.write(out)
     start, end = period(days)
     frames = {"interactions": data.interactions, "items": data.items, "users": data.users}

@@ -9,6 +9,16 @@ previous one: order matters and sequence models can learn it. Item popularity is
 are higher for items of topics the user likes. All timestamps fall in a fixed period that ends before
 today, and everything is a pure function of the seed: the same seed gives byte-identical files.
 
+Users and context can shift tastes (both off by default, which leaves the files as they were):
+- `user_effect`: each age group and each region has its own topic preferences (standard normal per
+  topic); a user's start and end tastes are reweighted by `exp(user_effect * (age prefs + region prefs))`,
+  so the attributes in users.csv tell something about what the user will like.
+- `context_effect`: each event gets a `device` (mobile, desktop, tv; a column of interactions.csv) and has
+  a part of day from its timestamp (night, morning, afternoon, evening, UTC); the taste at that event is
+  reweighted by `exp(context_effect * (device prefs + part-of-day prefs))`, so the same user picks other
+  topics on the TV in the evening than on the phone in the morning.
+The preferences are drawn from a stream of their own (`SynthTruth.attribute_prefs`, `context_prefs`).
+
 `generate(...)` returns a `SynthData`; `SynthData.write(dir)` writes `interactions.csv`
 (user_id,item_id,timestamp,rating), `items.csv` (item_id,title,category,description) and `users.csv`.
 `SynthData.truth` holds the ground truth (each item's topic, each user's start and end tastes).
@@ -16,7 +26,7 @@ today, and everything is a pure function of the seed: the same seed gives byte-i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -229,6 +239,10 @@ _SENTENCES = (
 )
 DEFAULT_END = datetime(2025, 1, 1, tzinfo=UTC)
 _CANDIDATES = 6
+AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
+REGIONS = ("north", "south", "east", "west")
+DEVICES = ("mobile", "desktop", "tv")
+DAY_PARTS = ("night", "morning", "afternoon", "evening")  # UTC hours 0-5, 6-11, 12-17, 18-23
 
 
 @dataclass(frozen=True)
@@ -240,6 +254,9 @@ class SynthTruth:
     user_taste_start: np.ndarray  # n_users x n_topics, rows sum to 1
     user_taste_end: np.ndarray
     next_items: dict[str, list[str]]  # item_id -> its follow-up items
+    # attribute or context name -> value -> topic preferences (n_topics,); empty when the effect is off
+    attribute_prefs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    context_prefs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def user_favorite_topic(self, user_index: int, at: str = "end") -> str:
         taste = self.user_taste_end if at == "end" else self.user_taste_start
@@ -248,7 +265,7 @@ class SynthTruth:
 
 @dataclass(frozen=True)
 class SynthData:
-    interactions: pd.DataFrame  # user_id, item_id, timestamp (epoch s), rating
+    interactions: pd.DataFrame  # user_id, item_id, timestamp (epoch s), rating[, device]
     items: pd.DataFrame  # item_id, title, category, description
     users: pd.DataFrame  # user_id, age_group, region, signup_date
     truth: SynthTruth
@@ -285,11 +302,15 @@ def generate(
     drift: float = 1.0,
     sequence_prob: float = 0.35,
     popularity_exponent: float = 0.9,
+    user_effect: float = 0.0,
+    context_effect: float = 0.0,
 ) -> SynthData:
     """A synthetic world of `n_users` x `n_items` with about `n_users * events_per_user` events.
 
     drift: 0 keeps each user's taste fixed, 1 moves it all the way to an independent end taste.
     sequence_prob: chance that an event follows on from the previous item's follow-ups.
+    user_effect, context_effect: how strongly user attributes and event context shift tastes (module
+    docstring); 0 = not at all, 1 = a preference one standard deviation up multiplies a topic's weight by e.
     """
     import numpy as np
     import pandas as pd
@@ -300,8 +321,17 @@ def generate(
         raise ValueError(f"n_topics must be between 1 and {len(TOPICS)} (got {n_topics})")
     if not 0 <= drift <= 1 or not 0 <= sequence_prob < 1:
         raise ValueError(f"drift must lie in [0, 1] and sequence_prob in [0, 1) (got {drift}, {sequence_prob})")
+    if user_effect < 0 or context_effect < 0:
+        raise ValueError(f"user_effect and context_effect must be >= 0 (got {user_effect}, {context_effect})")
     rng = np.random.default_rng(seed)
+    # Attributes, context and their effects come from a stream of their own: with both effects off the
+    # interactions and items are exactly what they were before these existed.
+    side = np.random.default_rng([seed, 1])
     topic_names = list(TOPICS)[:n_topics]
+    age = side.integers(0, len(AGE_GROUPS), n_users)
+    region = side.integers(0, len(REGIONS), n_users)
+    attribute_prefs = _preferences(side, {"age_group": AGE_GROUPS, "region": REGIONS}, n_topics, user_effect)
+    context_prefs = _preferences(side, {"device": DEVICES, "day_part": DAY_PARTS}, n_topics, context_effect)
 
     # ---- catalog: topic, popularity, text
     item_topic = np.sort(rng.integers(0, n_topics, n_items))
@@ -338,6 +368,19 @@ def generate(
     alpha = np.full(n_topics, taste_concentration)
     taste_start = rng.dirichlet(alpha, n_users)
     taste_end = (1 - drift) * taste_start + drift * rng.dirichlet(alpha, n_users)
+    if attribute_prefs:
+        shift = np.exp(
+            user_effect
+            * (
+                _prefs_matrix(attribute_prefs["age_group"], AGE_GROUPS)[age]
+                + _prefs_matrix(attribute_prefs["region"], REGIONS)[region]
+            )
+        )
+        taste_start = _renormalized(taste_start * shift)
+        taste_end = _renormalized(taste_end * shift)
+    device_prefs = _prefs_matrix(context_prefs["device"], DEVICES) if context_prefs else None
+    day_part_prefs = _prefs_matrix(context_prefs["day_part"], DAY_PARTS) if context_prefs else None
+    devices_col = []
     n_events = np.clip(rng.lognormal(np.log(events_per_user) - 0.18, 0.6, n_users).astype(int), 5, n_items // 2 + 5)
     n_events = np.minimum(n_events, n_items)  # no re-consumption, so nobody can see more than the catalog
     end_s = int(end.timestamp())
@@ -357,6 +400,11 @@ def generate(
         # Taste at each event, drifting linearly from start to end over the user's history.
         progress = np.arange(count) / max(1, count - 1)
         tastes = (1 - progress)[:, None] * taste_start[u] + progress[:, None] * taste_end[u]
+        if device_prefs is not None and day_part_prefs is not None:
+            device = side.integers(0, len(DEVICES), count)
+            day_part = (times // 3600 % 24) // 6
+            tastes = _renormalized(tastes * np.exp(context_effect * (device_prefs[device] + day_part_prefs[day_part])))
+            devices_col.append(device)
         masked = tastes * topic_share
         topic_cdf = np.cumsum(masked / masked.sum(axis=1, keepdims=True), axis=1)
         # Pre-draw a few taste-driven candidates per event (vectorised); the loop takes the first unseen.
@@ -409,6 +457,8 @@ def generate(
             "rating": np.concatenate(ratings_col).astype(np.float64),
         }
     )
+    if devices_col:
+        interactions["device"] = np.asarray(DEVICES, dtype=object)[np.concatenate(devices_col)]
     interactions = interactions.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
     items = pd.DataFrame({"item_id": item_ids, "title": titles, "category": categories, "description": descriptions})
     first_seen = interactions.groupby("user_id", sort=True)["timestamp"].min()
@@ -421,10 +471,8 @@ def generate(
     users = pd.DataFrame(
         {
             "user_id": user_ids,
-            "age_group": np.asarray(["18-24", "25-34", "35-44", "45-54", "55+"], dtype=object)[
-                rng.integers(0, 5, n_users)
-            ],
-            "region": np.asarray(["north", "south", "east", "west"], dtype=object)[rng.integers(0, 4, n_users)],
+            "age_group": np.asarray(AGE_GROUPS, dtype=object)[age],
+            "region": np.asarray(REGIONS, dtype=object)[region],
             "signup_date": signup,
         }
     )
@@ -434,8 +482,29 @@ def generate(
         user_taste_start=taste_start,
         user_taste_end=taste_end,
         next_items={item_ids[j]: [item_ids[int(x)] for x in next_items[j]] for j in range(n_items)},
+        attribute_prefs=attribute_prefs,
+        context_prefs=context_prefs,
     )
     return SynthData(interactions, items, users, truth)
+
+
+def _preferences(
+    side: np.random.Generator, names: dict[str, tuple[str, ...]], n_topics: int, effect: float
+) -> dict[str, dict[str, np.ndarray]]:
+    """Topic preferences (standard normal) of every value of every named attribute; {} when `effect` is 0."""
+    if effect == 0:
+        return {}
+    return {name: {value: side.standard_normal(n_topics) for value in values} for name, values in names.items()}
+
+
+def _prefs_matrix(prefs: dict[str, np.ndarray], values: tuple[str, ...]) -> np.ndarray:
+    import numpy as np
+
+    return np.stack([prefs[v] for v in values])
+
+
+def _renormalized(weights: np.ndarray) -> np.ndarray:
+    return weights / weights.sum(axis=-1, keepdims=True)
 
 
 def _masked(taste: np.ndarray, present: np.ndarray) -> np.ndarray:
