@@ -276,19 +276,22 @@ MEMBER_TYPES = "ease, itemknn, mf, popularity, sasrec, text_knn, text_sasrec"
         ),
         (
             [EASE, {"type": "blend", "members": [EASE, ITEMKNN]}],
-            "members.1.type: a blend member cannot be blend; list the models to blend directly (llm_rerank may "
-            "rerank a blend: give it the blend as `base`)",
+            "members.1.type: a blend member cannot be blend; list the models it combines directly (llm_rerank may "
+            "rerank a blend or a ranker: give it as `base`)",
         ),
         (
             [{"type": "llm_rerank", "base": EASE}, EASE],
-            "members.0.type: a blend member cannot be llm_rerank; list the models to blend directly (llm_rerank "
-            "may rerank a blend: give it the blend as `base`)",
+            "members.0.type: a blend member cannot be llm_rerank; list the models it combines directly (llm_rerank "
+            "may rerank a blend or a ranker: give it as `base`)",
         ),
-        ([EASE, {"type": "nope"}], f"members.1.type: unknown model type 'nope'; a member is one of: {MEMBER_TYPES}"),
-        ([EASE, {"lambda": 3}], f"members.1.type: required key is missing; a member is one of: {MEMBER_TYPES}"),
+        (
+            [EASE, {"type": "nope"}],
+            f"members.1.type: unknown model type 'nope'; a blend member is one of: {MEMBER_TYPES}",
+        ),
+        ([EASE, {"lambda": 3}], f"members.1.type: required key is missing; a blend member is one of: {MEMBER_TYPES}"),
         (
             [EASE, {"type": "ease", "lambda": 5}],
-            "member names must be unique (ease appears more than once); give members a distinct `name:`",
+            "members names must be unique (ease appears more than once); give each a distinct `name:`",
         ),
         (
             [EASE, {"type": "ease", "name": "e2", "lambda": -1}],

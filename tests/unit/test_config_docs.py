@@ -104,12 +104,20 @@ def test_models_doc_tables_use_yaml_keys_and_keep_the_prose(tmp_path: Path) -> N
     assert docs.render_models_doc(rendered) == rendered
 
 
-def test_models_doc_errors_name_the_block() -> None:
-    with pytest.raises(ValueError, match="unknown generated block 'nope'"):
+def test_models_doc_errors_name_the_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(docs.DocsError, match="unknown generated block 'nope'"):
         docs.render_models_doc("<!-- BEGIN GENERATED: nope -->\n<!-- END GENERATED -->\n")
-    with pytest.raises(ValueError, match="no generated block for .*ease"):
+    with pytest.raises(docs.DocsError, match="no generated block for .*ease"):
         docs.render_models_doc("no markers at all\n")
-    with pytest.raises(ValueError, match="block 'ease' has no"):
+    # Through the CLI: one line saying what to add, exit 1, no traceback.
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    (tmp_path / "docs" / "models.md").write_text("no markers at all\n")
+    assert main(["config", "docs", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no generated block for" in err and "Traceback" not in err
+    assert main(["config", "docs", "--root", str(tmp_path / "elsewhere")]) == 1
+    assert "elsewhere/docs/models.md does not exist" in capsys.readouterr().err
+    with pytest.raises(docs.DocsError, match="block 'ease' has no"):
         docs.render_models_doc("<!-- BEGIN GENERATED: ease -->\n| half a table\n")
 
 

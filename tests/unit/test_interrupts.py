@@ -215,6 +215,9 @@ def test_a_signal_after_the_command_ended_still_exits_with_its_code(
         return code
 
     restore = cli.interrupts.saved_handlers()
+    # As a fresh process has them (an earlier test in this process may have left SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     monkeypatch.setattr(cli, "main", main_then_signal)
     try:
         with pytest.raises(SystemExit) as exc:

@@ -31,6 +31,7 @@ from recloop.config.models import (
 )
 from recloop.config.pipeline import PipelineConfig
 from recloop.config.search import describe_range
+from recloop.errors import RecloopError
 
 CONFIG_DOC = Path("docs/config.md")
 MODELS_DOC = Path("docs/models.md")
@@ -39,6 +40,10 @@ REGENERATE = "recloop config docs --write"  # what `make docs` runs
 
 _BEGIN_RE = re.compile(r"<!-- BEGIN GENERATED: ([a-z0-9_.]+) -->\n")
 _END = "<!-- END GENERATED -->"
+
+
+class DocsError(RecloopError):
+    """A docs file lacks the markers its generated blocks go between."""
 
 
 # ---------------------------------------------------------------------------------------------- walking
@@ -282,17 +287,17 @@ def render_blocks(text: str, blocks: dict[str, str], doc: str | Path) -> str:
             continue
         name = match.group(1)
         if name not in blocks:
-            raise ValueError(f"{doc}: unknown generated block {name!r}; known: {', '.join(blocks)}")
+            raise DocsError(f"{doc}: unknown generated block {name!r}; known: {', '.join(blocks)}")
         end = text.find(_END, match.end())
         if end < 0:
-            raise ValueError(f"{doc}: block {name!r} has no `{_END}` line")
+            raise DocsError(f"{doc}: block {name!r} has no `{_END}` line")
         out += [text[pos : match.end()], blocks[name]]
         pos = end
         seen.add(name)
     out.append(text[pos:])
     missing = [name for name in blocks if name not in seen]
     if missing:
-        raise ValueError(
+        raise DocsError(
             f"{doc}: no generated block for {', '.join(missing)}; add "
             f"`<!-- BEGIN GENERATED: NAME -->` / `{_END}` lines where each table belongs"
         )
@@ -301,13 +306,23 @@ def render_blocks(text: str, blocks: dict[str, str], doc: str | Path) -> str:
 
 def generated_docs(root: Path) -> dict[Path, str]:
     """Path (under the repository `root`) -> the content it should have."""
-    models_text = (root / MODELS_DOC).read_text(encoding="utf-8")
-    tuning_text = (root / TUNING_DOC).read_text(encoding="utf-8")
+    models_text, tuning_text = (_hand_written(root / doc) for doc in (MODELS_DOC, TUNING_DOC))
     return {
         root / CONFIG_DOC: render_config_reference(),
         root / MODELS_DOC: render_models_doc(models_text),
         root / TUNING_DOC: render_blocks(tuning_text, search_space_tables(), TUNING_DOC),
     }
+
+
+def _hand_written(path: Path) -> str:
+    """A doc whose prose surrounds generated blocks; DocsError when it is not there."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DocsError(
+            f"{path} does not exist: the generated tables go inside its prose; run from the repository root "
+            "or pass --root"
+        ) from None
 
 
 def stale_docs(root: Path) -> dict[Path, str]:

@@ -518,42 +518,104 @@ class BlendConfig(ModelConfig):
                 f"a blend needs at least 2 members (got {len(self.members)}); list more models under "
                 "`members`, or use the model itself as a candidate"
             )
-        for i, member in enumerate(self.members):
-            _check_member_type(i, member.get("type"))
-        configs = self.member_configs()
-        names = [c.candidate_name for c in configs]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(
-                f"member names must be unique ({', '.join(repeated)} appears more than once); "
-                "give members a distinct `name:`"
-            )
+        validated_models(self.members, "members", "a blend member")
         return self
 
     def member_configs(self) -> list[ModelConfig]:
         """The members' validated configs, in order."""
-        configs: list[ModelConfig] = []
-        for i, member in enumerate(self.members):
-            try:
-                configs.append(_MEMBER_ADAPTER.validate_python(member))
-            except ValidationError as exc:
-                lines = format_validation_error(exc)
-                raise ValueError("; ".join(f"members.{i}.{line}" for line in lines)) from None
-        return configs
+        return validated_models(self.members, "members", "a blend member")
 
 
-def _check_member_type(index: int, member_type: Any) -> None:
-    """A blend member's `type` names a model a blend may hold; ValueError saying which ones otherwise."""
-    where = f"members.{index}.type"
+class RankerConfig(ModelConfig):
+    """A learned second stage: LightGBM LambdaRank reorders the union of its retrievers' top candidates."""
+
+    # Not tuned by default: LightGBM early-stops on held-out label users; the retrievers keep their parameters.
+    search_space: ClassVar[SearchSpace] = {}
+    tuning_cost: ClassVar[float] = 4.0
+
+    type: Literal["ranker"] = Field("ranker", description="Model type; selects this entry's parameter set.")
+    retrievers: list[dict[str, Any]] = Field(
+        ...,
+        description="The first-stage models, at least 1: `models:` entries (`type:` plus parameters) of any type "
+        "but blend, ranker and llm_rerank, with distinct names. Each is trained twice: on the events before "
+        "the label window (to make the ranker's training rows) and on all training events (to score).",
+    )
+    candidates: int = Field(
+        100, ge=5, le=2000, description="Items each retriever proposes per user; the ranker orders their union."
+    )
+    label_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Each user's most recent share of training events (at least one, for users with 3 or more) "
+        "is the label window: the retrievers are fit on the events before it and every event in it is a "
+        "positive label. More labels, a better ranker; fewer events left for the retrievers.",
+    )
+    text_similarity: bool = Field(
+        True,
+        description="Add the cosine between the user's recent items' text and the candidate's text (needs item "
+        "text; `encoder` embeds it, through the embedding cache).",
+    )
+    encoder: EncoderConfig = Field(
+        default_factory=lambda: EncoderConfig(), description="Text encoder for the text-similarity feature."
+    )
+    history_window: int = Field(
+        20, ge=1, le=1000, description="Most recent history items the user-side text and category features read."
+    )
+    num_leaves: int = Field(31, ge=2, le=1024, description="LightGBM: leaves per tree.")
+    learning_rate: float = Field(0.05, gt=0, le=1, description="LightGBM: shrinkage per boosting round.")
+    max_rounds: int = Field(500, ge=1, le=10000, description="LightGBM: most boosting rounds.")
+    early_stopping_rounds: int = Field(
+        30, ge=1, description="LightGBM: stop when NDCG@10 on the held-out label users has not improved for this long."
+    )
+    min_child_samples: int = Field(20, ge=1, description="LightGBM: fewest rows in a leaf.")
+    valid_share: float = Field(
+        0.2, gt=0, lt=1, description="Share of the label users held out for LightGBM's early stopping."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RankerConfig:
+        if not self.retrievers:
+            raise ValueError("a ranker needs at least 1 retriever; list models under `retrievers`")
+        validated_models(self.retrievers, "retrievers", "a retriever")
+        return self
+
+    def retriever_configs(self) -> list[ModelConfig]:
+        """The retrievers' validated configs, in order."""
+        return validated_models(self.retrievers, "retrievers", "a retriever")
+
+
+def validated_models(entries: list[dict[str, Any]], key: str, what: str) -> list[ModelConfig]:
+    """Validated configs of nested `models:` entries (a blend's members, a ranker's retrievers); ValueError
+    naming `key.i.field` for the first bad one, or a name used twice."""
+    configs: list[ModelConfig] = []
+    for i, entry in enumerate(entries):
+        _check_member_type(i, entry.get("type"), key, what)
+        try:
+            configs.append(_MEMBER_ADAPTER.validate_python(entry))
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{key}.{i}.{line}" for line in format_validation_error(exc))) from None
+    names = [c.candidate_name for c in configs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"{key} names must be unique ({', '.join(repeated)} appears more than once); give each a distinct `name:`"
+        )
+    return configs
+
+
+def _check_member_type(index: int, member_type: Any, key: str = "members", what: str = "a blend member") -> None:
+    """A nested model's `type` names a model it may be; ValueError saying which ones otherwise."""
+    where = f"{key}.{index}.type"
     if member_type in {model_type_name(c) for c in _NOT_MEMBERS}:
         raise ValueError(
-            f"{where}: a blend member cannot be {member_type}; list the models to blend directly "
-            "(llm_rerank may rerank a blend: give it the blend as `base`)"
+            f"{where}: {what} cannot be {member_type}; list the models it combines directly "
+            "(llm_rerank may rerank a blend or a ranker: give it as `base`)"
         )
     allowed = sorted(model_type_name(c) for c in _MEMBER_TYPES)
     if member_type not in allowed:
         got = "required key is missing" if member_type is None else f"unknown model type {member_type!r}"
-        raise ValueError(f"{where}: {got}; a member is one of: {', '.join(allowed)}")
+        raise ValueError(f"{where}: {got}; {what} is one of: {', '.join(allowed)}")
 
 
 # Models a blend may hold: any but a blend or a reranker (a reranker goes on top of a blend, not inside).
@@ -561,16 +623,16 @@ MemberModelConfig = (
     PopularityConfig | ItemKNNConfig | EaseConfig | MFConfig | TextKNNConfig | SASRecConfig | TextSASRecConfig
 )
 # Models llm_rerank may rerank: any but itself.
-RerankableModelConfig = MemberModelConfig | BlendConfig
+RerankableModelConfig = MemberModelConfig | BlendConfig | RankerConfig
 # Any model config; the union's order is the order `recloop model list` and the docs show them.
-AnyModelConfig = MemberModelConfig | LLMRerankConfig | BlendConfig
+AnyModelConfig = MemberModelConfig | LLMRerankConfig | BlendConfig | RankerConfig
 MODEL_CONFIG_TYPES: tuple[type[ModelConfig], ...] = get_args(AnyModelConfig)
 # One entry of `models:` in a config file: the config class is picked by the entry's `type:`.
 ModelEntry = Annotated[AnyModelConfig, Field(discriminator="type")]
 _BASE_ADAPTER: TypeAdapter[RerankableModelConfig] = TypeAdapter(
     Annotated[RerankableModelConfig, Field(discriminator="type")]
 )
-_NOT_MEMBERS = (LLMRerankConfig, BlendConfig)
+_NOT_MEMBERS = (LLMRerankConfig, BlendConfig, RankerConfig)
 _MEMBER_TYPES: tuple[type[ModelConfig], ...] = get_args(MemberModelConfig)
 _MEMBER_ADAPTER: TypeAdapter[MemberModelConfig] = TypeAdapter(Annotated[MemberModelConfig, Field(discriminator="type")])
 

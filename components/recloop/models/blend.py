@@ -63,7 +63,7 @@ class Blend(Recommender):
         context = context if context is not None else FitContext()
         shares = len(self.members) + 1  # progress: one share per member, one for the weights
         for i, member in enumerate(self.members):
-            member.fit(train, valid, _member_context(context, self.member_names[i], i, shares))
+            member.fit(train, valid, member_context(context, self.member_names[i], i, shares))
         pooled = None
         if valid is not None:
             every = list(range(len(self.members)))
@@ -180,8 +180,8 @@ class Blend(Recommender):
             member._load_extra(member_extra)
 
 
-def _member_context(context: FitContext, name: str, index: int, shares: int) -> FitContext:
-    """The blend's context for one member: its log lines and progress phases carry the member's name, its
+def member_context(context: FitContext, name: str, index: int, shares: int) -> FitContext:
+    """A combining model's context for one member (a blend's member, a ranker's retriever): its log lines and progress phases carry the member's name, its
     progress fills the member's share of the bar, and its validation checks do not end the blend's fit."""
     progress = context.progress
 

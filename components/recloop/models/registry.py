@@ -27,6 +27,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "recloop.models.sasrec",
     "recloop.models.llm_rerank",
     "recloop.models.blend",
+    "recloop.models.ranker",
 )
 
 _REGISTRY: dict[str, tuple[type[Recommender], type[ModelConfig]]] = {}
