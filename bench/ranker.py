@@ -9,8 +9,10 @@ excluded, test history = train + valid): each retriever alone, then the `ranker`
 with a 95 % bootstrap CI over users, and for the rankers the labels they learned from and the paired
 difference to the best retriever (chosen on validation) with its CI, measured in the same run.
 
-Data: synthetic = `recloop data synth` with user and context effects (2,000 users, 500 items); MovieLens
-latest-small from ../shared/datasets (genres are the categories, title + genres + tags the text).
+Data: synthetic = `recloop data synth` with user and context effects (2,000 users, 500 items; age group
+and region as user attributes, the ranker's only view of the effects: device and time are not features
+yet); MovieLens latest-small from ../shared/datasets (genres are the categories, title + genres + tags the
+text; no user attributes).
 Target: the ranker at the default label_share (0.2) does not lose to its best retriever by more than
 noise (the upper end of the paired difference's CI is above 0); on synthetic data it beats it (the lower
 end is above 0).
@@ -53,6 +55,8 @@ def synthetic_config(folder: Path) -> Path:
         f"  interactions: {{path: '{paths['interactions']}', columns: {{user: user_id, item: item_id, "
         "timestamp: timestamp, rating: rating}, timestamp_unit: s}\n"
         f"  items: {{path: '{paths['items']}', id: item_id, category: category, text: '{{title}}. {{description}}'}}\n"
+        f"  users: {{path: '{paths['users']}', id: user_id, attributes: {{age_group: {{type: categorical}}, "
+        "region: {type: categorical}}}\n"
         "preprocess: {min_user_interactions: 5, split: {method: leave_last_out}}\n"
         "models: [{type: popularity}]\n"
     )
@@ -83,7 +87,7 @@ def run(name: str, config: Path, store: Path, shares: list[float]) -> tuple[list
 
     data, preprocess = prepare(config, store, embed_texts=True)
     queries = build_queries(load_split(preprocess), "test", exclude_seen=True)
-    context = FitContext(items=data.items, log=lambda _m: None)
+    context = FitContext(items=data.items, users=data.users, log=lambda _m: None)
     lines = [
         f"| {name} | model | label_share | positives | valid NDCG@10 | test NDCG@10 (95 % CI) | vs best retriever (CI) | s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -98,6 +98,38 @@ def test_a_trained_ranker_builds_the_same_rows_for_training_and_for_scoring() ->
     np.testing.assert_array_equal(loaded.score_histories(histories), ranker.score_histories(histories))
 
 
+def test_user_attributes_are_features_saved_with_the_model_and_optional_at_scoring(tmp_path: Any) -> None:
+    from recloop.models.base import Recommender, UserSide
+    from support.model_contract import N_USERS_A, N_USERS_B, held_out_interactions, two_block_interactions
+
+    train = two_block_interactions()
+    # One attribute that says which block a user belongs to; the items' categories are the blocks.
+    users = UserSide(
+        categorical={"group": np.array([0] * N_USERS_A + [1] * N_USERS_B, dtype=np.int32)},
+        vocabularies={"group": ["a", "b"]},
+        numeric={"age": np.linspace(20, 60, N_USERS_A + N_USERS_B).astype(np.float32)},
+    )
+    items = ItemSide(categories=[["a"] if i < 8 else ["b"] for i in range(16)])
+    cls = registry.get("ranker")
+    params = {"type": "ranker", "retrievers": [EASE], "candidates": 8, "min_child_samples": 2, "label_share": 0.3}
+    ranker = cls(cls.config_cls.model_validate(params))
+    assert isinstance(ranker, Ranker)
+    ranker.fit(train, held_out_interactions(train), FitContext(items=items, users=users, log=lambda _m: None))
+    assert ranker.feature_names[-3:] == ["user.group", "user.group.category_lift", "user.age"]
+    assert ranker.user_tables is not None
+    # Group a (24 users) chose only a-items, which are 2/3 of all events: lift 1 / (2/3) = 1.5; group b
+    # (12 users) only b-items, 1/3 of events: lift 3; neither chose the other's.
+    np.testing.assert_allclose(ranker.user_tables.lifts["group"], [[1.5, 0.0], [0.0, 3.0]], rtol=1e-6)
+    histories = train.histories().select([0, N_USERS_A])
+    loaded = Recommender.load(ranker.save(tmp_path / "bundle"))
+    np.testing.assert_array_equal(
+        loaded.score_histories(histories, np.array([0, N_USERS_A])),
+        ranker.score_histories(histories, np.array([0, N_USERS_A])),
+    )
+    anonymous = ranker.score_histories(histories, None)  # no user ids: attributes missing, still a ranking
+    assert anonymous.shape == (2, 16) and np.isfinite(anonymous).all()
+
+
 # ---------------------------------------------------------------------------------------------- quality
 
 

@@ -114,6 +114,10 @@ class RawEvents(ArtifactKind):
         """The item catalog, None when ingest had no `data.items`."""
         return self._optional_parquet(self.ITEMS)
 
+    def users(self) -> pd.DataFrame | None:
+        """The user table (user_id and its other columns as text), None when ingest had no `data.users`."""
+        return self._optional_parquet(self.USERS)
+
 
 class ValidationReport(ArtifactKind):
     title = "validation report"
@@ -176,6 +180,7 @@ class Dataset(ArtifactKind):
     USER_IDS = f"{ID_MAPS}/{USER_MAP}"
     ITEM_IDS = f"{ID_MAPS}/{ITEM_MAP}"
     ITEMS = "items.parquet"
+    USERS = "users.parquet"
     COLD_ITEMS = "cold_items.parquet"
     STATS = "stats.json"
     files = {
@@ -185,6 +190,7 @@ class Dataset(ArtifactKind):
         USER_IDS: "user_idx -> user_id",
         ITEM_IDS: "item_idx -> item_id",
         ITEMS: "item side information by item_idx (text, categories)",
+        USERS: "user attributes by user_idx, typed as data.users.attributes says, and `profile` (optional)",
         COLD_ITEMS: "items held out of training (optional, evaluation.cold_start)",
         STATS: "what each stage kept and dropped",
     }
@@ -201,6 +207,10 @@ class Dataset(ArtifactKind):
     def items(self) -> pd.DataFrame | None:
         """Item side information (item_idx, item_id, text, categories), None when preprocess had none."""
         return self._optional_parquet(self.ITEMS)
+
+    def users(self) -> pd.DataFrame | None:
+        """User attributes by user_idx, None without configured `data.users.attributes`."""
+        return self._optional_parquet(self.USERS)
 
     def cold_items(self) -> Any:
         """int64 item_idx of the items held out of training, None without a cold-start hold-out."""

@@ -94,16 +94,70 @@ class ItemSource(StrictModel):
         return v
 
 
+class UserAttribute(StrictModel):
+    """One attribute column of the user table, its type and what values it may take."""
+
+    type: Literal["categorical", "numeric", "multi", "text"] = Field(
+        ...,
+        description="categorical (one value of a few, e.g. an age band), numeric, multi (a list, e.g. "
+        "'jazz|cooking') or text (free text, e.g. a profile; read by the language model only).",
+    )
+    separator: str = Field("|", min_length=1, description="multi: what separates the values of one cell.")
+    allowed: list[str] | None = Field(
+        None, description="categorical or multi: the only values allowed; others are invalid (reported, then null)."
+    )
+    range: tuple[float, float] | None = Field(
+        None, description="numeric: [low, high]; values outside are invalid (reported, then null)."
+    )
+    max_missing: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Largest share of users (of the table) with no valid value; more fails validation "
+        "(validation.on_failure decides what that means).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> UserAttribute:
+        if self.range is not None and (self.type != "numeric" or self.range[0] > self.range[1]):
+            raise ValueError("range: only numeric attributes have one, as [low, high] with low <= high")
+        if self.allowed is not None and self.type not in ("categorical", "multi"):
+            raise ValueError("allowed: only categorical and multi attributes list their values")
+        return self
+
+
 class UserSource(StrictModel):
-    """The user table."""
+    """The user table: ids and, where configured, typed attributes the ranking stage reads."""
 
     path: str = Field(..., description="Local path, glob, or s3:// URI of the user table.")
     format: DataFormat = Field(
         "auto", description="File format; auto = from the file extension (.csv, .tsv, .parquet, .jsonl)."
     )
     id: str = Field("user_id", description="Column holding the user id (matches interactions.columns.user).")
+    attributes: dict[str, UserAttribute] = Field(
+        default_factory=dict,
+        description="Attribute columns by name, each with its type (e.g. `age_group: {type: categorical}`); "
+        "validate checks them and preprocess writes them, typed, for the models. Unlisted columns are kept "
+        "as text but not read by models.",
+    )
+    profile: str | None = Field(
+        None,
+        description="Template rendering a user's profile text from attribute columns, e.g. "
+        "'{age_group}, lives in the {region}'; None = no profile text.",
+    )
     delimiter: str | None = Field(None, description="CSV delimiter; default ',' (csv) or tab (tsv).")
     encoding: str = Field("utf-8", description="Text encoding of csv/tsv/jsonl files.")
+
+    @model_validator(mode="after")
+    def _check_profile(self) -> UserSource:
+        if self.profile is not None:
+            unknown = [f for f in template_fields(self.profile) if f not in self.attributes]
+            if not template_fields(self.profile) or unknown:
+                raise ValueError(
+                    f"profile: the template must reference configured attributes like '{{age_group}}' "
+                    f"(not configured: {', '.join(unknown) or 'none referenced'})"
+                )
+        return self
 
 
 class DataConfig(StrictModel):
@@ -116,7 +170,9 @@ class DataConfig(StrictModel):
         None, description="Optional item catalog: ids, categories and the text template text-aware models read."
     )
     users: UserSource | None = Field(
-        None, description="Optional user table; only its ids are read (users without events are reported)."
+        None,
+        description="Optional user table: ids (users without events are reported) and typed attributes "
+        "(`attributes`) for the models that read them.",
     )
     since: datetime | None = Field(None, description="Watermark: ingest only events after this time.")
     chunk_rows: int = Field(250_000, ge=1_000, description="Rows read per chunk; bounds ingest memory.")

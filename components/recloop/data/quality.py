@@ -751,9 +751,12 @@ def format_failure(
     failed = report.failed
     n_checks = sum(c.blocking for c in report.checks)
     if quarantined is None:
+        more = f"; and {len(problems)} other problem(s)" if problems else ""
         lines = [
-            f"data validation failed for {input_uri} ({report.rows} rows): {len(failed)} of {n_checks} checks failed"
+            f"data validation failed for {input_uri} ({report.rows} rows): {len(failed)} of {n_checks} checks "
+            f"failed{more}"
         ]
+        lines.extend(f"  - {p}" for p in problems or [])
         shown = failed
         hint = (
             "Fix the data at its source, relax the thresholds in the `validation` section, or set "

@@ -44,10 +44,22 @@ class ItemSide:
 
 
 @dataclass
+class UserSide:
+    """What a model may know about users besides interactions (indexed by contiguous user id): the users
+    module's typed attributes (`recloop.data.users`)."""
+
+    categorical: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int32 codes, -1 = missing
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)  # name -> the value of each code
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)  # name -> float32, NaN = missing
+    profiles: list[str] | None = None  # rendered `data.users.profile`, "" when empty
+
+
+@dataclass
 class FitContext:
     """Everything a model's fit may use besides the splits. Passed by the train step."""
 
     items: ItemSide = field(default_factory=ItemSide)
+    users: UserSide = field(default_factory=UserSide)
     progress: Callable[[str, float, dict[str, float]], None] | None = None  # (phase, fraction, metrics)
     log: Callable[[str], None] = print
     device: str = "cpu"

@@ -191,6 +191,7 @@ def member_context(context: FitContext, name: str, index: int, shares: int) -> F
 
     return FitContext(
         items=context.items,
+        users=context.users,
         progress=member_progress,
         log=lambda msg: context.log(f"{name}: {msg}"),
         device=context.device,

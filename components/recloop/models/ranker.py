@@ -19,8 +19,8 @@ Features: `recloop.models.ranking_features` (one function builds training and sc
 importances (gain) and the label counts are in the bundle's manifest (`extra.fit`) and in train_report's
 history (phase `ranker`).
 
-User attributes and request context are not features yet: the user and context modules they need come with
-the rest of issue 12.
+User attributes (the users module: `data.users.attributes`) are features when the data has them; request
+context is not a feature yet.
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ from recloop.config.models import RankerConfig
 from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, Recommender
 from recloop.models.blend import member_context
-from recloop.models.ranking_features import ItemStatistics, candidate_features, feature_names
+from recloop.models.ranking_features import (
+    ItemStatistics,
+    UserAttributeTables,
+    candidate_features,
+    feature_names,
+)
 from recloop.models.registry import register
 
 # Items outside the candidate union are placed this far below any ranker score.
@@ -53,6 +58,7 @@ class Ranker(Recommender):
         self.retrievers: list[Recommender] = [registry.get(c.type)(c) for c in config.retriever_configs()]
         self.booster: Any = None
         self.stats: ItemStatistics | None = None
+        self.user_tables: UserAttributeTables | None = None
         self.fit_report: dict[str, Any] = {}
 
     @property
@@ -61,7 +67,7 @@ class Ranker(Recommender):
 
     @property
     def feature_names(self) -> list[str]:
-        return feature_names(self.retriever_names)
+        return feature_names(self.retriever_names, self.user_tables)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None) -> Ranker:
@@ -81,12 +87,16 @@ class Ranker(Recommender):
         categories = _category_matrix(context, train.n_items)
         text = self._text_vectors(context, train.n_items)
         label_stats = ItemStatistics.from_histories(before.histories(), categories, text)
+        has_users = bool(context.users.categorical or context.users.numeric)
+        self.user_tables = UserAttributeTables.fit(context.users, before.histories(), categories) if has_users else None
         self.booster, self.fit_report = self._learn(before, window, label_stats, context)
         for i, retriever in enumerate(self.retrievers):
             retriever.fit(
                 train, valid, member_context(context, self.retriever_names[i], len(self.retrievers) + i, shares)
             )
         self.stats = ItemStatistics.from_histories(self.fitted_histories(), categories, text)
+        if has_users:  # the same features, from all training events
+            self.user_tables = UserAttributeTables.fit(context.users, self.fitted_histories(), categories)
         if context.progress is not None:
             context.progress("ranker", 1.0, self._metrics())
         return self
@@ -153,6 +163,7 @@ class Ranker(Recommender):
                 label=labels[mask],
                 group=np.bincount(rows[mask])[np.unique(rows[mask])],
                 feature_name=names,
+                categorical_feature=self.user_tables.categorical_names() if self.user_tables else "auto",
                 reference=reference,
                 free_raw_data=False,
             )
@@ -199,7 +210,14 @@ class Ranker(Recommender):
         scores = [r.score_histories(histories, users) for r in self.retrievers]
         scoreable = [None if r.scores_cold_items else ~r.cold_item_mask() for r in self.retrievers]
         return candidate_features(
-            histories, scores, scoreable, self.config.candidates, stats, self.config.history_window
+            histories,
+            scores,
+            scoreable,
+            self.config.candidates,
+            stats,
+            self.config.history_window,
+            self.user_tables,
+            users,
         )
 
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
@@ -245,6 +263,11 @@ class Ranker(Recommender):
         )
         if self.stats.text_vectors is not None:
             arrays["stats.text_vectors"] = self.stats.text_vectors
+        if self.user_tables is not None:
+            for name, codes in self.user_tables.codes.items():
+                arrays[f"users.codes.{name}"] = codes
+                arrays[f"users.lifts.{name}"] = self.user_tables.lifts[name]
+            arrays.update({f"users.numeric.{name}": v for name, v in self.user_tables.numeric.items()})
         if self.booster is not None:
             arrays["booster"] = np.frombuffer(self.booster.model_to_string().encode(), dtype=np.uint8).copy()
         return arrays
@@ -268,6 +291,7 @@ class Ranker(Recommender):
             categories=categories,
             text_vectors=np.asarray(arrays["stats.text_vectors"]) if "stats.text_vectors" in arrays else None,
         )
+        self.user_tables = _user_tables(arrays)
         self.booster = None
         if "booster" in arrays:
             import lightgbm
@@ -299,6 +323,14 @@ def split_label_window(train: Interactions, share: float) -> tuple[Interactions,
     in_window = np.zeros(len(train), dtype=bool)
     in_window[order] = in_window_sorted
     return train.subset(~in_window), train.subset(in_window)
+
+
+def _user_tables(arrays: dict[str, np.ndarray]) -> UserAttributeTables | None:
+    def named(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix) :]: np.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
+
+    codes, lifts, numeric = named("users.codes."), named("users.lifts."), named("users.numeric.")
+    return UserAttributeTables(codes, lifts, numeric) if codes or numeric else None
 
 
 def _order_preserving(scores: np.ndarray) -> np.ndarray:

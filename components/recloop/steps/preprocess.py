@@ -70,8 +70,18 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         source=source.uri,
         progress=advance,
     )
+    users = ctx.config.data.users
     with ctx.writer(output, parents=parents) as writer:
         _write(writer, result)
+        if users is not None and users.attributes:
+            from recloop.data.users import user_side_frame
+
+            frame = user_side_frame(ingest.users(), result.user_ids, users)
+            writer.put_parquet(Dataset.USERS, frame)
+            writer.summary["user_attributes"] = {
+                name: round(float(frame[name].notna().mean()), 4) for name in users.attributes
+            }
+            writer.summary["user_attribute_types"] = {name: spec.type for name, spec in users.attributes.items()}
     advance(1)
     dropped = heldout_drops(result.stats["dropped"], ctx.config.preprocess, ctx.config.data.items is not None)
     if dropped:

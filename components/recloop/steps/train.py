@@ -39,7 +39,7 @@ import numpy as np
 from recloop.artifacts.kinds import Dataset, TrainedModel, TuningStudy
 from recloop.data.interactions import Interactions
 from recloop.errors import ArtifactError, DataError
-from recloop.models.base import FitContext, ItemSide
+from recloop.models.base import FitContext, ItemSide, UserSide
 from recloop.steps.base import StepContext
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class TrainingData:
     valid: Interactions | None
     items: ItemSide
     uri: str
+    users: UserSide = field(default_factory=UserSide)
 
     @property
     def n_users(self) -> int:
@@ -236,7 +237,8 @@ def load_training_data(preprocess: Artifact) -> TrainingData:
             f"the train split of {preprocess.uri} is empty: nothing to learn from; loosen the "
             "preprocess filters (min_user_interactions, implicit.min_rating) or add data"
         )
-    return TrainingData(train, valid, _item_side(dataset, n_items), preprocess.uri)
+    users = _user_side(dataset, n_users, summary.get("user_attribute_types") or {})
+    return TrainingData(train, valid, _item_side(dataset, n_items), preprocess.uri, users)
 
 
 def _item_side(dataset: Dataset, n_items: int) -> ItemSide:
@@ -258,6 +260,35 @@ def _item_side(dataset: Dataset, n_items: int) -> ItemSide:
         for i, cats in zip(idx, items["categories"]):
             categories[i] = [] if cats is None else [str(c) for c in cats]
     return ItemSide(texts=texts, categories=categories)
+
+
+def _user_side(dataset: Dataset, n_users: int, types: dict[str, str]) -> UserSide:
+    """Typed user attributes per contiguous user id (categorical codes, numbers, profiles)."""
+    frame = dataset.users()
+    side = UserSide()
+    if frame is None:
+        return side
+    index = frame["user_idx"].to_numpy(np.int64)
+    for name, kind in types.items():
+        if name not in frame.columns:
+            continue
+        if kind == "numeric":
+            values = np.full(n_users, np.nan, dtype=np.float32)
+            values[index] = frame[name].to_numpy(np.float64, na_value=np.nan)
+            side.numeric[name] = values
+        elif kind == "categorical":
+            column = frame[name].astype("string")
+            vocabulary = sorted(column.dropna().unique().tolist())
+            codes = np.full(n_users, -1, dtype=np.int32)
+            lookup = {v: i for i, v in enumerate(vocabulary)}
+            codes[index] = [lookup.get(v, -1) if isinstance(v, str) else -1 for v in column.tolist()]
+            side.categorical[name], side.vocabularies[name] = codes, vocabulary
+    if "profile" in frame.columns:
+        profiles = [""] * n_users
+        for i, text in zip(index, frame["profile"].tolist()):
+            profiles[i] = "" if text is None else str(text)
+        side.profiles = profiles
+    return side
 
 
 def seed_everything(seed: int) -> None:
@@ -339,7 +370,9 @@ def train_candidate(
     """Fit one candidate, save its bundle to `bundle_dir` and measure it on the validation split."""
     name = model_cfg.candidate_name
     record = FitRecord(ctx.progress(f"train {name}", total=100.0))
-    context = FitContext(items=data.items, log=lambda msg: ctx.log(f"{name}: {msg}"), text_embedder=embedder)
+    context = FitContext(
+        items=data.items, users=data.users, log=lambda msg: ctx.log(f"{name}: {msg}"), text_embedder=embedder
+    )
     ctx.log(f"train: fitting {name} ({model_cfg.type})")
     model, seconds = fit_model(model_cfg, data, context, record)
     model.save(bundle_dir)

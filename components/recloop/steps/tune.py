@@ -144,7 +144,9 @@ def _search(
     def objective(params: dict[str, Any], report: Report) -> float:
         cfg = apply_params(model_cfg, params)
         record = FitRecord()
-        context = FitContext(items=data.items, log=lambda _msg: None, text_embedder=embedder, on_validation=report)
+        context = FitContext(
+            items=data.items, users=data.users, log=lambda _msg: None, text_embedder=embedder, on_validation=report
+        )
         model, seconds = fit_model(cfg, data, context, record)
         value = float(validation_ndcg(model, valid))
         keeper.offer(report.trial_number, value, model, cfg, seconds, record)

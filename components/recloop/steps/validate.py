@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from recloop.artifacts import Manifest
+    from recloop.data.users import AttributeCheck
 
 FAILED_SUFFIX = "-failed"
 
@@ -81,6 +82,15 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             success = not unfixable and not problems
         else:
             success = report.success
+        user_checks = _check_user_attributes(ctx, ingest)
+        for check in user_checks:
+            if check.ok and not check.invalid:
+                continue
+            if check.ok or cfg.on_failure == "warn":
+                ctx.log(f"validate: WARNING {check.describe()}")
+            else:
+                problems.append(check.describe())
+                success = False
 
         result = report.to_json()
         result.update(
@@ -94,6 +104,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
                 "invalid_rows": n_invalid,
                 "valid_share": valid_share,
                 "problems": problems,
+                "user_attributes": [vars(c) | {"ok": c.ok} for c in user_checks],
                 "data_docs": ValidationReport.DATA_DOCS_INDEX if docs_dir is not None else None,
             }
         )
@@ -153,6 +164,19 @@ def _uncommit(ctx: StepContext, key: str) -> None:
     """Remove an artifact: its manifest first, so no reader sees a half-deleted folder."""
     ctx.store.delete(f"{key}/{MANIFEST}")
     ctx.store.delete_prefix(key)
+
+
+def _check_user_attributes(ctx: StepContext, ingest: RawEvents) -> list[AttributeCheck]:
+    """The configured user attributes' checks (none without `data.users.attributes`)."""
+    from recloop.data.users import check_attributes
+
+    users = ctx.config.data.users
+    if users is None or not users.attributes:
+        return []
+    table = ingest.users()
+    if table is None:
+        raise ArtifactError(f"{ingest.uri} has no {RawEvents.USERS} though data.users is configured; re-run ingest")
+    return check_attributes(table, users)
 
 
 def _commit_failure(
