@@ -207,3 +207,60 @@ def test_config_errors_say_what_to_fix() -> None:
     assert _errors([{"type": "ranker", "retrievers": [EASE, {"type": "ease", "lambda": 3}]}]) == [
         "models.0.ranker: retrievers names must be unique (ease appears more than once); give each a distinct `name:`"
     ]
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+@pytest.mark.slow
+def test_a_ranker_runs_through_the_pipeline_and_serves(tmp_path: Any) -> None:
+    import httpx
+
+    from recloop.artifacts import Artifact
+    from recloop.pipeline import run_pipeline
+    from recloop.steps.base import StepContext
+    from support.serving_helpers import MODEL_NAME, running
+
+    data = generate(150, 60, seed=4, events_per_user=15, user_effect=1.0).write(tmp_path / "data")
+    cfg = config.from_dict(
+        {
+            "name": MODEL_NAME,
+            "store": {"root": f"file://{tmp_path / 'store'}"},
+            "data": {
+                "interactions": {
+                    "path": str(data["interactions"]),
+                    "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"},
+                    "timestamp_unit": "s",
+                },
+                "items": {"path": str(data["items"]), "id": "item_id", "category": "category", "text": "{title}"},
+                "users": {
+                    "path": str(data["users"]),
+                    "id": "user_id",
+                    "attributes": {"age_group": {"type": "categorical"}},
+                },
+            },
+            "validation": {"data_docs": False},
+            "preprocess": {"min_user_interactions": 3},
+            "evaluation": {"k": [10], "primary": "ndcg@10", "bootstrap": 20},
+            "gate": {"absolute": {"ndcg@10": 0.0001}},
+            "models": [
+                {
+                    "type": "ranker",
+                    "retrievers": [{"type": "ease", "lambda": 50}, {"type": "popularity"}],
+                    "text_similarity": False,
+                    "min_child_samples": 5,
+                }
+            ],
+        }
+    )
+    ctx = StepContext.from_config(cfg, "ranker-1")
+    run_pipeline(ctx, steps=("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish"))
+    report = Artifact.open(ctx.store, "runs/ranker-1/train/ranker").read_json("train_report.json")
+    phases = {h["phase"] for h in report["history"]}
+    assert "ranker" in phases and any(k.startswith("gain.user.age_group") for h in report["history"] for k in h)
+    metrics = Artifact.open(ctx.store, "runs/ranker-1/evaluate").read_json("metrics.json")
+    assert metrics["candidates"]["ranker"]["metrics"]["ndcg@10"]["value"] > 0
+    with running(ctx.store) as server:
+        user = "u00001"
+        slate = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": user, "k": 5}, timeout=30).json()
+        assert slate["model"]["type"] == "ranker" and len(slate["items"]) == 5 and slate["user_known"]
