@@ -751,6 +751,9 @@ def test_permanent_errors_fail_the_task_now_and_transient_ones_keep_their_retrie
             failing(permanent)("c.yaml")
         assert str(failed.value).startswith(str(permanent))
         assert f"(a permanent failure, exit code {permanent.exit_code}: not retried)" in str(failed.value)
+        # The task log shows the message, not the chained recloop traceback; the record still names the error.
+        assert failed.value.__cause__ is None and failed.value.__suppress_context__
+        assert failed.value.recloop_error is permanent
     for transient in (StoreError("put s3://b/k failed after 5 attempt(s)"), InjectedFault("drill")):
         with pytest.raises(type(transient)):
             failing(transient)("c.yaml")

@@ -105,9 +105,8 @@ class FailureRecorder:
 
 def _root_error(exc: BaseException) -> BaseException:
     """The recloop error behind Airflow's fail-now wrapper (permanent failures), else `exc`."""
-    if type(exc).__name__ == "AirflowFailException" and exc.__cause__ is not None:
-        return exc.__cause__
-    return exc
+    cause = getattr(exc, "recloop_error", None)
+    return cause if isinstance(cause, BaseException) else exc
 
 
 def set_run_note(

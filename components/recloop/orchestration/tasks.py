@@ -45,7 +45,11 @@ def fail_permanent_errors_now(task_callable: Callable[..., T]) -> Callable[..., 
                 raise
             from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException(f"{exc}\n(a permanent failure, exit code {exc.exit_code}: not retried)") from exc
+            failure = AirflowFailException(f"{exc}\n(a permanent failure, exit code {exc.exit_code}: not retried)")
+            # The message says it all: no chained recloop traceback in the task log. The failure record
+            # names the recloop error through this attribute.
+            failure.recloop_error = exc  # type: ignore[attr-defined]
+            raise failure from None
 
     return run
 
