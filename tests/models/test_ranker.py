@@ -258,8 +258,16 @@ def test_a_ranker_runs_through_the_pipeline_and_serves(tmp_path: Any) -> None:
     report = Artifact.open(ctx.store, "runs/ranker-1/train/ranker").read_json("train_report.json")
     phases = {h["phase"] for h in report["history"]}
     assert "ranker" in phases and any(k.startswith("gain.user.age_group") for h in report["history"] for k in h)
-    metrics = Artifact.open(ctx.store, "runs/ranker-1/evaluate").read_json("metrics.json")
-    assert metrics["candidates"]["ranker"]["metrics"]["ndcg@10"]["value"] > 0
+    evaluation = Artifact.open(ctx.store, "runs/ranker-1/evaluate")
+    metrics = evaluation.read_json("metrics.json")
+    block = metrics["candidates"]["ranker"]
+    assert block["metrics"]["ndcg@10"]["value"] > 0
+    # The report shows what the ranking stage learned from: every feature's share of the gain.
+    gains = block["feature_importances"]
+    assert "ease.rank" in gains and "user.age_group" in gains
+    assert sum(gains.values()) == pytest.approx(1.0, abs=1e-4)
+    html = evaluation.read_bytes("report.html").decode()
+    assert "Learned ranking: feature importances" in html and "user.age_group.category_lift" in html
     with running(ctx.store) as server:
         user = "u00001"
         slate = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": user, "k": 5}, timeout=30).json()

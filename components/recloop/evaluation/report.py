@@ -408,6 +408,30 @@ def _headline(doc: dict[str, Any]) -> str:
     return '<p class="headline">' + " ".join(parts) + "</p>"
 
 
+def _importance_section(doc: dict[str, Any]) -> str:
+    """Feature importances (share of gain) of learned ranking stages, most important first; '' without."""
+    tables = []
+    for name, block in (doc.get("candidates") or {}).items():
+        gains = (block.get("info") or block).get("feature_importances") or {}
+        if not gains:
+            continue
+        rows = "".join(
+            f"<tr><td>{_e(feature)}</td><td class='num'>{_num(100 * share, 1)} %</td>"
+            f"<td><div style='background:#4c78a8;height:10px;width:{max(1, round(300 * share))}px'></div></td></tr>"
+            for feature, share in sorted(gains.items(), key=lambda kv: -kv[1])
+        )
+        tables.append(
+            f"<h3 style='font-size:14px;margin:14px 0 0'>{_e(name)}</h3><table><thead><tr><th>feature</th>"
+            f"<th>share of gain</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    if not tables:
+        return ""
+    return (
+        "<section><h2>Learned ranking: feature importances</h2><p class='note'>Each feature's share of the "
+        "total gain of the ranking stage's trees (LightGBM, importance type gain).</p>" + "".join(tables) + "</section>"
+    )
+
+
 def render_report(doc: dict[str, Any]) -> str:
     """The report page for one `metrics.json` document."""
     models = _Models(doc)
@@ -531,6 +555,8 @@ def render_report(doc: dict[str, Any]) -> str:
         )
         + "</section>"
     )
+
+    body.append(_importance_section(doc))
 
     from recloop.evaluation.report_tuning import tuning_section  # it draws with this module's helpers
 

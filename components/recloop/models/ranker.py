@@ -241,6 +241,10 @@ class Ranker(Recommender):
     def scores_cold_items(self) -> bool:  # type: ignore[override]
         return any(r.scores_cold_items for r in self.retrievers)
 
+    def feature_importances(self) -> dict[str, float]:
+        """Each feature's share of the learned trees' total gain (sums to 1; {} when nothing was learned)."""
+        return dict(self.fit_report.get("feature_gain") or {})
+
     def item_vectors(self) -> np.ndarray | None:
         return next((v for v in (r.item_vectors() for r in self.retrievers) if v is not None), None)
 

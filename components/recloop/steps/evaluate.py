@@ -71,6 +71,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
         for name in names:
             model = load_candidate(trained[name], name, Path(tmp) / "candidates" / name, data)
             info = {"type": model.type_name, "bundle_uri": trained[name].uri, "train": trained[name].manifest.summary}
+            importances = getattr(model, "feature_importances", None)  # learned rankers offer it
+            if callable(importances) and importances():
+                info["feature_importances"] = importances()
             result = evaluate_scores(setup, name, _direct_scorer(model), info=info)
             results[name] = result
             blocks[name] = result_json(setup, result)
