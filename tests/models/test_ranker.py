@@ -266,6 +266,12 @@ def test_a_ranker_runs_through_the_pipeline_and_serves(tmp_path: Any) -> None:
     gains = block["feature_importances"]
     assert "ease.rank" in gains and "user.age_group" in gains
     assert sum(gains.values()) == pytest.approx(1.0, abs=1e-4)
+    # Per-segment results by user attribute, beside history length and head/tail.
+    segments = block["segments"]
+    assert {"age_group=18-24", "age_group=55+"} <= set(segments)
+    assert sum(segments[f"age_group={g}"]["n_users"] for g in ("18-24", "25-34", "35-44", "45-54", "55+")) == (
+        metrics["protocol"]["n_users"]
+    )
     html = evaluation.read_bytes("report.html").decode()
     assert "Learned ranking: feature importances" in html and "user.age_group.category_lift" in html
     with running(ctx.store) as server:

@@ -45,6 +45,8 @@ class EvalSetup:
     seed: int
     confidence: float = CONFIDENCE
     cold_mask: np.ndarray | None = None  # bool per item: held out of training (cold-start protocol)
+    # Categorical user attribute -> its value per user_idx (None = missing): segments "attribute=value".
+    user_groups: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def max_k(self) -> int:
@@ -75,6 +77,25 @@ class EvalSetup:
         }
 
 
+# Values of one user attribute shown as segments, the most common first; the rest are not segmented.
+MAX_GROUPS_PER_ATTRIBUTE = 8
+
+
+def user_segments(queries: EvalQueries, groups: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows of each value of each user attribute ("age_group=18-24": rows), at most
+    MAX_GROUPS_PER_ATTRIBUTE values per attribute; users without a value are in none."""
+    out: dict[str, np.ndarray] = {}
+    for name, values in groups.items():
+        from collections import Counter
+
+        per_row = values[queries.users]
+        counts = Counter(v for v in per_row if isinstance(v, str))
+        common = sorted(counts, key=lambda v: (-counts[v], v))[:MAX_GROUPS_PER_ATTRIBUTE]
+        for value in sorted(common):
+            out[f"{name}={value}"] = np.flatnonzero(per_row == value)
+    return out
+
+
 def make_setup(
     data: SplitData,
     queries: EvalQueries,
@@ -82,6 +103,7 @@ def make_setup(
     n_resamples: int,
     seed: int,
     cold_mask: np.ndarray | None = None,
+    user_groups: dict[str, np.ndarray] | None = None,
 ) -> EvalSetup:
     train = data.train_interactions()
     counts = np.bincount(train.item, minlength=data.n_items).astype(np.float64)
@@ -115,6 +137,7 @@ def make_setup(
         n_resamples=n_resamples,
         seed=seed,
         cold_mask=cold_mask,
+        user_groups=dict(user_groups or {}),
     )
 
 
@@ -160,6 +183,9 @@ def evaluate_recs(setup: EvalSetup, name: str, recs: np.ndarray, info: dict[str,
     segments: dict[str, dict[str, np.ndarray]] = {}
     sizes: dict[str, int] = {}
     for label, rows in history_segments(q).items():
+        segments[label] = {m: per_user[m][rows] for m in accuracy_names}
+        sizes[label] = len(rows)
+    for label, rows in user_segments(q, setup.user_groups).items():
         segments[label] = {m: per_user[m][rows] for m in accuracy_names}
         sizes[label] = len(rows)
     for label, (rows, targets) in item_segments(q, setup.head_mask, setup.cold_mask).items():

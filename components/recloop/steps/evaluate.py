@@ -56,7 +56,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             f"no user in the {cfg.split} split of {preprocess.uri} has a target left to evaluate "
             f"({queries.stats}); check preprocess.split and the data"
         )
-    setup = make_setup(data, queries, cfg.k, cfg.bootstrap, cfg.seed, cold_mask)
+    setup = make_setup(data, queries, cfg.k, cfg.bootstrap, cfg.seed, cold_mask, user_groups(preprocess, data.n_users))
     fingerprint = queries.fingerprint()
     names = list(trained)
     ctx.log(
@@ -156,6 +156,24 @@ def _direct_scorer(model: Recommender) -> ScoreFn:
 
 
 # ---------------------------------------------------------------------------------------------- champion
+
+
+def user_groups(preprocess: Artifact, n_users: int) -> dict[str, Any]:
+    """Categorical user attributes (the users module's) by user_idx, for per-attribute segments."""
+    import numpy as np
+
+    frame = Dataset(preprocess).users()
+    types = preprocess.manifest.summary.get("user_attribute_types") or {}
+    groups: dict[str, Any] = {}
+    if frame is None:
+        return groups
+    index = frame["user_idx"].to_numpy(np.int64)
+    for name, kind in types.items():
+        if kind == "categorical" and name in frame.columns:
+            values = np.full(n_users, None, dtype=object)
+            values[index] = [v if isinstance(v, str) else None for v in frame[name].astype(object).tolist()]
+            groups[name] = values
+    return groups
 
 
 def evaluate_champion(
