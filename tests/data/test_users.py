@@ -13,12 +13,12 @@ import pytest
 from recloop import config
 from recloop.artifacts.kinds import Dataset
 from recloop.config.data import UserSource
-from recloop.data.synth import generate
 from recloop.data.users import check_attributes, user_side_frame
 from recloop.errors import ConfigError, ValidationFailed
 from recloop.steps.base import StepContext, run_step
 from recloop.steps.train import load_training_data
 from recloop.store import FileStore
+from support.helpers import synthetic_pipeline
 
 RAW = pd.DataFrame(
     {
@@ -86,23 +86,20 @@ def test_attribute_config_errors_say_what_to_fix(users: dict[str, Any], error: s
 
 
 def _pipeline(tmp_path: Path, attributes: dict[str, Any], on_failure: str = "fail") -> StepContext:
-    data = generate(200, 60, seed=3, events_per_user=15, user_effect=1.0).write(tmp_path / "data")
-    cfg = config.from_dict(
+    cfg = synthetic_pipeline(
+        tmp_path,
+        "users",
+        {"users": {"id": "user_id", "attributes": attributes}},
         {
-            "name": "users",
-            "store": {"root": f"file://{tmp_path / 'store'}"},
-            "data": {
-                "interactions": {
-                    "path": str(data["interactions"]),
-                    "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"},
-                    "timestamp_unit": "s",
-                },
-                "users": {"path": str(data["users"]), "id": "user_id", "attributes": attributes},
-            },
             "validation": {"on_failure": on_failure, "rating_range": [0.5, 5.0], "data_docs": False},
             "preprocess": {"min_user_interactions": 3},
             "models": [{"type": "popularity"}],
-        }
+        },
+        n_users=200,
+        n_items=60,
+        seed=3,
+        events_per_user=15,
+        user_effect=1.0,
     )
     return StepContext(config=cfg, store=FileStore(cfg.store.root), run_id="r1")
 

@@ -219,26 +219,17 @@ def test_a_ranker_runs_through_the_pipeline_and_serves(tmp_path: Any) -> None:
     from recloop.artifacts import Artifact
     from recloop.pipeline import run_pipeline
     from recloop.steps.base import StepContext
+    from support.helpers import synthetic_pipeline
     from support.serving_helpers import MODEL_NAME, running
 
-    data = generate(150, 60, seed=4, events_per_user=15, user_effect=1.0).write(tmp_path / "data")
-    cfg = config.from_dict(
+    cfg = synthetic_pipeline(
+        tmp_path,
+        MODEL_NAME,
         {
-            "name": MODEL_NAME,
-            "store": {"root": f"file://{tmp_path / 'store'}"},
-            "data": {
-                "interactions": {
-                    "path": str(data["interactions"]),
-                    "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"},
-                    "timestamp_unit": "s",
-                },
-                "items": {"path": str(data["items"]), "id": "item_id", "category": "category", "text": "{title}"},
-                "users": {
-                    "path": str(data["users"]),
-                    "id": "user_id",
-                    "attributes": {"age_group": {"type": "categorical"}},
-                },
-            },
+            "items": {"id": "item_id", "category": "category", "text": "{title}"},
+            "users": {"id": "user_id", "attributes": {"age_group": {"type": "categorical"}}},
+        },
+        {
             "validation": {"data_docs": False},
             "preprocess": {"min_user_interactions": 3},
             "evaluation": {"k": [10], "primary": "ndcg@10", "bootstrap": 20},
@@ -251,7 +242,12 @@ def test_a_ranker_runs_through_the_pipeline_and_serves(tmp_path: Any) -> None:
                     "min_child_samples": 5,
                 }
             ],
-        }
+        },
+        n_users=150,
+        n_items=60,
+        seed=4,
+        events_per_user=15,
+        user_effect=1.0,
     )
     ctx = StepContext.from_config(cfg, "ranker-1")
     run_pipeline(ctx, steps=("ingest", "validate", "preprocess", "train", "evaluate", "gate", "publish"))
@@ -269,8 +265,9 @@ def test_a_ranker_runs_through_the_pipeline_and_serves(tmp_path: Any) -> None:
     # Per-segment results by user attribute, beside history length and head/tail.
     segments = block["segments"]
     assert {"age_group=18-24", "age_group=55+"} <= set(segments)
-    assert sum(segments[f"age_group={g}"]["n_users"] for g in ("18-24", "25-34", "35-44", "45-54", "55+")) == (
-        metrics["protocol"]["n_users"]
+    assert (
+        sum(segments[f"age_group={g}"]["n_users"] for g in ("18-24", "25-34", "35-44", "45-54", "55+"))
+        == (metrics["protocol"]["n_users"])
     )
     html = evaluation.read_bytes("report.html").decode()
     assert "Learned ranking: feature importances" in html and "user.age_group.category_lift" in html

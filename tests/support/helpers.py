@@ -228,3 +228,23 @@ def restored_model_registry() -> Iterator[None]:
     finally:
         registry._REGISTRY.clear()
         registry._REGISTRY.update(saved)
+
+
+def synthetic_pipeline(
+    tmp_path: Path, name: str, data_sections: dict[str, Any], sections: dict[str, Any], **generate_args: Any
+) -> PipelineConfig:
+    """A config over freshly generated synthetic files (written under `tmp_path / "data"`), stored under
+    `tmp_path / "store"`. `data_sections`: data.items / data.users entries, their `path` filled in."""
+    from recloop import config
+    from recloop.data.synth import generate
+
+    paths = generate(**generate_args).write(tmp_path / "data")
+    data: dict[str, Any] = {
+        "interactions": {
+            "path": str(paths["interactions"]),
+            "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"},
+            "timestamp_unit": "s",
+        }
+    }
+    data.update({key: {"path": str(paths[key]), **entry} for key, entry in data_sections.items()})
+    return config.from_dict({"name": name, "store": {"root": f"file://{tmp_path / 'store'}"}, "data": data, **sections})
