@@ -11,7 +11,7 @@ import yaml
 from recloop import config
 from recloop.cli import main
 from recloop.errors import ConfigError
-from support.paths import REPO
+from support.paths import MOVIELENS, REPO
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 MINIMAL = {"name": "t", "data": {"interactions": {"path": "events.csv"}}}
@@ -57,7 +57,7 @@ def test_demo_config_points_at_the_demo_data_and_store() -> None:
 
 def test_movielens_config_points_at_the_shared_dataset() -> None:
     cfg = config.load(REPO / "configs" / "movielens.yaml", env={})
-    dataset = (REPO / ".." / "shared" / "datasets" / "ml-latest-small").resolve()
+    dataset = MOVIELENS
     assert cfg.data.interactions.path == str(dataset / "ratings.csv")
     assert cfg.data.items is not None and cfg.data.items.tags is not None
     assert cfg.data.items.path == str(dataset / "movies.csv")
