@@ -35,6 +35,7 @@ from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, Recommender
 from recloop.models.blend import member_context
 from recloop.models.ranking_features import (
+    CandidatePairs,
     ItemStatistics,
     UserAttributeTables,
     candidate_features,
@@ -118,8 +119,7 @@ class Ranker(Recommender):
 
         cfg = self.config
         users = np.unique(window.user)
-        histories = before.histories().select(users)
-        pairs = self._pairs(histories, users, stats)
+        pairs = self._batched_pairs(before.histories(), users, stats)
         targets = sp.csr_matrix(
             (np.ones(len(window), np.float32), (np.searchsorted(users, window.user), window.item)),
             shape=(len(users), self.n_items),
@@ -206,7 +206,7 @@ class Ranker(Recommender):
         return metrics
 
     # ------------------------------------------------------------------ scoring
-    def _pairs(self, histories: Histories, users: np.ndarray | None, stats: ItemStatistics) -> Any:
+    def _pairs(self, histories: Histories, users: np.ndarray | None, stats: ItemStatistics) -> CandidatePairs:
         scores = [r.score_histories(histories, users) for r in self.retrievers]
         scoreable = [None if r.scores_cold_items else ~r.cold_item_mask() for r in self.retrievers]
         return candidate_features(
@@ -218,6 +218,23 @@ class Ranker(Recommender):
             self.config.history_window,
             self.user_tables,
             users,
+        )
+
+    def _batched_pairs(self, histories: Histories, users: np.ndarray, stats: ItemStatistics) -> CandidatePairs:
+        """`_pairs` for many users, SCORING_BATCH at a time: the dense score matrices stay small."""
+        parts = []
+        for start in range(0, len(users), SCORING_BATCH):
+            batch = users[start : start + SCORING_BATCH]
+            part = self._pairs(histories.select(batch), batch, stats)
+            parts.append(CandidatePairs(part.rows + start, part.items, part.features))
+        if not parts:
+            return CandidatePairs(
+                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, len(self.feature_names)), np.float32)
+            )
+        return CandidatePairs(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.items for p in parts]),
+            np.concatenate([p.features for p in parts]),
         )
 
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
