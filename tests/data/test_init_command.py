@@ -419,3 +419,24 @@ def test_flags_override_what_is_inferred(tmp_path: Path, capsys: pytest.CaptureF
     assert (cfg.data.items.category, cfg.data.items.text) == (None, "{description}")
     assert cfg.validation.rating_range is None
     assert "none (set by --rating-col none)" in out
+
+
+def test_user_columns_are_typed_as_attributes_by_what_their_values_look_like() -> None:
+    from recloop.data.infer.facts import ColumnFacts
+    from recloop.data.infer.settings import attribute_type
+
+    def facts(kind: str, distinct: int, chars: float = 6.0, separator: str | None = None) -> ColumnFacts:
+        return ColumnFacts("c", kind, 1000, distinct, None, None, False, chars, separator, ())  # type: ignore[arg-type]
+
+    assert attribute_type(facts("text", 5))[0] == "categorical"  # an age band
+    assert attribute_type(facts("integer", 12))[0] == "categorical"  # occupation codes
+    assert attribute_type(facts("integer", 60))[0] == "numeric"  # an age
+    assert attribute_type(facts("number", 900))[0] == "numeric"
+    assert attribute_type(facts("text", 40, separator="|"))[0] == "multi"
+    assert attribute_type(facts("text", 990, chars=120.0))[0] == "text"  # a free-text profile
+    assert attribute_type(facts("text", 800)) == (
+        None,
+        "text, 800 values: too many values for a category; not an attribute",
+    )
+    assert attribute_type(facts("datetime", 300))[0] is None  # a signup date
+    assert attribute_type(facts("text", 1000))[0] is None  # unique: another id

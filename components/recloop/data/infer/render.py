@@ -76,7 +76,7 @@ def _lines(setting: Setting, depth: int) -> list[str]:
             out += [f"{pad}  # {entry.comment}", f"{pad}  - {_flow(entry_fields(entry.config))}"]
         return out
     if isinstance(value, tuple):
-        out = [f"{pad}{key}:  # {setting.comment}"]
+        out = [f"{pad}{key}:" + (f"  # {setting.comment}" if setting.comment else "")]
         for child in value:
             assert isinstance(child, Setting)
             out += _lines(child, depth + 1)

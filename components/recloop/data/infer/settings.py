@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from recloop.data.infer.facts import epoch_date_text
+from recloop.data.infer.facts import ColumnFacts, epoch_date_text
 from recloop.data.infer.interactions import InteractionGuess
 from recloop.data.infer.plan import ModelPlan, preprocess_settings, validation_settings
 from recloop.data.infer.render import Setting
@@ -95,10 +95,51 @@ def _items(spec: SourceSpec, items: ItemGuess) -> Setting:
     return Setting("items", tuple(body), "the item catalog")
 
 
+# Fewest values that make text a free-text attribute rather than a category, and most distinct values a
+# category (or an integer code) may have.
+FREE_TEXT_CHARS = 40
+MAX_CATEGORY_VALUES = 50
+MAX_CODE_VALUES = 20
+
+
+def attribute_type(facts: ColumnFacts) -> tuple[str | None, str]:
+    """The users-module type of a user table column (None: not an attribute), and why."""
+    if facts.kind in ("empty", "datetime") or facts.unique:
+        return None, f"{facts.short()}: not an attribute (set one under data.users.attributes if it is)"
+    if facts.kind in ("integer", "number"):
+        if facts.kind == "integer" and facts.n_distinct <= MAX_CODE_VALUES:
+            return "categorical", f"{facts.short()}: few distinct integers, read as codes"
+        return "numeric", facts.short()
+    if facts.list_separator is not None and facts.list_separator != "json":
+        return "multi", f"{facts.short()}"
+    if facts.mean_chars >= FREE_TEXT_CHARS:
+        return "text", f"{facts.short()}: free text"
+    if facts.n_distinct <= MAX_CATEGORY_VALUES:
+        return "categorical", facts.short()
+    return None, f"{facts.short()}: too many values for a category; not an attribute"
+
+
+def _attributes(users: UserGuess) -> list[Setting]:
+    typed = []
+    for facts in users.attributes:
+        kind, reason = attribute_type(facts)
+        if kind is None:
+            continue
+        body = [Setting("type", kind, reason)]
+        if kind == "multi":
+            body.append(Setting("separator", facts.list_separator, "what separates the values"))
+        typed.append(Setting(facts.name, tuple(body), ""))
+    if not typed:
+        return []
+    return [
+        Setting("attributes", tuple(typed), "typed for the models that read them (the ranker); validate checks them")
+    ]
+
+
 def _users(spec: SourceSpec, users: UserGuess) -> Setting:
     names = ", ".join(a.name for a in users.attributes) or "none"
     comment = f"the user table; other columns: {names}"
-    return Setting("users", tuple(_source(spec) + [_column(users.id)]), comment)
+    return Setting("users", tuple(_source(spec) + [_column(users.id)] + _attributes(users)), comment)
 
 
 def header_lines(inputs: StarterInputs, profile: DataProfile, plan: ModelPlan, checks: Sequence[str]) -> list[str]:
@@ -151,8 +192,10 @@ def checks_for(
     if items is not None:
         checks += list(items.notes)
     if users is not None and users.attributes:
-        names = ", ".join(f"{a.name} ({a.short()})" for a in users.attributes)
-        checks.append(f"the config maps only the users' id; their other columns: {names}")
+        left = [a for a in users.attributes if attribute_type(a)[0] is None]
+        if left:
+            names = ", ".join(f"{a.name} ({a.short()})" for a in left)
+            checks.append(f"these user columns are not attributes: {names}; type them under data.users.attributes")
     checks.append(
         "the gate has no thresholds, so the best candidate is blessed as is; after a first run set gate.absolute "
         "(e.g. {ndcg@10: <a value below the best>}) and gate.relative_to_champion"
