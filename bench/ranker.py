@@ -64,10 +64,10 @@ def synthetic_config(folder: Path) -> Path:
 
 
 def per_user_ndcg(queries: Any, model: Any) -> np.ndarray:
-    from recloop.evaluation.protocols import rank
+    from recloop.evaluation.protocols import model_scorer, rank
     from recloop.models.ranking_metrics import ranking_metrics
 
-    recs = rank(queries, model.score_histories, K)
+    recs = rank(queries, model_scorer(model), K)
     return np.asarray(ranking_metrics(recs, queries.targets, [K], metrics=("ndcg",))[f"ndcg@{K}"], dtype=np.float64)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -267,6 +268,22 @@ def test_test_queries_use_train_and_valid_history_without_future_events() -> Non
         "future_history_events_dropped": 1,
         "repeat_targets_dropped": 1,
     }
+
+
+def test_models_that_read_the_time_are_scored_at_their_first_target_event() -> None:
+    from recloop.evaluation.protocols import model_scorer, rank
+
+    q = build_queries(small_split(), "test")
+    assert q.times is not None and q.times.tolist() == [40, 50]
+    seen: list[list[int]] = []
+
+    class Timed:
+        def score_at(self, histories: Any, users: Any, times: Any) -> np.ndarray:
+            seen.append(list(times))
+            return np.zeros((len(histories), 10), np.float32)
+
+    rank(q, model_scorer(Timed()), 3)
+    assert seen == [[40, 50]]
 
 
 def test_valid_queries_use_train_history_only() -> None:

@@ -275,3 +275,24 @@ def test_a_ranker_runs_through_the_pipeline_and_serves(tmp_path: Any) -> None:
         user = "u00001"
         slate = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": user, "k": 5}, timeout=30).json()
         assert slate["model"]["type"] == "ranker" and len(slate["items"]) == 5 and slate["user_known"]
+
+
+def test_time_of_day_features_by_hand() -> None:
+    from recloop.models.ranking_features import TimeContext
+
+    # Items 0 and 1 are category a, item 2 is b. Events: item 0 at 01:00 (night), items 1 and 2 at 13:00.
+    hour = 3600
+    history = Histories(
+        np.array([0, 3]), np.array([0, 1, 2], np.int32), np.ones(3, np.float32), np.array([1, 13, 13]) * hour, 3
+    )
+    categories = sp.csr_matrix(np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32))
+    context = TimeContext.fit(history, categories)
+    # Overall: a 2/3, b 1/3. Night: a only -> lift 1.5 for a; afternoon: a 1/2, b 1/2 -> 0.75 and 1.5.
+    np.testing.assert_allclose(context.lifts[[0, 2]], [[1.5, 0.0], [0.75, 1.5]], rtol=1e-6)
+    # A query on Thursday 1970-01-01 at 01:00 for items 1 (a) and 2 (b); another at 13:00 on Monday the 5th.
+    times = np.array([1 * hour, 4 * 86400 + 13 * hour])
+    hours, weekdays, lifts = context.columns(times, np.array([0, 0, 1]), np.array([1, 2, 2]), categories)
+    assert hours.tolist() == [1.0, 1.0, 13.0] and weekdays.tolist() == [3.0, 3.0, 0.0]
+    assert lifts.tolist() == pytest.approx([1.5, 0.0, 1.5])
+    unknown = context.columns(None, np.array([0]), np.array([1]), categories)
+    assert np.isnan(unknown[0]).all() and np.isnan(unknown[1]).all() and unknown[2].tolist() == [0.0]

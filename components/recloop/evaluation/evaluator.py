@@ -21,6 +21,7 @@ from recloop.evaluation.protocols import (
     EvalQueries,
     ScoreFn,
     SplitData,
+    TimedScoreFn,
     history_segments,
     item_segments,
     rank,
@@ -157,7 +158,11 @@ class ModelResult:
 
 
 def evaluate_scores(
-    setup: EvalSetup, name: str, score_fn: ScoreFn, batch_size: int = 1024, info: dict[str, Any] | None = None
+    setup: EvalSetup,
+    name: str,
+    score_fn: ScoreFn | TimedScoreFn,
+    batch_size: int = 1024,
+    info: dict[str, Any] | None = None,
 ) -> ModelResult:
     """Rank the setup's queries with `score_fn` and measure the lists."""
     started = time.perf_counter()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,6 +35,16 @@ from recloop.artifacts import Artifact
 
 # (b, n_items) scores for a batch of histories; `users` are the query users' ids in the current split.
 ScoreFn = Callable[[Histories, np.ndarray], np.ndarray]
+
+
+class TimedScoreFn(Protocol):
+    """A scorer that also reads when each query happens (the time of its first target event): models
+    whose scores depend on the moment (the ranker's time-of-day features) are evaluated through it."""
+
+    reads_time: bool
+
+    def __call__(self, histories: Histories, users: np.ndarray, times: np.ndarray) -> np.ndarray: ...
+
 
 # History-length buckets (inclusive upper bounds); the last bucket is open-ended.
 HISTORY_BUCKETS: tuple[int, ...] = (5, 20)
@@ -134,6 +144,7 @@ class EvalQueries:
     user_ids: np.ndarray | None = None  # str per user_idx (for the fingerprint)
     item_ids: np.ndarray | None = None  # str per item_idx
     stats: dict = field(default_factory=dict)
+    times: np.ndarray | None = None  # int64 per row: epoch seconds of the row's first target event
 
     def __len__(self) -> int:
         return len(self.users)
@@ -150,6 +161,7 @@ class EvalQueries:
             histories=self.histories.select(rows),
             targets=self.targets.select(rows),
             candidates=None if self.candidates is None else self.candidates.select(rows),
+            times=None if self.times is None else self.times[rows],
         )
 
     def with_item_mask(self, mask: np.ndarray) -> EvalQueries:
@@ -244,6 +256,7 @@ def build_queries(data: SplitData, split: str = "test", exclude_seen: bool = Tru
         exclude_seen=exclude_seen,
         user_ids=data.user_ids,
         item_ids=data.item_ids,
+        times=first_target,
     )
     out = queries.select(rows)
     stats = {
@@ -308,7 +321,26 @@ def seen_matrix(histories: Histories) -> sp.csr_matrix:
 _SCORE_CELLS = 32_000_000  # dense score cells per batch (128 MB of float32) whatever the catalog size
 
 
-def rank(queries: EvalQueries, score_fn: ScoreFn, k: int, batch_size: int = 1024) -> np.ndarray:
+def model_scorer(model: Any) -> ScoreFn | TimedScoreFn:
+    """How `rank` scores with a model: through `score_at` (when each query happens) for models offering
+    it, else `score_histories`."""
+    score_at = getattr(model, "score_at", None)
+    if callable(score_at):
+        return _TimedScorer(score_at)
+    return lambda histories, users: model.score_histories(histories, users)
+
+
+class _TimedScorer:
+    reads_time = True
+
+    def __init__(self, score_at: Callable[[Histories, np.ndarray, np.ndarray], np.ndarray]):
+        self.score_at = score_at
+
+    def __call__(self, histories: Histories, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+        return self.score_at(histories, users, times)
+
+
+def rank(queries: EvalQueries, score_fn: ScoreFn | TimedScoreFn, k: int, batch_size: int = 1024) -> np.ndarray:
     """(n_queries, k) recommended item ids, best first, -1 padded. Non-finite scores mean 'no score'.
 
     Users are scored in batches of at most `batch_size`, fewer for large catalogs to bound memory."""
@@ -319,7 +351,10 @@ def rank(queries: EvalQueries, score_fn: ScoreFn, k: int, batch_size: int = 1024
         stop = min(start + batch_size, n)
         rows = np.arange(start, stop)
         batch = queries.select(rows)
-        scores = np.array(score_fn(batch.histories, batch.users), dtype=np.float32)
+        if getattr(score_fn, "reads_time", False) and batch.times is not None:
+            scores = np.array(score_fn(batch.histories, batch.users, batch.times), dtype=np.float32)  # type: ignore[call-arg]
+        else:
+            scores = np.array(score_fn(batch.histories, batch.users), dtype=np.float32)  # type: ignore[call-arg]
         if scores.shape != (stop - start, n_items):
             raise ArtifactError(
                 f"a model returned scores of shape {scores.shape}, expected "

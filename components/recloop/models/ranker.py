@@ -37,6 +37,7 @@ from recloop.models.blend import member_context
 from recloop.models.ranking_features import (
     CandidatePairs,
     ItemStatistics,
+    TimeContext,
     UserAttributeTables,
     candidate_features,
     feature_names,
@@ -60,6 +61,7 @@ class Ranker(Recommender):
         self.booster: Any = None
         self.stats: ItemStatistics | None = None
         self.user_tables: UserAttributeTables | None = None
+        self.time_context: TimeContext | None = None
         self.fit_report: dict[str, Any] = {}
 
     @property
@@ -68,7 +70,7 @@ class Ranker(Recommender):
 
     @property
     def feature_names(self) -> list[str]:
-        return feature_names(self.retriever_names, self.user_tables)
+        return feature_names(self.retriever_names, self.user_tables, self.time_context)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, train: Interactions, valid: Interactions | None = None, context: FitContext | None = None) -> Ranker:
@@ -88,6 +90,7 @@ class Ranker(Recommender):
         categories = _category_matrix(context, train.n_items)
         text = self._text_vectors(context, train.n_items)
         label_stats = ItemStatistics.from_histories(before.histories(), categories, text)
+        self.time_context = TimeContext.fit(before.histories(), categories)
         has_users = bool(context.users.categorical or context.users.numeric)
         self.user_tables = UserAttributeTables.fit(context.users, before.histories(), categories) if has_users else None
         self.booster, self.fit_report = self._learn(before, window, label_stats, context)
@@ -96,6 +99,7 @@ class Ranker(Recommender):
                 train, valid, member_context(context, self.retriever_names[i], len(self.retrievers) + i, shares)
             )
         self.stats = ItemStatistics.from_histories(self.fitted_histories(), categories, text)
+        self.time_context = TimeContext.fit(self.fitted_histories(), categories)
         if has_users:  # the same features, from all training events
             self.user_tables = UserAttributeTables.fit(context.users, self.fitted_histories(), categories)
         if context.progress is not None:
@@ -119,7 +123,10 @@ class Ranker(Recommender):
 
         cfg = self.config
         users = np.unique(window.user)
-        pairs = self._batched_pairs(before.histories(), users, stats)
+        # Each user's query happens at their first labelled event.
+        first = np.full(self.n_users, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, window.user, window.timestamp)
+        pairs = self._batched_pairs(before.histories(), users, stats, first[users])
         targets = sp.csr_matrix(
             (np.ones(len(window), np.float32), (np.searchsorted(users, window.user), window.item)),
             shape=(len(users), self.n_items),
@@ -206,7 +213,9 @@ class Ranker(Recommender):
         return metrics
 
     # ------------------------------------------------------------------ scoring
-    def _pairs(self, histories: Histories, users: np.ndarray | None, stats: ItemStatistics) -> CandidatePairs:
+    def _pairs(
+        self, histories: Histories, users: np.ndarray | None, stats: ItemStatistics, times: np.ndarray | None = None
+    ) -> CandidatePairs:
         scores = [r.score_histories(histories, users) for r in self.retrievers]
         scoreable = [None if r.scores_cold_items else ~r.cold_item_mask() for r in self.retrievers]
         return candidate_features(
@@ -218,14 +227,18 @@ class Ranker(Recommender):
             self.config.history_window,
             self.user_tables,
             users,
+            self.time_context,
+            times,
         )
 
-    def _batched_pairs(self, histories: Histories, users: np.ndarray, stats: ItemStatistics) -> CandidatePairs:
+    def _batched_pairs(
+        self, histories: Histories, users: np.ndarray, stats: ItemStatistics, times: np.ndarray
+    ) -> CandidatePairs:
         """`_pairs` for many users, SCORING_BATCH at a time: the dense score matrices stay small."""
         parts = []
         for start in range(0, len(users), SCORING_BATCH):
             batch = users[start : start + SCORING_BATCH]
-            part = self._pairs(histories.select(batch), batch, stats)
+            part = self._pairs(histories.select(batch), batch, stats, times[start : start + SCORING_BATCH])
             parts.append(CandidatePairs(part.rows + start, part.items, part.features))
         if not parts:
             return CandidatePairs(
@@ -238,6 +251,11 @@ class Ranker(Recommender):
         )
 
     def score_histories(self, histories: Histories, users: np.ndarray | None = None) -> np.ndarray:
+        return self.score_at(histories, users, None)
+
+    def score_at(self, histories: Histories, users: np.ndarray | None, times: np.ndarray | None) -> np.ndarray:
+        """Scores of queries happening at `times` (epoch seconds per row; None: not known, the time-of-day
+        features are missing)."""
         if self.stats is None:
             raise RuntimeError("Ranker is not fitted; call fit() or load() first")
         out = np.empty((len(histories), self.n_items), dtype=np.float32)
@@ -245,10 +263,11 @@ class Ranker(Recommender):
             rows = np.arange(start, min(start + SCORING_BATCH, len(histories)))
             batch = histories.select(rows)
             batch_users = None if users is None else np.asarray(users)[rows]
+            batch_times = None if times is None else np.asarray(times)[rows]
             first = self.retrievers[0].score_histories(batch, batch_users)
             out[rows] = _order_preserving(first) - OUTSIDE_UNION_OFFSET
             if self.booster is not None:
-                pairs = self._pairs(batch, batch_users, self.stats)
+                pairs = self._pairs(batch, batch_users, self.stats, batch_times)
                 if len(pairs.rows):
                     predicted = self.booster.predict(pairs.features, num_iteration=self.booster.best_iteration or None)
                     out[rows[pairs.rows], pairs.items] = predicted.astype(np.float32)
@@ -284,6 +303,8 @@ class Ranker(Recommender):
         )
         if self.stats.text_vectors is not None:
             arrays["stats.text_vectors"] = self.stats.text_vectors
+        if self.time_context is not None:
+            arrays["context.day_part_lifts"] = self.time_context.lifts
         if self.user_tables is not None:
             for name, codes in self.user_tables.codes.items():
                 arrays[f"users.codes.{name}"] = codes
@@ -313,6 +334,8 @@ class Ranker(Recommender):
             text_vectors=np.asarray(arrays["stats.text_vectors"]) if "stats.text_vectors" in arrays else None,
         )
         self.user_tables = _user_tables(arrays)
+        lifts = arrays.get("context.day_part_lifts")
+        self.time_context = None if lifts is None else TimeContext(np.asarray(lifts))
         self.booster = None
         if "booster" in arrays:
             import lightgbm

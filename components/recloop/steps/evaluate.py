@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from recloop.config import EvaluationConfig
     from recloop.evaluation.evaluator import EvalSetup, ModelResult
-    from recloop.evaluation.protocols import ScoreFn, SplitData
+    from recloop.evaluation.protocols import ScoreFn, SplitData, TimedScoreFn
     from recloop.models.base import Recommender
 
 METRICS_SCHEMA_VERSION = 1
@@ -151,8 +151,10 @@ def load_candidate(trained: Artifact, name: str, dest: Path, data: SplitData) ->
     return model
 
 
-def _direct_scorer(model: Recommender) -> ScoreFn:
-    return lambda histories, users: model.score_histories(histories, users)
+def _direct_scorer(model: Recommender) -> ScoreFn | TimedScoreFn:
+    from recloop.evaluation.protocols import model_scorer
+
+    return model_scorer(model)
 
 
 # ---------------------------------------------------------------------------------------------- champion
