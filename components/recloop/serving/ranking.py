@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -190,7 +191,13 @@ class SlateEngine:
             search = "ann_exhausted"
         else:
             search = "exact"
-        scores = np.asarray(model.score_histories(histories, users), dtype=np.float32)[0].copy()
+        score_at = getattr(model, "score_at", None)  # models that read when the request happens: now
+        raw = (
+            score_at(histories, users, np.array([int(time.time())], np.int64))
+            if callable(score_at)
+            else model.score_histories(histories, users)
+        )
+        scores = np.asarray(raw, dtype=np.float32)[0].copy()
         scores[~allowed] = -np.inf
         ids, top = top_k(scores[None, :], want)
         keep = np.isfinite(top[0])
