@@ -371,3 +371,26 @@ def test_failed_step_leaves_nothing_committed_and_rerun_completes(
 def test_unknown_step_is_named() -> None:
     with pytest.raises(KeyError, match="unknown step 'nope'; steps: ingest, validate"):
         find_step("nope")
+
+
+def test_a_failed_writer_deletes_its_staged_files_even_where_a_listing_lags(tmp_path: Path) -> None:
+    # A listing may not yet show an object written a moment ago (seen on SeaweedFS under load, by the
+    # interrupt loop): the writer deletes what it staged by name, not only what a listing returns.
+    class LaggingListing(FileStore):
+        def list(self, prefix: str = "") -> list[str]:
+            return [k for k in super().list(prefix) if not k.startswith("_staging/")]
+
+        def delete_prefix(self, prefix: str) -> int:  # by listing, as on S3
+            keys = self.list(prefix)
+            for key in keys:
+                self.delete(key)
+            return len(keys)
+
+    store = LaggingListing(f"file://{tmp_path / 'store'}")
+    with pytest.raises(RuntimeError, match="step failed"):
+        with ArtifactWriter(store, "runs/r1/ingest", step="ingest", run_id="r1") as writer:
+            writer.put_json("a.json", {"x": 1})
+            writer.put_json("b.json", {"y": 2})
+            raise RuntimeError("step failed")
+    left = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert left == []

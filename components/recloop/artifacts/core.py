@@ -141,6 +141,9 @@ class ArtifactWriter:
         )
         self._tmp: Path | None = None
         self._token = uuid.uuid4().hex[:12]
+        # Every key an upload was started for, so a discard deletes them by name: a listing may not show
+        # an object written a moment ago (seen on SeaweedFS under load).
+        self._staged: list[str] = []
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -180,6 +183,9 @@ class ArtifactWriter:
     def _discard(self) -> None:
         # The folder was never touched; the staged files go. An unreachable store must not hide the
         # error that stopped the writer, and the next writer removes what is left.
+        for key in self._staged:
+            with contextlib.suppress(Exception):
+                self.store.delete(key)
         with contextlib.suppress(Exception):
             self.store.delete_prefix(staging_prefix(self.prefix))
 
@@ -199,6 +205,7 @@ class ArtifactWriter:
     ) -> FileEntry:
         path = Path(path) if path is not None else self.local(name)
         entry = FileEntry(sha256=sha256_file(path), size=path.stat().st_size, rows=rows, schema=schema)
+        self._staged.append(f"{self._staging}/{name}")
         self.store.put_file(f"{self._staging}/{name}", path)
         self.manifest.files[name] = entry
         return entry
