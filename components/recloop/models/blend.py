@@ -154,19 +154,11 @@ class Blend(Recommender):
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {}
-        for i, member in enumerate(self.members):
-            arrays.update({f"member.{i}.{k}": v for k, v in member._state().items()})
-        return arrays
+        return nested_state(self.members, "member")
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self._known = {}
-        for i, member in enumerate(self.members):
-            member.n_users, member.n_items = self.n_users, self.n_items
-            member.train_histories = self.train_histories
-            member.id_map_ref = self.id_map_ref
-            prefix = f"member.{i}."
-            member._set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+        restore_nested(self, self.members, arrays, "member")
 
     def _extra_manifest(self) -> dict[str, Any]:
         # JSON floats round-trip exactly, so the weights live here only, readable next to the CV numbers.
@@ -178,6 +170,22 @@ class Blend(Recommender):
         self.fit_report = dict(extra.get("fit") or {})
         for member, member_extra in zip(self.members, extra.get("members") or [{}] * len(self.members)):
             member._load_extra(member_extra)
+
+
+def nested_state(models: list[Recommender], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays of a combining model's inner models (a blend's members, a ranker's retrievers), each
+    under `{prefix}.{i}.`."""
+    return {f"{prefix}.{i}.{k}": v for i, model in enumerate(models) for k, v in model._state().items()}
+
+
+def restore_nested(parent: Recommender, models: list[Recommender], arrays: dict[str, np.ndarray], prefix: str) -> None:
+    """Restore what `nested_state` saved; the inner models share the parent's sizes, histories and id maps."""
+    for i, model in enumerate(models):
+        model.n_users, model.n_items = parent.n_users, parent.n_items
+        model.train_histories = parent.train_histories
+        model.id_map_ref = parent.id_map_ref
+        start = f"{prefix}.{i}."
+        model._set_state({k[len(start) :]: v for k, v in arrays.items() if k.startswith(start)})
 
 
 def member_context(context: FitContext, name: str, index: int, shares: int) -> FitContext:

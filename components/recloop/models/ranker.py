@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from recloop.config.models import RankerConfig
 from recloop.data.interactions import Histories, Interactions
 from recloop.models.base import FitContext, Recommender
-from recloop.models.blend import member_context
+from recloop.models.blend import member_context, nested_state, restore_nested
 from recloop.models.ranking_features import (
     CandidatePairs,
     ItemStatistics,
@@ -287,9 +287,7 @@ class Ranker(Recommender):
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
         assert self.stats is not None
-        arrays: dict[str, np.ndarray] = {}
-        for i, retriever in enumerate(self.retrievers):
-            arrays.update({f"retriever.{i}.{k}": v for k, v in retriever._state().items()})
+        arrays = nested_state(self.retrievers, "retriever")
         categories = self.stats.categories
         arrays.update(
             {
@@ -315,12 +313,7 @@ class Ranker(Recommender):
         return arrays
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        for i, retriever in enumerate(self.retrievers):
-            retriever.n_users, retriever.n_items = self.n_users, self.n_items
-            retriever.train_histories = self.train_histories
-            retriever.id_map_ref = self.id_map_ref
-            prefix = f"retriever.{i}."
-            retriever._set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+        restore_nested(self, self.retrievers, arrays, "retriever")
         shape = tuple(int(x) for x in arrays["stats.categories.shape"])
         indices = arrays["stats.categories.indices"]
         categories = sp.csr_matrix(

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from recloop.config import EvaluationConfig
     from recloop.evaluation.evaluator import EvalSetup, ModelResult
-    from recloop.evaluation.protocols import ScoreFn, SplitData, TimedScoreFn
+    from recloop.evaluation.protocols import SplitData
     from recloop.models.base import Recommender
 
 METRICS_SCHEMA_VERSION = 1
@@ -40,7 +40,7 @@ METRICS_SCHEMA_VERSION = 1
 
 def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
     from recloop.evaluation.evaluator import compare, evaluate_scores, make_setup, result_json
-    from recloop.evaluation.protocols import build_queries, load_split, with_sampled_negatives
+    from recloop.evaluation.protocols import build_queries, load_split, model_scorer, with_sampled_negatives
     from recloop.evaluation.report import render_report
 
     cfg = ctx.config.evaluation
@@ -74,7 +74,7 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             importances = getattr(model, "feature_importances", None)  # learned rankers offer it
             if callable(importances) and importances():
                 info["feature_importances"] = importances()
-            result = evaluate_scores(setup, name, _direct_scorer(model), info=info)
+            result = evaluate_scores(setup, name, model_scorer(model), info=info)
             results[name] = result
             blocks[name] = result_json(setup, result)
             ctx.log(
@@ -149,12 +149,6 @@ def load_candidate(trained: Artifact, name: str, dest: Path, data: SplitData) ->
             "another preprocess artifact; re-run train on this one"
         )
     return model
-
-
-def _direct_scorer(model: Recommender) -> ScoreFn | TimedScoreFn:
-    from recloop.evaluation.protocols import model_scorer
-
-    return model_scorer(model)
 
 
 # ---------------------------------------------------------------------------------------------- champion

@@ -82,15 +82,9 @@ def run(ctx: StepContext, inputs: dict[str, str], output: str) -> Manifest:
             success = not unfixable and not problems
         else:
             success = report.success
-        user_checks = _check_user_attributes(ctx, ingest)
-        for check in user_checks:
-            if check.ok and not check.invalid:
-                continue
-            if check.ok or cfg.on_failure == "warn":
-                ctx.log(f"validate: WARNING {check.describe()}")
-            else:
-                problems.append(check.describe())
-                success = False
+        user_checks, user_problems = _check_user_attributes(ctx, ingest)
+        problems += user_problems
+        success = success and not user_problems
 
         result = report.to_json()
         result.update(
@@ -166,17 +160,28 @@ def _uncommit(ctx: StepContext, key: str) -> None:
     ctx.store.delete_prefix(key)
 
 
-def _check_user_attributes(ctx: StepContext, ingest: RawEvents) -> list[AttributeCheck]:
-    """The configured user attributes' checks (none without `data.users.attributes`)."""
+def _check_user_attributes(ctx: StepContext, ingest: RawEvents) -> tuple[list[AttributeCheck], list[str]]:
+    """The configured user attributes' checks (none without `data.users.attributes`), and the problems
+    that fail validation; invalid values that stay within `max_missing`, and everything under
+    `on_failure: warn`, are logged as warnings instead."""
     from recloop.data.users import check_attributes
 
     users = ctx.config.data.users
     if users is None or not users.attributes:
-        return []
+        return [], []
     table = ingest.users()
     if table is None:
         raise ArtifactError(f"{ingest.uri} has no {RawEvents.USERS} though data.users is configured; re-run ingest")
-    return check_attributes(table, users)
+    checks = check_attributes(table, users)
+    problems = []
+    for check in checks:
+        if check.ok and not check.invalid:
+            continue
+        if check.ok or ctx.config.validation.on_failure == "warn":
+            ctx.log(f"validate: WARNING {check.describe()}")
+        else:
+            problems.append(check.describe())
+    return checks, problems
 
 
 def _commit_failure(
